@@ -1,0 +1,33 @@
+"""The exceptions havoc raises for bad input. Each message names what is wrong and, where it can, the fix.
+
+They derive from the builtin a caller would expect (ValueError, FileNotFoundError) as well as from
+`HavocError`, so `except ValueError` keeps working and `except HavocError` catches all of ours.
+"""
+
+
+class HavocError(Exception):
+    """Base class of every error havoc raises on purpose."""
+
+
+class ConfigError(HavocError, ValueError):
+    """A model or run configuration is invalid."""
+
+
+class CheckpointError(HavocError, ValueError):
+    """A checkpoint (safetensors, GGUF, config JSON) is missing, corrupt or does not fit the model."""
+
+
+class ModelNotFoundError(HavocError, FileNotFoundError):
+    """A model name or path does not resolve to a checkpoint."""
+
+
+class PullError(HavocError, RuntimeError):
+    """Fetching a model package from the registry failed."""
+
+
+class TokenizerError(HavocError, ValueError):
+    """A tokenizer could not be built or was given input it cannot handle."""
+
+
+class GenerationError(HavocError, ValueError):
+    """Invalid generation arguments or a prompt the model cannot take (empty, longer than the context)."""

@@ -1,0 +1,1 @@
+"""Reading and writing checkpoints: safetensors (our format), GGUF (import), atomic file writes."""

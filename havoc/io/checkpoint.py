@@ -1,0 +1,109 @@
+"""havoc's own checkpoint format: a folder with `config.json` and `model.safetensors`.
+
+safetensors holds raw tensors and a JSON header, so loading never unpickles anything. Writes are atomic
+(temporary file, fsync, rename): an interrupted save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from havoc.config import ModelConfig
+from havoc.errors import CheckpointError, ConfigError, ModelNotFoundError
+from havoc.io.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from havoc.model import HavocModel
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _list(names, limit: int = 6) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def build_model(
+    config: ModelConfig,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    source: str = "checkpoint",
+) -> HavocModel:
+    """A `HavocModel` holding exactly `state_dict`, checked name by name and shape by shape.
+
+    The model is built on the meta device and the tensors are assigned, so weights are never allocated
+    twice. Raises `CheckpointError` naming missing, unexpected or mis-shaped tensors.
+    """
+    from havoc.model import HavocModel
+
+    with torch.device("meta"):
+        model = HavocModel(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = expected.keys() - state_dict.keys()
+    unexpected = state_dict.keys() - expected.keys()
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors: {_list(missing)}")
+        if unexpected:
+            parts.append(f"unknown tensors: {_list(unexpected)}")
+        raise CheckpointError(f"{source} does not match the model config: " + "; ".join(parts))
+    for name, shape in expected.items():
+        got = tuple(state_dict[name].shape)
+        if got != shape:
+            raise CheckpointError(f"{source}: tensor {name} has shape {got}, the config expects {shape}")
+    state = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def save_pretrained(model: HavocModel, path: str | Path) -> None:
+    """Write `config.json` and `model.safetensors` into the folder `path`."""
+    from safetensors.torch import save_file
+
+    from havoc import __version__
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": f"havoc {__version__}"})
+    model.config.save(path / CONFIG_NAME)
+
+
+def load_state_dict(path: str | Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file, turning every failure into a `CheckpointError` that names the file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types (and OSError) for corrupt files
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def load_pretrained(
+    path: str | Path, *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+) -> HavocModel:
+    """Load a folder written by `save_pretrained`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelNotFoundError(f"no checkpoint folder at {path}")
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} has no {CONFIG_NAME}; is it a havoc checkpoint folder?")
+    try:
+        config = ModelConfig.load(config_file)
+    except ConfigError as e:
+        raise CheckpointError(f"{config_file}: {e}") from None
+    state = load_state_dict(path / WEIGHTS_NAME, device=device)
+    return build_model(config, state, dtype=dtype, device=device, source=str(path / WEIGHTS_NAME))

@@ -1,0 +1,189 @@
+"""The havoc decoder: a Llama-style pre-norm transformer with grouped-query attention.
+
+    h   = x + wo(attention(rope(wq(rms_norm(x))), rope(wk(.)), wv(.)))
+    out = h + w2(silu(w1(rms_norm(h))) * w3(rms_norm(h)))
+    logits = rms_norm(out_L) @ tok_embeddings.T          (tied head; an `output` Linear otherwise)
+
+Every op goes through `havoc.ops`, which picks the Triton, C++ or reference implementation per call.
+Names follow Meta's Llama code (wq wk wv wo, w1 w2 w3, attention_norm, ffn_norm).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from havoc import ops
+from havoc.cache import KVCache, StaticKVCache
+from havoc.config import ModelConfig
+from havoc.errors import GenerationError
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        key_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, n_heads, head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, n_kv_heads, head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, n_kv_heads, head_dim)
+        q, k = ops.apply_rope(q, k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
+        if cache is None:
+            y = ops.attention(q, k, v, causal=True, key_mask=key_mask)  # (B, n_heads, T, head_dim)
+        else:  # the cache stores this step's K/V and attends over everything it holds
+            y = cache.attend(self.layer_idx, q, k, v)  # (B, n_heads, T, head_dim)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.ffn_hidden, bias=False)  # gate
+        self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)  # down
+        self.w3 = nn.Linear(config.dim, config.ffn_hidden, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(ops.swiglu(self.w1(x), self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attention = Attention(config, layer_idx)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+
+    def forward(self, x, cos, sin, cache, key_mask):
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache, key_mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class HavocModel(nn.Module):
+    """The decoder. Build from a `ModelConfig`; load with `HavocModel.from_pretrained`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layers) (GPT-2), unit norms."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.is_meta:
+                continue
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.tok_embeddings.weight if self.output is None else self.output.weight
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """Logits for a batch of token ids.
+
+        Args:
+            tokens: (B, T) int64 token ids.
+            positions: (B, T) absolute positions for RoPE; default: what the cache says comes next (0..T-1
+                without a cache).
+            cache: a `KVCache`; the tokens are appended to it and attend to everything before them.
+            attention_mask: (B, T) bool/int, 0 at padding tokens (left padding of a batch of prompts).
+            logits_to_keep: compute the logits of only the last this-many positions (0: all).
+
+        Returns:
+            (B, T or logits_to_keep, vocab_size) logits in the model's dtype.
+        """
+        if tokens.dim() != 2:
+            raise GenerationError(f"tokens must be (batch, seq_len), got shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        mask = None if attention_mask is None else attention_mask.bool()
+        if cache is not None:
+            next_positions = cache.begin(B, T, mask)  # checks capacity, records the mask
+            key_mask = None
+        else:
+            next_positions = torch.arange(T, device=tokens.device).expand(B, T)
+            key_mask = mask
+        if positions is None:
+            positions = next_positions
+
+        cos, sin = ops.rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta)
+        h = self.tok_embeddings(tokens)  # (B, T, dim)
+        for layer in self.layers:
+            h = layer(h, cos, sin, cache, key_mask)
+        if cache is not None:
+            cache.end()
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return F.linear(self.norm(h), self.lm_head_weight)  # (B, T', vocab)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> StaticKVCache:
+        """A contiguous KV cache on this model's device and dtype (max_len defaults to the context)."""
+        p = self.tok_embeddings.weight
+        return StaticKVCache(
+            self.config, batch_size, max_len or self.config.max_seq_len, dtype=p.dtype, device=p.device
+        )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write `config.json` and `model.safetensors` into the folder `path` (atomically, no pickle)."""
+        from havoc.io.checkpoint import save_pretrained
+
+        save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+    ) -> HavocModel:
+        """Load a folder written by `save_pretrained` (safetensors only; nothing is unpickled)."""
+        from havoc.io.checkpoint import load_pretrained
+
+        return load_pretrained(path, dtype=dtype, device=device)
