@@ -28,11 +28,15 @@ from havoc.errors import (
     PullError,
     TokenizerError,
 )
+from havoc.generation import SamplingParams
+from havoc.llm import LLM, Completion
 from havoc.model import HavocModel
 
 __all__ = [
     "PRESETS",
+    "LLM",
     "CheckpointError",
+    "Completion",
     "ConfigError",
     "GenerationError",
     "HavocError",
@@ -40,6 +44,7 @@ __all__ = [
     "ModelConfig",
     "ModelNotFoundError",
     "PullError",
+    "SamplingParams",
     "TokenizerError",
     "__version__",
 ]

@@ -1,0 +1,110 @@
+"""`havoc env`: what this installation is built with and which fast paths are active (and why not).
+
+In the spirit of PyTorch's collect_env: paste its output into a bug report.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from typing import Any
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _extension() -> dict[str, Any]:
+    try:
+        from havoc import _C
+    except ImportError as e:
+        return {"loaded": False, "error": f"{e} (reinstall with `pip install .`)"}
+    info: dict[str, Any] = {"loaded": True, **dict(_C.build_info())}
+    info["cpu_features"] = " ".join(_C.cpu_features()) or "none detected"
+    info["simd_runtime"] = _C.runtime_simd_level()
+    info["openmp_threads"] = _C.max_threads()
+    return info
+
+
+def _cuda() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"available": torch.cuda.is_available(), "torch_built_with": torch.version.cuda or "none"}
+    if info["available"]:
+        info["devices"] = [
+            f"{torch.cuda.get_device_name(i)} (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})"
+            for i in range(torch.cuda.device_count())
+        ]
+    return info
+
+
+def collect() -> dict[str, Any]:
+    """Everything `havoc env` reports, as a JSON-serialisable dict."""
+    import torch
+
+    from havoc import __version__, ops
+
+    cuda = _cuda()
+    try:
+        triton_note = _version("triton")
+    except Exception as e:  # pragma: no cover
+        triton_note = f"error: {e}"
+    return {
+        "havoc": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "versions": {
+            "torch": torch.__version__,
+            "triton": triton_note,
+            "bitsandbytes": _version("bitsandbytes"),
+            "transformers": _version("transformers"),
+            "tokenizers": _version("tokenizers"),
+            "safetensors": _version("safetensors"),
+            "gguf": _version("gguf"),
+            "numpy": _version("numpy"),
+        },
+        "torch": {"threads": torch.get_num_threads(), "cuda": cuda},
+        "extension": _extension(),
+        "ops_backend": ops.get_backend(),
+        "ops_cpu": ops.describe("cpu"),
+        "ops_cuda": ops.describe("cuda") if cuda["available"] else {
+            op: "unused (no CUDA device)" for op in ops.OPS
+        },
+        "environment": {k: v for k, v in os.environ.items() if k.startswith(("HAVOC_", "TRITON_", "OMP_", "CUDA_VISIBLE"))},
+    }
+
+
+def format_report(info: dict[str, Any]) -> str:
+    """The human-readable form of `collect()`."""
+    lines = [f"havoc {info['havoc']}  (python {info['python']}, {info['platform']})", ""]
+
+    def section(title: str, items: dict[str, Any]) -> None:
+        lines.append(title)
+        width = max((len(k) for k in items), default=0)
+        for k, v in items.items():
+            if isinstance(v, list):
+                v = ", ".join(map(str, v)) or "-"
+            lines.append(f"  {k:<{width}}  {v}")
+        lines.append("")
+
+    section("Versions", info["versions"])
+    cuda = info["torch"]["cuda"]
+    section("PyTorch", {
+        "threads": info["torch"]["threads"],
+        "CUDA available": cuda["available"],
+        "built with CUDA": cuda["torch_built_with"],
+        **({"devices": cuda["devices"]} if "devices" in cuda else {}),
+    })
+    section("C++ extension (havoc._C)", {k: v for k, v in info["extension"].items()})
+    section(f"Ops on CPU tensors (backend: {info['ops_backend']})", info["ops_cpu"])
+    section("Ops on CUDA tensors", info["ops_cuda"])
+    if info["environment"]:
+        section("Environment", info["environment"])
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,275 @@
+"""Token generation over a `HavocModel`: greedy and sampled decoding of a batch of prompts.
+
+This module works on token ids; `havoc.llm.LLM` adds text (tokenizer, stop strings, chat template,
+streaming text). A batch of prompts of different lengths is left-padded into one static KV cache (so
+each step is one forward of shape (B, 1)); rows that finish leave the batch once at least half of it has
+finished, which bounds the copying to the cache's size.
+
+Sampling follows the order users of transformers and vLLM expect: repetition penalty on the raw logits,
+then temperature, top-k, top-p, and a draw from the resulting distribution with a seeded generator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from havoc.errors import GenerationError
+from havoc.model import HavocModel
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens and when to stop.
+
+    Args:
+        max_new_tokens: upper bound on generated tokens per prompt (the context may stop it earlier).
+        temperature: 0 for greedy decoding; otherwise the softmax temperature.
+        top_k: keep the k most likely tokens (0: all).
+        top_p: keep the smallest set of tokens whose probability reaches top_p (1.0: all).
+        repetition_penalty: >1 discourages tokens already in the prompt or the output (CTRL / transformers
+            rule: positive logits are divided by it, negative ones multiplied).
+        seed: seed of the sampling generator; the same seed gives the same output.
+        stop: strings that end generation (used by `havoc.llm.LLM`; not part of the output text).
+        stop_token_ids: ids that end generation, in addition to the tokenizer's end-of-sequence ids.
+        ignore_eos: keep generating through end-of-sequence ids (benchmarks).
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise GenerationError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise GenerationError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if (
+            not isinstance(self.repetition_penalty, (int, float))
+            or not math.isfinite(self.repetition_penalty)
+            or self.repetition_penalty <= 0
+        ):
+            raise GenerationError(f"repetition_penalty must be a positive number, got {self.repetition_penalty!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise GenerationError(f"seed must be an integer or None, got {self.seed!r}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise GenerationError(f"stop strings must be non-empty strings, got {s!r}")
+        self.stop_token_ids = tuple(self.stop_token_ids)
+        for t in self.stop_token_ids:
+            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                raise GenerationError(f"stop_token_ids must be non-negative integers, got {t!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class StepEvent:
+    """One token produced for one prompt of the batch."""
+
+    index: int  # which prompt
+    token_id: int
+    finish_reason: str | None = None  # "stop" (stop id or string), "length" (budget or context), or None
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[list[int]]:
+    if len(prompts) == 0:
+        raise GenerationError("no prompts given")
+    out = []
+    for i, p in enumerate(prompts):
+        ids = [int(t) for t in p]
+        if not ids:
+            raise GenerationError(f"prompt {i} is empty: give at least one token")
+        bad = [t for t in ids if not 0 <= t < vocab_size]
+        if bad:
+            raise GenerationError(f"prompt {i} has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+        out.append(ids)
+    return out
+
+
+def _penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    # logits: (B, V) fp32, already divided by the temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the mass strictly before it already reaches top_p (the first always stays)
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Pick one token per row of `logits` ((B, V)); returns (B,) int64."""
+    logits = logits.float()
+    if params.repetition_penalty != 1.0 and seen is not None:
+        logits = _penalize(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    logits = _filter_top_k_top_p(logits / params.temperature, params.top_k, params.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def stream_ids(
+    model: HavocModel,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    *,
+    stop_ids: Sequence[int] = (),
+    should_stop: Callable[[int, int], bool] | None = None,
+    stats: GenerationStats | None = None,
+) -> Iterator[list[StepEvent]]:
+    """Generate for a batch of prompts, yielding the tokens of each step as they are decided.
+
+    Args:
+        model: the decoder.
+        prompts: token-id lists, any lengths (each at least one token and shorter than the context).
+        params: sampling and stopping parameters.
+        stop_ids: end-of-sequence ids (the tokenizer's); ignored when `params.ignore_eos`.
+        should_stop: called as should_stop(index, token_id) after each token; True ends that prompt
+            (used for stop strings).
+        stats: filled with token counts and timings if given.
+
+    Yields:
+        Per step, one `StepEvent` per prompt still generating.
+    """
+    config = model.config
+    prompts = _check_prompts(prompts, config.vocab_size)
+    lengths = [len(p) for p in prompts]
+    for i, n in enumerate(lengths):
+        if n >= config.max_seq_len:
+            raise GenerationError(
+                f"prompt {i} has {n} tokens but the model's context is {config.max_seq_len}: "
+                "it leaves no room to generate"
+            )
+    budgets = [min(params.max_new_tokens, config.max_seq_len - n) for n in lengths]
+    stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(stop_ids))
+    device = model.tok_embeddings.weight.device
+    B, T = len(prompts), max(lengths)
+
+    pad = config.pad_id if config.pad_id is not None else 0
+    tokens = torch.full((B, T), pad, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        tokens[i, T - len(p) :] = torch.tensor(p)
+    tokens = tokens.to(device)
+    mask = None
+    if min(lengths) != T:
+        mask = (torch.arange(T)[None, :] >= (T - torch.tensor(lengths))[:, None]).to(device)  # (B, T)
+
+    cache = model.new_cache(B, max_len=T + max(budgets))
+    generator = None
+    if not params.greedy:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+    seen = None
+    if params.repetition_penalty != 1.0:
+        seen = torch.zeros(B, config.vocab_size, dtype=torch.bool, device=device)
+        seen.scatter_(1, tokens, True)
+        if mask is not None:  # padding is not part of any prompt
+            seen[:, pad] = False
+            for i, p in enumerate(prompts):
+                if pad in p:
+                    seen[i, pad] = True
+
+    stats = stats if stats is not None else GenerationStats()
+    stats.prompt_tokens = sum(lengths)
+    rows = list(range(B))  # rows[r] = prompt index of cache row r
+    produced = [0] * B
+    done = [False] * B  # finished prompts may stay in the batch (uncompacted) until it halves
+    t0 = time.perf_counter()
+    logits = model(tokens, cache=cache, attention_mask=mask, logits_to_keep=1)[:, -1]  # (B, V)
+    stats.prefill_seconds = time.perf_counter() - t0
+    t_decode = time.perf_counter()
+
+    while True:
+        next_tokens = sample_next(logits, params, seen, generator)  # (B',)
+        chosen = next_tokens.tolist()
+        events, keep = [], []
+        for r, (index, tok) in enumerate(zip(rows, chosen)):
+            if done[index]:
+                continue
+            produced[index] += 1
+            reason = None
+            if tok in stops or (should_stop is not None and should_stop(index, tok)):
+                reason = "stop"
+            elif produced[index] >= budgets[index]:
+                reason = "length"
+            events.append(StepEvent(index, tok, reason))
+            if reason is None:
+                keep.append(r)
+            else:
+                done[index] = True
+        stats.generated_tokens += len(events)
+        stats.steps += 1
+        yield events
+        if not keep:
+            break
+        if len(keep) <= len(rows) // 2:  # compact: finished rows stop costing compute
+            sel = torch.tensor(keep, device=device)
+            cache.select_rows(sel)
+            next_tokens = next_tokens.index_select(0, sel)
+            if seen is not None:
+                seen = seen.index_select(0, sel)
+            rows = [rows[r] for r in keep]
+        if seen is not None:
+            seen.scatter_(1, next_tokens[:, None], True)
+        logits = model(next_tokens[:, None], cache=cache, logits_to_keep=1)[:, -1]
+    stats.decode_seconds = time.perf_counter() - t_decode
+
+
+def generate_ids(
+    model: HavocModel,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
+    *,
+    stop_ids: Sequence[int] = (),
+    stats: GenerationStats | None = None,
+) -> list[list[int]]:
+    """Generated token ids for each prompt (the stop id that ended a prompt included)."""
+    params = params or SamplingParams()
+    out: list[list[int]] = [[] for _ in prompts]
+    for events in stream_ids(model, prompts, params, stop_ids=stop_ids, stats=stats):
+        for e in events:
+            out[e.index].append(e.token_id)
+    return out
