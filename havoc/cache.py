@@ -107,11 +107,12 @@ class StaticKVCache:
         return positions
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        start, end = self.length, self.length + k.shape[2]
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        keys, values = self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, n_kv_heads, S, head_dim)
-        key_mask = None if self.key_mask is None else self.key_mask[:, :end]
+        start, n = self.length, k.shape[2]
+        self.k[layer].narrow(2, start, n).copy_(k)
+        self.v[layer].narrow(2, start, n).copy_(v)
+        keys = self.k[layer].narrow(2, 0, start + n)  # (B, n_kv_heads, S, head_dim)
+        values = self.v[layer].narrow(2, 0, start + n)
+        key_mask = None if self.key_mask is None else self.key_mask.narrow(1, 0, start + n)
         return ops.attention(q, keys, values, causal=True, q_offset=start, key_mask=key_mask)
 
     def end(self) -> None:

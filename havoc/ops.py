@@ -105,9 +105,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (fast or reference.rms_norm)(x, weight, eps)
 
 
-def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    fast = _pick("apply_rope", q)
-    return (fast or reference.apply_rope)(q, k, cos, sin)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    fast = _pick("apply_rope", x)
+    return (fast or reference.apply_rope)(x, cos, sin)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

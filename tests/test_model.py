@@ -140,7 +140,7 @@ def test_bad_checkpoints_are_named(tmp_path):
     # a tensor missing, an unknown one added
     broken = dict(state)
     del broken["layers.1.feed_forward.w2.weight"]
-    broken["layers.9.attention.wq.weight"] = torch.zeros(1)
+    broken["layers.9.attention.wqkv.weight"] = torch.zeros(1)
     save_file(broken, weights)
     with pytest.raises(CheckpointError, match="missing tensors: layers.1.feed_forward.w2.weight; unknown tensors: layers.9"):
         HavocModel.from_pretrained(ckpt)
@@ -189,3 +189,30 @@ def test_static_cache_rejects_bad_sizes():
         StaticKVCache(cfg, 0, 8)
     with pytest.raises(GenerationError, match="max_len"):
         StaticKVCache(cfg, 1, 0)
+
+
+def test_separate_projections_are_fused_on_load():
+    from havoc.io.checkpoint import build_model
+
+    model = tiny()
+    cfg = model.config
+    H, KV, hd, F = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_hidden
+    separate = {}
+    for name, t in model.state_dict().items():
+        if name.endswith("attention.wqkv.weight"):
+            prefix = name[: -len("wqkv.weight")]
+            wq, wk, wv = t.split([H * hd, KV * hd, KV * hd])
+            separate.update({prefix + "wq.weight": wq, prefix + "wk.weight": wk, prefix + "wv.weight": wv})
+        elif name.endswith("feed_forward.w13.weight"):
+            prefix = name[: -len("w13.weight")]
+            w1, w3 = t.split([F, F])
+            separate.update({prefix + "w1.weight": w1, prefix + "w3.weight": w3})
+        else:
+            separate[name] = t
+    rebuilt = build_model(cfg, separate)
+    for name, t in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], t), name
+
+    del separate["layers.1.attention.wv.weight"]
+    with pytest.raises(CheckpointError, match="missing tensors: layers.1.attention.wv.weight"):
+        build_model(cfg, separate)

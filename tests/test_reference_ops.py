@@ -58,7 +58,8 @@ def test_rope_matches_llama(head_dim, rotary_dim, offset):
     positions = torch.arange(offset, offset + T).expand(B, T).clone()
     positions[1] += 5  # rows at different offsets
     cos, sin = ref.rope_cos_sin(positions, rotary_dim, 1e5)
-    q1, k1 = ref.apply_rope(q, k, cos, sin)
+    qk = ref.apply_rope(torch.cat([q, k], dim=2), cos, sin)  # queries and keys in one call
+    q1, k1 = qk[:, :, :H], qk[:, :, H:]
     q2, k2 = _hf_rope(q.transpose(1, 2), k.transpose(1, 2), positions, rotary_dim, 1e5)
     torch.testing.assert_close(q1, q2.transpose(1, 2), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(k1, k2.transpose(1, 2), atol=1e-5, rtol=1e-5)
@@ -70,16 +71,23 @@ def test_rope_preserves_norm_and_relative_position():
     k = torch.randn(1, 1, 1, 64)
 
     def score(pq, pk):
-        cq, sq = ref.rope_cos_sin(torch.tensor([[pq]]), 64, 1e4)
-        ck, sk = ref.rope_cos_sin(torch.tensor([[pk]]), 64, 1e4)
-        qr, _ = ref.apply_rope(q, k, cq, sq)
-        _, kr = ref.apply_rope(q, k, ck, sk)
+        qr = ref.apply_rope(q, *ref.rope_cos_sin(torch.tensor([[pq]]), 64, 1e4))
+        kr = ref.apply_rope(k, *ref.rope_cos_sin(torch.tensor([[pk]]), 64, 1e4))
         return (qr * kr).sum()
 
     torch.testing.assert_close(score(10, 3), score(107, 100), atol=1e-4, rtol=1e-4)
-    cq, sq = ref.rope_cos_sin(torch.tensor([[123]]), 64, 1e4)
-    qr, _ = ref.apply_rope(q, k, cq, sq)
+    qr = ref.apply_rope(q, *ref.rope_cos_sin(torch.tensor([[123]]), 64, 1e4))
     torch.testing.assert_close(qr.norm(), q.norm())
+
+
+def test_rope_on_a_strided_view_and_pre_broadcast_tables():
+    torch.manual_seed(4)
+    qkv = torch.randn(2, 5, 9 + 2 * 3, 64)
+    cos, sin = ref.rope_cos_sin(torch.arange(5).expand(2, 5), 64, 1e5)
+    view = qkv[:, :, :12]  # the q|k heads of a fused projection: not contiguous
+    expected = ref.apply_rope(view.contiguous(), cos, sin)
+    torch.testing.assert_close(ref.apply_rope(view, cos, sin), expected)
+    torch.testing.assert_close(ref.apply_rope(view, cos.unsqueeze(2), sin.unsqueeze(2)), expected)
 
 
 def test_swiglu_matches_llama_mlp():
@@ -89,16 +97,19 @@ def test_swiglu_matches_llama_mlp():
     torch.testing.assert_close(ref.swiglu(gate, up), gate * torch.sigmoid(gate) * up)
 
 
-def _sdpa(q, k, v, q_offset, key_mask):
+def _naive(q, k, v, q_offset, key_mask):
+    # independent oracle: repeat K/V per query head, explicit masked softmax in float64
     B, H, T, D = q.shape
     KV, S = k.shape[1], k.shape[2]
-    k = k.repeat_interleave(H // KV, dim=1)
-    v = v.repeat_interleave(H // KV, dim=1)
+    k = k.double().repeat_interleave(H // KV, dim=1)
+    v = v.double().repeat_interleave(H // KV, dim=1)
+    scores = q.double() @ k.transpose(-1, -2) / D**0.5  # (B, H, T, S)
     allowed = torch.arange(S)[None, :] <= (torch.arange(T)[:, None] + q_offset)
     allowed = allowed[None, None].expand(B, 1, T, S)
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return (torch.softmax(scores, -1).nan_to_num(0.0) @ v).to(q.dtype)  # all-padding rows: zeros
 
 
 @pytest.mark.parametrize("H, KV", [(8, 8), (9, 3), (8, 2), (32, 4)])
@@ -109,7 +120,7 @@ def test_attention_matches_sdpa(H, KV, T, S, D):
     B = 2
     q, k, v = torch.randn(B, H, T, D), torch.randn(B, KV, S, D), torch.randn(B, KV, S, D)
     out = ref.attention(q, k, v, causal=True)
-    torch.testing.assert_close(out, _sdpa(q, k, v, S - T, None), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out, _naive(q, k, v, S - T, None), atol=2e-5, rtol=2e-5)
 
 
 def test_attention_with_offset_and_key_mask():
@@ -120,7 +131,7 @@ def test_attention_with_offset_and_key_mask():
     key_mask[1, :4] = False
     key_mask[2, :9] = False
     out = ref.attention(q, k, v, causal=True, q_offset=5, key_mask=key_mask)
-    torch.testing.assert_close(out, _sdpa(q, k, v, 5, key_mask), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out, _naive(q, k, v, 5, key_mask), atol=2e-5, rtol=2e-5)
 
 
 def test_fully_masked_query_gives_zeros_not_nan():
@@ -132,7 +143,7 @@ def test_fully_masked_query_gives_zeros_not_nan():
     torch.testing.assert_close(out[0, :, 2], v[0, 0, 2].expand(2, 16))
 
 
-def test_attention_gradients_match_sdpa():
+def test_attention_gradients_match_naive():
     torch.manual_seed(2)
     B, H, KV, T, D = 2, 6, 2, 9, 64
     q = torch.randn(B, H, T, D, requires_grad=True)
@@ -140,6 +151,21 @@ def test_attention_gradients_match_sdpa():
     v = torch.randn(B, KV, T, D, requires_grad=True)
     g = torch.randn(B, H, T, D)
     grads = torch.autograd.grad(ref.attention(q, k, v), (q, k, v), g)
-    grads_sdpa = torch.autograd.grad(_sdpa(q, k, v, 0, None), (q, k, v), g)
+    grads_sdpa = torch.autograd.grad(_naive(q, k, v, 0, None), (q, k, v), g)
     for a, b in zip(grads, grads_sdpa):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_bf16_close_to_fp32_oracle():
+    torch.manual_seed(3)
+    B, H, KV, T, S, D = 2, 9, 3, 5, 40, 64
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, KV, S, D), torch.randn(B, KV, S, D)
+    out = ref.attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    torch.testing.assert_close(out.float(), _naive(q, k, v, S - T, None), atol=3e-2, rtol=3e-2)
+
+
+def test_rope_tables_pair_feature_i_with_i_plus_half():
+    cos, sin = ref.rope_cos_sin(torch.arange(7)[None], 32, 1e4)
+    assert cos.shape == sin.shape == (1, 7, 32)
+    torch.testing.assert_close(cos[..., :16], cos[..., 16:])
+    torch.testing.assert_close(sin[..., :16], sin[..., 16:])

@@ -28,6 +28,36 @@ def _list(names, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + more
 
 
+# Fused parameters and the separate tensors other formats (GGUF, transformers, Meta) store, in row order.
+FUSED = {
+    "attention.wqkv.weight": ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight"),
+    "feed_forward.w13.weight": ("feed_forward.w1.weight", "feed_forward.w3.weight"),
+}
+
+
+def fuse_projections(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Concatenate separate q/k/v and gate/up tensors into havoc's fused `wqkv` and `w13`.
+
+    Tensors already fused pass through. A group that is only partly present is an error naming the
+    missing member.
+    """
+    out = dict(state_dict)
+    prefixes = {k[: -len(part)] for k in state_dict for parts in FUSED.values() for part in parts if k.endswith(part)}
+    for prefix in sorted(prefixes):
+        for fused, parts in FUSED.items():
+            names = [prefix + part for part in parts]
+            present = [n for n in names if n in out]
+            if not present:
+                continue
+            if len(present) != len(names):
+                missing = [n for n in names if n not in out]
+                raise CheckpointError(f"{source}: missing tensors: {_list(missing)} (needed beside {_list(present)})")
+            if prefix + fused in out:
+                raise CheckpointError(f"{source}: has both {prefix + fused} and {_list(names)}")
+            out[prefix + fused] = torch.cat([out.pop(n) for n in names], dim=0)
+    return out
+
+
 def build_model(
     config: ModelConfig,
     state_dict: dict[str, torch.Tensor],
@@ -38,11 +68,12 @@ def build_model(
 ) -> HavocModel:
     """A `HavocModel` holding exactly `state_dict`, checked name by name and shape by shape.
 
-    The model is built on the meta device and the tensors are assigned, so weights are never allocated
+    Separate q/k/v and gate/up tensors (wq, wk, wv, w1, w3) are fused first. The model is built on the meta device and the tensors are assigned, so weights are never allocated
     twice. Raises `CheckpointError` naming missing, unexpected or mis-shaped tensors.
     """
     from havoc.model import HavocModel
 
+    state_dict = fuse_projections(state_dict, source)
     with torch.device("meta"):
         model = HavocModel(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
