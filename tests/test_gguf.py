@@ -1,0 +1,284 @@
+"""GGUF import: dequantization against gguf's reference, the Q/K un-permutation against transformers' own
+GGUF loader, config from metadata, and every kind of bad file."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+
+from havoc.errors import CheckpointError, ModelNotFoundError, TokenizerError
+from havoc.io.gguf import dequantize, havoc_name, load_gguf, read_gguf, unpermute_qk
+
+from .gguf_files import TINY, llama_cpp_permute, tiny_weights, write_tiny_gguf
+
+# ----------------------------------------------------------------------------------------- dequantization
+
+
+def _reference(data: np.ndarray, qtype: Q) -> torch.Tensor:
+    return torch.from_numpy(np.array(gguf.quants.dequantize(data, qtype), dtype=np.float32))
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q5_0, Q.Q5_1])
+@pytest.mark.parametrize("shape", [(1, 32), (7, 96), (33, 160)])
+def test_dequantize_matches_gguf_reference(qtype: Q, shape: tuple[int, int]) -> None:
+    # Q5_0/Q5_1 have no kernel here: they exercise the fallback to gguf's numpy dequantizer.
+    g = torch.Generator().manual_seed(shape[0] * 1000 + qtype.value)
+    x = torch.randn(shape, generator=g) * torch.logspace(-3, 2, shape[0])[:, None]  # rows of very different scale
+    x[0, :32] = 0.0  # an all-zero block: scale 0 (and, for Q4_1, minimum 0)
+    data = gguf.quants.quantize(x.numpy(), qtype)
+    if qtype == Q.F32:
+        expected = x
+    else:
+        expected = _reference(data, qtype).reshape(shape)
+        if qtype in (Q.F16, Q.BF16):  # the reader hands BF16 over as raw bytes, F16 as float16 values
+            data = data.view(np.uint8) if qtype == Q.BF16 else data
+    got = dequantize(data, qtype.name, shape)
+    assert got.dtype == torch.float32 and got.shape == shape
+    assert torch.equal(got, expected), f"{qtype.name}: max abs diff {(got - expected).abs().max()}"
+    # the quantized values are near the originals, so the test would notice a dequantizer returning garbage
+    tol = {Q.F32: 0, Q.F16: 1e-3, Q.BF16: 1e-2, Q.Q8_0: 1e-2, Q.Q5_0: 0.1, Q.Q5_1: 0.1}.get(qtype, 0.2)
+    assert ((got - x).abs() <= tol * x.abs().amax(1, keepdim=True) + 1e-6).all()
+
+
+def test_dequantize_rejects_unsupported_type() -> None:
+    with pytest.raises(CheckpointError, match=r"blk\.0\.attn_q\.weight is stored as I32"):
+        dequantize(np.zeros((4, 32), np.int32), "I32", (4, 32), tensor="blk.0.attn_q.weight")
+
+
+@pytest.fixture(scope="module")
+def smollm2_reader(smollm2_gguf):
+    return gguf.GGUFReader(smollm2_gguf)
+
+
+@pytest.mark.model
+def test_dequantize_real_tensors_match_gguf(smollm2_reader) -> None:
+    by_type: dict[str, object] = {}
+    for t in smollm2_reader.tensors:
+        by_type.setdefault(t.tensor_type.name, t)
+    assert set(by_type) == {"Q4_1", "Q8_0", "F32"}  # what SmolLM2's Q4_1 file holds
+    for name, t in by_type.items():
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        got = dequantize(t.data, name, shape, tensor=t.name)
+        expected = _reference(t.data, t.tensor_type).reshape(shape)
+        assert torch.equal(got, expected), f"{t.name} ({name})"
+
+
+# ----------------------------------------------------------------------------------------- permutation
+
+
+def test_unpermute_inverts_llama_cpp_permute() -> None:
+    w = torch.arange(6 * 16 * 5, dtype=torch.float32).reshape(6 * 16, 5)
+    permuted = llama_cpp_permute(w, 6)
+    assert not torch.equal(permuted, w)
+    assert torch.equal(unpermute_qk(permuted, 6), w)
+    # within a head, rows i and i + head_dim/2 (a rotate-half pair) are adjacent in the file's order
+    assert torch.equal(permuted[0], w[0]) and torch.equal(permuted[1], w[8])
+
+
+HF_NAMES = {
+    "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+
+
+def hf_name(name: str) -> str:
+    if name == "tok_embeddings.weight":
+        return "model.embed_tokens.weight"
+    if name == "norm.weight":
+        return "model.norm.weight"
+    _, i, rest = name.split(".", 2)
+    return f"model.layers.{i}.{HF_NAMES[rest.removesuffix('.weight')]}.weight"
+
+
+@pytest.mark.model
+def test_weights_equal_transformers_gguf_import(smollm2_checkpoint, hf_model, smollm2_reader) -> None:
+    """transformers un-permutes Q/K in its own GGUF loader; every tensor must be bit-identical to ours."""
+    ours = smollm2_checkpoint.tensors
+    theirs = hf_model.state_dict()
+    assert len(ours) == 30 * 9 + 2
+    for name, w in ours.items():
+        ref = theirs[hf_name(name)]
+        assert torch.equal(w, ref), f"{name}: max abs diff {(w - ref).abs().max()}"
+    # The check has teeth: the file's own row order of wq differs from transformers'.
+    raw = next(t for t in smollm2_reader.tensors if t.name == "blk.0.attn_q.weight")
+    stored = _reference(raw.data, raw.tensor_type).reshape(576, 576)
+    assert not torch.equal(stored, theirs["model.layers.0.self_attn.q_proj.weight"])
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.model
+def test_config_from_metadata(smollm2, smollm2_gguf, hf_model) -> None:
+    model, tok = smollm2
+    c = model.config
+    assert (c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim) == (49152, 576, 30, 9, 3, 64)
+    assert (c.ffn_hidden, c.rope_theta, c.rotary_dim, c.max_seq_len) == (1536, 100000.0, 64, 8192)
+    assert c.norm_eps == pytest.approx(1e-5, rel=1e-6) and c.tie_embeddings
+    assert (c.bos_id, c.eos_id, c.pad_id) == (1, 2, 2) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    assert c.name == "Smollm2 135M 8k Lc100K Mix1 Ep2"
+    assert c.extra["source"] == str(smollm2_gguf) and c.extra["general.architecture"] == "llama"
+    assert c.extra["general.organization"] == "HuggingFaceTB"
+    hf = hf_model.config
+    assert (hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads) == (
+        c.dim, c.n_layers, c.n_heads, c.n_kv_heads,
+    )
+    assert (hf.intermediate_size, hf.max_position_embeddings) == (c.ffn_hidden, c.max_seq_len)
+    assert hf.rms_norm_eps == c.norm_eps
+    c.to_json()  # provenance must stay serialisable
+
+
+def test_tiny_file_round_trip(tmp_path) -> None:
+    weights = tiny_weights()
+    ckpt = read_gguf(write_tiny_gguf(tmp_path / "tiny.gguf", weights))
+    assert set(ckpt.tensors) == set(weights)
+    for name, w in weights.items():
+        assert torch.equal(ckpt.tensors[name], w), name
+    c = ckpt.config
+    assert (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_hidden) == tuple(TINY.values())
+    assert c.tie_embeddings and c.name == "Tiny Test" and c.max_seq_len == 128
+    assert ckpt.metadata["tokenizer.ggml.pre"] == "smollm"
+    assert not any(isinstance(v, list) for v in ckpt.metadata.values())
+    assert ckpt.tokenizer.decode(ckpt.tokenizer.encode("hello the<|im_end|>")) == "hello the<|im_end|>"
+
+
+def test_untied_output_and_dtype(tmp_path) -> None:
+    weights = tiny_weights(tied=False)
+    model, _ = load_gguf(write_tiny_gguf(tmp_path / "untied.gguf", weights), dtype=torch.bfloat16)
+    assert not model.config.tie_embeddings
+    assert model.output.weight.dtype == torch.bfloat16
+    assert torch.equal(model.output.weight, weights["output.weight"].bfloat16())
+
+
+def test_quantized_tiny_file_loads(tmp_path) -> None:
+    weights = tiny_weights()
+    qtypes = {"blk.0.attn_q.weight": Q.Q4_1, "blk.0.attn_k.weight": Q.Q8_0, "blk.1.ffn_up.weight": Q.Q4_0}
+    ckpt = read_gguf(write_tiny_gguf(tmp_path / "q.gguf", weights, qtypes=qtypes))
+    q = ckpt.tensors["layers.0.attention.wq.weight"]
+    stored = llama_cpp_permute(weights["layers.0.attention.wq.weight"], TINY["n_heads"]).numpy()
+    expected = torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(stored, Q.Q4_1), Q.Q4_1))
+    assert torch.equal(q, unpermute_qk(expected, TINY["n_heads"]))
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        read_gguf(tmp_path / "nope.gguf")
+
+
+def test_folder_instead_of_file(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="is a folder"):
+        read_gguf(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 a zip file, not a gguf", b'{"json": true}'])
+def test_not_a_gguf(tmp_path, content: bytes) -> None:
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"model\.gguf is not a GGUF file"):
+        read_gguf(path)
+
+
+@pytest.mark.parametrize("keep", [0.001, 0.02, 0.3, 0.9, 0.9999])
+def test_truncated_file(tmp_path, keep: float) -> None:
+    data = write_tiny_gguf(tmp_path / "full.gguf").read_bytes()
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(data[: max(4, int(len(data) * keep))])
+    with pytest.raises(CheckpointError, match=r"cut\.gguf .*(truncated or corrupt|not a GGUF file)"):
+        read_gguf(path)
+
+
+def test_unknown_tensor_name(tmp_path) -> None:
+    path = write_tiny_gguf(tmp_path / "x.gguf", extra_tensors={"blk.0.attn_q_norm.weight": np.ones(8, np.float32)})
+    with pytest.raises(CheckpointError, match=r"unknown tensor names blk\.0\.attn_q_norm\.weight"):
+        read_gguf(path)
+
+
+def test_tensor_beyond_the_layers(tmp_path) -> None:
+    path = write_tiny_gguf(tmp_path / "x.gguf", extra_tensors={"blk.7.ffn_norm.weight": np.ones(32, np.float32)})
+    with pytest.raises(CheckpointError, match=r"beyond the config's 2 layers: blk\.7\.ffn_norm\.weight"):
+        read_gguf(path)
+
+
+def test_missing_tensor(tmp_path) -> None:
+    path = write_tiny_gguf(tmp_path / "x.gguf", drop_tensors=("blk.1.ffn_up.weight",))
+    with pytest.raises(CheckpointError, match=r"missing tensors .*layers\.1\.feed_forward\.w3\.weight"):
+        read_gguf(path)
+
+
+def test_wrong_shape(tmp_path) -> None:
+    weights = tiny_weights()
+    weights["layers.1.feed_forward.w1.weight"] = torch.randn(40, 32)
+    with pytest.raises(CheckpointError, match=r"blk\.1\.ffn_gate\.weight has shape \(40, 32\).*expects \(48, 32\)"):
+        read_gguf(write_tiny_gguf(tmp_path / "x.gguf", weights))
+
+
+def test_unsupported_quant_type(tmp_path) -> None:
+    weights = tiny_weights()
+    del weights["layers.0.attention_norm.weight"]
+    int_norm = {"blk.0.attn_norm.weight": np.ones(32, np.int32)}
+    path = write_tiny_gguf(tmp_path / "x.gguf", weights, extra_tensors=int_norm)
+    with pytest.raises(CheckpointError, match=r"blk\.0\.attn_norm\.weight is stored as I32"):
+        read_gguf(path)
+
+
+def test_other_architecture(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match=r"general\.architecture is 'qwen2'"):
+        read_gguf(write_tiny_gguf(tmp_path / "x.gguf", arch="qwen2"))
+
+
+def test_missing_metadata_key(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match=r"no llama\.block_count"):
+        read_gguf(write_tiny_gguf(tmp_path / "x.gguf", drop_meta=("llama.block_count",)))
+
+
+def test_invalid_metadata_values(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match=r"n_heads \(4\) must be a multiple of n_kv_heads \(3\)"):
+        read_gguf(write_tiny_gguf(tmp_path / "x.gguf", meta={"llama.attention.head_count_kv": 3}))
+    with pytest.raises(CheckpointError, match="partial rotary"):
+        read_gguf(write_tiny_gguf(tmp_path / "y.gguf", meta={"llama.rope.dimension_count": 4}))
+
+
+def test_unknown_pre_tokenizer(tmp_path) -> None:
+    known = r"known: \['default', 'gpt2', 'smollm'\]"
+    with pytest.raises(TokenizerError, match=r"tokenizer\.ggml\.pre is 'made-up'.*" + known):
+        read_gguf(write_tiny_gguf(tmp_path / "x.gguf", meta={"tokenizer.ggml.pre": "made-up"}))
+
+
+def test_sentencepiece_vocabulary_is_refused(tmp_path) -> None:
+    with pytest.raises(TokenizerError, match=r"tokenizer\.ggml\.model is 'llama'"):
+        read_gguf(write_tiny_gguf(tmp_path / "x.gguf", meta={"tokenizer.ggml.model": "llama"}))
+
+
+def test_bad_files_leave_nothing_behind(tmp_path) -> None:
+    path = write_tiny_gguf(tmp_path / "x.gguf", drop_tensors=("output_norm.weight",))
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(CheckpointError):
+        load_gguf(path)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("gguf_name", "expected"),
+    [
+        ("token_embd.weight", "tok_embeddings.weight"),
+        ("output.weight", "output.weight"),
+        ("output_norm.weight", "norm.weight"),
+        ("blk.12.attn_output.weight", "layers.12.attention.wo.weight"),
+        ("blk.0.ffn_gate.weight", "layers.0.feed_forward.w1.weight"),
+        ("blk.0.ffn_down.weight", "layers.0.feed_forward.w2.weight"),
+        ("blk.0.ffn_up.weight", "layers.0.feed_forward.w3.weight"),
+        ("blk.3.attn_norm.weight", "layers.3.attention_norm.weight"),
+        ("blk.0.attn_q.bias", None),
+        ("rope_freqs.weight", None),
+        ("blk.x.attn_q.weight", None),
+    ],
+)
+def test_name_mapping(gguf_name: str, expected: str | None) -> None:
+    assert havoc_name(gguf_name) == expected
