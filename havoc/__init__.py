@@ -31,6 +31,7 @@ from havoc.errors import (
 from havoc.generation import SamplingParams
 from havoc.llm import LLM, Completion
 from havoc.model import HavocModel
+from havoc.tokenizer import Tokenizer
 
 __all__ = [
     "PRESETS",
@@ -45,6 +46,7 @@ __all__ = [
     "ModelNotFoundError",
     "PullError",
     "SamplingParams",
+    "Tokenizer",
     "TokenizerError",
     "__version__",
 ]

@@ -117,6 +117,14 @@ class LLM:
     def config(self):
         return self.model.config
 
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write model and tokenizer into the folder `path` (loadable with `LLM.load(path)`).
+
+        Turns an imported GGUF into havoc's format: safetensors weights, config and tokenizer JSON.
+        """
+        self.model.save_pretrained(path)
+        self.tokenizer.save(path)
+
     def _params(self, params: SamplingParams | None, kwargs: dict[str, Any]) -> SamplingParams:
         if params is not None and kwargs:
             raise GenerationError(f"pass either params or keyword arguments, not both: {sorted(kwargs)}")

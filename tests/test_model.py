@@ -216,3 +216,13 @@ def test_separate_projections_are_fused_on_load():
     del separate["layers.1.attention.wv.weight"]
     with pytest.raises(CheckpointError, match="missing tensors: layers.1.attention.wv.weight"):
         build_model(cfg, separate)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        tiny().save_pretrained(tmp_path)
+    finally:
+        os.umask(mask)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644

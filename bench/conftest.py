@@ -1,0 +1,117 @@
+"""Shared fixtures of the benchmarks: SmolLM2 in havoc and in transformers on the same weights."""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import os
+import platform
+from collections.abc import Callable
+
+import pytest
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(havoc model in fp32, tokenizer), pulled on first use."""
+    from havoc import hub
+
+    return hub.load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def engines(smollm2):
+    """get(engine, dtype) -> model; 'havoc' or 'transformers', built once per session."""
+    made: dict[tuple[str, str], torch.nn.Module] = {}
+
+    def get(engine: str, dtype: str) -> torch.nn.Module:
+        key = (engine, dtype)
+        if key not in made:
+            if engine == "havoc":
+                made[key] = copy.deepcopy(smollm2[0]).to(DTYPES[dtype]).eval()
+            elif engine == "transformers":
+                pytest.importorskip("transformers")
+                from havoc.io.hf import to_transformers
+
+                made[key] = to_transformers(get("havoc", dtype))
+            else:
+                raise ValueError(engine)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sample_text() -> str:
+    # Real text with code, digits and prose, long enough for a 512-token prompt.
+    para = (
+        "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon; the crew "
+        "returned on July 24. def mean(xs): return sum(xs) / len(xs)  # average of 3, 5 and 8 is 5.333. "
+        "Statistical process control charts track a process over time and flag points outside the limits. "
+    )
+    return para * 40
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["torch"] = torch.__version__
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["cpu_model"] = _cpu_model()
+    machine_info["havoc_commit"] = os.environ.get("HAVOC_COMMIT", "")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# Peak resident memory of a piece of work, in-process (Linux): the kernel's high-water mark (VmHWM) is
+# reset through /proc/self/clear_refs, the work runs, and the peak above the resident set before it is
+# the memory the work itself needed (KV cache, activations, logits), weights excluded.
+try:
+    _libc = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc
+    _libc = None
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _peak_extra_mb(work: Callable[[], object]) -> float | None:
+    """Peak RSS during `work()` minus RSS before it, in MiB (None where the OS cannot say)."""
+    gc.collect()
+    if _libc is not None:  # hand freed heap pages back, or earlier runs' garbage hides this run's peak
+        _libc.malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _status_kb("VmRSS")
+    work()
+    peak = _status_kb("VmHWM")
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before) / 1024
+
+
+@pytest.fixture(scope="session")
+def peak_extra_mb():
+    return _peak_extra_mb
