@@ -154,15 +154,16 @@ void BlockManager::release(int32_t b) {
 void BlockManager::publish(const Table& table, int64_t pos, int32_t ns) {
   const int32_t b = table[static_cast<size_t>(pos)];
   const int32_t parent = pos == 0 ? -1 : table[static_cast<size_t>(pos) - 1];
-  // Publish only onto a published parent: the chain of a sequence's cached blocks then always starts at
-  // its first block, which is what makes parent_ hold for every table (see the header).
-  if (parent >= 0 && !cached_[parent]) return;
+  // Every full block of a table is published (check_invariants), so the parent — the previous full
+  // block — is too: a sequence's published blocks form one chain from its first block.
+  if (parent >= 0 && !cached_[parent]) broken("publishing onto unpublished block " + std::to_string(parent));
   const int32_t* bt = &tokens_[static_cast<size_t>(b) * block_size_];
   const uint64_t key = block_key(bt, parent < 0 ? ns_seeds_[ns] : key_[parent]);
-  // Someone published the same content first; this sequence keeps its own copy unpublished (its later
-  // blocks then stay unpublished too). Replacing the block by the published one would need the tensor
-  // side to skip the write of the token that just filled it.
-  if (find_cached(parent, key, bt, ns) >= 0) return;
+  // The same content may be published already (a resubmitted prompt recomputes its last block; greedy
+  // siblings write equal blocks). Publish ours too rather than leave it private: a private block would
+  // stop this sequence from ever publishing again, and its continuation is what a follow-up turn asks
+  // for. Swapping it for the published twin is no option: the token that just filled it is being
+  // written there. Lookups take the newest twin (chain head); the older one ages out through the LRU.
   cached_[b] = 1;
   key_[b] = key;
   parent_[b] = parent;
@@ -597,6 +598,8 @@ void BlockManager::check_invariants() const {
       const int32_t b = t[i];
       if (b < 0 || b >= num_blocks_) broken(seq_name(id) + " holds out-of-pool " + name(b));
       ++refs[b];
+      if (static_cast<int64_t>(i) < s.length / block_size_ && !cached_[b])
+        broken(seq_name(id) + "'s full " + name(b) + " at position " + std::to_string(i) + " is unpublished");
       // parent_ is the previous block of every table holding a cached block (namespace included).
       if (cached_[b]) {
         const int32_t want = i == 0 ? -1 : t[i - 1];
@@ -643,10 +646,6 @@ void BlockManager::check_invariants() const {
     for (int32_t c = it == index_.end() ? -1 : it->second; c != -1; c = hash_next_[c]) {
       if (!cached_[c] || key_[c] != key_[b]) broken("hash chain of " + name(bb) + " is corrupt");
       found |= c == bb;
-      if (c != bb && parent_[c] == p && ns_[c] == ns_[b] &&
-          std::memcmp(&tokens_[c * block_size_], &tokens_[b * block_size_],
-                      sizeof(int32_t) * block_size_) == 0)
-        broken("cached " + name(bb) + " and " + name(c) + " hold the same content");
     }
     if (!found) broken("cached " + name(bb) + " is not reachable from the index");
     if (ref_[b] > 0 && p >= 0 && ref_[p] == 0)

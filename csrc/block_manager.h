@@ -8,7 +8,8 @@
 // ceil(length / block_size) of them. Forks copy the table and bump reference counts. A block may only be
 // written while it is private (one reference, not in the prefix cache); appending into a shared or cached
 // partial block first moves the sequence to a fresh block and reports the (src, dst) copy the tensor side
-// must make. A block that becomes full is published in the prefix cache under
+// must make. A block that becomes full is published in the prefix cache (so every full block of every
+// table is; equal-content twins too) under
 // key = XXH3(tokens, seed = key of the block before it, or the namespace's seed for the first block);
 // lookups compare the stored tokens, namespace and parent block on every hash hit, so a collision can never
 // serve another sequence's data. Unreferenced cached blocks stay until their slot is needed, then go least
