@@ -15,6 +15,30 @@ namespace {
 using IdArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 using TokenArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
+// Arguments arrive as py::object and are converted here. NOTE: an array_t<T, forcecast> parameter runs
+// PyArray_FromAny even when the array already fits, ~0.3 us per argument (of a ~1 us append); an array of
+// the right dtype and layout is taken as it is, anything else (lists, other dtypes) is converted.
+template <class A>
+A as_array(const py::handle& h, const char* what) {
+  if (A::check_(h)) return py::reinterpret_borrow<A>(h);
+  A a = A::ensure(h);
+  if (!a) {
+    PyErr_Clear();
+    throw py::type_error(std::string(what) + " must be an integer array or sequence");
+  }
+  return a;
+}
+
+// step()/append() with no copies return this read-only (0, 2) array instead of allocating one.
+py::array empty_copies() {
+  static py::array* empty = [] {
+    auto* a = new py::array(py::array_t<int64_t>(std::vector<py::ssize_t>{0, 2}));  // leaked on purpose:
+    py::detail::array_proxy(a->ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;  // outlives
+    return a;                                                                  // interpreter teardown order
+  }();
+  return *empty;
+}
+
 // Hand a vector's buffer to NumPy without copying: the array's base owns the vector.
 template <class T>
 py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
@@ -91,6 +115,7 @@ py::dict snapshot_dict(const havoc::BlockManagerSnapshot& s) {
 }
 
 py::tuple copies_and_slots(py::array slots, const std::vector<havoc::BlockCopy>& copies) {
+  if (copies.empty()) return py::make_tuple(std::move(slots), empty_copies());
   py::array_t<int64_t> c({static_cast<py::ssize_t>(copies.size()), py::ssize_t{2}});
   auto w = c.mutable_unchecked<2>();
   for (size_t i = 0; i < copies.size(); ++i) {
@@ -153,7 +178,8 @@ thread-safety contract; PyBlockManager there is the pure-Python model with the s
       .def_property_readonly("watermark_blocks", &BlockManager::watermark_blocks)
       .def(
           "add",
-          [](BlockManager& self, int64_t seq_id, TokenArray tokens, const std::string& ns) {
+          [](BlockManager& self, int64_t seq_id, const py::object& tokens_obj, const std::string& ns) {
+            auto tokens = as_array<TokenArray>(tokens_obj, "tokens");
             require_1d(tokens, "tokens");
             py::gil_scoped_release nogil;
             return self.add(seq_id, tokens.data(), tokens.shape(0), ns);
@@ -164,7 +190,9 @@ thread-safety contract; PyBlockManager there is the pure-Python model with the s
           "changed) or ValueError if seq_id exists.")
       .def(
           "step",
-          [](BlockManager& self, IdArray seq_ids, TokenArray tokens) {
+          [](BlockManager& self, const py::object& ids_obj, const py::object& tokens_obj) {
+            auto seq_ids = as_array<IdArray>(ids_obj, "seq_ids");
+            auto tokens = as_array<TokenArray>(tokens_obj, "tokens");
             require_1d(seq_ids, "seq_ids");
             const int64_t n = seq_ids.shape(0);
             int64_t t = 0;
@@ -190,14 +218,17 @@ thread-safety contract; PyBlockManager there is the pure-Python model with the s
           "to make before writing the slots. Releases the GIL.")
       .def(
           "append",
-          [](BlockManager& self, int64_t seq_id, TokenArray tokens) {
+          [](BlockManager& self, int64_t seq_id, const py::object& tokens_obj) {
+            auto tokens = as_array<TokenArray>(tokens_obj, "tokens");
             require_1d(tokens, "tokens");
             const int64_t t = tokens.shape(0);
             py::array_t<int64_t> slots(t);
             int64_t* out = slots.mutable_data();
             std::vector<havoc::BlockCopy> copies;
-            {
+            if (t >= 256) {  // releasing the GIL costs ~0.1 us: worth it for a prefill chunk, not a token
               py::gil_scoped_release nogil;
+              self.step(&seq_id, 1, tokens.data(), t, out, copies);
+            } else {
               self.step(&seq_id, 1, tokens.data(), t, out, copies);
             }
             return copies_and_slots(std::move(slots), copies);
@@ -219,7 +250,8 @@ thread-safety contract; PyBlockManager there is the pure-Python model with the s
           "Drop up to n_blocks unreferenced cached blocks (LRU leaves first); returns how many.")
       .def(
           "lookup",
-          [](const BlockManager& self, TokenArray tokens, const std::string& ns) {
+          [](const BlockManager& self, const py::object& tokens_obj, const std::string& ns) {
+            auto tokens = as_array<TokenArray>(tokens_obj, "tokens");
             require_1d(tokens, "tokens");
             std::vector<int32_t> hits;
             {
@@ -265,7 +297,8 @@ thread-safety contract; PyBlockManager there is the pure-Python model with the s
           py::arg("block"), "The block_size token ids stored in a block (garbage past its fill).")
       .def(
           "block_tables",
-          [](const BlockManager& self, IdArray seq_ids, int32_t pad, int64_t width) {
+          [](const BlockManager& self, const py::object& ids_obj, int32_t pad, int64_t width) {
+            auto seq_ids = as_array<IdArray>(ids_obj, "seq_ids");
             require_1d(seq_ids, "seq_ids");
             const int64_t n = seq_ids.shape(0);
             std::vector<int32_t> tables, lengths;
@@ -280,7 +313,8 @@ thread-safety contract; PyBlockManager there is the pure-Python model with the s
           "Padded int32 tables (n, width) and int32 lengths (n,) for a batch. Releases the GIL.")
       .def(
           "block_tables_csr",
-          [](const BlockManager& self, IdArray seq_ids) {
+          [](const BlockManager& self, const py::object& ids_obj) {
+            auto seq_ids = as_array<IdArray>(ids_obj, "seq_ids");
             require_1d(seq_ids, "seq_ids");
             std::vector<int32_t> indptr, indices, last_len;
             {

@@ -29,6 +29,7 @@ std::string seq_name(int64_t id) { return "sequence " + std::to_string(id); }
 BlockManager::BlockManager(int64_t num_blocks, int64_t block_size, double watermark, int hash_bits)
     : num_blocks_(static_cast<int32_t>(num_blocks)),
       block_size_(static_cast<int32_t>(block_size)),
+      block_shift_(block_size > 0 && (block_size & (block_size - 1)) == 0 ? __builtin_ctzll(block_size) : -1),
       watermark_blocks_(static_cast<int64_t>(watermark * static_cast<double>(num_blocks))),
       hash_mask_(hash_bits >= 64 ? ~uint64_t{0} : ((uint64_t{1} << std::max(hash_bits, 0)) - 1)) {
   if (num_blocks <= 0 || num_blocks > INT32_MAX)
@@ -62,15 +63,15 @@ BlockManager::BlockManager(int64_t num_blocks, int64_t block_size, double waterm
 // --- helpers (mu_ held) ---------------------------------------------------------------------------------
 
 BlockManager::Sequence& BlockManager::find_seq(int64_t seq_id) {
-  auto it = seqs_.find(seq_id);
-  if (it == seqs_.end()) throw UnknownSequence(seq_name(seq_id) + " is not in the block manager");
-  return it->second;
+  Sequence* s = seqs_.find(static_cast<uint64_t>(seq_id));
+  if (!s) throw UnknownSequence(seq_name(seq_id) + " is not in the block manager");
+  return *s;
 }
 
 const BlockManager::Sequence& BlockManager::find_seq(int64_t seq_id) const {
-  auto it = seqs_.find(seq_id);
-  if (it == seqs_.end()) throw UnknownSequence(seq_name(seq_id) + " is not in the block manager");
-  return it->second;
+  const Sequence* s = seqs_.find(static_cast<uint64_t>(seq_id));
+  if (!s) throw UnknownSequence(seq_name(seq_id) + " is not in the block manager");
+  return *s;
 }
 
 uint64_t BlockManager::block_key(const int32_t* block_tokens, uint64_t seed) const {
@@ -81,11 +82,11 @@ uint64_t BlockManager::block_key(const int32_t* block_tokens, uint64_t seed) con
 
 int32_t BlockManager::find_cached(int32_t parent, uint64_t key, const int32_t* block_tokens,
                                   int32_t ns) const {
-  auto it = index_.find(key);
-  if (it == index_.end()) return -1;
+  const int32_t* head = index_.find(key);
+  if (!head) return -1;
   const size_t bytes = sizeof(int32_t) * static_cast<size_t>(block_size_);
   // A key match alone proves nothing (64 bits, or fewer under hash_bits): compare what the key stands for.
-  for (int32_t b = it->second; b != -1; b = hash_next_[b]) {
+  for (int32_t b = *head; b != -1; b = hash_next_[b]) {
     if (parent_[b] == parent && ns_[b] == ns &&
         std::memcmp(&tokens_[static_cast<size_t>(b) * block_size_], block_tokens, bytes) == 0)
       return b;
@@ -169,23 +170,27 @@ void BlockManager::publish(const Table& table, int64_t pos, int32_t ns) {
   parent_[b] = parent;
   ns_[b] = ns;
   children_[b] = 0;
-  auto [it, inserted] = index_.try_emplace(key, b);
-  hash_next_[b] = inserted ? -1 : it->second;
-  it->second = b;
+  if (int32_t* head = index_.find(key)) {  // newest first
+    hash_next_[b] = *head;
+    *head = b;
+  } else {
+    hash_next_[b] = -1;
+    index_.insert(key, b);  // reserved for num_blocks keys: never allocates
+  }
   if (parent >= 0) ++children_[parent];
   ++n_cached_;
 }
 
 void BlockManager::uncache(int32_t b) {
   // Precondition: cached_[b] && children_[b] == 0.
-  auto it = index_.find(key_[b]);
-  if (it->second == b) {
+  int32_t* head = index_.find(key_[b]);
+  if (*head == b) {
     if (hash_next_[b] == -1)
-      index_.erase(it);
+      index_.erase(key_[b]);
     else
-      it->second = hash_next_[b];
+      *head = hash_next_[b];
   } else {
-    int32_t prev = it->second;
+    int32_t prev = *head;
     while (hash_next_[prev] != b) prev = hash_next_[prev];
     hash_next_[prev] = hash_next_[b];
   }
@@ -233,7 +238,7 @@ int32_t BlockManager::find_ns(const std::string& ns) const {
 int64_t BlockManager::add(int64_t seq_id, const int32_t* tokens, int64_t n_tokens, const std::string& ns) {
   std::lock_guard<std::mutex> lock(mu_);
   if (n_tokens < 0) throw std::invalid_argument("n_tokens must be >= 0");
-  if (seqs_.count(seq_id)) throw std::invalid_argument(seq_name(seq_id) + " already exists");
+  if (seqs_.find(static_cast<uint64_t>(seq_id))) throw std::invalid_argument(seq_name(seq_id) + " already exists");
 
   // Plan: which cached blocks to reuse and how many blocks to take.
   const int64_t n_blocks = blocks_for(n_tokens);
@@ -250,6 +255,7 @@ int64_t BlockManager::add(int64_t seq_id, const int32_t* tokens, int64_t n_token
   Sequence s;
   s.table = std::make_shared<Table>();
   s.table->reserve(static_cast<size_t>(std::max<int64_t>(n_blocks, 4)));
+  seqs_.reserve(seqs_.size() + 1);  // the insert below must not allocate
 
   // Mutate.
   ++clock_;
@@ -271,7 +277,7 @@ int64_t BlockManager::add(int64_t seq_id, const int32_t* tokens, int64_t n_token
   ++prefix_queries_;
   prefix_query_tokens_ += n_tokens;
   prefix_hit_tokens_ += n_hits * block_size_;
-  seqs_.emplace(seq_id, std::move(s));
+  seqs_.insert(static_cast<uint64_t>(seq_id), std::move(s));
   return n_hits * block_size_;
 }
 
@@ -280,6 +286,10 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
   std::lock_guard<std::mutex> lock(mu_);
   if (n_seqs < 0 || tokens_per_seq < 0) throw std::invalid_argument("negative batch dimensions");
   const int64_t t = tokens_per_seq;
+  // More tokens than the pool holds can never fit; failing here keeps the 32-bit block arithmetic below
+  // (block_index) in range.
+  if (n_seqs > 0 && t > static_cast<int64_t>(num_blocks_) * block_size_)
+    throw OutOfBlocks("a step of " + std::to_string(t) + " tokens per sequence exceeds the whole pool");
 
   // Plan. Decide per sequence what happens to its partial last block, simulating the reference drops of
   // earlier copies in this same step (the last of n siblings sharing a block may write it in place), and
@@ -289,18 +299,19 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
   plan_action_.resize(static_cast<size_t>(n_seqs));
   int64_t need = 0;
   for (int64_t i = 0; i < n_seqs; ++i) {
-    auto it = seqs_.find(seq_ids[i]);
-    if (it == seqs_.end() || it->second.plan_mark == plan_epoch_) {
+    Sequence* found = seqs_.find(static_cast<uint64_t>(seq_ids[i]));
+    if (!found || found->plan_mark == plan_epoch_) {
       for (int32_t b : sim_touched_) sim_ref_drop_[b] = 0;
       sim_touched_.clear();
-      if (it == seqs_.end()) throw UnknownSequence(seq_name(seq_ids[i]) + " is not in the block manager");
+      if (!found) throw UnknownSequence(seq_name(seq_ids[i]) + " is not in the block manager");
       throw std::invalid_argument(seq_name(seq_ids[i]) + " appears twice in one step");
     }
-    Sequence& s = it->second;
+    Sequence& s = *found;
     s.plan_mark = plan_epoch_;
     plan_seqs_[i] = &s;
     uint8_t action = kWriteInPlace;
-    if (t > 0 && s.length % block_size_ != 0) {
+    const uint32_t off = offset_in_block(s.length);
+    if (t > 0 && off != 0) {
       const int32_t b = s.table->back();
       const int32_t r = ref_[b] - sim_ref_drop_[b];
       if (r == 1 && !cached_[b]) {
@@ -316,26 +327,30 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
       }
     }
     plan_action_[i] = action;
-    need += blocks_for(s.length + t) - blocks_for(s.length);
+    // len = q * block_size + off: blocks_for(len + t) - blocks_for(len) without dividing len.
+    const int64_t new_blocks = static_cast<int64_t>(block_index(off + t + block_size_ - 1)) - (off != 0);
+    need += new_blocks;
+    // Grow the table now, so that mutating cannot fail. Capacity is not state: a call that fails later
+    // in planning still leaves the manager as it was.
+    reserve_table(s, static_cast<int64_t>(s.table->size()) + new_blocks);
   }
   for (int32_t b : sim_touched_) sim_ref_drop_[b] = 0;
   sim_touched_.clear();
+  copies.reserve(copies.size() + static_cast<size_t>(n_seqs));  // at most one copy per sequence
   const int64_t available = static_cast<int64_t>(free_.size()) + n_evictable_;
   if (need > available)
     throw OutOfBlocks("step of " + std::to_string(n_seqs) + " sequences x " + std::to_string(t) +
                       " tokens needs " + std::to_string(need) + " blocks; " + std::to_string(available) +
                       " are free or evictable");
-  for (int64_t i = 0; i < n_seqs; ++i)  // grow tables now: cannot fail later
-    reserve_table(*plan_seqs_[i], blocks_for(plan_seqs_[i]->length + t));
 
-  // Mutate.
+  // Mutate. Positions advance incrementally: no division per token.
   ++clock_;
   for (int64_t i = 0; i < n_seqs; ++i) {
     Sequence& s = *plan_seqs_[i];
     Table& table = *s.table;
-    int64_t len = s.length;
+    size_t pos = block_index(s.length);  // block of the next token
+    uint32_t off = offset_in_block(s.length);
     if (t > 0 && plan_action_[i] == kCopy) {
-      const size_t pos = static_cast<size_t>(len / block_size_);
       const int32_t src = table[pos];
       const int32_t dst = take_block();
       ref_[dst] = 1;
@@ -346,22 +361,26 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
       table[pos] = dst;
       release(src);
     } else if (t > 0 && plan_action_[i] == kUncache) {
-      uncache(table[static_cast<size_t>(len / block_size_)]);
+      uncache(table[pos]);
     }
+    const int32_t* in = tokens + i * t;
+    int64_t* out = slots_out + i * t;
     for (int64_t k = 0; k < t; ++k) {
-      const int64_t off = len % block_size_;
       if (off == 0) {
-        const int32_t b = take_block();
-        ref_[b] = 1;
-        table.push_back(b);
+        const int32_t nb = take_block();
+        ref_[nb] = 1;
+        table.push_back(nb);
       }
-      const int32_t b = table[static_cast<size_t>(len / block_size_)];
-      tokens_[static_cast<size_t>(b) * block_size_ + off] = tokens[i * t + k];
-      slots_out[i * t + k] = static_cast<int64_t>(b) * block_size_ + off;
-      ++len;
-      if (off + 1 == block_size_) publish(table, len / block_size_ - 1, s.ns);
+      const int32_t b = table[pos];
+      tokens_[static_cast<size_t>(b) * block_size_ + off] = in[k];
+      out[k] = static_cast<int64_t>(b) * block_size_ + off;
+      if (++off == static_cast<uint32_t>(block_size_)) {
+        publish(table, static_cast<int64_t>(pos), s.ns);
+        off = 0;
+        ++pos;
+      }
     }
-    s.length = len;
+    s.length += t;
   }
 }
 
@@ -383,18 +402,19 @@ void BlockManager::truncate(int64_t seq_id, int64_t n_tokens) {
 
 void BlockManager::free(int64_t seq_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = seqs_.find(seq_id);
-  if (it == seqs_.end()) throw UnknownSequence(seq_name(seq_id) + " is not in the block manager");
+  const Sequence& s = find_seq(seq_id);
   ++clock_;
-  const Table& t = *it->second.table;
+  const Table& t = *s.table;
   for (auto b = t.rbegin(); b != t.rend(); ++b) release(*b);
-  seqs_.erase(it);
+  seqs_.erase(static_cast<uint64_t>(seq_id));
 }
 
 void BlockManager::fork(int64_t parent_id, int64_t child_id) {
   std::lock_guard<std::mutex> lock(mu_);
+  seqs_.reserve(seqs_.size() + 1);  // before taking `p`: a growing insert would move it
   const Sequence& p = find_seq(parent_id);
-  if (seqs_.count(child_id)) throw std::invalid_argument(seq_name(child_id) + " already exists");
+  if (seqs_.find(static_cast<uint64_t>(child_id)))
+    throw std::invalid_argument(seq_name(child_id) + " already exists");
   Sequence c;
   c.table = std::make_shared<Table>();
   c.table->reserve(std::max<size_t>(p.table->size() + 1, 4));
@@ -403,7 +423,7 @@ void BlockManager::fork(int64_t parent_id, int64_t child_id) {
   c.ns = p.ns;
   ++clock_;
   for (int32_t b : *c.table) ++ref_[b];  // all referenced already: no state change beyond the count
-  seqs_.emplace(child_id, std::move(c));
+  seqs_.insert(static_cast<uint64_t>(child_id), std::move(c));
 }
 
 int64_t BlockManager::evict(int64_t n_blocks) {
@@ -432,7 +452,7 @@ bool BlockManager::can_allocate(int64_t n_tokens) const {
 
 bool BlockManager::contains(int64_t seq_id) const {
   std::lock_guard<std::mutex> lock(mu_);
-  return seqs_.count(seq_id) != 0;
+  return seqs_.find(static_cast<uint64_t>(seq_id)) != nullptr;
 }
 
 int64_t BlockManager::length(int64_t seq_id) const {
@@ -444,7 +464,7 @@ std::vector<int64_t> BlockManager::seq_ids() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<int64_t> ids;
   ids.reserve(seqs_.size());
-  for (const auto& kv : seqs_) ids.push_back(kv.first);
+  seqs_.for_each([&](uint64_t id, const Sequence&) { ids.push_back(static_cast<int64_t>(id)); });
   std::sort(ids.begin(), ids.end());
   return ids;
 }
@@ -565,10 +585,10 @@ BlockManagerSnapshot BlockManager::snapshot() const {
   }
   snap.evictable_leaves.assign(leaves_.begin(), leaves_.end());
   std::vector<int64_t> ids;
-  for (const auto& kv : seqs_) ids.push_back(kv.first);
+  seqs_.for_each([&](uint64_t id, const Sequence&) { ids.push_back(static_cast<int64_t>(id)); });
   std::sort(ids.begin(), ids.end());
   for (int64_t id : ids) {
-    const Sequence& s = seqs_.at(id);
+    const Sequence& s = *seqs_.find(static_cast<uint64_t>(id));
     SequenceInfo si{id, s.length, ns_names_[s.ns], *s.table, {}};
     for (int64_t p = 0; p < s.length; ++p)
       si.tokens.push_back(tokens_[static_cast<size_t>((*s.table)[p / block_size_]) * block_size_ +
@@ -585,7 +605,10 @@ void BlockManager::check_invariants() const {
 
   // Reference counts are exactly the table entries; tables have the right size and distinct blocks.
   std::vector<int32_t> refs(n, 0);
-  for (const auto& [id, s] : seqs_) {
+  std::vector<std::pair<int64_t, const Sequence*>> all;
+  seqs_.for_each([&](uint64_t id, const Sequence& s) { all.emplace_back(static_cast<int64_t>(id), &s); });
+  for (const auto& [id, sp] : all) {
+    const Sequence& s = *sp;
     const Table& t = *s.table;
     if (static_cast<int64_t>(t.size()) != blocks_for(s.length))
       broken(seq_name(id) + " has " + std::to_string(t.size()) + " blocks for " +
@@ -641,9 +664,9 @@ void BlockManager::check_invariants() const {
     const uint64_t seed = p < 0 ? ns_seeds_[ns_[b]] : key_[p];
     if (block_key(&tokens_[b * block_size_], seed) != key_[b])
       broken("cached " + name(bb) + "'s tokens no longer hash to its key (written after publishing?)");
-    auto it = index_.find(key_[b]);
+    const int32_t* head = index_.find(key_[b]);
     bool found = false;
-    for (int32_t c = it == index_.end() ? -1 : it->second; c != -1; c = hash_next_[c]) {
+    for (int32_t c = head ? *head : -1; c != -1; c = hash_next_[c]) {
       if (!cached_[c] || key_[c] != key_[b]) broken("hash chain of " + name(bb) + " is corrupt");
       found |= c == bb;
     }
@@ -652,8 +675,9 @@ void BlockManager::check_invariants() const {
       broken("referenced cached " + name(bb) + " has an unreferenced parent");
   }
   size_t chained = 0;
-  for (const auto& [key, head] : index_)
+  index_.for_each([&](uint64_t, int32_t head) {
     for (int32_t c = head; c != -1; c = hash_next_[c]) ++chained;
+  });
   if (static_cast<int64_t>(chained) != n_cached) broken("index holds stale entries");
   if (n_cached != n_cached_) broken("cached count is off");
   if (n_evictable != n_evictable_) broken("evictable count is off");

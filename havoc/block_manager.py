@@ -229,7 +229,7 @@ class PyBlockManager:
         Returns:
             How many leading tokens are already in the cache (a multiple of block_size, < len(tokens)).
         """
-        tokens = [int(t) for t in np.asarray(tokens, dtype=np.int32).reshape(-1)]
+        tokens = np.asarray(tokens, dtype=np.int32).reshape(-1).tolist()
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id} already exists")
         bs, n = self.block_size, len(tokens)
@@ -271,16 +271,18 @@ class PyBlockManager:
             (slots, copies): int64 slots shaped like `tokens`, and an int64 (k, 2) array of (src, dst)
             block copies to perform before writing the slots.
         """
-        ids = [int(s) for s in np.asarray(seq_ids).reshape(-1)]
+        ids_arr = np.asarray(seq_ids, dtype=np.int64)
         tok = np.asarray(tokens, dtype=np.int32)
-        if np.asarray(seq_ids).ndim != 1:
+        if ids_arr.ndim != 1:
             raise ValueError("seq_ids must be one-dimensional")
-        if tok.ndim not in (1, 2) or tok.shape[0] != len(ids):
+        if tok.ndim not in (1, 2) or tok.shape[0] != len(ids_arr):
             raise ValueError("tokens must have shape (len(seq_ids),) or (len(seq_ids), t)")
-        rows = tok.reshape(len(ids), -1).tolist()
         t = 1 if tok.ndim == 1 else tok.shape[1]
-        slots, copies = self._step(ids, rows, t)
-        return np.asarray(slots, dtype=np.int64).reshape(tok.shape), np.asarray(copies, dtype=np.int64).reshape(-1, 2)
+        slots, copies = self._step(ids_arr.tolist(), tok.reshape(len(ids_arr), t).tolist(), t)
+        return (
+            np.asarray(slots, dtype=np.int64).reshape(tok.shape),
+            np.asarray(copies, dtype=np.int64).reshape(-1, 2),
+        )
 
     def append(self, seq_id: int, tokens) -> tuple[np.ndarray, np.ndarray]:
         """Append tokens to one sequence.
@@ -434,7 +436,7 @@ class PyBlockManager:
         Returns:
             int32 array of block ids, one per matched block.
         """
-        tokens = [int(t) for t in np.asarray(tokens, dtype=np.int32).reshape(-1)]
+        tokens = np.asarray(tokens, dtype=np.int32).reshape(-1).tolist()
         return np.asarray(self._match(tokens, len(tokens) // self.block_size, namespace), dtype=np.int32)
 
     def can_allocate(self, n_tokens: int) -> bool:
@@ -507,7 +509,7 @@ class PyBlockManager:
         Returns:
             (tables, lengths): int32 (n, width) with width = max(min_width, most blocks), int32 (n,).
         """
-        seqs = [self._seq(int(s)) for s in np.asarray(seq_ids).reshape(-1)]
+        seqs = [self._seq(s) for s in np.asarray(seq_ids, dtype=np.int64).reshape(-1).tolist()]
         width = max([min_width, 0] + [len(s.table) for s in seqs])
         tables = np.full((len(seqs), width), pad, dtype=np.int32)
         for i, s in enumerate(seqs):
@@ -524,7 +526,7 @@ class PyBlockManager:
             (indptr, indices, last_block_len), int32: sequence i's blocks are indices[indptr[i]:indptr[i+1]]
             and its last block holds last_block_len[i] tokens (0 for an empty sequence).
         """
-        seqs = [self._seq(int(s)) for s in np.asarray(seq_ids).reshape(-1)]
+        seqs = [self._seq(s) for s in np.asarray(seq_ids, dtype=np.int64).reshape(-1).tolist()]
         indptr = np.zeros(len(seqs) + 1, dtype=np.int32)
         indptr[1:] = np.cumsum([len(s.table) for s in seqs])
         indices = np.asarray([b for s in seqs for b in s.table], dtype=np.int32)

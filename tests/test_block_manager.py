@@ -561,3 +561,44 @@ def test_concurrent_threads_keep_invariants():
     assert not errors, errors[0]
     m.check_invariants()
     assert m.stats()["prefix_hit_tokens"] > 0  # the threads really did share blocks
+
+
+def test_sequence_ids_survive_heavy_churn():
+    """The C++ sequence map is open addressing with backward-shift deletion: churn through thousands of
+    ids (negative, huge, clustered in the low bits) and check membership against a Python set."""
+    rng = random.Random(1)
+    m = BlockManager(4096, 4)
+    live: set[int] = set()
+    pool = [rng.randrange(-(2**63), 2**63) for _ in range(300)] + [i << 40 for i in range(300)] + list(range(300))
+    for _ in range(6000):
+        sid = rng.choice(pool)
+        if sid in live:
+            m.free(sid)
+            live.remove(sid)
+        else:
+            m.add(sid, [sid & 7])
+            live.add(sid)
+        if rng.random() < 0.05:
+            assert m.seq_ids() == sorted(live)
+            assert all((s in m) == (s in live) for s in rng.sample(pool, 50))
+    assert m.seq_ids() == sorted(live)
+    for s in live:
+        assert m.tokens(s).tolist() == [s & 7]
+    m.check_invariants()
+
+
+def test_array_arguments_are_converted_or_refused():
+    m = BlockManager(16, 4)
+    m.add(0, np.arange(5, dtype=np.int64))  # other dtypes are converted
+    m.add(1, [1, 2, 3])
+    m.add(2, np.arange(10, dtype=np.int32)[::2])  # non-contiguous
+    assert m.tokens(2).tolist() == [0, 2, 4, 6, 8]
+    slots, copies = m.step([0, 1], np.asarray([[7, 8], [9, 10]], dtype=np.int16))
+    assert slots.shape == (2, 2) and copies.shape == (0, 2) and not copies.flags.writeable
+    with pytest.raises(TypeError):
+        m.append(0, "not tokens")
+    with pytest.raises(ValueError):
+        m.append(0, [[1, 2]])
+    with pytest.raises(ValueError):
+        m.step([0, 1], [1, 2, 3])
+    m.check_invariants()
