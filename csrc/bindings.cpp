@@ -284,7 +284,7 @@ thread-safety contract; PyBlockManager there is the pure-Python model with the s
       .def(
           "slots",
           [](const BlockManager& self, int64_t seq_id, int64_t start, std::optional<int64_t> end) {
-            return to_numpy(self.slots(seq_id, start, end ? *end : self.length(seq_id)));
+            return to_numpy(self.slots(seq_id, start, end));
           },
           py::arg("seq_id"), py::arg("start") = 0, py::arg("end") = py::none(),
           "int64 slots of positions [start, end) of a sequence (end defaults to its length).")

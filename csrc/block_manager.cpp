@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <sstream>
 
 // Header-only use of xxHash (csrc/third_party/README.md): every function is static inline in this file.
 #define XXH_INLINE_ALL
@@ -238,12 +237,15 @@ int32_t BlockManager::find_ns(const std::string& ns) const {
 int64_t BlockManager::add(int64_t seq_id, const int32_t* tokens, int64_t n_tokens, const std::string& ns) {
   std::lock_guard<std::mutex> lock(mu_);
   if (n_tokens < 0) throw std::invalid_argument("n_tokens must be >= 0");
-  if (seqs_.find(static_cast<uint64_t>(seq_id))) throw std::invalid_argument(seq_name(seq_id) + " already exists");
+  if (seqs_.find(static_cast<uint64_t>(seq_id)))
+    throw std::invalid_argument(seq_name(seq_id) + " already exists");
 
   // Plan: which cached blocks to reuse and how many blocks to take.
   const int64_t n_blocks = blocks_for(n_tokens);
   const int64_t max_hits = n_tokens > 0 ? (n_tokens - 1) / block_size_ : 0;  // >= 1 token computed
-  const std::vector<int32_t> hits = match(tokens, max_hits, find_ns(ns));
+  // Interning is not state anyone observes, so a new namespace may be interned by a call that then fails.
+  const int32_t ns_id = intern_ns(ns);
+  const std::vector<int32_t> hits = match(tokens, max_hits, ns_id);
   const int64_t n_hits = static_cast<int64_t>(hits.size());
   int64_t hits_evictable = 0;
   for (int32_t h : hits) hits_evictable += ref_[h] == 0;
@@ -259,7 +261,7 @@ int64_t BlockManager::add(int64_t seq_id, const int32_t* tokens, int64_t n_token
 
   // Mutate.
   ++clock_;
-  s.ns = intern_ns(ns);
+  s.ns = ns_id;
   s.length = n_tokens;
   Table& t = *s.table;
   for (int32_t h : hits) {  // acquire before taking new blocks, so that eviction cannot take them
@@ -479,9 +481,11 @@ TableView BlockManager::table(int64_t seq_id) const {
   return v;
 }
 
-std::vector<int64_t> BlockManager::slots(int64_t seq_id, int64_t start, int64_t end) const {
+std::vector<int64_t> BlockManager::slots(int64_t seq_id, int64_t start,
+                                         std::optional<int64_t> end_or_length) const {
   std::lock_guard<std::mutex> lock(mu_);
   const Sequence& s = find_seq(seq_id);
+  const int64_t end = end_or_length.value_or(s.length);
   if (start < 0 || end < start || end > s.length)
     throw std::invalid_argument("positions [" + std::to_string(start) + ", " + std::to_string(end) +
                                 ") are outside " + seq_name(seq_id) + " of length " +
@@ -553,6 +557,10 @@ void BlockManager::csr_tables(const int64_t* seq_ids, int64_t n, std::vector<int
 
 BlockManagerStats BlockManager::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
+  return stats_locked();
+}
+
+BlockManagerStats BlockManager::stats_locked() const {
   BlockManagerStats st;
   st.num_blocks = num_blocks_;
   st.block_size = block_size_;
@@ -572,8 +580,8 @@ BlockManagerStats BlockManager::stats() const {
 
 BlockManagerSnapshot BlockManager::snapshot() const {
   BlockManagerSnapshot snap;
-  snap.stats = stats();  // takes the lock itself
   std::lock_guard<std::mutex> lock(mu_);
+  snap.stats = stats_locked();
   snap.clock = clock_;
   snap.free_list = free_;
   snap.ref = ref_;
@@ -683,7 +691,8 @@ void BlockManager::check_invariants() const {
   if (n_evictable != n_evictable_) broken("evictable count is off");
   std::set<std::pair<uint64_t, int32_t>> leaves;
   for (size_t b = 0; b < n; ++b) {
-    if (cached_[b] && children[b] != children_[b]) broken(name(static_cast<int32_t>(b)) + " miscounts children");
+    if (cached_[b] && children[b] != children_[b])
+      broken(name(static_cast<int32_t>(b)) + " miscounts children");
     if (cached_[b] && ref_[b] == 0 && children_[b] == 0) leaves.insert({stamp_[b], static_cast<int32_t>(b)});
     if (cached_[b] && ref_[b] == 0 && stamp_[b] >= clock_ + 1) broken("stamp from the future");
   }

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -148,8 +149,8 @@ class BlockManager {
   int64_t length(int64_t seq_id) const;
   std::vector<int64_t> seq_ids() const;  // sorted
   TableView table(int64_t seq_id) const;
-  // Slots of positions [start, end) of a sequence.
-  std::vector<int64_t> slots(int64_t seq_id, int64_t start, int64_t end) const;
+  // Slots of positions [start, end) of a sequence; end defaults to its length.
+  std::vector<int64_t> slots(int64_t seq_id, int64_t start, std::optional<int64_t> end) const;
   // Token ids of the whole sequence, read back from the blocks.
   std::vector<int32_t> tokens(int64_t seq_id) const;
   std::vector<int32_t> block_tokens(int64_t block) const;
@@ -198,6 +199,7 @@ class BlockManager {
   void reserve_table(Sequence& s, int64_t n_blocks);
   int32_t intern_ns(const std::string& ns);
   int32_t find_ns(const std::string& ns) const;
+  BlockManagerStats stats_locked() const;
   int64_t blocks_for(int64_t n_tokens) const { return (n_tokens + block_size_ - 1) / block_size_; }
   // NOTE: 64-bit idiv was about half of step()'s time (perf, Xeon @ 2.5 GHz, 256 sequences: 28 us). In
   // step, positions are below 2^32 (the pool has < 2^31 slots), so divide in 32 bits, or shift when the

@@ -43,8 +43,9 @@ Views and threads (C++ manager)
 that storage, so it never dangles, even after the sequence is freed or the manager deleted; but its
 contents are the sequence's table only until that sequence is next mutated (take a new view after each
 step, as the batch calls do anyway). The batch calls return fresh arrays.
-Every method takes one internal mutex, so a manager may be shared between threads; `step`, `append`,
-`block_tables`, `block_tables_csr`, `lookup`, `evict`, `add` and `check_invariants` release the GIL.
+Every method takes one internal mutex, so a manager may be shared between threads; `step`,
+`block_tables`, `block_tables_csr`, `lookup`, `evict`, `add`, `check_invariants` and `append` of 256 or
+more tokens release the GIL (for one token the release would cost more than the call).
 Views are not synchronized: do not read one while another thread mutates that sequence.
 `PyBlockManager` is not thread-safe, and its `block_table` returns a copy.
 """
@@ -331,7 +332,8 @@ class PyBlockManager:
         available = len(self._free) + self._n_evictable
         if need > available:
             raise OutOfBlocksError(
-                f"step of {len(ids)} sequences x {t} tokens needs {need} blocks; {available} are free or evictable"
+                f"step of {len(ids)} sequences x {t} tokens needs {need} blocks; "
+                f"{available} are free or evictable"
             )
 
         self._clock += 1
@@ -456,15 +458,33 @@ class PyBlockManager:
         return seq_id in self._seqs
 
     def length(self, seq_id: int) -> int:
-        """Number of tokens a sequence holds."""
+        """Number of tokens a sequence holds.
+
+        Args:
+            seq_id: the sequence.
+
+        Returns:
+            Its length in tokens.
+        """
         return self._seq(seq_id).length
 
     def seq_ids(self) -> list[int]:
-        """Ids of the sequences held, sorted."""
+        """Ids of the sequences held.
+
+        Returns:
+            The ids, sorted.
+        """
         return sorted(self._seqs)
 
     def block_table(self, seq_id: int) -> np.ndarray:
-        """A read-only int32 copy of a sequence's block table (the C++ manager returns a view)."""
+        """A sequence's block table (the C++ manager returns a zero-copy view; this model, a copy).
+
+        Args:
+            seq_id: the sequence.
+
+        Returns:
+            Read-only int32 array of ceil(length / block_size) block ids.
+        """
         a = np.asarray(self._seq(seq_id).table, dtype=np.int32)
         a.flags.writeable = False
         return a
@@ -488,12 +508,26 @@ class PyBlockManager:
         return np.asarray([s.table[p // bs] * bs + p % bs for p in range(start, end)], dtype=np.int64)
 
     def tokens(self, seq_id: int) -> np.ndarray:
-        """The sequence's token ids, read back from its blocks (int32)."""
+        """The sequence's token ids, read back from its blocks.
+
+        Args:
+            seq_id: the sequence.
+
+        Returns:
+            int32 array of `length(seq_id)` token ids.
+        """
         s, bs = self._seq(seq_id), self.block_size
         return np.asarray([self._tokens[s.table[p // bs]][p % bs] for p in range(s.length)], dtype=np.int32)
 
     def block_tokens(self, block: int) -> np.ndarray:
-        """The block_size token ids stored in a block (int32; garbage past its fill)."""
+        """The token ids stored in a block.
+
+        Args:
+            block: a block id.
+
+        Returns:
+            int32 array of block_size token ids (meaningless past the block's fill).
+        """
         if not 0 <= block < self.num_blocks:
             raise ValueError(f"block {block} is outside the pool")
         return np.asarray(self._tokens[block], dtype=np.int32)
@@ -535,7 +569,12 @@ class PyBlockManager:
         return indptr, indices, np.asarray(last, dtype=np.int32)
 
     def stats(self) -> dict[str, int]:
-        """Counters: used/free/cached/evictable blocks, evictions, COW copies, prefix queries and hits."""
+        """Counters of the pool and the prefix cache.
+
+        Returns:
+            used/free/cached/evictable blocks (used + free + evictable == num_blocks), evictions,
+            cow_copies, prefix_queries (add calls), prefix_query_tokens and prefix_hit_tokens.
+        """
         free = len(self._free)
         return {
             "num_blocks": self.num_blocks,
@@ -559,7 +598,11 @@ class PyBlockManager:
         )
 
     def snapshot(self) -> dict:
-        """The full state as plain Python objects, in `BlockManager.snapshot()`'s format (key is None)."""
+        """The full state as plain Python objects (for tests).
+
+        Returns:
+            A dict in `BlockManager.snapshot()`'s format; hash keys are None (the model has none).
+        """
         bs = self.block_size
         return {
             "clock": self._clock,
@@ -607,7 +650,8 @@ class PyBlockManager:
                 p = self._published.get(b)
                 if p is None and i < s.length // self.block_size:
                     broken(f"sequence {sid}'s full block {b} is unpublished")
-                if p is not None and (p.parent != (s.table[i - 1] if i else -1) or p.namespace != s.namespace):
+                parent = s.table[i - 1] if i else -1
+                if p is not None and (p.parent != parent or p.namespace != s.namespace):
                     broken(f"sequence {sid} holds published block {b} after another parent or namespace")
         if refs != self._ref:
             broken("reference counts differ from the table entries")
@@ -619,7 +663,8 @@ class PyBlockManager:
                 broken(f"block {b} is free xor on the free list")
         children = dict.fromkeys(self._published, 0)
         for b, p in self._published.items():
-            if b not in self._index.get(p.key, ()) or p.key != (p.parent, p.namespace, tuple(self._tokens[b])):
+            content = (p.parent, p.namespace, tuple(self._tokens[b]))
+            if b not in self._index.get(p.key, ()) or p.key != content:
                 broken(f"published block {b}'s tokens or index entry changed")
             if p.parent >= 0:
                 if p.parent not in self._published:
