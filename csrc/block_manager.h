@@ -15,6 +15,12 @@
 // serve another sequence's data. Unreferenced cached blocks stay until their slot is needed, then go least
 // recently released first, and only blocks no other cached block extends (leaves before parents).
 //
+// Contract with the tensor side: make a call's copies before its writes, and write every slot a call hands
+// out before anything attends over those blocks — a block is published by the call that fills it, before
+// its K/V exists, so a later add() may already reuse it (within one forward: write all new K/V of a layer
+// before that layer's attention). A sequence freed before its planned tokens were computed leaves such
+// blocks published with garbage K/V: compute what was planned, or evict before reuse.
+//
 // Error guarantee: every mutating call plans first and mutates only once it knows it will succeed. When it
 // throws OutOfBlocks, UnknownSequence or std::invalid_argument, the manager is exactly as before the call.
 // (std::bad_alloc from the host heap is not covered: tables, the sequence map and the copy list grow
