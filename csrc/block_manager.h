@@ -19,7 +19,8 @@
 // out before anything attends over those blocks — a block is published by the call that fills it, before
 // its K/V exists, so a later add() may already reuse it (within one forward: write all new K/V of a layer
 // before that layer's attention). A sequence freed before its planned tokens were computed leaves such
-// blocks published with garbage K/V: compute what was planned, or evict before reuse.
+// blocks published with garbage K/V: compute what was planned before freeing (there is no call yet that
+// drops only a sequence's uncomputed blocks from the cache).
 //
 // Error guarantee: every mutating call plans first and mutates only once it knows it will succeed. When it
 // throws OutOfBlocks, UnknownSequence or std::invalid_argument, the manager is exactly as before the call.
