@@ -1,4 +1,10 @@
-"""Shared fixtures of the benchmarks: SmolLM2 in havoc and in transformers on the same weights."""
+"""Shared pieces of the benchmark suites.
+
+- SmolLM2 in havoc and in transformers on the same weights (`engines`), sample text, peak memory;
+- `record(group, impl, ops_per_round, benchmark)` for C++-vs-Python suites: the terminal summary prints,
+  per group, the median time per operation of each implementation and their ratio;
+- machine info (CPU model, torch, threads, commit) in every JSON report.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import ctypes
 import gc
 import os
 import platform
+from collections import defaultdict
 from collections.abc import Callable
 
 import pytest
@@ -59,11 +66,11 @@ def sample_text() -> str:
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["torch_threads"] = torch.get_num_threads()
-    machine_info["cpu_model"] = _cpu_model()
+    machine_info["cpu_model"] = cpu_name()
     machine_info["havoc_commit"] = os.environ.get("HAVOC_COMMIT", "")
 
 
-def _cpu_model() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -71,7 +78,7 @@ def _cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()
+    return platform.processor() or platform.machine()
 
 
 # Peak resident memory of a piece of work, in-process (Linux): the kernel's high-water mark (VmHWM) is
@@ -115,3 +122,37 @@ def _peak_extra_mb(work: Callable[[], object]) -> float | None:
 @pytest.fixture(scope="session")
 def peak_extra_mb():
     return _peak_extra_mb
+
+
+_results: dict[str, dict[str, float]] = defaultdict(dict)
+
+
+@pytest.fixture
+def record():
+    """Return a function that files a finished benchmark's median seconds per operation."""
+
+    def _record(group: str, impl: str, ops_per_round: int, benchmark) -> None:
+        if benchmark.stats is None:  # --benchmark-disable
+            return
+        median = benchmark.stats.stats.median / ops_per_round
+        benchmark.extra_info.update(impl=impl, ops_per_round=ops_per_round, median_per_op_s=median)
+        _results[group][impl] = median
+
+    return _record
+
+
+def _us(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e6:10.2f}us"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _results:
+        return
+    tr = terminalreporter
+    tr.section(f"C++ vs Python, median per operation — {cpu_name()}")
+    tr.write_line(f"{'operation':34} {'C++':>12} {'Python':>12} {'C++ ops/s':>12} {'ratio':>8}")
+    for group, by_impl in sorted(_results.items()):
+        cpp, py = by_impl.get("cpp"), by_impl.get("py")
+        ratio = f"{py / cpp:7.1f}x" if cpp and py else "-"
+        ops = f"{1 / cpp:12,.0f}" if cpp else "-"
+        tr.write_line(f"{group:34} {_us(cpp):>12} {_us(py):>12} {ops:>12} {ratio:>8}")

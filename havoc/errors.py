@@ -31,3 +31,11 @@ class TokenizerError(HavocError, ValueError):
 
 class GenerationError(HavocError, ValueError):
     """Invalid generation arguments or a prompt the model cannot take (empty, longer than the context)."""
+
+
+class OutOfBlocksError(HavocError, MemoryError):
+    """The paged KV cache has too few free or evictable blocks for the call; the block manager is unchanged."""
+
+
+class UnknownSequenceError(HavocError, KeyError):
+    """A sequence id the block manager does not hold."""
