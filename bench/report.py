@@ -2,15 +2,14 @@
 
     python bench/report.py FILE
 
-Rows pair havoc with the baseline run in the same process (transformers for generation); every figure is
-a median.
+Rows pair havoc with the baseline run in the same process, interleaved round by round (transformers for
+generation); every figure is a median.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections import defaultdict
 
 
 def _fmt(x, spec=".1f"):
@@ -18,24 +17,18 @@ def _fmt(x, spec=".1f"):
 
 
 def generation_table(benchmarks: list[dict]) -> list[str]:
-    rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
-    for b in benchmarks:
-        info = b.get("extra_info", {})
-        if info.get("kind") not in ("decode", "prefill"):
-            continue
-        rows[(info["kind"], info["dtype"], info["batch"])][info["engine"]] = info
+    rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") in ("decode", "prefill")]
     out = [
-        "| phase | dtype | batch | havoc tok/s | transformers tok/s | havoc / transformers | havoc overhead ms/step | transformers overhead ms/step | matmul floor ms (havoc / tf) | peak extra MiB (havoc / tf) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | dtype | batch | havoc tok/s | transformers tok/s | havoc / transformers | overhead ms/step (havoc / tf) | matmul floor ms (havoc / tf) | peak extra MiB (havoc / tf) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (kind, dtype, batch), engines in sorted(rows.items(), key=lambda kv: (kv[0][0] != "prefill", kv[0][1], kv[0][2])):
-        h, t = engines.get("havoc", {}), engines.get("transformers", {})
-        ratio = h["tokens_per_s"] / t["tokens_per_s"] if h and t else None
+    for r in sorted(rows, key=lambda r: (r["kind"] != "prefill", r["dtype"], r["batch"])):
         out.append(
-            f"| {kind} | {dtype} | {batch} | {_fmt(h.get('tokens_per_s'))} | {_fmt(t.get('tokens_per_s'))} | "
-            f"{_fmt(ratio, '.2f')}× | {_fmt(h.get('overhead_ms'), '.2f')} | {_fmt(t.get('overhead_ms'), '.2f')} | "
-            f"{_fmt(h.get('matmul_floor_ms'))} / {_fmt(t.get('matmul_floor_ms'))} | "
-            f"{_fmt(h.get('peak_extra_mb'), '.0f')} / {_fmt(t.get('peak_extra_mb'), '.0f')} |"
+            f"| {r['kind']} | {r['dtype']} | {r['batch']} | {_fmt(r['tokens_per_s'])} | "
+            f"{_fmt(r['baseline_tokens_per_s'])} | **{_fmt(r['ratio'], '.2f')}×** | "
+            f"{_fmt(r.get('overhead_ms'), '.1f')} / {_fmt(r.get('baseline_overhead_ms'), '.1f')} | "
+            f"{_fmt(r.get('matmul_floor_ms'))} / {_fmt(r.get('baseline_matmul_floor_ms'))} | "
+            f"{_fmt(r.get('peak_extra_mb'), '.0f')} / {_fmt(r.get('baseline_peak_extra_mb'), '.0f')} |"
         )
     return out
 

@@ -1,4 +1,4 @@
-"""SmolLM2-135M on CPU: havoc vs transformers on the same weights, in the same process.
+"""SmolLM2-135M on CPU: havoc vs transformers on the same weights, in the same process, interleaved.
 
 - prefill: one 512-token prompt to its next-token logits (tokens/s);
 - decode: greedy decoding of 32 tokens for a batch of 1, 8 or 32 prompts, after a prefill that is not
@@ -6,10 +6,15 @@
 
 havoc runs its generation loop (`havoc.generation.stream_ids`: sampling, stop checks and all);
 transformers runs its fastest eager loop: model forward with its default DynamicCache and an argmax,
-without `generate()`'s extra machinery. Each row also records:
+without `generate()`'s extra machinery.
 
-- matmul_floor_ms: the same step's matrix products alone, back to back (same weights, same shapes), so
-  overhead_ms = step time - floor is the per-token cost of everything else (Python, small ops);
+Rounds alternate: before each timed havoc round (pytest-benchmark's own timing), the setup runs and
+times one transformers round. On a shared 2-core VM whose speed drifts by 10-30% within minutes, running
+one engine's rounds after the other's measured the drift, not the engines; alternating puts both under
+the same conditions. The transformers median and the ratio go in extra_info. Each row also records:
+
+- matmul_floor_ms: the step's matrix products alone, back to back (same weights, same shapes; for havoc
+  through the same dispatch), so overhead_ms = step time - floor is the per-token cost of everything else;
 - peak_extra_mb: peak resident memory above the weights during one run (KV cache, activations, logits).
 
 Run: pytest bench --benchmark-only   (bench/report.py turns --benchmark-json output into RESULTS.md rows)
@@ -24,12 +29,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from havoc import ops
 from havoc.generation import SamplingParams, stream_ids
 
 NEW_TOKENS = 32
 PROMPT_TOKENS = 16
 PREFILL_TOKENS = 512
-ROUNDS = {1: 5, 8: 4, 32: 3}
+ROUNDS = {1: 7, 8: 5, 32: 4}
 
 
 def _prompts(tokenizer, text: str, batch: int, length: int) -> list[list[int]]:
@@ -38,25 +44,28 @@ def _prompts(tokenizer, text: str, batch: int, length: int) -> list[list[int]]:
     return [ids[i : i + length] for i in range(batch)]  # distinct prompts of equal length
 
 
-def _step_weights(engine: str, model) -> list[torch.Tensor]:
-    if engine == "havoc":
-        ws = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        return ws + [model.lm_head_weight]
-    ws = [m.weight for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"]
-    return ws + [model.lm_head.weight]
-
-
-def matmul_floor_ms(weights: list[torch.Tensor], batch: int, repeats: int = 5) -> float:
-    """Median time of one decode step's matrix products alone (x @ W.T for every W), in ms."""
-    xs = {w.shape[1]: torch.randn(batch, 1, w.shape[1], dtype=w.dtype) for w in weights}
+def _matmul_floor_ms(products, repeats: int = 5) -> float:
+    """Median time of one step's matrix products alone, in ms."""
     times = []
     with torch.inference_mode():
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
-            for w in weights:
-                F.linear(xs[w.shape[1]], w)
+            for fn in products:
+                fn()
             times.append(time.perf_counter() - t0)
     return statistics.median(times[1:]) * 1e3
+
+
+def _havoc_products(model, batch):
+    ws = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)] + [model.lm_head_weight]
+    xs = {w.shape[1]: torch.randn(batch, 1, w.shape[1], dtype=w.dtype) for w in ws}
+    return [lambda w=w: ops.linear(xs[w.shape[1]], w) for w in ws]
+
+
+def _hf_products(model, batch):
+    ws = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]  # lm_head last
+    xs = {w.shape[1]: torch.randn(batch, 1, w.shape[1], dtype=w.dtype) for w in ws}
+    return [lambda w=w: F.linear(xs[w.shape[1]], w) for w in ws]
 
 
 def _havoc_decode(model, prompts):
@@ -91,59 +100,84 @@ def _hf_decode(model, prompts):
     return setup, run
 
 
+def _havoc_prefill(model, ids):
+    def setup():
+        return (model.new_cache(1, PREFILL_TOKENS + 1),), {}
+
+    def run(cache):
+        with torch.inference_mode():
+            model(ids, cache=cache, logits_to_keep=1)
+
+    return setup, run
+
+
+def _hf_prefill(model, ids):
+    def setup():
+        return (), {}
+
+    def run():
+        with torch.inference_mode():
+            model(ids, use_cache=True, logits_to_keep=1)
+
+    return setup, run
+
+
+def _interleaved(benchmark, ours, baseline, rounds: int) -> list[float]:
+    """Benchmark `ours` with pytest-benchmark, timing one `baseline` round before each of its rounds."""
+    (our_setup, our_run), (base_setup, base_run) = ours, baseline
+    base_times: list[float] = []
+
+    def setup():
+        args, kwargs = base_setup()
+        t0 = time.perf_counter()
+        base_run(*args, **kwargs)
+        base_times.append(time.perf_counter() - t0)
+        return our_setup()
+
+    benchmark.pedantic(our_run, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+    return base_times[1:]  # the first belongs to the warm-up round
+
+
+def _once(setup, run):
+    def work():
+        args, kwargs = setup()
+        run(*args, **kwargs)
+
+    return work
+
+
 @pytest.mark.parametrize("batch", [1, 8, 32])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("engine", ["havoc", "transformers"])
-def test_decode(benchmark, engines, smollm2, sample_text, peak_extra_mb, engine, dtype, batch):
-    model = engines(engine, dtype)
+def test_decode(benchmark, engines, smollm2, sample_text, peak_extra_mb, dtype, batch):
+    ours, theirs = engines("havoc", dtype), engines("transformers", dtype)
     prompts = _prompts(smollm2[1], sample_text, batch, PROMPT_TOKENS)
-    setup, run = (_havoc_decode if engine == "havoc" else _hf_decode)(model, prompts)
-    benchmark.group = f"decode {dtype} batch {batch}"
-    benchmark.pedantic(run, setup=setup, rounds=ROUNDS[batch], iterations=1, warmup_rounds=1)
-    median_s = benchmark.stats.stats.median
-    step_ms = median_s / NEW_TOKENS * 1e3
-    floor = matmul_floor_ms(_step_weights(engine, model), batch)
-
-    def once():
-        args, _ = setup()
-        run(*args)
-
+    havoc_fns, hf_fns = _havoc_decode(ours, prompts), _hf_decode(theirs, prompts)
+    benchmark.group = f"decode {dtype}"
+    base_times = _interleaved(benchmark, havoc_fns, hf_fns, ROUNDS[batch])
+    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
+    floor_h = _matmul_floor_ms(_havoc_products(ours, batch))
+    floor_t = _matmul_floor_ms(_hf_products(theirs, batch))
+    step_h, step_t = ours_s / NEW_TOKENS * 1e3, base_s / NEW_TOKENS * 1e3
     benchmark.extra_info.update(
-        kind="decode", engine=engine, dtype=dtype, batch=batch,
-        tokens_per_s=batch * NEW_TOKENS / median_s, step_ms=step_ms,
-        matmul_floor_ms=floor, overhead_ms=step_ms - floor, peak_extra_mb=peak_extra_mb(once),
+        kind="decode", dtype=dtype, batch=batch, baseline="transformers",
+        tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s,
+        ratio=base_s / ours_s, step_ms=step_h, baseline_step_ms=step_t,
+        matmul_floor_ms=floor_h, baseline_matmul_floor_ms=floor_t,
+        overhead_ms=step_h - floor_h, baseline_overhead_ms=step_t - floor_t,
+        peak_extra_mb=peak_extra_mb(_once(*havoc_fns)), baseline_peak_extra_mb=peak_extra_mb(_once(*hf_fns)),
     )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("engine", ["havoc", "transformers"])
-def test_prefill(benchmark, engines, smollm2, sample_text, peak_extra_mb, engine, dtype):
-    model = engines(engine, dtype)
+def test_prefill(benchmark, engines, smollm2, sample_text, peak_extra_mb, dtype):
+    ours, theirs = engines("havoc", dtype), engines("transformers", dtype)
     ids = torch.tensor(_prompts(smollm2[1], sample_text, 1, PREFILL_TOKENS))
-
-    if engine == "havoc":
-        def setup():
-            return (model.new_cache(1, PREFILL_TOKENS + 1),), {}
-
-        def run(cache):
-            with torch.inference_mode():
-                model(ids, cache=cache, logits_to_keep=1)
-    else:
-        def setup():
-            return (), {}
-
-        def run():
-            with torch.inference_mode():
-                model(ids, use_cache=True, logits_to_keep=1)
-
-    benchmark.group = f"prefill {dtype} {PREFILL_TOKENS} tokens"
-    benchmark.pedantic(run, setup=setup, rounds=5, iterations=1, warmup_rounds=1)
-
-    def once():
-        args, _ = setup()
-        run(*args)
-
+    havoc_fns, hf_fns = _havoc_prefill(ours, ids), _hf_prefill(theirs, ids)
+    benchmark.group = f"prefill {PREFILL_TOKENS} tokens"
+    base_times = _interleaved(benchmark, havoc_fns, hf_fns, rounds=5)
+    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     benchmark.extra_info.update(
-        kind="prefill", engine=engine, dtype=dtype, batch=1,
-        tokens_per_s=PREFILL_TOKENS / benchmark.stats.stats.median, peak_extra_mb=peak_extra_mb(once),
+        kind="prefill", dtype=dtype, batch=1, baseline="transformers",
+        tokens_per_s=PREFILL_TOKENS / ours_s, baseline_tokens_per_s=PREFILL_TOKENS / base_s, ratio=base_s / ours_s,
+        peak_extra_mb=peak_extra_mb(_once(*havoc_fns)), baseline_peak_extra_mb=peak_extra_mb(_once(*hf_fns)),
     )

@@ -18,12 +18,21 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from havoc import ops
 from havoc.cache import KVCache, StaticKVCache
 from havoc.config import ModelConfig
 from havoc.errors import GenerationError
+
+
+class Linear(nn.Linear):
+    """A bias-free projection whose product goes through `havoc.ops.linear` (fast paths per device)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -44,8 +53,8 @@ class Attention(nn.Module):
         # One projection for q, k and v: its rows are wq, wk, wv stacked. One GEMM instead of three and
         # one RoPE call over the q|k heads (gpt-fast's layout). With w13 below it took a SmolLM2 decode
         # step from 1647 to 1467 aten ops (transformers: 1677). Separate wq/wk/wv are fused on load.
-        self.wqkv = nn.Linear(config.dim, (config.n_heads + 2 * config.n_kv_heads) * config.head_dim, bias=False)
-        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.wqkv = Linear(config.dim, (config.n_heads + 2 * config.n_kv_heads) * config.head_dim)
+        self.wo = Linear(config.n_heads * config.head_dim, config.dim)
 
     def forward(
         self,
@@ -73,8 +82,8 @@ class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.ffn_hidden = config.ffn_hidden
-        self.w13 = nn.Linear(config.dim, 2 * config.ffn_hidden, bias=False)  # rows: w1 (gate), then w3 (up)
-        self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)  # down
+        self.w13 = Linear(config.dim, 2 * config.ffn_hidden)  # rows: w1 (gate), then w3 (up)
+        self.w2 = Linear(config.ffn_hidden, config.dim)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).split(self.ffn_hidden, dim=-1)  # (..., ffn_hidden) each
@@ -103,7 +112,7 @@ class HavocModel(nn.Module):
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = None if config.tie_embeddings else Linear(config.dim, config.vocab_size)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -167,7 +176,7 @@ class HavocModel(nn.Module):
             cache.end()
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        return F.linear(self.norm(h), self.lm_head_weight)  # (B, T', vocab)
+        return ops.linear(self.norm(h), self.lm_head_weight)  # (B, T', vocab)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> StaticKVCache:
         """A contiguous KV cache on this model's device and dtype (max_len defaults to the context)."""

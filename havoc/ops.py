@@ -23,7 +23,7 @@ import torch
 from havoc.errors import ConfigError
 from havoc.kernels import reference
 
-OPS = ("rms_norm", "apply_rope", "swiglu", "attention")
+OPS = ("linear", "rms_norm", "apply_rope", "swiglu", "attention")
 BACKENDS = ("auto", "reference", "fast")
 
 # op name -> device type -> implementation. Filled by the fast-path modules when they import.
@@ -100,6 +100,11 @@ def _pick(op: str, x: torch.Tensor) -> Callable | None:
     return fast
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    fast = _pick("linear", x)
+    return (fast or reference.linear)(x, weight)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     fast = _pick("rms_norm", x)
     return (fast or reference.rms_norm)(x, weight, eps)
@@ -121,3 +126,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> to
 
 
 rope_cos_sin = reference.rope_cos_sin
+
+from havoc import cpu_ops  # noqa: E402,F401  (registers the CPU fast paths)

@@ -4,6 +4,7 @@ The oracle for the kernel tests, the baseline of the benchmarks and the path tak
 kernel applies (CPU tensors, forced with HAVOC_OPS=reference). Short and obviously correct first; the
 numerics follow Hugging Face's Llama so that the parity tests compare like with like:
 
+- linear:    y = x @ W.T (no bias).
 - rms_norm:  y = w * (x / sqrt(mean(x^2) + eps)), the normalisation in fp32, cast to x's dtype before
              the weight multiply (Llama's convention).
 - rope:      rotate-half convention over the first `rotary_dim` features of each head (queries and
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "swiglu", "attention"]
+__all__ = ["linear", "rms_norm", "rope_cos_sin", "apply_rope", "swiglu", "attention"]
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
     # NOTE: x.float() on an fp32 tensor is still an op dispatch; on the decode path (~2000 ops a token)
@@ -33,6 +34,11 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 
 def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x if x.dtype == dtype else x.to(dtype)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T: (..., in) x (out, in) -> (..., out)."""
+    return F.linear(x, weight)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -126,12 +132,17 @@ def attention(
     B, H, T, D = q.shape
     KV, S = k.shape[1], k.shape[2]
     G = H // KV
+    offset = S - T if q_offset is None else q_offset
+    if causal and key_mask is None and T == S and offset == 0:
+        # A whole causal prompt: SDPA's own causal GQA kernel (reads K/V per group, no repeat).
+        # NOTE: 1.8x faster than the grouped path below for a 512-token SmolLM2 prefill (fp32 6.4 vs
+        # 11.3 ms a layer; bf16 6.3 vs 8.3); for decode the grouped path wins (bf16 up to 7x).
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
     # Each KV head's query group becomes one (G*T)-row query matrix: K/V are read, never repeated.
     # Row r of a group is query r % T.
     qg = q.reshape(B, KV, G * T, D)  # (B, KV, G*T, D)
     allowed = None
     if causal:
-        offset = S - T if q_offset is None else q_offset
         if offset < S - 1:  # otherwise every query sees every key (decode): no mask needed
             qpos = torch.arange(T, device=q.device)[:, None] + offset
             allowed = (torch.arange(S, device=q.device)[None, :] <= qpos).repeat(G, 1)  # (G*T, S)
