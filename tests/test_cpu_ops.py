@@ -9,7 +9,7 @@ from havoc import cpu_ops
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("rows", [1, 2, 3, 8, 17, 32, 64, 65, 512])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 17, 32, 64, 65, 130, 512])
 @pytest.mark.parametrize("shape", [(960, 576), (576, 1536), (7, 5)])
 def test_linear_matches_f_linear(rows, shape, dtype, tol):
     torch.manual_seed(rows)
@@ -21,35 +21,49 @@ def test_linear_matches_f_linear(rows, shape, dtype, tol):
     torch.testing.assert_close(out, F.linear(x, w), atol=tol * shape[1] ** 0.5, rtol=tol)
 
 
-def test_orientation_is_chosen_once_per_shape_and_rows(monkeypatch):
-    calls = []
-    real = cpu_ops._transposed_is_faster
-    monkeypatch.setattr(cpu_ops, "_orientation", {})
-    monkeypatch.setattr(cpu_ops, "_transposed_is_faster", lambda x, w: calls.append(x.shape) or real(x, w))
+def test_the_product_is_planned_once_per_shape_and_row_bucket(monkeypatch):
+    planned = []
+    real = cpu_ops._choose
+    monkeypatch.setattr(cpu_ops, "_plan", {})
+    monkeypatch.setattr(cpu_ops, "_choose", lambda c: planned.append(sorted(c)) or real(c))
     w = torch.randn(48, 32)
     with torch.inference_mode():
         for _ in range(3):
             ops.linear(torch.randn(8, 1, 32), w)
         ops.linear(torch.randn(4, 1, 32), w)
         ops.linear(torch.randn(1, 1, 32), w)  # one row: plain GEMV, never timed
-        ops.linear(torch.randn(100, 32), w)  # prefill-sized: untimed
-    assert calls == [(8, 32), (4, 32)]
-    assert set(cpu_ops._orientation) == {(48, 32, 8, torch.float32), (48, 32, 4, torch.float32)}
+        ops.linear(torch.randn(100, 32), w)  # prefill-sized: bucket 128
+        ops.linear(torch.randn(120, 32), w)  # same bucket: no new timing
+        ops.linear(torch.randn(300, 32).bfloat16(), w.bfloat16())  # bf16 may upcast
+    assert planned == [["plain", "transposed"], ["plain", "transposed"], ["plain"], ["fp32", "plain"]]
+    assert set(cpu_ops._plan) == {
+        (48, 32, 8, torch.float32), (48, 32, 4, torch.float32), (48, 32, 128, torch.float32),
+        (48, 32, 512, torch.bfloat16),
+    }
 
 
-def test_both_orientations_give_the_same_values(monkeypatch):
-    monkeypatch.setattr(cpu_ops, "_orientation", {})
+@pytest.mark.parametrize("dtype, rows, names", [
+    (torch.float32, 8, ["plain", "transposed"]),
+    (torch.bfloat16, 8, ["plain", "transposed", "fp32"]),
+    (torch.bfloat16, 300, ["plain", "fp32"]),
+])
+def test_every_candidate_gives_the_same_values(monkeypatch, dtype, rows, names):
+    monkeypatch.setattr(cpu_ops, "_plan", {})
     torch.manual_seed(0)
-    w, x = torch.randn(960, 576), torch.randn(8, 1, 576)
-    for choice in (True, False):
-        cpu_ops._orientation[(960, 576, 8, torch.float32)] = choice
+    w, x = torch.randn(960, 576, dtype=dtype), torch.randn(rows, 1, 576, dtype=dtype)
+    expected = F.linear(x.float(), w.float())
+    tol = 1e-4 if dtype == torch.float32 else 0.15
+    for name in names:
+        cpu_ops._plan[(960, 576, cpu_ops._bucket(rows), dtype)] = name
         with torch.inference_mode():
-            torch.testing.assert_close(ops.linear(x, w), F.linear(x, w), atol=1e-4, rtol=1e-5)
+            out = ops.linear(x, w)
+        assert out.dtype == dtype and out.shape == (rows, 1, 960)
+        torch.testing.assert_close(out.float(), expected, atol=tol, rtol=1e-2), name
 
 
 def test_autograd_and_reference_backend_bypass_the_fast_path(monkeypatch):
-    monkeypatch.setattr(cpu_ops, "_transposed_is_faster", lambda x, w: pytest.fail("timed a product"))
-    monkeypatch.setattr(cpu_ops, "_orientation", {})
+    monkeypatch.setattr(cpu_ops, "_choose", lambda c: pytest.fail("timed a product"))
+    monkeypatch.setattr(cpu_ops, "_plan", {})
     w = torch.randn(16, 8, requires_grad=True)
     ops.linear(torch.randn(8, 8), w).sum().backward()  # training: F.linear, differentiable
     assert w.grad is not None
