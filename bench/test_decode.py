@@ -14,7 +14,8 @@ one engine's rounds after the other's measured the drift, not the engines; alter
 the same conditions. The transformers median and the ratio go in extra_info. Each row also records:
 
 - matmul_floor_ms: the step's matrix products alone, back to back (same weights, same shapes; for havoc
-  through the same dispatch), so overhead_ms = step time - floor is the per-token cost of everything else;
+  through the same dispatch; the two engines alternating), so overhead_ms = step time - floor estimates
+  the per-token cost of everything else (Python, small ops, attention);
 - peak_extra_mb: peak resident memory above the weights during one run (KV cache, activations, logits).
 
 Run: pytest bench --benchmark-only   (bench/report.py turns --benchmark-json output into RESULTS.md rows)
@@ -44,16 +45,17 @@ def _prompts(tokenizer, text: str, batch: int, length: int) -> list[list[int]]:
     return [ids[i : i + length] for i in range(batch)]  # distinct prompts of equal length
 
 
-def _matmul_floor_ms(products, repeats: int = 5) -> float:
-    """Median time of one step's matrix products alone, in ms."""
-    times = []
+def _matmul_floors_ms(ours, theirs, repeats: int = 7) -> tuple[float, float]:
+    """Median time of one step's matrix products alone, in ms, for both engines, alternating."""
+    times: tuple[list[float], list[float]] = ([], [])
     with torch.inference_mode():
         for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            for fn in products:
-                fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:]) * 1e3
+            for products, out in ((ours, times[0]), (theirs, times[1])):
+                t0 = time.perf_counter()
+                for fn in products:
+                    fn()
+                out.append(time.perf_counter() - t0)
+    return statistics.median(times[0][1:]) * 1e3, statistics.median(times[1][1:]) * 1e3
 
 
 def _havoc_products(model, batch):
@@ -155,8 +157,7 @@ def test_decode(benchmark, engines, smollm2, sample_text, peak_extra_mb, dtype, 
     benchmark.group = f"decode {dtype}"
     base_times = _interleaved(benchmark, havoc_fns, hf_fns, ROUNDS[batch])
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
-    floor_h = _matmul_floor_ms(_havoc_products(ours, batch))
-    floor_t = _matmul_floor_ms(_hf_products(theirs, batch))
+    floor_h, floor_t = _matmul_floors_ms(_havoc_products(ours, batch), _hf_products(theirs, batch))
     step_h, step_t = ours_s / NEW_TOKENS * 1e3, base_s / NEW_TOKENS * 1e3
     benchmark.extra_info.update(
         kind="decode", dtype=dtype, batch=batch, baseline="transformers",
