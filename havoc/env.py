@@ -50,10 +50,6 @@ def collect() -> dict[str, Any]:
     from havoc import __version__, ops
 
     cuda = _cuda()
-    try:
-        triton_note = _version("triton")
-    except Exception as e:  # pragma: no cover
-        triton_note = f"error: {e}"
     return {
         "havoc": __version__,
         "python": sys.version.split()[0],
@@ -62,7 +58,7 @@ def collect() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "versions": {
             "torch": torch.__version__,
-            "triton": triton_note,
+            "triton": _version("triton"),
             "bitsandbytes": _version("bitsandbytes"),
             "transformers": _version("transformers"),
             "tokenizers": _version("tokenizers"),

@@ -222,40 +222,42 @@ def stream_ids(
     stats.prefill_seconds = time.perf_counter() - t0
     t_decode = time.perf_counter()
 
-    while True:
-        next_tokens = sample_next(logits, params, seen, generator)  # (B',)
-        chosen = next_tokens.tolist()
-        events, keep = [], []
-        for r, (index, tok) in enumerate(zip(rows, chosen)):
-            if done[index]:
-                continue
-            produced[index] += 1
-            reason = None
-            if tok in stops or (should_stop is not None and should_stop(index, tok)):
-                reason = "stop"
-            elif produced[index] >= budgets[index]:
-                reason = "length"
-            events.append(StepEvent(index, tok, reason))
-            if reason is None:
-                keep.append(r)
-            else:
-                done[index] = True
-        stats.generated_tokens += len(events)
-        stats.steps += 1
-        yield events
-        if not keep:
-            break
-        if len(keep) <= len(rows) // 2:  # compact: finished rows stop costing compute
-            sel = torch.tensor(keep, device=device)
-            cache.select_rows(sel)
-            next_tokens = next_tokens.index_select(0, sel)
+    try:  # the timing holds even when the consumer stops iterating early
+        while True:
+            next_tokens = sample_next(logits, params, seen, generator)  # (B',)
+            chosen = next_tokens.tolist()
+            events, keep = [], []
+            for r, (index, tok) in enumerate(zip(rows, chosen)):
+                if done[index]:
+                    continue
+                produced[index] += 1
+                reason = None
+                if tok in stops or (should_stop is not None and should_stop(index, tok)):
+                    reason = "stop"
+                elif produced[index] >= budgets[index]:
+                    reason = "length"
+                events.append(StepEvent(index, tok, reason))
+                if reason is None:
+                    keep.append(r)
+                else:
+                    done[index] = True
+            stats.generated_tokens += len(events)
+            stats.steps += 1
+            yield events
+            if not keep:
+                break
+            if len(keep) <= len(rows) // 2:  # compact: finished rows stop costing compute
+                sel = torch.tensor(keep, device=device)
+                cache.select_rows(sel)
+                next_tokens = next_tokens.index_select(0, sel)
+                if seen is not None:
+                    seen = seen.index_select(0, sel)
+                rows = [rows[r] for r in keep]
             if seen is not None:
-                seen = seen.index_select(0, sel)
-            rows = [rows[r] for r in keep]
-        if seen is not None:
-            seen.scatter_(1, next_tokens[:, None], True)
-        logits = model(next_tokens[:, None], cache=cache, logits_to_keep=1)[:, -1]
-    stats.decode_seconds = time.perf_counter() - t_decode
+                seen.scatter_(1, next_tokens[:, None], True)
+            logits = model(next_tokens[:, None], cache=cache, logits_to_keep=1)[:, -1]
+    finally:
+        stats.decode_seconds = time.perf_counter() - t_decode
 
 
 def generate_ids(

@@ -172,3 +172,13 @@ def test_stats_are_filled(model):
     generate_ids(model, [[5, 6], [7, 8, 9]], SamplingParams(max_new_tokens=5, ignore_eos=True), stats=stats)
     assert stats.prompt_tokens == 5 and stats.generated_tokens == 10 and stats.steps == 5
     assert stats.prefill_seconds > 0 and stats.decode_seconds > 0
+
+
+def test_stats_hold_when_the_consumer_stops_early(model):
+    stats = GenerationStats()
+    gen = stream_ids(model, [[5, 6]], SamplingParams(max_new_tokens=50, ignore_eos=True), stats=stats)
+    for i, _ in enumerate(gen):
+        if i == 3:
+            break
+    gen.close()
+    assert stats.generated_tokens == 4 and stats.decode_seconds > 0
