@@ -39,3 +39,16 @@ class OutOfBlocksError(HavocError, MemoryError):
 
 class UnknownSequenceError(HavocError, KeyError):
     """A sequence id the block manager does not hold."""
+
+
+class ToolError(HavocError, ValueError):
+    """A tool (statistics, DOE, SPC, symbolic, retrieval) was given arguments it cannot work with."""
+
+
+class DSLError(ToolError):
+    """A DOE/SPC DSL script does not parse; the message starts with `line L, column C:`."""
+
+    def __init__(self, message: str, line: int, column: int):
+        super().__init__(f"line {line}, column {column}: {message}")
+        self.line = line
+        self.column = column
