@@ -1,0 +1,381 @@
+"""The tool registry the model calls, and extraction of `<tool>{...}</tool>` spans from generated text.
+
+A call is `{"tool": NAME, "args": {...}}`; its answer is `{"success": true, "result": ...}` or
+`{"success": false, "error": "..."}`. Arguments come from a model, so they are untrusted: they must be
+plain JSON (no NaN or Infinity, bounded depth and size) and match the tool's JSON schema exactly
+(unknown keys, wrong types and absurd sizes are refused with a message naming the argument). Nothing a
+tool does raises into the caller, and each call has a time limit: ordinary tools run in a worker thread
+the caller stops waiting for; tools marked `isolated` (symbolic maths) run in a forked child that is
+killed at the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from havoc.errors import ToolError
+from havoc.tools._common import jsonable
+
+DEFAULT_TIMEOUT = 30.0
+MAX_ARG_BYTES = 2_000_000
+MAX_RESULT_BYTES = 8_000_000
+MAX_DEPTH = 16
+MAX_CALL_CHARS = 2_000_000
+
+
+@dataclass
+class ToolContext:
+    """What a tool may use besides its arguments: where plots go."""
+
+    plot_dir: Path
+    plot_path: Path | None = None  # a caller-chosen file (CLI --plot); None = a fresh name in plot_dir
+
+    def plot_target(self, stem: str, fmt: str) -> Path:
+        """The file a plot should be written to."""
+        if self.plot_path is not None:
+            return self.plot_path
+        self.plot_dir.mkdir(parents=True, exist_ok=True)
+        return self.plot_dir / f"{stem}-{uuid.uuid4().hex[:8]}.{fmt}"
+
+
+@dataclass
+class ToolSpec:
+    """One registered tool.
+
+    Attributes:
+        name: what the model calls it.
+        description: one paragraph for the model's prompt.
+        fn: fn(args: dict, ctx: ToolContext) -> dict.
+        schema: JSON schema of args; with `discriminator`, a dict {value: schema} per operation.
+        discriminator: the args key that selects the schema (e.g. "operation").
+        timeout: seconds, or None for the registry's default.
+        isolated: run in a killable forked child (the tool enforces the limit itself).
+    """
+
+    name: str
+    description: str
+    fn: Callable[[dict, ToolContext], Any]
+    schema: dict
+    discriminator: str | None = None
+    default_variant: Callable[[dict], str | None] | None = None
+    timeout: float | None = None
+    isolated: bool = False
+    _validators: dict = field(default_factory=dict, repr=False)
+
+    def parameters(self) -> dict:
+        """The JSON schema a model sees (one branch per operation for discriminated tools)."""
+        if self.discriminator is None:
+            return self.schema
+        return {"oneOf": list(self.schema.values())}
+
+
+def _check_plain_json(value: Any, path: str = "args", depth: int = 0) -> None:
+    """Refuse anything JSON cannot say: NaN, Infinity, non-string keys, odd types, deep nesting."""
+    if depth > MAX_DEPTH:
+        raise ToolError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ToolError(f"{path}: NaN and Infinity are not JSON numbers")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ToolError(f"{path}: object keys must be strings")
+            _check_plain_json(v, f"{path}.{k}", depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain_json(v, f"{path}[{i}]", depth + 1)
+        return
+    raise ToolError(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads that refuses NaN, Infinity and duplicate keys (Python's own accepts all three)."""
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+
+
+def _error_path(err) -> str:
+    out = "args"
+    for p in err.absolute_path:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def _schema_message(err) -> str:
+    v = err.validator
+    if v == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        return f"{_error_path(err)}: unknown key{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}"
+    if v == "required":
+        return f"{_error_path(err)}: {err.message}"
+    if v in ("maxItems", "maxLength", "maxProperties"):
+        return f"{_error_path(err)}: too large ({err.message})"
+    if v == "oneOf":
+        return f"{_error_path(err)}: does not match any accepted form"
+    return f"{_error_path(err)}: {err.message}"
+
+
+class ToolRegistry:
+    """Named tools with JSON-schema-validated arguments; `execute` never raises.
+
+    Args:
+        timeout: default seconds per call.
+        plot_dir: where plots requested by a model are written (default: a per-process temp folder).
+    """
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, plot_dir: str | os.PathLike | None = None):
+        self.timeout = timeout
+        self.plot_dir = Path(plot_dir) if plot_dir else Path(tempfile.gettempdir()) / f"havoc-plots-{os.getpid()}"
+        self._tools: dict[str, ToolSpec] = {}
+
+    # ------------------------------------------------------------------------------------ registration
+    def register(self, spec: ToolSpec) -> None:
+        """Add a tool; its schema(s) are checked to be valid JSON Schema now, not at the first call."""
+        from jsonschema import Draft202012Validator
+
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", spec.name):
+            raise ValueError(f"tool name {spec.name!r} must be lower_snake_case")
+        if spec.name in self._tools:
+            raise ValueError(f"tool {spec.name!r} is already registered")
+        schemas = spec.schema if spec.discriminator else {None: spec.schema}
+        for key, schema in schemas.items():
+            Draft202012Validator.check_schema(schema)
+            spec._validators[key] = Draft202012Validator(schema)
+        self._tools[spec.name] = spec
+
+    def names(self) -> list[str]:
+        """Registered tool names, sorted."""
+        return sorted(self._tools)
+
+    def describe(self) -> list[dict]:
+        """[{"name", "description", "parameters"}] for every tool: what a prompt shows the model."""
+        return [{"name": s.name, "description": s.description, "parameters": s.parameters()}
+                for s in sorted(self._tools.values(), key=lambda s: s.name)]
+
+    # --------------------------------------------------------------------------------------- execution
+    def execute(self, name: Any, args: Any = None, *, timeout: float | None = None,
+                plot_path: str | os.PathLike | None = None) -> dict:
+        """Run one tool call.
+
+        Args:
+            name: the tool's name.
+            args: its arguments (a dict, or a JSON object as text).
+            timeout: seconds for this call (default: the tool's, else the registry's).
+            plot_path: write a requested plot exactly here (trusted callers: the CLI's --plot).
+
+        Returns:
+            {"success": True, "result": {...}} or {"success": False, "error": "one line"}.
+        """
+        try:
+            if not isinstance(name, str) or name not in self._tools:
+                known = ", ".join(self.names())
+                return _fail(f"unknown tool {name!r:.80}; known tools: {known}")
+            spec = self._tools[name]
+            if args is None:
+                args = {}
+            if isinstance(args, (str, bytes)):
+                if len(args) > MAX_ARG_BYTES:
+                    return _fail(f"arguments are larger than {MAX_ARG_BYTES} bytes")
+                try:
+                    args = loads_strict(args)
+                except (ValueError, RecursionError) as e:
+                    return _fail(f"arguments are not valid JSON: {e}")
+            if not isinstance(args, Mapping):
+                return _fail("args must be a JSON object")
+            _check_plain_json(args)
+            if len(json.dumps(args)) > MAX_ARG_BYTES:
+                return _fail(f"arguments are larger than {MAX_ARG_BYTES} bytes")
+            args = dict(args)
+            validator = self._validator(spec, args)
+            errors = sorted(validator.iter_errors(args), key=lambda e: (len(e.absolute_path), str(e.validator)))
+            if errors:
+                return _fail(_schema_message(errors[0]))
+            limit = timeout if timeout is not None else (spec.timeout or self.timeout)
+            ctx = ToolContext(self.plot_dir, Path(plot_path) if plot_path else None)
+            result = self._run(spec, args, ctx, limit)
+            result = jsonable(result)
+            size = len(json.dumps(result, allow_nan=False))
+            if size > MAX_RESULT_BYTES:
+                return _fail(f"the result is too large to return ({size} bytes); ask for less")
+            return {"success": True, "result": result}
+        except ToolError as e:
+            return _fail(str(e))
+        except RecursionError:
+            return _fail("the input is nested too deeply")
+        except MemoryError:
+            return _fail("the call ran out of memory")
+        except Exception as e:  # noqa: BLE001 - the contract is that nothing escapes
+            return _fail(f"internal error in tool {name!r}: {type(e).__name__}: {e}")
+
+    def execute_call(self, call: Any, **kwargs: Any) -> dict:
+        """Run `{"tool": NAME, "args": {...}}` (a dict or its JSON text); see `execute`."""
+        try:
+            if isinstance(call, (str, bytes)):
+                call = loads_strict(call)
+        except (ValueError, RecursionError) as e:
+            return _fail(f"the call is not valid JSON: {e}")
+        if not isinstance(call, Mapping) or "tool" not in call:
+            return _fail('a call is a JSON object {"tool": NAME, "args": {...}}')
+        extra = set(call) - {"tool", "args"}
+        if extra:
+            return _fail(f"unknown key{'s' if len(extra) > 1 else ''} in the call: {', '.join(sorted(map(repr, extra)))}")
+        return self.execute(call["tool"], call.get("args", {}), **kwargs)
+
+    def run_text(self, text: str, **kwargs: Any) -> list[dict]:
+        """Execute every `<tool>` span in generated text, in order.
+
+        Returns:
+            [{"call": {"tool", "args"} or None, "span": [start, end], "response": envelope}].
+        """
+        out = []
+        for call in extract_tool_calls(text):
+            if call.error:
+                out.append({"call": None, "span": [call.start, call.end], "response": _fail(call.error)})
+            else:
+                out.append({"call": {"tool": call.tool, "args": call.args}, "span": [call.start, call.end],
+                            "response": self.execute(call.tool, call.args, **kwargs)})
+        return out
+
+    def _validator(self, spec: ToolSpec, args: dict):
+        if spec.discriminator is None:
+            return spec._validators[None]
+        key = args.get(spec.discriminator)
+        if key is None and spec.default_variant is not None:
+            key = spec.default_variant(args)
+        if not isinstance(key, str) or key not in spec._validators:
+            options = ", ".join(sorted(spec._validators))
+            raise ToolError(f"args.{spec.discriminator} must be one of: {options}")
+        return spec._validators[key]
+
+    def _run(self, spec: ToolSpec, args: dict, ctx: ToolContext, limit: float) -> Any:
+        if spec.isolated:  # the tool forks and kills on its own; the thread would add nothing
+            return spec.fn({**args, "_timeout": limit}, ctx)
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = spec.fn(args, ctx)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+                box["error"] = e
+
+        # A daemon thread: if it overruns, the caller gets its answer at the limit and the thread may
+        # finish in the background (only isolated tools can be stopped outright; the others are bounded
+        # by their schemas' size limits).
+        t = threading.Thread(target=work, name=f"havoc-tool-{spec.name}", daemon=True)
+        t.start()
+        t.join(limit)
+        if t.is_alive():
+            raise ToolError(f"tool {spec.name!r} did not finish within {limit:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
+def _fail(message: str) -> dict:
+    line = " ".join(str(message).split())  # one line, whatever the exception said
+    return {"success": False, "error": line[:2000]}
+
+
+# ------------------------------------------------------------------------------------------ extraction
+
+_OPEN = re.compile(r"<\s*tool\s*>", re.IGNORECASE)
+_CLOSE = re.compile(r"<\s*/\s*tool\s*>", re.IGNORECASE)
+
+
+@dataclass
+class ToolCall:
+    """One `<tool>...</tool>` span: the parsed call, or why it could not be parsed."""
+
+    start: int
+    end: int
+    tool: str | None = None
+    args: dict | None = None
+    error: str | None = None
+    complete: bool = True
+
+
+def extract_tool_calls(text: str) -> list[ToolCall]:
+    """Find `<tool>{"tool": NAME, "args": {...}}</tool>` spans in generated text.
+
+    Tolerant of whitespace (inside the tags and around the JSON); strict about the JSON: exactly one
+    object, no trailing text, no NaN, no duplicate keys, only the keys "tool" and "args". A span that
+    cannot be used comes back with `error` set rather than being skipped, so the model can be told. An
+    unclosed `<tool>` at the end is reported with complete=False (generation may still be running).
+
+    Args:
+        text: generated text.
+
+    Returns:
+        ToolCall per span, in order.
+    """
+    if not isinstance(text, str):
+        raise TypeError("text must be a string")
+    calls = []
+    pos = 0
+    while True:
+        m = _OPEN.search(text, pos)
+        if not m:
+            break
+        close = _CLOSE.search(text, m.end())
+        nxt = _OPEN.search(text, m.end())
+        if close is None:
+            calls.append(ToolCall(m.start(), len(text), error="unclosed <tool> tag", complete=False))
+            break
+        if nxt is not None and nxt.start() < close.start():
+            calls.append(ToolCall(m.start(), nxt.start(), error="<tool> opened again before </tool>"))
+            pos = nxt.start()
+            continue
+        body = text[m.end():close.start()].strip()
+        calls.append(_parse_call(body, m.start(), close.end()))
+        pos = close.end()
+    return calls
+
+
+def _parse_call(body: str, start: int, end: int) -> ToolCall:
+    if not body:
+        return ToolCall(start, end, error="empty <tool> span")
+    if len(body) > MAX_CALL_CHARS:
+        return ToolCall(start, end, error=f"tool call longer than {MAX_CALL_CHARS} characters")
+    try:
+        obj = loads_strict(body)
+    except (ValueError, RecursionError) as e:
+        return ToolCall(start, end, error=f"tool call is not valid JSON: {e}")
+    if not isinstance(obj, dict):
+        return ToolCall(start, end, error='a tool call is a JSON object {"tool": NAME, "args": {...}}')
+    extra = set(obj) - {"tool", "args"}
+    if extra:
+        return ToolCall(start, end, error=f"unknown key{'s' if len(extra) > 1 else ''} in the tool call: "
+                                          f"{', '.join(sorted(map(repr, extra)))}")
+    name = obj.get("tool")
+    if not isinstance(name, str) or not name:
+        return ToolCall(start, end, error='the tool call needs "tool": a tool name')
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        return ToolCall(start, end, tool=name, error='"args" must be a JSON object')
+    return ToolCall(start, end, tool=name, args=args)

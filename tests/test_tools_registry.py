@@ -1,0 +1,186 @@
+"""The registry: strict schemas, never raising, time limits; `<tool>` extraction; fuzzing with junk."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from havoc.tools.builtin import default_registry, register_builtin
+from havoc.tools.registry import ToolRegistry, ToolSpec, extract_tool_calls
+
+REG = default_registry()
+BB = {"operation": "box_behnken", "factors": [{"name": "Temperature", "low": 100, "high": 200},
+                                              {"name": "Pressure", "low": 10, "high": 50},
+                                              {"name": "Speed", "low": 50, "high": 150}], "seed": 7}
+
+
+def test_issue_example_call_runs():
+    out = REG.execute_call({"tool": "dsl_executor", "args": BB})
+    assert out["success"], out
+    assert out["result"]["n_runs"] == 15 and out["result"]["center_points"] == 3
+    json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("dsl_executor", {**BB, "colour": "red"}, "unknown key 'colour'"),
+    ("dsl_executor", {**BB, "seed": -1}, "args.seed"),
+    ("dsl_executor", {**BB, "factors": [{"name": "T", "low": "1", "high": 2}]}, "args.factors[0].low"),
+    ("dsl_executor", {"operation": "warp_drive"}, "args.operation must be one of"),
+    ("statistics", {"operation": "describe", "data": [1, 2, float("nan")]}, "NaN and Infinity"),
+    ("statistics", {"operation": "describe", "data": [1, True]}, "is not of type 'number'"),
+    ("statistics", {"operation": "describe", "data": list(range(200_001))}, "too large"),
+    ("statistics", {"operation": "describe", "data": []}, "should be non-empty"),
+    ("statistics", {"operation": "t_test", "kind": "welch", "x": [1, 2, 3]}, "needs y"),
+    ("statistics", {"operation": "describe", "data": [1, 2], "alpha": 0}, "args.alpha"),
+    ("statistics", '{"operation": "describe", "data": [1, 2], "data": [3]}', "duplicate key"),
+    ("statistics", '{"operation": "describe", "data": [Infinity]}', "not valid JSON"),
+    ("statistics", "[1, 2]", "args must be a JSON object"),
+    ("symbolic", {"operation": "simplify", "expression": "__import__('os')"}, "not allowed"),
+    ("symbolic", {"operation": "simplify", "expression": "x" * 501}, "too large"),
+    ("rag_helper", {"query": ""}, "args.query"),
+    ("nope", {}, "unknown tool 'nope'"),
+    (None, {}, "unknown tool"),
+])
+def test_bad_calls_get_one_line_errors(name, args, message):
+    out = REG.execute(name, args)
+    assert out["success"] is False and message in out["error"], out
+    assert "\n" not in out["error"] and "Traceback" not in out["error"]
+
+
+def test_deep_nesting_and_odd_python_values_are_refused():
+    deep: list = []
+    for _ in range(40):
+        deep = [deep]
+    assert "nested deeper" in REG.execute("statistics", {"operation": "describe", "data": deep})["error"]
+    assert "not a JSON value" in REG.execute("statistics", {"operation": "describe", "data": {1, 2}})["error"]
+
+
+def test_time_limits_hold():
+    reg = ToolRegistry(timeout=0.5)
+
+    def slow(args, ctx):
+        time.sleep(5)
+        return {}
+
+    reg.register(ToolSpec("sleepy", "sleeps", slow, {"type": "object", "additionalProperties": False}))
+    start = time.monotonic()
+    out = reg.execute("sleepy", {})
+    assert not out["success"] and "within 0.5 s" in out["error"] and time.monotonic() - start < 1.5
+    start = time.monotonic()
+    out = REG.execute("symbolic", {"operation": "integral", "expression": "exp(sin(x)^x)*tan(x)^x"}, timeout=1)
+    assert "did not finish within 1 s" in out["error"] and time.monotonic() - start < 3
+
+
+def test_a_tool_that_raises_does_not_escape():
+    reg = ToolRegistry()
+
+    def broken(args, ctx):
+        raise ZeroDivisionError("boom")
+
+    reg.register(ToolSpec("broken", "raises", broken, {"type": "object"}))
+    assert reg.execute("broken", {}) == {"success": False,
+                                         "error": "internal error in tool 'broken': ZeroDivisionError: boom"}
+
+
+def test_every_tool_has_a_closed_schema_for_the_prompt():
+    described = REG.describe()
+    assert [d["name"] for d in described] == ["dsl_executor", "rag_helper", "statistics", "symbolic"]
+
+    def closed(schema):
+        if schema.get("type") == "object" and "properties" in schema:
+            assert schema.get("additionalProperties") is False, schema
+        for v in schema.values():
+            for sub in (v if isinstance(v, list) else [v]):
+                if isinstance(sub, dict):
+                    closed(sub)
+
+    for d in described:
+        closed(d["parameters"])
+    json.dumps(described)
+    with pytest.raises(ValueError, match="already registered"):
+        register_builtin(REG)
+
+
+def test_plots_land_in_the_plot_dir(tmp_path):
+    reg = register_builtin(ToolRegistry(plot_dir=tmp_path))
+    out = reg.execute("dsl_executor", {"operation": "control_chart", "chart": "c", "data": [3, 4, 2, 5, 14, 3],
+                                       "plot": "svg"})
+    assert out["success"] and out["result"]["plot"]["path"].startswith(str(tmp_path))
+    assert open(out["result"]["plot"]["path"]).read().lstrip().startswith("<?xml")
+
+
+# ------------------------------------------------------------------------------------------ extraction
+
+def test_extraction_tolerates_whitespace_and_is_strict_about_json():
+    text = ('Let me compute.\n<tool>\n  {"tool": "statistics",\n   "args": {"operation": "describe", "data": [1, 2, 3]}}\n'
+            '</tool> and <  TOOL >{"tool":"symbolic","args":{"operation":"simplify","expression":"x+x"}}</ tool >')
+    calls = extract_tool_calls(text)
+    assert [(c.tool, c.error) for c in calls] == [("statistics", None), ("symbolic", None)]
+    assert text[calls[0].start:calls[0].end].startswith("<tool>")
+    results = REG.run_text(text)
+    assert [r["response"]["success"] for r in results] == [True, True]
+    assert results[1]["response"]["result"]["result"] == "2*x"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("", "empty"),
+    ("{'tool': 'x'}", "not valid JSON"),
+    ('{"tool": "x"} trailing', "not valid JSON"),
+    ('{"tool": "x", "tool": "y"}', "duplicate key"),
+    ('{"tool": "x", "args": {"a": NaN}}', "not valid JSON"),
+    ('{"tool": "x", "args": [1]}', '"args" must be a JSON object'),
+    ('{"tool": "x", "extra": 1}', "unknown key in the tool call: 'extra'"),
+    ('["tool"]', "JSON object"),
+    ('{"args": {}}', '"tool"'),
+    ('```json\n{"tool": "x"}\n```', "not valid JSON"),
+])
+def test_extraction_errors(body, message):
+    (call,) = extract_tool_calls(f"<tool>{body}</tool>")
+    assert call.error and message in call.error
+
+
+def test_unclosed_and_nested_tags():
+    (call,) = extract_tool_calls('thinking <tool>{"tool": "statistics"')
+    assert call.error == "unclosed <tool> tag" and not call.complete
+    first, second = extract_tool_calls('<tool> oops <tool>{"tool": "a"}</tool>')
+    assert first.error and second.tool == "a"
+    assert extract_tool_calls("no calls here </tool>") == []
+
+
+# ---------------------------------------------------------------------------------------------- fuzzing
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30)
+OPERATIONS = ["describe", "t_test", "anova", "regression", "chi_square", "normality", "box_behnken", "control_chart",
+              "central_composite", "fractional_factorial", "analyze_factorial", "derivative", "solve", "script"]
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["statistics", "dsl_executor", "symbolic", "rag_helper", "bogus"]),
+       st.dictionaries(st.sampled_from(["operation", "data", "x", "y", "factors", "groups", "expression", "kind",
+                                        "chart", "alpha", "seed", "script", "query", "extra"]),
+                       st.sampled_from(OPERATIONS) | JSONISH, max_size=5))
+def test_registry_fuzz_never_raises(name, args):
+    start = time.monotonic()
+    out = REG.execute(name, args, timeout=5)
+    assert set(out) in ({"success", "result"}, {"success", "error"})
+    if not out["success"]:
+        assert out["error"] and "\n" not in out["error"]
+    json.dumps(out, allow_nan=False)
+    assert time.monotonic() - start < 8
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(list('<>/tool{}":,[] \n') + ["<tool>", "</tool>", '"tool"', '"args"', "{}"]),
+                max_size=40).map("".join))
+def test_extraction_fuzz(text):
+    for call in extract_tool_calls(text):
+        assert (call.error is None) == (call.tool is not None and call.args is not None)
+        assert 0 <= call.start < call.end <= len(text)
