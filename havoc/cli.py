@@ -1,4 +1,4 @@
-"""The `havoc` command line: env, pull, generate, chat.
+"""The `havoc` command line: env, pull, generate, chat, tool, dsl.
 
 Errors that come from bad input (a missing model, an invalid flag value, a prompt longer than the
 context) print one line naming the problem and exit with status 2; no traceback.
@@ -138,6 +138,61 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tool(args: argparse.Namespace) -> int:
+    from havoc.errors import ToolError
+    from havoc.tools import default_registry
+
+    registry = default_registry()
+    if args.list:
+        print(json.dumps(registry.describe(), indent=2))
+        return 0
+    if not args.name:
+        raise ToolError(f"name a tool ({', '.join(registry.names())}) or use --list")
+    call_args = args.args
+    if args.plot:
+        from havoc.tools.registry import loads_strict
+
+        try:
+            parsed = loads_strict(call_args)
+        except ValueError as e:
+            raise ToolError(f"--args is not valid JSON: {e}") from None
+        if isinstance(parsed, dict) and "plot" not in parsed:
+            # --plot FILE asks for a picture: the format comes from the file's extension
+            parsed["plot"] = args.plot.rsplit(".", 1)[-1].lower() if "." in args.plot else "png"
+        call_args = parsed
+    out = registry.execute(args.name, call_args, timeout=args.timeout, plot_path=args.plot)
+    if not out["success"]:
+        raise ToolError(out["error"])
+    print(json.dumps(out["result"], indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_dsl(args: argparse.Namespace) -> int:
+    import os
+
+    from havoc.errors import ToolError
+    from havoc.tools import dsl
+    from havoc.tools.registry import ToolContext, ToolRegistry
+
+    source = args.script
+    if os.path.isfile(source):
+        try:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ToolError(f"cannot read {source}: {e}") from None
+    elif source.endswith((".dsl", ".txt")) and "\n" not in source:
+        raise ToolError(f"no such file: {source}")
+    else:
+        text = source
+    if args.plot and not args.plot.lower().endswith((".png", ".svg")):
+        raise ToolError(f"--plot must name a .png or .svg file, got {args.plot!r}")
+    ctx = ToolContext(ToolRegistry().plot_dir, args.plot)
+    result = dsl.run_script(text, ctx)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="havoc", description="havoc: a fast Llama-style decoder")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.add_argument("--system", default=None, help="system prompt")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("tool", help="run a tool the model calls: statistics, symbolic, dsl_executor, rag_helper")
+    p.add_argument("name", nargs="?", help="the tool's name")
+    p.add_argument("--args", default="{}", help='its arguments as a JSON object, e.g. \'{"operation": "describe", "data": [1, 2]}\'')
+    p.add_argument("--timeout", type=float, default=None, help="seconds before the call is stopped")
+    p.add_argument("--plot", default=None, metavar="FILE", help="draw the result's picture to FILE (.png or .svg)")
+    p.add_argument("--list", action="store_true", help="print every tool with its JSON schema")
+    p.set_defaults(func=cmd_tool)
+
+    p = sub.add_parser("dsl", help="run a DOE/SPC DSL script (docs/tools-dsl.md)")
+    p.add_argument("script", help="a script file, or the script text itself")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="draw every chart and analysis to FILE (.png/.svg; several get -lineN suffixes)")
+    p.set_defaults(func=cmd_dsl)
     return parser
 
 

@@ -119,7 +119,8 @@ def parse_factors(factors: Any, *, two_level: bool = True) -> list[dict]:
 
 def to_natural(coded: float, low: float, high: float) -> float:
     """Coded level (-1 = low, +1 = high) to natural units."""
-    return (low + high) / 2 + coded * (high - low) / 2
+    # Measured from low, so coded -1 gives low exactly (centre + coded * half-range loses it to cancellation).
+    return low + (coded + 1) / 2 * (high - low)
 
 
 def to_coded(natural: float, low: float, high: float) -> float:
