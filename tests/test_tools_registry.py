@@ -184,3 +184,54 @@ def test_extraction_fuzz(text):
     for call in extract_tool_calls(text):
         assert (call.error is None) == (call.tool is not None and call.args is not None)
         assert 0 <= call.start < call.end <= len(text)
+
+
+FACTORS3 = [{"name": "T", "low": 100, "high": 200}, {"name": "P", "low": 10, "high": 50}, {"name": "S", "low": 1, "high": 3}]
+EVERY_OPERATION = [
+    ("statistics", {"operation": "describe", "data": [1, 2, 3, 4.5]}),
+    ("statistics", {"operation": "confidence_interval", "kind": "proportion", "successes": 3, "trials": 20}),
+    ("statistics", {"operation": "t_test", "kind": "one_sample", "x": [1, 2, 3, 4.5], "mu": 1}),
+    ("statistics", {"operation": "t_test", "kind": "two_sample", "x": [1, 2, 3], "y": [2, 3, 4.5]}),
+    ("statistics", {"operation": "anova", "groups": [[1, 2, 3], [2, 3, 4.5]]}),
+    ("statistics", {"operation": "anova_two_way", "y": [1, 2, 3, 4, 5, 6.5, 7, 8.5], "a": ["x", "x", "y", "y"] * 2,
+                    "b": ["u", "v"] * 4}),
+    ("statistics", {"operation": "tukey_hsd", "groups": {"a": [1, 2, 3], "b": [2, 3, 4.5], "c": [5, 6, 7]}}),
+    ("statistics", {"operation": "regression", "y": [1, 3, 2, 5, 4], "predictors": {"x": [1, 2, 3, 4, 5]}}),
+    ("statistics", {"operation": "chi_square", "observed": [[10, 20], [20, 10]]}),
+    ("statistics", {"operation": "normality", "data": [1, 2, 3, 4.5, 2.2, 3.1, 2.8]}),
+    ("symbolic", {"operation": "derivative", "expression": "x^2"}),
+    ("symbolic", {"operation": "integral", "expression": "x", "lower": 0, "upper": 1}),
+    ("symbolic", {"operation": "simplify", "expression": "x + x"}),
+    ("symbolic", {"operation": "solve", "equation": "2*x = 4"}),
+    ("symbolic", {"operation": "evaluate", "expression": "x^2", "values": {"x": 3}}),
+    ("dsl_executor", {"operation": "full_factorial", "factors": FACTORS3[:2], "seed": 1}),
+    ("dsl_executor", {"operation": "fractional_factorial", "factors": FACTORS3 + [{"name": "R", "low": 0, "high": 1}]}),
+    ("dsl_executor", {"operation": "plackett_burman", "factors": FACTORS3}),
+    ("dsl_executor", {"operation": "box_behnken", "factors": FACTORS3}),
+    ("dsl_executor", {"operation": "central_composite", "factors": FACTORS3[:2], "kind": "faced"}),
+    ("dsl_executor", {"operation": "convert_units", "factors": FACTORS3, "point": {"T": 150}, "to": "coded"}),
+    ("dsl_executor", {"operation": "control_chart", "chart": "np", "data": [3, 5, 2, 4], "n": 50}),
+    ("dsl_executor", {"operation": "capability", "data": [9.9, 10.1, 10, 10.2, 9.8], "lsl": 9, "usl": 11}),
+    ("dsl_executor", {"operation": "constants", "n": 5}),
+    ("dsl_executor", {"operation": "analyze_factorial", "factors": ["A", "B"],
+                      "coded": [[-1, -1], [1, -1], [-1, 1], [1, 1]], "response": [1, 2, 3, 5]}),
+    ("dsl_executor", {"script": "constants 3"}),
+]
+
+
+@pytest.mark.parametrize("name, args", EVERY_OPERATION, ids=lambda v: v if isinstance(v, str) else v.get("operation", "script"))
+def test_every_operation_answers_with_method_and_one_line_interpretation(name, args):
+    out = REG.execute(name, args)
+    assert out["success"], out
+    res = out["result"]
+    assert isinstance(res["method"], str) and res["method"]
+    assert isinstance(res["interpretation"], str) and res["interpretation"] and "\n" not in res["interpretation"]
+    json.dumps(res, allow_nan=False)
+
+
+def test_every_operation_is_covered():
+    covered = {(n, a.get("operation", "script")) for n, a in EVERY_OPERATION}
+    from havoc.tools.builtin import DSL_OPS, STATISTICS, SYMBOLIC
+
+    assert covered == ({("statistics", k) for k in STATISTICS} | {("symbolic", k) for k in SYMBOLIC}
+                       | {("dsl_executor", k) for k in DSL_OPS})

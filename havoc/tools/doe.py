@@ -118,13 +118,31 @@ def parse_factors(factors: Any, *, two_level: bool = True) -> list[dict]:
 
 
 def to_natural(coded: float, low: float, high: float) -> float:
-    """Coded level (-1 = low, +1 = high) to natural units."""
+    """Coded level to natural units.
+
+    Args:
+        coded: the coded level (-1 = low, +1 = high, 0 = centre; axial points beyond).
+        low: the factor's low setting.
+        high: the factor's high setting.
+
+    Returns:
+        The setting in the factor's own units.
+    """
     # Measured from low, so coded -1 gives low exactly (centre + coded * half-range loses it to cancellation).
     return low + (coded + 1) / 2 * (high - low)
 
 
 def to_coded(natural: float, low: float, high: float) -> float:
-    """Natural units to the coded scale (-1 = low, +1 = high)."""
+    """Natural units to the coded scale.
+
+    Args:
+        natural: a setting in the factor's units.
+        low: the factor's low setting.
+        high: the factor's high setting.
+
+    Returns:
+        The coded level (-1 = low, +1 = high).
+    """
     return (natural - (low + high) / 2) / ((high - low) / 2)
 
 
