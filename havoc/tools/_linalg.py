@@ -176,16 +176,19 @@ def lstsq(x_hi: np.ndarray, y: np.ndarray, x_lo: np.ndarray | None = None, names
     resid, b_scaled, steps = refine(y, np.zeros(p), r0, b0)
 
     # (A'A)^-1 column by column: the augmented system with right-hand side [0; -e_j] has x = (A'A)^-1 e_j,
-    # refined like the solution so standard errors keep their digits on ill-conditioned designs too.
+    # refined like the solution so standard errors keep their digits on ill-conditioned designs. A
+    # well-conditioned design loses nothing to R^-1 R^-T (relative error ~ cond * eps), and big ones
+    # (n p^2 large) would spend seconds on it, so they skip the refinement.
     rinv = sla.solve_triangular(r_mat, np.eye(p))
-    cov = np.empty((p, p))
-    zeros = np.zeros(n)
-    for j in range(p):
-        e_j = np.zeros(p)
-        e_j[j] = 1.0
-        z0 = rinv @ rinv[j]  # R^-1 R^-T e_j
-        _, z, _ = refine(zeros, -e_j, -(a_hi @ z0), z0)
-        cov[:, j] = z
+    cov = rinv @ rinv.T
+    if cond > 1e4 and n * p * p <= 2_000_000:
+        zeros = np.zeros(n)
+        for j in range(p):
+            e_j = np.zeros(p)
+            e_j[j] = 1.0
+            z0 = cov[:, j].copy()
+            _, z, _ = refine(zeros, -e_j, -(a_hi @ z0), z0)
+            cov[:, j] = z
     cov = 0.5 * (cov + cov.T)
     return LstsqResult(coef=b_scaled / scale, residuals=resid, cov_unscaled=cov / np.outer(scale, scale),
                        condition=cond, refinement_steps=steps)
