@@ -6,6 +6,8 @@ registry's worker threads. The format comes from the file extension (.png or .sv
 
 from __future__ import annotations
 
+import textwrap
+
 import itertools
 import os
 from collections.abc import Sequence
@@ -91,7 +93,9 @@ def control_chart_plot(result: dict, path: str | os.PathLike, fmt: str | None = 
         ax.set_ylabel(ch["statistic"])
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
         ax.grid(alpha=0.3)
-    fig.suptitle(result.get("interpretation", "")[:110], fontsize=9)
+    # The verdict names every violated rule; wrapped (not cut at the figure's edge), at most three lines.
+    verdict = textwrap.wrap(result.get("interpretation", ""), width=120, max_lines=3, placeholder=" …")
+    fig.suptitle("\n".join(verdict), fontsize=9)
     return _save(fig, path, fmt)
 
 
