@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from havoc import ops
 from havoc.cli import main
 
 
@@ -17,7 +18,8 @@ def test_env_reports_versions_build_and_fast_paths(capsys):
     assert info["versions"]["torch"]
     ext = info["extension"]
     assert ext["loaded"] and ext["compiler"] and "openmp" in ext and ext["simd_runtime"]
-    assert set(info["ops_cpu"]) == {"rms_norm", "apply_rope", "swiglu", "attention"}
+    assert set(info["ops_cpu"]) == set(ops.OPS)  # every op, with the implementation CPU tensors get
+    assert info["ops_cpu"]["paged_decode_attention"].startswith("fast (havoc.cpu_paged")
     assert main(["env"]) == 0
     text = capsys.readouterr().out
     assert "C++ extension (havoc._C)" in text and "Ops on CPU tensors" in text
