@@ -31,6 +31,10 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
 
+def _features_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
 def _check_pools(k_pool: torch.Tensor, v_pool: torch.Tensor) -> None:
     if k_pool.dim() != 4 or k_pool.shape != v_pool.shape:
         raise ValueError(
@@ -48,8 +52,8 @@ def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, v: tor
 
     Args:
         k_pool, v_pool: (num_blocks, block_size, n_kv_heads, head_dim), contiguous, fp32 or bf16.
-        k, v: (n, n_kv_heads, head_dim) in the pools' dtype; rows and heads may be strided (head_dim must be
-            contiguous), so the model's views of its fused q|k|v projection go in without a copy.
+        k, v: (n, n_kv_heads, head_dim) in the pools' dtype; rows and heads may be strided, so the model's
+            views of its fused q|k|v projection go in without a copy (a strided head_dim is copied first).
         slots: (n,) int64 slot indices, distinct, each in [0, num_blocks * block_size).
 
     Raises:
@@ -63,6 +67,9 @@ def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, v: tor
         raise ValueError(f"k and v must be {k_pool.dtype} like the pools, got {k.dtype} and {v.dtype}")
     if slots.dtype != torch.int64:
         raise ValueError(f"slots must be int64, got {slots.dtype}")
+    # The kernel reads head_dim contiguously; a transposed projection (havoc.cpu_ops may return
+    # (W @ x.T).T) has it strided, and is copied.
+    k, v = _features_contiguous(k), _features_contiguous(v)
     _C.write_kv(_np(k_pool), _np(v_pool), _np(k), _np(v), slots.numpy())
 
 
@@ -103,7 +110,7 @@ def paged_decode_attention(
     """Decode attention over paged K/V (C++): one query token per sequence.
 
     Args:
-        q: (B, n_heads, head_dim), head_dim contiguous; n_heads a multiple of the pools' n_kv_heads.
+        q: (B, n_heads, head_dim), any strides; n_heads a multiple of the pools' n_kv_heads.
         k_pool, v_pool: (num_blocks, block_size, n_kv_heads, head_dim), contiguous, q's dtype.
         block_tables: (B, width) int32 block ids (entries past a sequence's last block are not read).
         lengths: (B,) int32 tokens per sequence, at most width * block_size; 0 gives zeros.
@@ -126,6 +133,7 @@ def paged_decode_attention(
         raise ValueError(f"q is {q.dtype} but the pools are {k_pool.dtype}")
     if block_tables.dtype != torch.int32 or lengths.dtype != torch.int32:
         raise ValueError(f"block_tables and lengths must be int32, got {block_tables.dtype} and {lengths.dtype}")
+    q = _features_contiguous(q)
     out = torch.empty(q.shape, dtype=q.dtype)
     _C.paged_decode_attention(
         _np(out), _np(q), _np(k_pool), _np(v_pool), block_tables.numpy(), lengths.numpy(),
