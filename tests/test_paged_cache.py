@@ -1,6 +1,7 @@
 """The model decoding on `PagedKVCache`: logits equal to the contiguous `StaticKVCache` path for one
 sequence, ragged batches, forks and prefix-cache hits (tiny model, and SmolLM2 where marked); the
-copy-on-write never touches the parent; the guards on what a forward may attend over.
+copy-on-write never touches the parent; the guards on what a forward may attend over; batched paged
+generation equal to the static path.
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from havoc import GenerationError, HavocModel, ModelConfig
+from havoc import GenerationError, HavocModel, ModelConfig, SamplingParams
 from havoc.cache import PagedKVCache
 from havoc.errors import OutOfBlocksError
+from havoc.generation import GenerationStats, generate_ids, stream_ids
 
 ATOL = 1e-5  # fp32, absolute, on the tiny model's logits (magnitude ~10)
 
@@ -288,6 +290,65 @@ def test_free_cancels_a_prepared_forward(model):
     close(paged_prefill(model, cache, [0])[0], static_logits(model, tokens(6, 120), [3])[-1])
 
 
+# --- generation ---------------------------------------------------------------------------------------------
+
+PROMPTS = [[5, 6], [9, 100, 200, 33, 4, 8, 9], [300], [7, 7, 7, 7], list(range(40, 60))]
+
+
+def test_paged_generation_equals_static(model):
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    static = generate_ids(model, PROMPTS, params)
+    stats = GenerationStats()
+    assert generate_ids(model, PROMPTS, params, cache="paged", stats=stats) == static
+    assert stats.generated_tokens == sum(len(o) for o in static) and stats.steps == 12
+    assert stats.extra["paged"]["num_seqs"] == 0  # every sequence freed
+
+
+def test_paged_generation_with_stops_and_a_small_pool(model):
+    alone = generate_ids(model, PROMPTS, SamplingParams(max_new_tokens=12, ignore_eos=True))
+    stop_ids = {alone[0][1], alone[2][4]}
+    params = SamplingParams(max_new_tokens=12, stop_token_ids=tuple(stop_ids))
+    want = generate_ids(model, PROMPTS, params)
+    # 10 blocks of 4 tokens: not all prompts fit at once, so later ones wait for finished ones' blocks
+    cache = PagedKVCache.for_model(model, 10, 4)
+    started = []
+    for events in stream_ids(model, PROMPTS, params, cache=cache):
+        started += [e.index for e in events if e.index not in started]
+    assert started == [0, 1, 2, 3, 4]
+    assert generate_ids(model, PROMPTS, params, cache=cache) == want
+    assert len(cache) == 0 and cache.stats()["evictions"] > 0
+    with pytest.raises(OutOfBlocksError, match="prompt 4 needs"):
+        generate_ids(model, PROMPTS, params, cache=PagedKVCache.for_model(model, 6, 4))
+
+
+def test_a_shared_pool_serves_the_next_call_from_its_prefix_cache(model):
+    cache = PagedKVCache.for_model(model, 64, 4)
+    system = list(range(100, 124))  # a shared 24-token "system prompt"
+    prompts = [system + [1, 2], system + [3]]
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    first = generate_ids(model, prompts, params, cache=cache)
+    assert cache.stats()["prefix_hit_tokens"] == 24  # the second prompt reused the first's blocks
+    assert generate_ids(model, prompts, params, cache=cache) == first == generate_ids(model, prompts, params)
+    assert cache.stats()["prefix_hit_tokens"] == 24 + 2 * 24
+    generate_ids(model, prompts, params, cache=cache, namespace="other")
+    assert cache.stats()["prefix_hit_tokens"] == 24 + 2 * 24 + 24  # within the new namespace only
+
+
+def test_paged_sampling_and_penalty_run_and_an_early_stop_frees(model):
+    params = SamplingParams(max_new_tokens=8, temperature=0.8, top_k=20, seed=3, repetition_penalty=1.3)
+    cache = PagedKVCache.for_model(model, 32, 4)
+    outs = generate_ids(model, PROMPTS, params, cache=cache)
+    assert [len(o) for o in outs] == [8] * 5 and all(0 <= t < 384 for o in outs for t in o)
+    assert generate_ids(model, PROMPTS, params, cache=cache) == outs  # seeded: reproducible
+    stream = stream_ids(model, PROMPTS, params, cache=cache)
+    next(stream)
+    assert len(cache) == 5
+    stream.close()  # a consumer that stops early leaves nothing behind
+    assert len(cache) == 0
+    with pytest.raises(GenerationError, match="cache must be"):
+        generate_ids(model, PROMPTS, params, cache="pagd")
+
+
 # --- SmolLM2 ------------------------------------------------------------------------------------------------
 
 
@@ -317,3 +378,11 @@ def test_smollm2_paged_logits_equal_static(smollm2):
     assert skip == 16 * ((len(prompt) + 1) // 16) and skip > 0
     close_scaled(paged_prefill(model, cache, [3])[0], want_alt[2])
     cache.check_invariants()
+
+
+@pytest.mark.model
+def test_smollm2_paged_generation_equals_static(smollm2):
+    model, tok = smollm2
+    prompts = [tok.encode(t) for t in ("The capital of France is", "def fib(n):", "1, 2, 3, 4,")]
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    assert generate_ids(model, prompts, params, cache="paged") == generate_ids(model, prompts, params)
