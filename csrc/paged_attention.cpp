@@ -71,10 +71,6 @@ HAVOC_INLINE void store(uint16_t* p, float x) { *p = f32_to_bf16(x); }
 // 64-float accumulator array lived in memory, not registers — and 16-lane vectors on AVX2 were split
 // through the stack (perf).
 
-// The helpers pass vectors by value; they are internal and always inlined, so the ABI note GCC gives
-// for vectors wider than the baseline target (-Wpsabi) concerns no real call.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 template <int W>
 struct V {
   typedef float f __attribute__((vector_size(4 * W)));
