@@ -7,6 +7,7 @@
 
 #include "block_manager.h"
 #include "build_info.h"
+#include "paged_attention.h"
 
 namespace py = pybind11;
 
@@ -125,11 +126,83 @@ py::tuple copies_and_slots(py::array slots, const std::vector<havoc::BlockCopy>&
   return py::make_tuple(std::move(slots), std::move(c));
 }
 
+// --- buffers of the paged-cache kernels ----------------------------------------------------------------
+
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Stride of dimension i in elements; the byte stride must be a whole number of elements.
+int64_t elem_stride(const py::array& a, py::ssize_t i, const char* what) {
+  const auto bytes = a.strides(i), item = a.itemsize();
+  if (bytes % item != 0) throw py::value_error(std::string(what) + " has a stride that is not a whole element");
+  return static_cast<int64_t>(bytes / item);
+}
+
+void require_writeable(const py::array& a, const char* what) {
+  if (!a.writeable()) throw py::value_error(std::string(what) + " is read-only");
+}
+
+// A K or V pool: (num_blocks, block_size, kv_heads, head_dim), C-contiguous, writeable.
+havoc::PoolShape pool_shape(const py::array& pool, const char* what) {
+  if (pool.ndim() != 4)
+    throw py::value_error(std::string(what) + " must be (num_blocks, block_size, kv_heads, head_dim), got shape " +
+                          shape_str(pool));
+  if (!(pool.flags() & py::array::c_style)) throw py::value_error(std::string(what) + " must be C-contiguous");
+  havoc::PoolShape s;
+  s.num_blocks = pool.shape(0);
+  s.block_size = pool.shape(1);
+  s.kv_heads = pool.shape(2);
+  s.head_dim = pool.shape(3);
+  return s;
+}
+
+bool same_shape(const havoc::PoolShape& a, const havoc::PoolShape& b) {
+  return a.num_blocks == b.num_blocks && a.block_size == b.block_size && a.kv_heads == b.kv_heads &&
+         a.head_dim == b.head_dim;
+}
+
+void require_same_dtype(const py::array& a, const py::array& b, const char* what_a, const char* what_b) {
+  if (!a.dtype().is(b.dtype()))
+    throw py::value_error(std::string(what_a) + " and " + std::string(what_b) + " have different dtypes (" +
+                          std::string(py::str(a.dtype())) + " vs " + std::string(py::str(b.dtype())) + ")");
+}
+
+// (rows, kv_heads, head_dim) K or V rows with contiguous head_dim.
+havoc::RowsView rows_view(const py::array& a, const havoc::PoolShape& shape, int64_t n, const char* what) {
+  if (a.ndim() != 3 || a.shape(0) != n || a.shape(1) != shape.kv_heads || a.shape(2) != shape.head_dim)
+    throw py::value_error(std::string(what) + " must be (" + std::to_string(n) + ", " +
+                          std::to_string(shape.kv_heads) + ", " + std::to_string(shape.head_dim) + "), got " +
+                          shape_str(a));
+  if (shape.head_dim > 1 && elem_stride(a, 2, what) != 1)
+    throw py::value_error(std::string(what) + " must be contiguous along head_dim");
+  return {a.data(), elem_stride(a, 0, what), elem_stride(a, 1, what)};
+}
+
+havoc::KVDType kv_dtype(const py::array& a, const std::string& name) {
+  if (name == "float32") {
+    if (a.dtype().kind() != 'f' || a.itemsize() != 4)
+      throw py::value_error("dtype float32 needs float32 buffers, got " + std::string(py::str(a.dtype())));
+    return havoc::KVDType::kFloat32;
+  }
+  if (name == "bfloat16") {  // NumPy has no bfloat16: the bits come as a 16-bit integer view
+    if ((a.dtype().kind() != 'i' && a.dtype().kind() != 'u') || a.itemsize() != 2)
+      throw py::value_error("dtype bfloat16 needs its bits as an int16/uint16 buffer, got " +
+                            std::string(py::str(a.dtype())));
+    return havoc::KVDType::kBFloat16;
+  }
+  throw py::value_error("dtype must be 'float32' or 'bfloat16', got '" + name + "'");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "havoc's compiled extension (no libtorch): build diagnostics and the paged KV cache's block "
-            "manager. Use it through havoc.block_manager.";
+  m.doc() = "havoc's compiled extension (no libtorch): build diagnostics, the paged KV cache's block "
+            "manager and its CPU kernels. Use it through havoc.block_manager and havoc.paged.";
   m.def("build_info", []() {
         py::dict d;
         for (const auto& kv : havoc::build_info()) d[py::str(kv.first)] = py::str(kv.second);
@@ -162,6 +235,113 @@ PYBIND11_MODULE(_C, m) {
       raise("UnknownSequenceError", PyExc_KeyError, e.what());
     }
   });
+
+  // --- the paged cache's CPU kernels ------------------------------------------------------------------
+  m.def(
+      "write_kv",
+      [](py::array k_pool, py::array v_pool, const py::array& k, const py::array& v, const py::object& slots_obj) {
+        const havoc::PoolShape shape = pool_shape(k_pool, "k_pool");
+        if (!same_shape(shape, pool_shape(v_pool, "v_pool")))
+          throw py::value_error("k_pool and v_pool have different shapes");
+        require_writeable(k_pool, "k_pool");
+        require_writeable(v_pool, "v_pool");
+        require_same_dtype(k_pool, v_pool, "k_pool", "v_pool");
+        require_same_dtype(k_pool, k, "k_pool", "k");
+        require_same_dtype(k_pool, v, "k_pool", "v");
+        auto slots = as_array<IdArray>(slots_obj, "slots");
+        require_1d(slots, "slots");
+        const int64_t n = slots.shape(0);
+        const havoc::RowsView kr = rows_view(k, shape, n, "k"), vr = rows_view(v, shape, n, "v");
+        py::gil_scoped_release nogil;
+        havoc::write_kv(k_pool.mutable_data(), v_pool.mutable_data(), shape, k_pool.itemsize(), kr, vr,
+                        slots.data(), n);
+      },
+      py::arg("k_pool"), py::arg("v_pool"), py::arg("k"), py::arg("v"), py::arg("slots"),
+      "Write rows k[i], v[i] ((n, kv_heads, head_dim), head_dim contiguous) into slot slots[i] of the "
+      "(num_blocks, block_size, kv_heads, head_dim) pools. Every slot is checked first: one outside the "
+      "pool raises IndexError with nothing written. Releases the GIL.");
+  m.def(
+      "copy_blocks",
+      [](const std::vector<py::array>& pools, const py::object& copies_obj) {
+        auto copies = as_array<IdArray>(copies_obj, "copies");
+        if (!(copies.ndim() == 2 && copies.shape(1) == 2) && !(copies.ndim() == 1 && copies.shape(0) == 0))
+          throw py::value_error("copies must be an int64 array of shape (k, 2), got " + shape_str(copies));
+        const int64_t n = copies.ndim() == 2 ? copies.shape(0) : 0;
+        if (pools.empty() || n == 0) return;
+        const havoc::PoolShape shape = pool_shape(pools[0], "pools[0]");
+        std::vector<void*> ptrs;
+        for (size_t i = 0; i < pools.size(); ++i) {
+          const std::string what = "pools[" + std::to_string(i) + "]";
+          if (!same_shape(shape, pool_shape(pools[i], what.c_str())))
+            throw py::value_error(what + " has a different shape from pools[0]");
+          require_same_dtype(pools[0], pools[i], "pools[0]", what.c_str());
+          require_writeable(pools[i], what.c_str());
+          ptrs.push_back(const_cast<void*>(pools[i].data()));
+        }
+        const size_t item = pools[0].itemsize();
+        py::gil_scoped_release nogil;
+        havoc::copy_blocks(ptrs, shape, item, copies.data(), n);
+      },
+      py::arg("pools"), py::arg("copies"),
+      "For every pool and every (src, dst) row of copies: block dst = block src. Ids are checked first "
+      "(IndexError, nothing copied); destinations must be distinct and never a source. Releases the GIL.");
+  m.def(
+      "paged_decode_attention",
+      [](py::array out, const py::array& q, const py::array& k_pool, const py::array& v_pool,
+         const py::object& tables_obj, const py::object& lengths_obj, float scale, const std::string& dtype,
+         int64_t num_splits, const std::string& isa) {
+        havoc::DecodeAttentionArgs a;
+        a.shape = pool_shape(k_pool, "k_pool");
+        if (!same_shape(a.shape, pool_shape(v_pool, "v_pool")))
+          throw py::value_error("k_pool and v_pool have different shapes");
+        a.dtype = kv_dtype(k_pool, dtype);
+        require_same_dtype(k_pool, v_pool, "k_pool", "v_pool");
+        require_same_dtype(k_pool, q, "k_pool", "q");
+        require_same_dtype(k_pool, out, "k_pool", "out");
+        if (q.ndim() != 3 || q.shape(2) != a.shape.head_dim)
+          throw py::value_error("q must be (batch, n_heads, " + std::to_string(a.shape.head_dim) + "), got " +
+                                shape_str(q));
+        if (a.shape.head_dim > 1 && elem_stride(q, 2, "q") != 1)
+          throw py::value_error("q must be contiguous along head_dim");
+        a.n_seqs = q.shape(0);
+        a.n_heads = q.shape(1);
+        if (out.ndim() != 3 || out.shape(0) != a.n_seqs || out.shape(1) != a.n_heads ||
+            out.shape(2) != a.shape.head_dim || !(out.flags() & py::array::c_style))
+          throw py::value_error("out must be a C-contiguous array shaped like q " + shape_str(q) + ", got " +
+                                shape_str(out));
+        require_writeable(out, "out");
+        auto tables = as_array<I32Array>(tables_obj, "block_tables");
+        auto lengths = as_array<I32Array>(lengths_obj, "lengths");
+        if (tables.ndim() != 2 || tables.shape(0) != a.n_seqs)
+          throw py::value_error("block_tables must be (batch, width) int32, got " + shape_str(tables));
+        if (lengths.ndim() != 1 || lengths.shape(0) != a.n_seqs)
+          throw py::value_error("lengths must be (batch,) int32, got " + shape_str(lengths));
+        a.q = q.data();
+        a.q_seq_stride = elem_stride(q, 0, "q");
+        a.q_head_stride = elem_stride(q, 1, "q");
+        a.k_pool = k_pool.data();
+        a.v_pool = v_pool.data();
+        a.block_tables = tables.data();
+        a.table_width = tables.shape(1);
+        a.lengths = lengths.data();
+        a.scale = scale;
+        a.out = out.mutable_data();
+        py::gil_scoped_release nogil;
+        havoc::paged_decode_attention(a, num_splits, isa);
+      },
+      py::arg("out"), py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("block_tables"),
+      py::arg("lengths"), py::kw_only(), py::arg("scale"), py::arg("dtype"), py::arg("num_splits") = 0,
+      py::arg("isa") = "auto",
+      "Decode attention of q (batch, n_heads, head_dim) over each sequence's first lengths[b] cached tokens, "
+      "found through block_tables (batch, width) int32; GQA with n_heads / kv_heads query heads per KV head. "
+      "Writes out (batch, n_heads, head_dim). dtype: 'float32', or 'bfloat16' with the buffers as int16 "
+      "bits. num_splits: split-K chunks per sequence (0: automatic). isa: 'auto', 'scalar', 'avx2', "
+      "'avx512'. Block ids and lengths are checked first (IndexError). Releases the GIL.");
+  m.def("decode_attention_isas", &havoc::decode_attention_isas,
+        "Kernel variants of paged_decode_attention this CPU can run, narrowest first.");
+  m.def("decode_attention_splits", &havoc::decode_attention_splits, py::arg("n_seqs"), py::arg("max_length"),
+        py::arg("block_size"),
+        "The split-K count paged_decode_attention chooses for a batch shape on this machine.");
 
   using havoc::BlockManager;
   py::class_<BlockManager>(m, "BlockManager", R"doc(

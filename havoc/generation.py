@@ -1,9 +1,15 @@
 """Token generation over a `HavocModel`: greedy and sampled decoding of a batch of prompts.
 
 This module works on token ids; `havoc.llm.LLM` adds text (tokenizer, stop strings, chat template,
-streaming text). A batch of prompts of different lengths is left-padded into one static KV cache (so
-each step is one forward of shape (B, 1)); rows that finish leave the batch once at least half of it has
-finished, which bounds the copying to the cache's size.
+streaming text). Two ways to hold a batch:
+
+- static (default): the prompts are left-padded into one contiguous KV cache (so each step is one
+  forward of shape (B, 1)); rows that finish leave the batch once at least half of it has finished, which
+  bounds the copying to the cache's size.
+- paged (`cache="paged"` or a `PagedKVCache`): every prompt is its own sequence in one shared pool of
+  blocks. Each is prefilled alone, skipping the part the prefix cache already holds; then every running
+  sequence decodes in one forward per step, with no padding. A finished sequence is freed at once and its
+  blocks admit waiting prompts (continuous batching), so a pool smaller than the whole batch still works.
 
 Sampling follows the order users of transformers and vLLM expect: repetition penalty on the raw logits,
 then temperature, top-k, top-p, and a draw from the resulting distribution with a seeded generator.
@@ -13,13 +19,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from havoc.errors import GenerationError
+from havoc.cache import PagedKVCache
+from havoc.errors import GenerationError, OutOfBlocksError
 from havoc.model import HavocModel
+
+PAGED_BLOCK_SIZE = 16  # block size of the pool `cache="paged"` makes
 
 
 @dataclass
@@ -159,6 +169,8 @@ def stream_ids(
     stop_ids: Sequence[int] = (),
     should_stop: Callable[[int, int], bool] | None = None,
     stats: GenerationStats | None = None,
+    cache: str | PagedKVCache = "static",
+    namespace: str = "",
 ) -> Iterator[list[StepEvent]]:
     """Generate for a batch of prompts, yielding the tokens of each step as they are decided.
 
@@ -170,9 +182,14 @@ def stream_ids(
         should_stop: called as should_stop(index, token_id) after each token; True ends that prompt
             (used for stop strings).
         stats: filled with token counts and timings if given.
+        cache: "static" (a left-padded contiguous cache), "paged" (a paged pool sized for the whole
+            batch), or a `PagedKVCache` to generate in: its blocks bound how many prompts run at once, and
+            its prefix cache outlives the call (a later prompt with the same prefix skips it).
+        namespace: prefix-cache namespace of the paged path (prompts share cached blocks only within one).
 
     Yields:
-        Per step, one `StepEvent` per prompt still generating.
+        Per step, one `StepEvent` per prompt still generating (in the paged path, prompts admitted later
+        start in later steps).
     """
     config = model.config
     prompts = _check_prompts(prompts, config.vocab_size)
@@ -185,6 +202,10 @@ def stream_ids(
             )
     budgets = [min(params.max_new_tokens, config.max_seq_len - n) for n in lengths]
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(stop_ids))
+    stats = stats if stats is not None else GenerationStats()
+    if not (isinstance(cache, str) and cache == "static"):
+        yield from _stream_paged(model, prompts, params, budgets, stops, should_stop, stats, cache, namespace)
+        return
     device = model.tok_embeddings.weight.device
     B, T = len(prompts), max(lengths)
 
@@ -212,7 +233,6 @@ def stream_ids(
                 if pad in p:
                     seen[i, pad] = True
 
-    stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens = sum(lengths)
     rows = list(range(B))  # rows[r] = prompt index of cache row r
     produced = [0] * B
@@ -260,6 +280,108 @@ def stream_ids(
         stats.decode_seconds = time.perf_counter() - t_decode
 
 
+def _stream_paged(
+    model: HavocModel,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    budgets: list[int],
+    stops: set[int],
+    should_stop: Callable[[int, int], bool] | None,
+    stats: GenerationStats,
+    cache: str | PagedKVCache,
+    namespace: str,
+) -> Iterator[list[StepEvent]]:
+    """The paged path of `stream_ids` (see the module docstring)."""
+    if isinstance(cache, str):
+        if cache != "paged":
+            raise GenerationError(f"cache must be 'static', 'paged' or a PagedKVCache, got {cache!r}")
+        need = sum(-(-(len(p) + b) // PAGED_BLOCK_SIZE) for p, b in zip(prompts, budgets))
+        cache = PagedKVCache.for_model(model, need, PAGED_BLOCK_SIZE)
+    elif not isinstance(cache, PagedKVCache):
+        raise GenerationError(f"cache must be 'static', 'paged' or a PagedKVCache, got {type(cache).__name__}")
+    device = cache.device
+    V = model.config.vocab_size
+    generator = None
+    if not params.greedy:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+    seen: dict[int, torch.Tensor] = {}  # prompt index -> (V,) bool, for the repetition penalty
+    stats.prompt_tokens = sum(len(p) for p in prompts)
+    t_start = time.perf_counter()
+
+    waiting = deque(range(len(prompts)))
+    running: list[int] = []  # prompt indices, in batch-row order
+    seq: dict[int, int] = {}  # prompt index -> sequence id
+    logits_of: dict[int, torch.Tensor] = {}  # prompt index -> (V,) logits of its next token
+    produced = [0] * len(prompts)
+
+    def final_blocks(i: int) -> int:
+        return cache.blocks_for(len(prompts[i]) + budgets[i])
+
+    def admit() -> None:
+        # A prompt starts once the pool holds all it may ever need on top of what the running sequences
+        # may still take, so no step runs out of blocks mid-generation (no preemption needed).
+        while waiting:
+            i = waiting[0]
+            reserve = sum(final_blocks(j) - cache.blocks_for(cache.length(seq[j])) for j in running)
+            if cache.free_blocks() - reserve < final_blocks(i):
+                if not running:
+                    raise OutOfBlocksError(
+                        f"prompt {i} needs {final_blocks(i)} blocks of {cache.block_size} tokens; the paged "
+                        f"cache has {cache.free_blocks()} free"
+                    )
+                return
+            waiting.popleft()
+            seq[i] = sid = cache.new_seq_id()
+            cache.add(sid, prompts[i], namespace)
+            t0 = time.perf_counter()
+            logits_of[i] = model(cache.prepare([sid]), cache=cache, logits_to_keep=1)[0, -1]
+            stats.prefill_seconds += time.perf_counter() - t0
+            if params.repetition_penalty != 1.0:
+                seen[i] = torch.zeros(V, dtype=torch.bool, device=device)
+                seen[i][torch.tensor(prompts[i], device=device)] = True
+            running.append(i)
+
+    try:
+        admit()
+        while running:
+            rows = list(running)
+            logits = torch.stack([logits_of[i] for i in rows])  # (R, V)
+            seen_rows = torch.stack([seen[i] for i in rows]) if seen else None
+            chosen = sample_next(logits, params, seen_rows, generator).tolist()
+            events, keep = [], []
+            for i, tok in zip(rows, chosen):
+                produced[i] += 1
+                reason = None
+                if tok in stops or (should_stop is not None and should_stop(i, tok)):
+                    reason = "stop"
+                elif produced[i] >= budgets[i]:
+                    reason = "length"
+                events.append(StepEvent(i, tok, reason))
+                if reason is None:
+                    keep.append((i, tok))
+                    if seen:
+                        seen[i][tok] = True
+                else:  # finished: its blocks go back to the pool now
+                    cache.free(seq.pop(i))
+                    running.remove(i)
+                    del logits_of[i]
+            stats.generated_tokens += len(events)
+            stats.steps += 1
+            yield events
+            admit()
+            if keep:
+                ids = [seq[i] for i, _ in keep]
+                out = model(cache.prepare(ids, [tok for _, tok in keep]), cache=cache, logits_to_keep=1)[:, -1]
+                for (i, _), row in zip(keep, out):
+                    logits_of[i] = row
+    finally:  # a consumer that stops early must not leave its sequences in a shared cache
+        for sid in seq.values():
+            cache.free(sid)
+        stats.decode_seconds = time.perf_counter() - t_start - stats.prefill_seconds
+        stats.extra["paged"] = cache.stats()
+
+
 def generate_ids(
     model: HavocModel,
     prompts: Sequence[Sequence[int]],
@@ -267,11 +389,16 @@ def generate_ids(
     *,
     stop_ids: Sequence[int] = (),
     stats: GenerationStats | None = None,
+    cache: str | PagedKVCache = "static",
+    namespace: str = "",
 ) -> list[list[int]]:
-    """Generated token ids for each prompt (the stop id that ended a prompt included)."""
+    """Generated token ids for each prompt (the stop id that ended a prompt included).
+
+    `cache` and `namespace` choose the static or the paged path (see `stream_ids`).
+    """
     params = params or SamplingParams()
     out: list[list[int]] = [[] for _ in prompts]
-    for events in stream_ids(model, prompts, params, stop_ids=stop_ids, stats=stats):
+    for events in stream_ids(model, prompts, params, stop_ids=stop_ids, stats=stats, cache=cache, namespace=namespace):
         for e in events:
             out[e.index].append(e.token_id)
     return out

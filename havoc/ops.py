@@ -23,7 +23,10 @@ import torch
 from havoc.errors import ConfigError
 from havoc.kernels import reference
 
-OPS = ("linear", "rms_norm", "apply_rope", "swiglu", "attention")
+OPS = (
+    "linear", "rms_norm", "apply_rope", "swiglu", "attention",
+    "write_kv", "copy_blocks", "paged_decode_attention",  # the paged KV cache's tensor side
+)
 BACKENDS = ("auto", "reference", "fast")
 
 # op name -> device type -> implementation. Filled by the fast-path modules when they import.
@@ -125,6 +128,34 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> to
     return (fast or reference.attention)(q, k, v, **kwargs)
 
 
+def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+    """Store rows k, v ((n, n_kv_heads, head_dim)) at `slots` of the paged pools (see the reference)."""
+    fast = _pick("write_kv", k_pool)
+    (fast or reference.write_kv)(k_pool, v_pool, k, v, slots)
+
+
+def copy_blocks(pools: list[torch.Tensor], copies: torch.Tensor) -> None:
+    """Copy (src, dst) blocks in every pool: the copy-on-write of a paged cache (see the reference)."""
+    if not pools or copies.numel() == 0:
+        return
+    fast = _pick("copy_blocks", pools[0])
+    (fast or reference.copy_blocks)(pools, copies)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    block_tables: torch.Tensor,
+    lengths: torch.Tensor,
+    **kwargs,
+) -> torch.Tensor:
+    """One query token per sequence over its paged K/V: (B, n_heads, head_dim) (see the reference)."""
+    fast = _pick("paged_decode_attention", q)
+    return (fast or reference.paged_decode_attention)(q, k_pool, v_pool, block_tables, lengths, **kwargs)
+
+
 rope_cos_sin = reference.rope_cos_sin
 
 from havoc import cpu_ops  # noqa: E402,F401  (registers the CPU fast paths)
+from havoc import cpu_paged  # noqa: E402,F401  (registers the paged cache's C++ kernels for CPU)

@@ -15,6 +15,12 @@ numerics follow Hugging Face's Llama so that the parity tests compare like with 
              attention. Query heads are grouped per KV head by a reshape, so K and V are never repeated
              in memory; the grouped problem goes to torch's scaled_dot_product_attention (fp32
              accumulation). Tests check it against an explicit float64 softmax.
+- paged KV cache (pools of shape (num_blocks, block_size, n_kv_heads, head_dim); token t of a sequence
+             lives at slot table[t // block_size] * block_size + t % block_size):
+             write_kv     pool[slot[i]] = row i (an index_copy_);
+             copy_blocks  pool[dst] = pool[src] for every (src, dst) pair, every pool;
+             paged_decode_attention  gather each sequence's blocks into a contiguous (padded) K/V, mask
+             the padding, and call `attention` — 2x the K/V traffic of a kernel that reads blocks in place.
 
 This module never imports Triton.
 """
@@ -24,7 +30,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["linear", "rms_norm", "rope_cos_sin", "apply_rope", "swiglu", "attention"]
+__all__ = [
+    "linear", "rms_norm", "rope_cos_sin", "apply_rope", "swiglu", "attention",
+    "write_kv", "copy_blocks", "paged_decode_attention",
+]
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
     # NOTE: x.float() on an fp32 tensor is still an op dispatch; on the decode path (~2000 ops a token)
@@ -155,3 +164,67 @@ def attention(
     if key_mask is not None:
         out = out.nan_to_num(0.0)  # queries whose keys are all padding
     return out.view(B, H, T, D)
+
+
+def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+    """Store K/V rows into their slots of a paged pool, in place.
+
+    Args:
+        k_pool, v_pool: (num_blocks, block_size, n_kv_heads, head_dim), contiguous.
+        k, v: (n, n_kv_heads, head_dim) rows, in the pools' dtype.
+        slots: (n,) int64 slot indices (block * block_size + offset), distinct.
+    """
+    kv, d = k_pool.shape[2], k_pool.shape[3]
+    k_pool.view(-1, kv, d).index_copy_(0, slots, k)
+    v_pool.view(-1, kv, d).index_copy_(0, slots, v)
+
+
+def copy_blocks(pools: list[torch.Tensor], copies: torch.Tensor) -> None:
+    """Copy whole blocks inside each pool (the copy-on-write of a fork), in place.
+
+    Args:
+        pools: tensors of shape (num_blocks, ...), e.g. every layer's K and V pool.
+        copies: (k, 2) int64 (src, dst) block ids; destinations distinct and never a source.
+    """
+    if copies.numel() == 0:
+        return
+    src, dst = copies[:, 0], copies[:, 1]
+    for pool in pools:
+        pool.index_copy_(0, dst, pool.index_select(0, src))
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    block_tables: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of one query token per sequence over that sequence's cached K/V in a paged pool.
+
+    Gathers every sequence's blocks into a padded contiguous K/V, masks positions >= its length, and
+    runs `attention` (no causal mask: the query is the newest token and sees all of its sequence).
+
+    Args:
+        q: (B, n_heads, head_dim).
+        k_pool, v_pool: (num_blocks, block_size, n_kv_heads, head_dim).
+        block_tables: (B, width) integer block ids; entries past a sequence's last block are ignored.
+        lengths: (B,) cached tokens per sequence (the new token's K/V included); 0 gives a zero output.
+        scale: softmax scale, default 1 / sqrt(head_dim).
+
+    Returns:
+        (B, n_heads, head_dim) in q's dtype.
+    """
+    B, H, D = q.shape
+    block_size, kv = k_pool.shape[1], k_pool.shape[2]
+    width = block_tables.shape[1]
+    lengths = lengths.to(device=q.device, dtype=torch.long)
+    used = torch.arange(width, device=q.device)[None, :] * block_size < lengths[:, None]  # (B, width)
+    tables = torch.where(used, block_tables.to(device=q.device, dtype=torch.long), 0)
+    k = k_pool[tables].view(B, width * block_size, kv, D).transpose(1, 2)  # (B, KV, S, D)
+    v = v_pool[tables].view(B, width * block_size, kv, D).transpose(1, 2)
+    key_mask = torch.arange(width * block_size, device=q.device)[None, :] < lengths[:, None]  # (B, S)
+    out = attention(q[:, :, None], k, v, causal=False, key_mask=key_mask, scale=scale)  # (B, H, 1, D)
+    return out[:, :, 0]

@@ -18,7 +18,8 @@ def test_env_reports_versions_build_and_fast_paths(capsys):
     assert info["versions"]["torch"]
     ext = info["extension"]
     assert ext["loaded"] and ext["compiler"] and "openmp" in ext and ext["simd_runtime"]
-    assert set(info["ops_cpu"]) == set(ops.OPS)
+    assert set(info["ops_cpu"]) == set(ops.OPS)  # every op, with the implementation CPU tensors get
+    assert info["ops_cpu"]["paged_decode_attention"].startswith("fast (havoc.cpu_paged")
     assert info["ops_cpu"]["linear"].startswith("fast")
     assert main(["env"]) == 0
     text = capsys.readouterr().out

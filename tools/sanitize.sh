@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build havoc._C with AddressSanitizer + UndefinedBehaviorSanitizer and run the block manager's tests on
-# it (the state machine, the targeted tests, the threads). Any sanitizer report fails the run.
+# Build havoc._C with AddressSanitizer + UndefinedBehaviorSanitizer and run the tests of its C++ on it:
+# the block manager's (the state machine, the targeted tests, the threads) and the paged cache's CPU
+# kernels' (every ISA variant, split-K, bad slots and ids; then the model decoding on them). Any
+# sanitizer report fails the run.
 #
 #   tools/sanitize.sh                      # from the repository root, venv active
 #   tools/sanitize.sh tests/test_x.py -k y # other pytest arguments instead of the default test file
@@ -29,7 +31,7 @@ LIBSTDCXX=$("${CXX:-g++}" -print-file-name=libstdc++.so)
 for lib in "$LIBASAN" "$LIBSTDCXX"; do
   [ -f "$lib" ] || { echo "$lib not found: is ${CXX:-g++} the compiler that built the module?" >&2; exit 2; }
 done
-[ $# -gt 0 ] || set -- tests/test_block_manager.py
+[ $# -gt 0 ] || set -- tests/test_block_manager.py tests/test_paged_kernels.py tests/test_paged_cache.py -m "not model"
 # Reports go to files: pytest captures fd 2 while a test runs, and an aborting process never gets it back.
 LOGS="$BUILD/reports"
 rm -rf "$LOGS" && mkdir -p "$LOGS"
