@@ -61,9 +61,15 @@ MAX_HEAD_DIM = 256
 
 
 # ------------------------------------------------------------------------------------------ kernels
+# The kernels do not specialise on lengths and offsets (Triton would otherwise compile a separate kernel
+# whenever one equals 1, e.g. for every decode step's T = 1, and treat it as a constant).
 @triton.jit
 def _seq_bounds(CU_Q, CU_K, b, T, S, q_offset, IS_VARLEN: tl.constexpr):
-    """(q_start, q_len, k_start, k_len, offset) of sequence b."""
+    """(q_start, q_len, k_start, k_len, offset) of sequence b, all as tensors.
+
+    `x + b * 0` turns a scalar argument into a tensor, so the function returns tensors on both branches
+    (a constexpr in a returned tuple is not something every Triton version compiles).
+    """
     if IS_VARLEN:
         q_start = tl.load(CU_Q + b)
         q_len = tl.load(CU_Q + b + 1) - q_start
@@ -71,11 +77,11 @@ def _seq_bounds(CU_Q, CU_K, b, T, S, q_offset, IS_VARLEN: tl.constexpr):
         k_len = tl.load(CU_K + b + 1) - k_start
         offset = k_len - q_len  # bottom-right aligned: a sequence's queries are its last keys
     else:
-        q_start = b * 0  # a tensor zero (not a constexpr), so callers may .to(tl.int64) it either way
-        q_len = T
+        q_start = b * 0
+        q_len = T + b * 0
         k_start = b * 0
-        k_len = S
-        offset = q_offset
+        k_len = S + b * 0
+        offset = q_offset + b * 0
     return q_start, q_len, k_start, k_len, offset
 
 
@@ -88,6 +94,18 @@ def _allowed(t_idx, n, k_len, offset, km_row, CAUSAL: tl.constexpr, HAS_KEY_MASK
     if HAS_KEY_MASK:
         km = tl.load(km_row + n, mask=n < k_len, other=0)
         ok = ok & (km != 0)[None, :]
+    return ok
+
+
+@triton.jit
+def _allowed_t(t_idx, n, k_len, offset, km_row, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
+    """`_allowed` laid out (BLOCK_N, BLOCK_M), built directly rather than by transposing a boolean tile."""
+    ok = (n < k_len)[:, None] & (t_idx >= 0)[None, :]
+    if CAUSAL:
+        ok = ok & (n[:, None] <= t_idx[None, :] + offset)
+    if HAS_KEY_MASK:
+        km = tl.load(km_row + n, mask=n < k_len, other=0)
+        ok = ok & (km != 0)[:, None]
     return ok
 
 
@@ -123,7 +141,7 @@ def _fwd_tiles(
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "S", "q_offset"])
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, KEY_MASK,
     stride_qb, stride_qh, stride_qt,
@@ -199,7 +217,7 @@ def _attn_fwd_kernel(
     tl.store(LSE + b64 * stride_lb + h_idx * stride_lh + q_tok * stride_lt, lse, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _attn_bwd_delta_kernel(
     O, DO, DELTA, CU_Q,
     stride_ob, stride_oh, stride_ot,
@@ -230,7 +248,7 @@ def _attn_bwd_delta_kernel(
     tl.store(DELTA + b64 * stride_lb + h * stride_lh + tok * stride_lt, delta, mask=t < q_len)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "S", "q_offset"])
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, KEY_MASK,
     stride_qb, stride_qh, stride_qt,
@@ -284,7 +302,7 @@ def _attn_bwd_dkdv_kernel(
         delta = tl.load(DELTA + l_off, mask=row_ok, other=0.0)
 
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
-        ok = tl.trans(_allowed(t_idx, n, k_len, offset, km_row, CAUSAL, HAS_KEY_MASK))
+        ok = _allowed_t(t_idx, n, k_len, offset, km_row, CAUSAL, HAS_KEY_MASK)
         p_t = tl.where(ok, tl.exp2(s_t - lse[None, :]), 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -296,7 +314,7 @@ def _attn_bwd_dkdv_kernel(
     tl.store(DV + b64 * stride_dvb + kh * stride_dvh + k_tok[:, None] * stride_dvt + d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "S", "q_offset"])
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, KEY_MASK,
     stride_qb, stride_qh, stride_qt,

@@ -58,7 +58,7 @@ MAX_SPLITS = 64
 
 
 # ------------------------------------------------------------------------------------------ kernels
-@triton.jit
+@triton.jit(do_not_specialize=["max_blocks", "tokens_per_split"])
 def _paged_decode_kernel(
     Q, K_CACHE, V_CACHE, BLOCK_TABLES, SEQ_LENS, O, O_PART, LSE_PART,
     stride_qb, stride_qh,
