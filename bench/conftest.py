@@ -1,5 +1,7 @@
 """Shared pieces of the benchmark suites.
 
+- `kernel_results` for the Triton kernel benchmarks: one table per run (time, GB/s or TFLOP/s, fractions
+  of the device's peak and of its measured copy bandwidth, peak memory, speedups over eager and compile);
 - SmolLM2 in havoc and in transformers on the same weights (`engines`), sample text, peak memory;
 - `record(group, impl, ops_per_round, benchmark)` for C++-vs-Python suites: the terminal summary prints,
   per group, the median time per operation of each implementation and their ratio;
@@ -145,7 +147,48 @@ def _us(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e6:10.2f}us"
 
 
+_kernel_rows: list[dict] = []
+
+
+@pytest.fixture(scope="session")
+def kernel_results() -> list[dict]:
+    """Rows of the Triton kernel benchmarks (bench/test_kernels.py), printed as one table at the end."""
+    return _kernel_rows
+
+
+def _kernel_summary(tr) -> None:
+    device = _kernel_rows[0]["device"]
+    tr.section(f"Triton kernels vs baselines, median per call — {device}")
+    tr.write_line(
+        f"{'benchmark':64} {'provider':16} {'ms':>9} {'GB/s':>8} {'TFLOP/s':>8} {'% peak':>7} {'% copy':>7} "
+        f"{'MiB':>7} {'x eager':>8} {'x compile':>9}"
+    )
+    by_group: dict[str, list[dict]] = defaultdict(list)
+    for row in _kernel_rows:
+        by_group[row["group"]].append(row)
+
+    def num(row, key, spec, scale=1.0):
+        return format(row[key] * scale, spec) if row.get(key) is not None else "-"
+
+    for group, rows in by_group.items():
+        ms = {row["provider"]: row.get("ms") for row in rows}
+
+        def speedup(row, baseline):  # how many times faster than the baseline provider of the same group
+            return f"{ms[baseline] / row['ms']:.2f}" if ms.get(baseline) and row.get("ms") else "-"
+
+        for row in rows:
+            peak = row.get("frac_peak_bw", row.get("frac_peak_flops"))
+            tr.write_line(
+                f"{group:64} {row['provider']:16} {num(row, 'ms', '9.3f'):>9} {num(row, 'gb_s', '8.0f'):>8} "
+                f"{num(row, 'tflop_s', '8.1f'):>8} {format(peak * 100, '6.1f') if peak is not None else '-':>7} "
+                f"{num(row, 'frac_copy_bw', '6.1f', 100):>7} {num(row, 'peak_mib', '7.0f'):>7} "
+                f"{speedup(row, 'eager'):>8} {speedup(row, 'compile'):>9}"
+            )
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _kernel_rows:
+        _kernel_summary(terminalreporter)
     if not _results:
         return
     tr = terminalreporter

@@ -3,7 +3,7 @@
     python bench/report.py FILE
 
 Rows pair havoc with the baseline run in the same process, interleaved round by round (transformers for
-generation); every figure is a median.
+generation); every figure is a median. A run of bench/test_kernels.py gives the kernel table instead.
 """
 
 from __future__ import annotations
@@ -33,6 +33,31 @@ def generation_table(benchmarks: list[dict]) -> list[str]:
     return out
 
 
+def kernel_table(benchmarks: list[dict]) -> list[str]:
+    """Rows of bench/test_kernels.py: one line per (benchmark, provider), with its speedup over eager."""
+    rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") == "kernel"]
+    if not rows:
+        return []
+    eager = {r["group"]: r.get("ms") for r in rows if r["provider"] == "eager"}
+    out = [
+        f"Device: {rows[0]['device']}; dtype {rows[0]['dtype']}.",
+        "",
+        "| benchmark | provider | ms | GB/s | TFLOP/s | % of peak | % of copy | peak MiB | × eager |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups = list(dict.fromkeys(r["group"] for r in rows))  # first-seen order of the run
+    for r in sorted(rows, key=lambda r: (groups.index(r["group"]), r["provider"] != "triton")):
+        peak = r.get("frac_peak_bw", r.get("frac_peak_flops"))
+        speedup = eager.get(r["group"]) / r["ms"] if eager.get(r["group"]) and r.get("ms") else None
+        out.append(
+            f"| {r['group']} | {r['provider']} | {_fmt(r.get('ms'), '.3f')} | {_fmt(r.get('gb_s'), '.0f')} | "
+            f"{_fmt(r.get('tflop_s'), '.1f')} | {_fmt(peak * 100 if peak is not None else None)} | "
+            f"{_fmt(r['frac_copy_bw'] * 100 if r.get('frac_copy_bw') is not None else None)} | "
+            f"{_fmt(r.get('peak_mib'), '.0f')} | {_fmt(speedup, '.2f')} |"
+        )
+    return out
+
+
 def main(path: str) -> None:
     with open(path) as f:
         data = json.load(f)
@@ -43,7 +68,8 @@ def main(path: str) -> None:
     print(f"- date: {data.get('datetime', '?')}; commit: {m.get('havoc_commit') or c.get('id', '?')[:12]}"
           f"{' (dirty)' if c.get('dirty') else ''}")
     print()
-    for line in generation_table(data["benchmarks"]):
+    kernels = kernel_table(data["benchmarks"])
+    for line in kernels or generation_table(data["benchmarks"]):
         print(line)
 
 

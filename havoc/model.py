@@ -6,6 +6,10 @@
     out = h + w2(silu(gate) * up)
     logits = rms_norm(out_L) @ tok_embeddings.T          (tied head; an `output` Linear otherwise)
 
+The residual add of the attention and the ffn_norm that follows it run as one op (`ops.add_rms_norm`),
+and `loss` feeds the final hidden states to `ops.linear_cross_entropy` so training never holds the full
+logits.
+
 Every op goes through `havoc.ops`, which picks the Triton, C++ or reference implementation per call.
 Names follow Meta's Llama code (wo, w2, attention_norm, ffn_norm), with q/k/v fused as `wqkv` and the
 gate/up projections fused as `w13`, as gpt-fast does.
@@ -99,8 +103,10 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
     def forward(self, x, cos, sin, cache, key_mask):
-        h = x + self.attention(self.attention_norm(x), cos, sin, cache, key_mask)
-        return h + self.feed_forward(self.ffn_norm(h))
+        attn = self.attention(self.attention_norm(x), cos, sin, cache, key_mask)  # (B, T, dim)
+        # h = x + attn and ffn_norm(h) as one op: one pass over the residual stream instead of two
+        normed, h = ops.add_rms_norm(attn, x, self.ffn_norm.weight, self.ffn_norm.eps)
+        return h + self.feed_forward(normed)
 
 
 class HavocModel(nn.Module):
@@ -154,6 +160,29 @@ class HavocModel(nn.Module):
         Returns:
             (B, T or logits_to_keep, vocab_size) logits in the model's dtype.
         """
+        h = self._trunk(tokens, positions, cache, attention_mask)  # (B, T, dim), before the final norm
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return ops.linear(self.norm(h), self.lm_head_weight)  # (B, T', vocab)
+
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
+        """Mean cross-entropy of the logits at every position against `targets` (training).
+
+        Goes through `ops.linear_cross_entropy`, whose fast path never materialises the (B, T, vocab)
+        logits.
+
+        Args:
+            tokens: (B, T) int64 token ids.
+            targets: (B, T) ids of the token that should follow each position; ignore_index where none.
+            ignore_index: the target id that contributes nothing.
+
+        Returns:
+            The scalar loss, fp32.
+        """
+        h = self.norm(self._trunk(tokens, None, None, None))  # (B, T, dim)
+        return ops.linear_cross_entropy(h, self.lm_head_weight, targets, ignore_index=ignore_index)
+
+    def _trunk(self, tokens, positions, cache, attention_mask) -> torch.Tensor:
         if tokens.dim() != 2:
             raise GenerationError(f"tokens must be (batch, seq_len), got shape {tuple(tokens.shape)}")
         B, T = tokens.shape
@@ -174,9 +203,7 @@ class HavocModel(nn.Module):
             h = layer(h, cos, sin, cache, key_mask)
         if cache is not None:
             cache.end()
-        if logits_to_keep:
-            h = h[:, -logits_to_keep:]
-        return ops.linear(self.norm(h), self.lm_head_weight)  # (B, T', vocab)
+        return h
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> StaticKVCache:
         """A contiguous KV cache on this model's device and dtype (max_len defaults to the context)."""

@@ -7,9 +7,21 @@ and the backend allows it, else the reference.
 
 The switch: the environment variable ``HAVOC_OPS`` (read at import) or `set_backend` / `use_backend`:
 
-- ``auto`` (default): fast where registered, reference elsewhere;
+- ``auto`` (default): fast where registered, reference elsewhere (so the Triton kernels on CUDA tensors,
+  the reference on CPU tensors for the ops without a CPU fast path);
 - ``reference``: always the reference;
-- ``fast``: the fast path, and an error naming the op and device where none exists.
+- ``fast``: the fast path, and an error naming the op and device where none exists;
+- ``triton``: the Triton kernel of every op that has one, on any device; the reference for the ops that
+  have none (linear). On CUDA tensors this is what ``auto`` picks too. On CPU tensors it runs the kernels
+  through Triton's interpreter, which needs ``TRITON_INTERPRET=1`` in the environment before the first
+  kernel is called (Triton reads it when a kernel module is imported); without it the call raises a
+  ConfigError that says so. This is how the kernel tests run the Triton path on a machine without a GPU:
+
+      TRITON_INTERPRET=1 HAVOC_OPS=triton pytest ...        # or, in code:
+      with ops.use_backend("triton"): model(tokens)
+
+The Triton kernels register themselves through `havoc.triton_ops` (lazily: Triton and the kernel modules
+are imported on the first call that needs them, so `import havoc` stays light on machines without it).
 """
 
 from __future__ import annotations
@@ -24,15 +36,26 @@ from havoc.errors import ConfigError
 from havoc.kernels import reference
 
 OPS = (
-    "linear", "rms_norm", "apply_rope", "swiglu", "attention",
-    "write_kv", "copy_blocks", "paged_decode_attention",  # the paged KV cache's tensor side
+    "linear",
+    "rms_norm",
+    "add_rms_norm",
+    "apply_rope",
+    "swiglu",
+    "attention",
+    "attention_varlen",
+    "write_kv",  # the paged KV cache's tensor side: slot writes, COW block copies, decode attention
+    "copy_blocks",
+    "paged_decode_attention",
+    "linear_cross_entropy",
 )
-BACKENDS = ("auto", "reference", "fast")
+BACKENDS = ("auto", "reference", "fast", "triton")
 
 # op name -> device type -> implementation. Filled by the fast-path modules when they import.
 _FAST: dict[str, dict[str, Callable]] = {name: {} for name in OPS}
-# op name -> device type -> why there is no fast implementation (for `havoc env`).
+# op name -> why there is no fast implementation on a device type (for `havoc env`).
 _WHY_NOT: dict[str, dict[str, str]] = {name: {} for name in OPS}
+# op name -> its Triton implementation (any device the Triton backend may run it on).
+_TRITON: dict[str, Callable] = {}
 
 
 def _check_backend(name: str) -> str:
@@ -49,7 +72,7 @@ def get_backend() -> str:
 
 
 def set_backend(name: str) -> None:
-    """Force every op onto the reference path ("reference"), the fast path ("fast"), or choose ("auto")."""
+    """Choose the implementation policy for every op: "auto", "reference", "fast" or "triton" (module docstring)."""
     global _backend
     _backend = _check_backend(name)
 
@@ -73,9 +96,19 @@ def register_fast(op: str, device_type: str, fn: Callable) -> None:
     _WHY_NOT[op].pop(device_type, None)
 
 
+def register_triton(op: str, fn: Callable) -> None:
+    """Register `fn` as the Triton implementation of `op`: the fast path on CUDA, the "triton" backend anywhere."""
+    register_fast(op, "cuda", fn)
+    _TRITON[op] = fn
+
+
 def note_unavailable(op: str, device_type: str, reason: str) -> None:
     """Record why `op` has no fast implementation on `device_type` (shown by `havoc env`)."""
     _WHY_NOT[op][device_type] = reason
+
+
+def _describe_fn(fn: Callable) -> str:
+    return getattr(fn, "description", None) or getattr(fn, "__module__", "?")
 
 
 def describe(device_type: str) -> dict[str, str]:
@@ -85,17 +118,32 @@ def describe(device_type: str) -> dict[str, str]:
         fast = _FAST[op].get(device_type)
         if _backend == "reference":
             out[op] = "reference (forced by HAVOC_OPS=reference)"
+        elif _backend == "triton":
+            fn = _TRITON.get(op)
+            out[op] = f"triton ({_describe_fn(fn)})" if fn is not None else "reference (no Triton kernel for this op)"
         elif fast is not None:
-            out[op] = f"fast ({getattr(fast, '__module__', '?')})"
+            out[op] = f"fast ({_describe_fn(fast)})"
         else:
             why = _WHY_NOT[op].get(device_type, "no fast implementation for this device in this version")
             out[op] = f"reference ({why})"
     return out
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
 def _pick(op: str, x: torch.Tensor) -> Callable | None:
     if _backend == "reference":
         return None
+    if _backend == "triton":
+        fn = _TRITON.get(op)
+        if fn is not None and x.device.type != "cuda" and not _interpreting():
+            raise ConfigError(
+                f"HAVOC_OPS=triton on {x.device.type} tensors runs the Triton kernels through Triton's interpreter: "
+                "set TRITON_INTERPRET=1 before the first kernel call (or use a CUDA device)"
+            )
+        return fn
     fast = _FAST[op].get(x.device.type)
     if fast is None and _backend == "fast":
         why = _WHY_NOT[op].get(x.device.type, "none is registered")
@@ -111,6 +159,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     fast = _pick("rms_norm", x)
     return (fast or reference.rms_norm)(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual): see `reference.add_rms_norm`."""
+    fast = _pick("add_rms_norm", x)
+    return (fast or reference.add_rms_norm)(x, residual, weight, eps)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -142,6 +198,25 @@ def copy_blocks(pools: list[torch.Tensor], copies: torch.Tensor) -> None:
     (fast or reference.copy_blocks)(pools, copies)
 
 
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention over a packed batch: see `reference.attention_varlen` (which needs no max lengths)."""
+    fast = _pick("attention_varlen", q)
+    if fast is None:
+        return reference.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, scale=scale)
+    return fast(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale)
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_pool: torch.Tensor,
@@ -155,7 +230,22 @@ def paged_decode_attention(
     return (fast or reference.paged_decode_attention)(q, k_pool, v_pool, block_tables, lengths, **kwargs)
 
 
+
+def linear_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of h @ weight.T: see `reference.linear_cross_entropy` (the fast path never builds the logits)."""
+    fast = _pick("linear_cross_entropy", h)
+    return (fast or reference.linear_cross_entropy)(h, weight, targets, ignore_index=ignore_index, reduction=reduction)
+
+
 rope_cos_sin = reference.rope_cos_sin
 
 from havoc import cpu_ops  # noqa: E402,F401  (registers the CPU fast paths)
 from havoc import cpu_paged  # noqa: E402,F401  (registers the paged cache's C++ kernels for CPU)
+from havoc import triton_ops  # noqa: E402,F401  (registers the Triton kernels)

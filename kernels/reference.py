@@ -10,17 +10,23 @@ numerics follow Hugging Face's Llama so that the parity tests compare like with 
 - rope:      rotate-half convention over the first `rotary_dim` features of each head (queries and
              keys in one call),
              angle(p, i) = p * theta^(-2i / rotary_dim); the rotation is computed in fp32.
+- add_rms_norm: h = x + residual (in x's dtype), then (rms_norm(h), h): the decoder's residual add and
+             the next sublayer's norm as one op.
 - swiglu:    silu(gate) * up.
 - attention: causal (bottom-right aligned, so queries may sit at an offset into the keys) grouped-query
              attention. Query heads are grouped per KV head by a reshape, so K and V are never repeated
              in memory; the grouped problem goes to torch's scaled_dot_product_attention (fp32
              accumulation). Tests check it against an explicit float64 softmax.
+- attention_varlen: the same per sequence of a packed (ragged) batch given by cumulative lengths, so
+             tokens never attend across sequences.
 - paged KV cache (pools of shape (num_blocks, block_size, n_kv_heads, head_dim); token t of a sequence
              lives at slot table[t // block_size] * block_size + t % block_size):
              write_kv     pool[slot[i]] = row i (an index_copy_);
              copy_blocks  pool[dst] = pool[src] for every (src, dst) pair, every pool;
              paged_decode_attention  gather each sequence's blocks into a contiguous (padded) K/V, mask
              the padding, and call `attention` — 2x the K/V traffic of a kernel that reads blocks in place.
+- linear_cross_entropy: mean (or summed) cross-entropy of logits h @ W.T against target ids, ignoring
+             `ignore_index`; the fp32 logits are materialised here, which the fused kernel avoids.
 
 This module never imports Triton.
 """
@@ -31,8 +37,18 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "linear", "rms_norm", "rope_cos_sin", "apply_rope", "swiglu", "attention",
-    "write_kv", "copy_blocks", "paged_decode_attention",
+    "linear",
+    "rms_norm",
+    "add_rms_norm",
+    "rope_cos_sin",
+    "apply_rope",
+    "swiglu",
+    "attention",
+    "attention_varlen",
+    "write_kv",
+    "copy_blocks",
+    "paged_decode_attention",
+    "linear_cross_entropy",
 ]
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +80,24 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = _f32(x)
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * _cast(normed, x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add followed by RMSNorm.
+
+    Args:
+        x: (..., dim) the sublayer output to add.
+        residual: (..., dim) the residual stream.
+        weight: (dim,) gain.
+        eps: added to the mean square before the square root.
+
+    Returns:
+        (rms_norm(h, weight, eps), h) with h = x + residual, the new residual stream.
+    """
+    h = x + residual
+    return rms_norm(h, weight, eps), h
 
 def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosines and sines of the rotary angles for absolute token positions (transformers' layout).
@@ -193,6 +227,50 @@ def copy_blocks(pools: list[torch.Tensor], copies: torch.Tensor) -> None:
         pool.index_copy_(0, dst, pool.index_select(0, src))
 
 
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Grouped-query attention over a packed batch of sequences of different lengths.
+
+    Sequence b owns query rows cu_seqlens_q[b]:cu_seqlens_q[b+1] and key rows cu_seqlens_k[b]:
+    cu_seqlens_k[b+1]; causal masking is bottom-right aligned per sequence (its queries are its last
+    keys), as `attention` with the default q_offset.
+
+    Args:
+        q: (total_q, n_heads, head_dim).
+        k, v: (total_k, n_kv_heads, head_dim).
+        cu_seqlens_q, cu_seqlens_k: (batch + 1,) int cumulative lengths starting at 0.
+        causal: mask keys after each query's position.
+        scale: softmax scale, default 1 / sqrt(head_dim).
+
+    Returns:
+        (total_q, n_heads, head_dim) in q's dtype; a query with no key to attend gets zeros.
+    """
+    out = torch.zeros_like(q)
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(bounds_q) - 1):
+        q0, q1, k0, k1 = bounds_q[b], bounds_q[b + 1], bounds_k[b], bounds_k[b + 1]
+        if q1 == q0 or k1 == k0:
+            continue  # nothing to compute, or no keys: zeros
+        qb = q[q0:q1].transpose(0, 1)[None]  # (1, H, T_b, D)
+        kb, vb = k[k0:k1].transpose(0, 1)[None], v[k0:k1].transpose(0, 1)[None]  # (1, KV, S_b, D)
+        offset = (k1 - k0) - (q1 - q0)
+        if causal and offset < 0:  # the first queries precede every key: give them explicit zeros
+            key_mask = torch.ones(1, k1 - k0, dtype=torch.bool, device=q.device)
+            ob = attention(qb, kb, vb, causal=True, q_offset=offset, key_mask=key_mask, scale=scale)
+        else:
+            ob = attention(qb, kb, vb, causal=causal, q_offset=offset, scale=scale)
+        out[q0:q1] = ob[0].transpose(0, 1)
+    return out
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_pool: torch.Tensor,
@@ -228,3 +306,29 @@ def paged_decode_attention(
     key_mask = torch.arange(width * block_size, device=q.device)[None, :] < lengths[:, None]  # (B, S)
     out = attention(q[:, :, None], k, v, causal=False, key_mask=key_mask, scale=scale)  # (B, H, 1, D)
     return out[:, :, 0]
+
+
+def linear_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of the logits h @ weight.T, computed in fp32.
+
+    Args:
+        h: (..., dim) hidden states.
+        weight: (vocab, dim) output projection (the tied embedding).
+        targets: h.shape[:-1] integer ids; positions equal to ignore_index contribute nothing.
+        ignore_index: the id that marks positions without a target.
+        reduction: "mean" over the positions with a target (NaN when there are none, as PyTorch) or "sum".
+
+    Returns:
+        The scalar loss (fp32).
+    """
+    logits = F.linear(h, weight).float()  # (..., vocab): the tensor the fused kernel never builds
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index, reduction=reduction
+    )

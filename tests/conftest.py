@@ -12,6 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without a GPU the Triton kernel tests run on CPU through Triton's interpreter. Triton reads the switch
+# when a kernel module is imported (havoc imports them lazily, on first use), so it is set here, before
+# any test runs; CI does not set it. With a GPU the kernels compile and the tests run on CUDA.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # transformers must never reach for the Hub: everything it loads here is a local file.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
