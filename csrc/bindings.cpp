@@ -126,6 +126,120 @@ py::tuple copies_and_slots(py::array slots, const std::vector<havoc::BlockCopy>&
   return py::make_tuple(std::move(slots), std::move(c));
 }
 
+// --- vectorcall fast paths of the single-sequence calls ---------------------------------------------------
+// append/fork/free of one sequence do 0.1-0.2 us of work; pybind11's generic dispatcher (argument
+// loaders, overload records, keyword matching) costs about as much again per call. These METH_FASTCALL
+// methods replace them on the class for positional calls and hand anything else (keywords, tokens that are
+// not a C-contiguous int32 vector) to the pybind11 binding kept as `_<name>`, so both paths share one
+// contract, one error translation and one docstring.
+const py::detail::type_info* g_block_manager_type = nullptr;
+
+havoc::BlockManager* block_manager_of(PyObject* self) {
+  if (g_block_manager_type == nullptr || !PyObject_TypeCheck(self, g_block_manager_type->type)) {
+    PyErr_SetString(PyExc_TypeError, "expected a havoc._C.BlockManager");
+    return nullptr;
+  }
+  auto vh = reinterpret_cast<py::detail::instance*>(self)->get_value_and_holder(g_block_manager_type);
+  if (!vh.holder_constructed()) {
+    PyErr_SetString(PyExc_TypeError, "BlockManager.__init__ has not run on this object");
+    return nullptr;
+  }
+  return vh.value_ptr<havoc::BlockManager>();
+}
+
+bool int64_arg(PyObject* o, int64_t* out) {
+  if (!PyLong_Check(o)) return false;  // NumPy integers and the like take the pybind11 path
+  long long v = PyLong_AsLongLong(o);
+  if (v == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+PyObject* slow_call(PyObject* self, const char* name, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  PyObject* fn = PyObject_GetAttrString(self, name);
+  if (fn == nullptr) return nullptr;
+  PyObject* r = PyObject_Vectorcall(fn, args, nargsf, kwnames);
+  Py_DECREF(fn);
+  return r;
+}
+
+template <class F>
+PyObject* guarded(F&& f) {
+  try {
+    return f();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (...) {
+    py::detail::try_translate_exceptions();  // the module's translator, then pybind11's standard ones
+  }
+  return nullptr;
+}
+
+PyObject* fast_free(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  int64_t id;
+  havoc::BlockManager* bm;
+  if (kwnames != nullptr || nargs != 1 || !int64_arg(args[0], &id) || (bm = block_manager_of(self)) == nullptr)
+    return slow_call(self, "_free", args, static_cast<size_t>(nargs), kwnames);
+  return guarded([&] {
+    bm->free(id);
+    Py_RETURN_NONE;
+  });
+}
+
+PyObject* fast_fork(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  int64_t parent, child;
+  havoc::BlockManager* bm;
+  if (kwnames != nullptr || nargs != 2 || !int64_arg(args[0], &parent) || !int64_arg(args[1], &child) ||
+      (bm = block_manager_of(self)) == nullptr)
+    return slow_call(self, "_fork", args, static_cast<size_t>(nargs), kwnames);
+  return guarded([&] {
+    bm->fork(parent, child);
+    Py_RETURN_NONE;
+  });
+}
+
+PyObject* fast_append(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  using Tokens = py::array_t<int32_t, py::array::c_style>;
+  int64_t id;
+  havoc::BlockManager* bm;
+  if (kwnames != nullptr || nargs != 2 || !int64_arg(args[0], &id) || !py::isinstance<Tokens>(args[1]) ||
+      (bm = block_manager_of(self)) == nullptr)
+    return slow_call(self, "_append", args, static_cast<size_t>(nargs), kwnames);
+  auto* arr = py::detail::array_proxy(args[1]);
+  if (arr->nd != 1 || arr->dimensions[0] >= 256)  // other ranks get the binding's error; long chunks release the GIL there
+    return slow_call(self, "_append", args, static_cast<size_t>(nargs), kwnames);
+  return guarded([&]() -> PyObject* {
+    const int64_t t = arr->dimensions[0];
+    py::array_t<int64_t> slots(t);
+    std::vector<havoc::BlockCopy> copies;
+    bm->step(&id, 1, reinterpret_cast<const int32_t*>(arr->data), t, slots.mutable_data(), copies);
+    return copies_and_slots(std::move(slots), copies).release().ptr();
+  });
+}
+
+PyMethodDef g_fast_methods[] = {
+    {"free", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fast_free)), METH_FASTCALL | METH_KEYWORDS,
+     "free(seq_id): drop a sequence, releasing its blocks."},
+    {"fork", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fast_fork)), METH_FASTCALL | METH_KEYWORDS,
+     "fork(parent_id, child_id): new sequence child_id sharing every block of parent_id (copy-on-write)."},
+    {"append", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fast_append)), METH_FASTCALL | METH_KEYWORDS,
+     "append(seq_id, tokens): append tokens to one sequence; returns (slots, copies) as step() does."},
+};
+
+// Move the pybind11 bindings of the fast-pathed methods to `_<name>` and install the fast ones.
+void install_fast_methods(py::handle cls) {
+  g_block_manager_type = py::detail::get_type_info(reinterpret_cast<PyTypeObject*>(cls.ptr()));
+  for (auto& def : g_fast_methods) {
+    cls.attr(("_" + std::string(def.ml_name)).c_str()) = cls.attr(def.ml_name);
+    PyObject* descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), &def);
+    if (descr == nullptr) throw py::error_already_set();
+    cls.attr(def.ml_name) = py::reinterpret_steal<py::object>(descr);
+  }
+}
+
 // --- buffers of the paged-cache kernels ----------------------------------------------------------------
 
 using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
@@ -344,7 +458,7 @@ PYBIND11_MODULE(_C, m) {
         "The split-K count paged_decode_attention chooses for a batch shape on this machine.");
 
   using havoc::BlockManager;
-  py::class_<BlockManager>(m, "BlockManager", R"doc(
+  auto block_manager = py::class_<BlockManager>(m, "BlockManager", R"doc(
 Paged KV cache block manager (C++). See havoc.block_manager for the design, the view lifetimes and the
 thread-safety contract; PyBlockManager there is the pure-Python model with the same API.
 )doc")
@@ -517,4 +631,5 @@ thread-safety contract; PyBlockManager there is the pure-Python model with the s
             self.check_invariants();
           },
           "Recompute every invariant; raise RuntimeError naming the first one broken.");
+  install_fast_methods(block_manager);
 }

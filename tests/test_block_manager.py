@@ -604,3 +604,40 @@ def test_array_arguments_are_converted_or_refused():
     with pytest.raises(ValueError):
         m.step([0, 1], [1, 2, 3])
     m.check_invariants()
+
+
+def test_fast_single_sequence_calls_agree_with_their_binding():
+    """append/fork/free take a vectorcall fast path for positional ints and an int32 vector; every other
+    spelling goes to the pybind11 binding. Both must give the same results, errors and state."""
+    a, b = BlockManager(6, 4), BlockManager(6, 4)
+    for m in (a, b):
+        m.add(0, np.arange(6, dtype=np.int32))
+    calls = [  # (fast spelling on a, binding on b)
+        (lambda m: m.append(0, np.array([7, 8], np.int32)), lambda m: m._append(0, [7, 8])),
+        (lambda m: m.fork(0, 1), lambda m: m._fork(parent_id=np.int64(0), child_id=1)),
+        (lambda m: m.append(1, np.array([9], np.int32)), lambda m: m._append(seq_id=1, tokens=np.array([9]))),
+        (lambda m: m.free(0), lambda m: m._free(seq_id=0)),
+    ]
+    for fast, slow in calls:
+        assert same(fast(a), slow(b))
+        assert strip_keys(a.snapshot()) == strip_keys(b.snapshot())
+    # keywords, NumPy integers and non-int32 tokens reach the binding through the fast method too
+    assert same(a.append(seq_id=np.int64(1), tokens=[1, 2]), b._append(1, np.array([1, 2], np.int64)))
+    a.fork(1, child_id=5)
+    b._fork(1, 5)
+    assert strip_keys(a.snapshot()) == strip_keys(b.snapshot())
+    before = a.snapshot()
+    with pytest.raises(OutOfBlocksError):  # a COW copy + 3 new blocks, 3 free: nothing changes
+        a.append(5, np.arange(13, dtype=np.int32))
+    with pytest.raises(UnknownSequenceError):
+        a.free(42)
+    with pytest.raises(UnknownSequenceError):
+        a.fork(42, 43)
+    with pytest.raises(ValueError):
+        a.append(1, np.zeros((1, 1), np.int32))
+    with pytest.raises(TypeError):
+        a.free()
+    with pytest.raises(TypeError):
+        BlockManager.free(object(), 1)
+    assert a.snapshot() == before
+    a.check_invariants()
