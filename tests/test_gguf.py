@@ -53,6 +53,78 @@ def smollm2_reader(smollm2_gguf):
     return gguf.GGUFReader(smollm2_gguf)
 
 
+def _reader_fields(reader: gguf.GGUFReader) -> dict:
+    """The oracle: every metadata field as a Python value, read through gguf's own GGUFReader."""
+    VT = gguf.GGUFValueType
+    out = {}
+    for name, f in reader.fields.items():
+        if f.types[0] == VT.ARRAY:
+            sub = f.types[-1] if len(f.types) > 1 else None
+            if sub == VT.STRING:
+                out[name] = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+            elif sub == VT.ARRAY:
+                out[name] = None
+            else:
+                out[name] = np.concatenate([f.parts[i] for i in f.data]).tolist() if f.data else []
+        elif f.types[0] == VT.STRING:
+            out[name] = bytes(f.parts[f.data[0]]).decode("utf-8")
+        else:
+            out[name] = f.parts[f.data[0]][0].item()
+    return out
+
+
+def _same_header(path) -> None:
+    from havoc.io.gguf import _open
+
+    ours, theirs = _open(path), gguf.GGUFReader(path)
+    assert ours.fields == _reader_fields(theirs)
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for a, b in zip(ours.tensors, theirs.tensors):
+        assert a.dims == tuple(b.shape.tolist()) and a.type_name == b.tensor_type.name
+        assert a.data.dtype == b.data.dtype and np.array_equal(a.data.reshape(b.data.shape), b.data)
+
+
+def test_header_parser_agrees_with_gguf_reader_on_every_value_type(tmp_path) -> None:
+    VT = gguf.GGUFValueType
+    meta = {  # every scalar type, numeric arrays, unicode (gguf's writer refuses empty arrays)
+        "x.u8": 200, "x.i8": -5, "x.u16": 60000, "x.i16": -300, "x.i32": -70000, "x.u64": 2**40,
+        "x.i64": -(2**40), "x.f64": 0.1, "x.f32": 0.1, "x.true": True, "x.text": "µ±σ ≤ 3°, 漢字 😀",
+        "x.floats": [0.5, -1.25, 3.0], "x.ints": [1, -2, 3],
+    }
+    types = {"x.u8": VT.UINT8, "x.i8": VT.INT8, "x.u16": VT.UINT16, "x.i16": VT.INT16, "x.i32": VT.INT32,
+             "x.u64": VT.UINT64, "x.i64": VT.INT64, "x.f64": VT.FLOAT64, "x.f32": VT.FLOAT32}
+    path = tmp_path / "types.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in meta.items():
+        if key in types:
+            writer.add_key_value(key, value, types[key])
+        else:
+            writer.add_key_value(key, value, VT.get_type(value), sub_type=VT.get_type(value[0]) if isinstance(value, list) else None)
+    writer.add_tensor("a", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.add_tensor("b", np.arange(64, dtype=np.float16).reshape(2, 32))
+    writer.add_tensor("c", gguf.quants.quantize(np.ones((2, 64), np.float32), Q.Q8_0), raw_dtype=Q.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    _same_header(path)
+    _same_header(write_tiny_gguf(tmp_path / "tiny.gguf", qtypes={"blk.0.ffn_up.weight": Q.Q4_1}))
+
+
+@pytest.mark.model
+def test_header_parser_agrees_with_gguf_reader_on_smollm2(smollm2_gguf) -> None:
+    _same_header(smollm2_gguf)
+
+
+def test_a_corrupt_count_fails_at_once(tmp_path) -> None:
+    data = bytearray(write_tiny_gguf(tmp_path / "full.gguf").read_bytes())
+    data[16:24] = (2**60).to_bytes(8, "little")  # the metadata count
+    path = tmp_path / "count.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"count\.gguf .*truncated or corrupt .*metadata entries"):
+        read_gguf(path)
+
+
 @pytest.mark.model
 def test_dequantize_real_tensors_match_gguf(smollm2_reader) -> None:
     by_type: dict[str, object] = {}
