@@ -354,3 +354,32 @@ def test_bad_files_leave_nothing_behind(tmp_path) -> None:
 )
 def test_name_mapping(gguf_name: str, expected: str | None) -> None:
     assert havoc_name(gguf_name) == expected
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_fused_read_equals_fusing_afterwards(tmp_path, dtype) -> None:
+    from havoc.io.checkpoint import fuse_projections
+
+    path = write_tiny_gguf(tmp_path / "f.gguf", qtypes={"blk.1.ffn_gate.weight": Q.Q8_0})
+    want = fuse_projections(read_gguf(path).tensors)
+    got = read_gguf(path, dtype=dtype, fuse=True).tensors
+    assert got.keys() == want.keys() and any(k.endswith("wqkv.weight") for k in got)
+    for k, w in want.items():
+        assert torch.equal(got[k], w if dtype is None else w.to(dtype)), k
+
+
+def test_build_model_consumes_only_a_valid_checkpoint(tmp_path) -> None:
+    from havoc.io.checkpoint import build_model
+
+    ckpt = read_gguf(write_tiny_gguf(tmp_path / "c.gguf"))
+    tensors = dict(ckpt.tensors)
+    bad = dict(tensors)
+    bad.pop("layers.1.feed_forward.w3.weight")
+    with pytest.raises(CheckpointError, match=r"w3\.weight"):
+        build_model(ckpt.config, bad, consume=True)
+    assert len(bad) == len(tensors) - 1  # nothing taken from a checkpoint that does not fit
+    reference = build_model(ckpt.config, dict(tensors))
+    model = build_model(ckpt.config, tensors, dtype=torch.bfloat16, consume=True)
+    assert tensors == {}
+    for (name, p), (_, q) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert p.dtype == torch.bfloat16 and torch.equal(p, q.to(torch.bfloat16)), name

@@ -35,13 +35,16 @@ FUSED = {
 }
 
 
-def fuse_projections(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def fuse_projections(
+    state_dict: dict[str, torch.Tensor], source: str = "checkpoint", *, in_place: bool = False
+) -> dict[str, torch.Tensor]:
     """Concatenate separate q/k/v and gate/up tensors into havoc's fused `wqkv` and `w13`.
 
     Tensors already fused pass through. A group that is only partly present is an error naming the
-    missing member.
+    missing member. With `in_place`, `state_dict` itself is changed, so each group's parts are freed as
+    soon as their fused tensor exists (the caller's dict no longer holds them).
     """
-    out = dict(state_dict)
+    out = state_dict if in_place else dict(state_dict)
     prefixes = {k[: -len(part)] for k in state_dict for parts in FUSED.values() for part in parts if k.endswith(part)}
     for prefix in sorted(prefixes):
         for fused, parts in FUSED.items():
@@ -65,20 +68,25 @@ def build_model(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     source: str = "checkpoint",
+    consume: bool = False,
 ) -> HavocModel:
     """A `HavocModel` holding exactly `state_dict`, checked name by name and shape by shape.
 
-    Separate q/k/v and gate/up tensors (wq, wk, wv, w1, w3) are fused first. The model is built on the meta device and the tensors are assigned, so weights are never allocated
-    twice. Raises `CheckpointError` naming missing, unexpected or mis-shaped tensors.
+    Separate q/k/v and gate/up tensors (wq, wk, wv, w1, w3) are fused first. The model is built on the
+    meta device and the tensors are assigned, so weights are never allocated twice. With `consume`, the
+    tensors are taken out of `state_dict` as they are fused and converted (it is left empty), so the
+    peak is the model plus one tensor rather than the checkpoint plus the model; on an error nothing has
+    been taken. Raises `CheckpointError` naming missing, unexpected or mis-shaped tensors.
     """
     from havoc.model import HavocModel
 
-    state_dict = fuse_projections(state_dict, source)
     with torch.device("meta"):
         model = HavocModel(config)
+    # Validate on shape-only (meta) copies first: a bad checkpoint fails before anything is fused or taken.
+    shapes = fuse_projections({k: torch.empty(v.shape, device="meta") for k, v in state_dict.items()}, source)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = expected.keys() - state_dict.keys()
-    unexpected = state_dict.keys() - expected.keys()
+    missing = expected.keys() - shapes.keys()
+    unexpected = shapes.keys() - expected.keys()
     if missing or unexpected:
         parts = []
         if missing:
@@ -87,10 +95,18 @@ def build_model(
             parts.append(f"unknown tensors: {_list(unexpected)}")
         raise CheckpointError(f"{source} does not match the model config: " + "; ".join(parts))
     for name, shape in expected.items():
-        got = tuple(state_dict[name].shape)
+        got = tuple(shapes[name].shape)
         if got != shape:
             raise CheckpointError(f"{source}: tensor {name} has shape {got}, the config expects {shape}")
-    state = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in state_dict.items()}
+    state_dict = fuse_projections(state_dict, source, in_place=consume)
+    if consume:  # one tensor at a time: each source tensor is dropped as soon as its converted copy exists
+        state = {}
+        for k in list(state_dict):
+            v = state_dict.pop(k)
+            state[k] = v.to(device=device, dtype=dtype or v.dtype)
+            del v
+    else:
+        state = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in state_dict.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
@@ -137,4 +153,4 @@ def load_pretrained(
     except ConfigError as e:
         raise CheckpointError(f"{config_file}: {e}") from None
     state = load_state_dict(path / WEIGHTS_NAME, device=device)
-    return build_model(config, state, dtype=dtype, device=device, source=str(path / WEIGHTS_NAME))
+    return build_model(config, state, dtype=dtype, device=device, source=str(path / WEIGHTS_NAME), consume=True)
