@@ -3,8 +3,8 @@
 A `Source` is a list of files (paths or globs) read as documents, one at a time, never whole:
 
 - `.jsonl` files: one record per line (a dict; pretraining takes its `text` field, SFT the whole record);
-- other files (text): documents are separated by blank lines; a document longer than `max_doc_chars` is
-  handed out in pieces of that size, so a 10 GB file with no blank line still streams.
+- other files (text): documents are separated by blank lines; a document longer than `max_doc_chars` bytes is
+  handed out in pieces of about that size (cut between characters), so a 10 GB file with no blank line still streams.
 
 A `Mixture` draws each next document from one of its sources with probability proportional to the
 source's weight, from its own seeded RNG. Everything that decides the stream — the RNG state and, per
@@ -105,7 +105,7 @@ class Source:
             parts: list[bytes] = []
             size = 0
             while True:
-                line = f.readline()
+                line = _readline_utf8(f, self.max_doc_chars - size)
                 if not line:
                     break
                 if not line.strip():
@@ -122,6 +122,21 @@ class Source:
                 self.offset = f.tell()
                 return None
             return b"".join(parts).decode("utf-8", errors="replace").rstrip("\n")
+
+
+def _readline_utf8(f, limit: int) -> bytes:
+    """f.readline(limit), ending on a UTF-8 character boundary (a cut character is left for the next read)."""
+    line = f.readline(max(1, limit))
+    if line and not line.endswith(b"\n"):
+        cut = len(line)
+        while cut > 0 and cut > len(line) - 4 and (line[cut - 1] & 0xC0) == 0x80:
+            cut -= 1  # back over continuation bytes to the lead byte
+        if cut > 0 and line[cut - 1] >= 0xC0:  # a lead byte: is its character complete?
+            need = 2 if line[cut - 1] < 0xE0 else 3 if line[cut - 1] < 0xF0 else 4
+            if len(line) - (cut - 1) < need:
+                f.seek(cut - 1 - len(line), 1)
+                line = line[: cut - 1]
+    return line
 
 
 class Mixture:
