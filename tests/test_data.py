@@ -13,15 +13,7 @@ from havoc.data import IGNORE_INDEX, Mixture, Packer, Source, encode_pretrain, e
 from havoc.errors import ConfigError
 from havoc.model import HavocModel
 
-from .train_helpers import CORPUS_DIR, tokenizer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny products run far faster on one thread of a shared 2-core VM
-    yield
-    torch.set_num_threads(old)
+from .train_helpers import CORPUS_DIR, one_thread, tokenizer  # noqa: F401  (one_thread: autouse fixture)
 
 
 def _write(path, text):

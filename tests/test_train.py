@@ -16,17 +16,9 @@ from havoc.train.config import CONFIG_DIR, TrainConfig
 from havoc.train.optim import ParamOptimizers, cosine_lr, stochastic_round_bf16
 from havoc.train.trainer import Trainer, apply_activation_checkpointing
 
-from .train_helpers import tiny_config, tokenizer_dir
+from .train_helpers import one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
 pytest.importorskip("bitsandbytes")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny products run far faster on one thread of a shared 2-core VM
-    yield
-    torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
@@ -168,6 +160,8 @@ def test_resume_refuses_a_different_config_or_no_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         Trainer(tiny_config(tmp_path / "r"), resume=True, progress=False)
     Trainer(tiny_config(tmp_path / "r", train={"steps": 2}), progress=False).fit()
+    with pytest.raises(ConfigError, match="already holds checkpoints of a run"):
+        Trainer(tiny_config(tmp_path / "r", train={"steps": 2}), progress=False)  # a fresh start over a run
     with pytest.raises(ConfigError, match=r"different config \(optim.lr: 0.003 then, 0.001 now"):
         Trainer(tiny_config(tmp_path / "r", train={"steps": 2}, optim={"lr": 1e-3}), resume=True, progress=False)
 
@@ -250,3 +244,25 @@ def test_phases_0_1_2_on_the_shipped_corpus(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["generate", "A control chart", "--model", "runs/tiny/phase2/final", "-n", "5", "--no-stream"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_phase2_fine_tunes_imported_smollm2(tmp_path):
+    """The shipped SmolLM2 SFT config, shortened: its own tokenizer and ChatML template, loss on completions."""
+    import yaml
+
+    data = yaml.safe_load((CONFIG_DIR / "phase2_sft_smollm2.yaml").read_text())
+    data["data"].update(seq_len=64, batch_size=1)
+    data["train"].update(steps=2, save_every=0, log_every=0, threads=1, out_dir=str(tmp_path / "run"))
+    trainer = Trainer(TrainConfig.from_dict(data), progress=False)
+    assert trainer.tokenizer.token_to_id("<|im_start|>") is not None
+    batch = trainer.packer.next_batch()
+    learned = [t for t in batch["targets"][0].tolist() if t != -100]
+    assert learned and "<|im_end|>" in trainer.tokenizer.decode(learned)  # the assistant's turn and its end
+    losses = trainer.fit()
+    assert len(losses) == 2 and all(0 < x < 10 for x in losses)
+    from havoc.llm import LLM
+
+    llm = LLM.load(str(tmp_path / "run/final"))
+    assert llm.model.config.vocab_size == 49152 and llm.tokenizer.chat_template

@@ -104,6 +104,11 @@ class Trainer:
         self.step = 0
         if resume:
             self._resume()
+        elif self.checkpoints():
+            raise ConfigError(
+                f"{self.out_dir} already holds checkpoints of a run (newest {self.checkpoints()[-1].name}); "
+                "continue it with --resume, or set train.out_dir to a new folder"
+            )
 
     # ------------------------------------------------------------------------------------------ building
     def _build_model(self):
