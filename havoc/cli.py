@@ -213,8 +213,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.load(args.config)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     trainer.fit(stop_after=args.stop_after)
-    print(f"step {trainer.step}: checkpoints in {trainer.checkpoint_dir}"
-          + (f", model in {trainer.out_dir / 'final'}" if trainer.step == cfg.train.steps else ""))
+    if trainer.rank == 0:
+        print(f"step {trainer.step}: checkpoints in {trainer.checkpoint_dir}"
+              + (f", model in {trainer.out_dir / 'final'}" if trainer.step == cfg.train.steps else ""))
+    if trainer.world_size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 

@@ -129,8 +129,9 @@ class ParamOptimizers:
         return handles
 
     def state_dict(self) -> dict:
+        """Per-parameter optimizer states; FSDP's DTensor states are stored as this rank's local shards."""
         return {"step_count": self.step_count, "name": self.name,
-                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}}
+                "optimizers": {n: _local(o.state_dict()) for n, o in self.optimizers.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state["name"] != self.name or set(state["optimizers"]) != set(self.optimizers):
@@ -140,9 +141,31 @@ class ParamOptimizers:
             )
         self.step_count = state["step_count"]
         for n, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][n])
+            opt.load_state_dict(_reshard(state["optimizers"][n], self.params[n]))
             if self.name == "paged_adamw8bit":
                 _repage(opt)
+
+
+def _local(state: dict) -> dict:
+    """An optimizer state_dict with DTensors replaced by their local shards (loadable with weights_only)."""
+    def conv(v):
+        return v.to_local() if hasattr(v, "to_local") else v
+
+    return {**state, "state": {k: {kk: conv(vv) for kk, vv in st.items()} for k, st in state["state"].items()}}
+
+
+def _reshard(state: dict, p: torch.Tensor) -> dict:
+    """The inverse of `_local` for parameter `p` (a no-op unless p is a DTensor)."""
+    if not hasattr(p, "device_mesh"):
+        return state
+    from torch.distributed.tensor import DTensor
+
+    def conv(v):
+        if torch.is_tensor(v) and v.shape == p.to_local().shape and v.ndim > 0:
+            return DTensor.from_local(v, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+        return v
+
+    return {**state, "state": {k: {kk: conv(vv) for kk, vv in st.items()} for k, st in state["state"].items()}}
 
 
 def _optimizer_class(name: str):

@@ -40,6 +40,7 @@ import torch
 from havoc.data.packing import Packer, encode_pretrain, encode_sft
 from havoc.data.sources import Mixture, Source, resolve_path
 from havoc.errors import CheckpointError, ConfigError
+from havoc.train import distributed
 from havoc.train.config import TrainConfig
 from havoc.train.optim import ParamOptimizers, cosine_lr
 
@@ -76,12 +77,17 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log_stream=None) -> None:
         self.cfg = cfg
+        self.rank, self.world_size = distributed.world()  # (0, 1) unless launched by torchrun
+        if self.world_size > 1:
+            distributed.check_config(cfg)
         self.out_dir = Path(cfg.train.out_dir)
         self.progress = progress
         self.log_stream = log_stream if log_stream is not None else sys.stdout
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.train.device == "auto" else cfg.train.device
         )
+        if self.device.type == "cuda" and self.world_size > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device is cuda but no CUDA device is available")
         if self.device.type == "cuda" and cfg.train.memory_fraction > 0:
@@ -92,6 +98,8 @@ class Trainer:
         self.param_dtype = getattr(torch, cfg.train.param_dtype)
         self.model, self.tokenizer = self._build_model()
         self.n_checkpointed = apply_activation_checkpointing(self.model, cfg.train.checkpoint_every_n_layers)
+        if self.world_size > 1:
+            distributed.shard(self.model, cfg)
         o = cfg.optim
         self.optimizer = ParamOptimizers(
             [(n, p) for n, p in self.model.named_parameters() if p.requires_grad], o.name,
@@ -100,7 +108,7 @@ class Trainer:
         )
         if o.fused_step:
             self.optimizer.register_fused(clip=o.grad_clip)
-        self.packer = self._packer(cfg.data.sources, cfg.data.seed)
+        self.packer = self._packer(cfg.data.sources, cfg.data.seed + self.rank)  # each rank its own stream
         self.step = 0
         if resume:
             self._resume()
@@ -172,13 +180,15 @@ class Trainer:
                 raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}")
             (loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
+        total = distributed.mean_across_ranks(total)
         grad_norm = float("nan")
         if o.fused_step:
             self.optimizer.step_count += 1  # every parameter already stepped inside backward
         else:
             params = list(self.optimizer.params.values())
             if o.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, o.grad_clip))
+                norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
             self.optimizer.step()
         self.step += 1
         return {"loss": total, "lr": lr, "grad_norm": grad_norm}
@@ -201,15 +211,16 @@ class Trainer:
         t = self.cfg.train
         end = t.steps if stop_after is None else min(t.steps, stop_after)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        tb = _tensorboard(self.out_dir / "tb")
+        main = self.rank == 0
+        tb = _tensorboard(self.out_dir / "tb") if main else None
         bar = None
-        if self.progress:
+        if self.progress and main:
             from tqdm import tqdm
 
             bar = tqdm(total=t.steps, initial=self.step, file=sys.stderr, dynamic_ncols=True, desc="train")
         tokens_per_step = t.grad_accum * self.cfg.data.batch_size * self.cfg.data.seq_len
         losses: list[float] = []
-        with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as log:
+        with open(self.out_dir / "log.jsonl" if main else os.devnull, "a", encoding="utf-8") as log:
             while self.step < end:
                 t0 = time.perf_counter()
                 rec = self.train_step()
@@ -235,7 +246,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.1e}",
                                     tok_s=f"{rec['tokens_per_s']:.0f}", mem=f"{rec['mem_gib']:.1f}G")
-                if t.log_every and (self.step % t.log_every == 0 or self.step == end):
+                if main and t.log_every and (self.step % t.log_every == 0 or self.step == end):
                     print(line, file=self.log_stream, flush=True)
                 if (t.save_every and self.step % t.save_every == 0) or self.step == end:
                     self.save_checkpoint()
@@ -262,17 +273,29 @@ class Trainer:
         from havoc.io.checkpoint import save_pretrained
 
         tmp = final.parent / f".{final.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_pretrained(self.model, tmp)
-        self.tokenizer.save(tmp)
+        weights = distributed.full_state_dict(self.model) if self.world_size > 1 else None
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if weights is None:
+                save_pretrained(self.model, tmp)
+            else:
+                _save_weights(self.model.config, weights, tmp)
+            self.tokenizer.save(tmp)
+        distributed.barrier()
         if extra is not None:
-            extra(tmp)
-        old = final.parent / f".{final.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)  # the folder appears complete or not at all
-        shutil.rmtree(old, ignore_errors=True)
+            extra(tmp)  # every rank writes its own state file
+        distributed.barrier()
+        if self.rank == 0:
+            old = final.parent / f".{final.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)  # the folder appears complete or not at all
+            shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
+
+    def _state_file(self) -> str:
+        return STATE_FILE if self.world_size == 1 else f"trainer_state.rank{self.rank}.pt"
 
     def save_checkpoint(self) -> Path:
         """Write `checkpoints/step_NNNNNNN` atomically and prune to the last `keep_last`."""
@@ -285,9 +308,11 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
         path = self.checkpoint_dir / f"step_{self.step:07d}"
-        self._write_model_folder(path, lambda tmp: torch.save(state, tmp / STATE_FILE))
-        for old in self.checkpoints()[: -self.cfg.train.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        self._write_model_folder(path, lambda tmp: torch.save(state, tmp / self._state_file()))
+        if self.rank == 0:
+            for old in self.checkpoints()[: -self.cfg.train.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
         return path
 
     def save_final(self) -> Path:
@@ -303,24 +328,45 @@ class Trainer:
         if not found:
             raise CheckpointError(f"--resume: no checkpoint in {self.checkpoint_dir}")
         path = found[-1]
+        state_file = path / self._state_file()
+        if not state_file.is_file():
+            raise CheckpointError(
+                f"{path} has no {state_file.name}: it was written by a run on a different number of ranks "
+                f"(this one has {self.world_size})"
+            )
         try:
-            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"{path / STATE_FILE} is not a readable trainer state ({e})") from None
-        diff = _diff(state["config"], self.cfg.to_dict())
+            raise CheckpointError(f"{state_file} is not a readable trainer state ({e})") from None
+        diff = [d for d in _diff(state["config"], self.cfg.to_dict()) if not d.startswith("train.out_dir:")]  # runs move
         if diff:
             raise ConfigError(
                 f"--resume: {path} was written by a different config ({'; '.join(diff[:5])}); resume with the "
                 "config that started the run"
             )
-        weights = load_state_dict(path / WEIGHTS_NAME, device=self.device)
-        self.model.load_state_dict(weights, strict=True)
+        if self.world_size > 1:
+            distributed.load_full_state_dict(self.model, load_state_dict(path / WEIGHTS_NAME))
+        else:
+            self.model.load_state_dict(load_state_dict(path / WEIGHTS_NAME, device=self.device), strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.packer.load_state_dict(state["data"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = state["step"]
+
+
+def _save_weights(config, weights: dict[str, torch.Tensor], folder: Path) -> None:
+    """save_pretrained's format from an already gathered state dict (FSDP's rank 0)."""
+    from safetensors.torch import save_file
+
+    from havoc.io.atomic import atomic_path
+    from havoc.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata={"format": "pt"})
+    config.save(folder / CONFIG_NAME)
 
 
 def _diff(a: Any, b: Any, where: str = "") -> list[str]:
