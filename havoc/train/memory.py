@@ -8,7 +8,7 @@ tokens, d = dim, f = ffn_hidden, L layers, V vocab):
 
 - weights: P x (2 bf16 | 4 fp32);
 - master weights: none with fp32 parameters (they are the master) and none with bf16 + stochastic
-  rounding; the fp32 copy of the single largest tensor exists during its step;
+  rounding; fp32 copies of the largest tensor and its gradient exist during its step;
 - gradients: all of them (P x param bytes) when stepping after backward; with the step fused into
   backward, only those in flight: the planner counts the largest tensor's gradient twice (the one being
   stepped and the next one arriving) plus one layer's worth;
@@ -62,8 +62,8 @@ def plan(config: ModelConfig, s: Settings) -> list[tuple[str, float, str]]:
     rows: list[tuple[str, float, str]] = []
     rows.append(("weights", P * pb / GiB, f"{s.param_dtype}, resident"))
     if s.param_dtype == "bfloat16":
-        rows.append(("master weights", largest * 4 / GiB,
-                     "none kept: stochastic rounding; fp32 copy of the tensor being stepped"))
+        rows.append(("master weights", 2 * largest * 4 / GiB,
+                     "none kept: stochastic rounding; fp32 copies of the stepped tensor and its gradient"))
     else:
         rows.append(("master weights", 0.0, "the fp32 parameters are the master copy"))
     if s.fused_step:

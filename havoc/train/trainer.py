@@ -168,7 +168,7 @@ class Trainer:
                 cu_seqlens=batch["cu_seqlens"].to(dev), max_seqlen=batch["max_seqlen"],
             )
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, float | None]:
         """One optimizer step (all its micro-batches); returns loss, lr, grad_norm."""
         t, o = self.cfg.train, self.cfg.optim
         lr = cosine_lr(self.step, lr=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps, total_steps=t.steps)
@@ -181,7 +181,7 @@ class Trainer:
             (loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
         total = distributed.mean_across_ranks(total)
-        grad_norm = float("nan")
+        grad_norm = None  # not computed when the step is fused into backward, or without clipping
         if o.fused_step:
             self.optimizer.step_count += 1  # every parameter already stepped inside backward
         else:
