@@ -345,3 +345,28 @@ def test_triton_kernels_track_the_reference_through_training_steps(monkeypatch):
     assert runs["reference"][0][-1] < runs["reference"][0][0]
     for (n, a), b in zip(runs["reference"][1].named_parameters(), runs["triton"][1].parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=5e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", ["adamw", "paged_adamw8bit"])
+def test_optimizer_state_round_trips_exactly_with_bf16_weights(name):
+    """Loading casts float states to the parameter's dtype; bf16 weights that step in fp32 (stochastic
+    rounding) must get their fp32 states back unrounded."""
+    torch.manual_seed(0)
+    params = [("w", torch.nn.Parameter(torch.randn(96, 64).bfloat16())),  # 8-bit states (>= 4096 values)
+              ("norm.weight", torch.nn.Parameter(torch.ones(64).bfloat16()))]  # 32-bit states
+    opt = ParamOptimizers(params, name, lr=1e-3, stochastic_rounding=True)
+    for _ in range(2):
+        for _, p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    saved = opt.state_dict()
+    fresh = ParamOptimizers(params, name, lr=1e-3, stochastic_rounding=True)
+    fresh.load_state_dict(saved)
+    for n, o in opt.optimizers.items():
+        a = next(iter(o.state.values()))
+        b = next(iter(fresh.optimizers[n].state.values()))
+        assert set(a) == set(b)
+        for key, value in a.items():
+            if torch.is_tensor(value):
+                assert value.dtype == b[key].dtype and torch.equal(value, b[key]), (n, key)
+    assert all(p.dtype == torch.bfloat16 for _, p in params)

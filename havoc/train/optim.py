@@ -141,7 +141,18 @@ class ParamOptimizers:
             )
         self.step_count = state["step_count"]
         for n, opt in self.optimizers.items():
-            opt.load_state_dict(_reshard(state["optimizers"][n], self.params[n]))
+            p = self.params[n]
+            # Optimizers cast loaded float states to the parameter's dtype. Stochastically rounded bf16
+            # parameters step as fp32 (their states are fp32): load them as fp32 too, or a resume would
+            # round the states to bf16 and drift from the uninterrupted run.
+            swap = self.stochastic_rounding and p.dtype == torch.bfloat16
+            if swap:
+                p.data = p.data.float()
+            try:
+                opt.load_state_dict(_reshard(state["optimizers"][n], p))
+            finally:
+                if swap:
+                    p.data = p.data.to(torch.bfloat16)  # exact: the values were bf16
             if self.name == "paged_adamw8bit":
                 _repage(opt)
 
