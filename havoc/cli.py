@@ -238,7 +238,12 @@ def cmd_memory(args: argparse.Namespace) -> int:
         if cfg.model.preset is not None:
             config = ModelConfig.from_preset(cfg.model.preset, **cfg.model.overrides)
         else:
-            config = ModelConfig.load(Path(cfg.model.init_from) / "config.json")
+            from havoc.errors import ConfigError
+
+            try:
+                config = ModelConfig.load(Path(cfg.model.init_from) / "config.json")
+            except ConfigError as e:
+                raise ConfigError(f"{args.config} starts from {cfg.model.init_from}, whose model config is needed: {e}") from None
         settings = settings_from_train_config(cfg)
     if args.batch_size:
         settings.batch_size = args.batch_size

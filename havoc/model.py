@@ -73,9 +73,6 @@ class Attention(nn.Module):
         H, KV = self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x).view(B, T, H + 2 * KV, self.head_dim)  # (B, T, H + 2 KV, head_dim)
         qk = ops.apply_rope(qkv[:, :, : H + KV], cos, sin)  # (B, T, H + KV, head_dim)
-        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, head_dim)
-        k = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, head_dim)
-        v = qkv[:, :, H + KV :].transpose(1, 2)  # (B, KV, T, head_dim)
         if varlen is not None:  # packed documents: each attends only within its own segment
             cu_seqlens, max_seqlen = varlen
             flat = (B * T, -1, self.head_dim)
@@ -84,6 +81,9 @@ class Attention(nn.Module):
                 cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True,
             )  # (B*T, H, head_dim)
             return self.wo(y.view(B, T, H * self.head_dim))
+        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, head_dim)
+        k = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, head_dim)
+        v = qkv[:, :, H + KV :].transpose(1, 2)  # (B, KV, T, head_dim)
         if cache is None:
             y = ops.attention(q, k, v, causal=True, key_mask=key_mask)  # (B, H, T, head_dim)
         else:  # the cache stores this step's K/V and attends over everything it holds
