@@ -1,4 +1,4 @@
-"""The `havoc` command line: env, pull, generate, chat, tool, dsl.
+"""The `havoc` command line: env, pull, generate, chat, tool, dsl, tokenizer train, train, memory.
 
 Errors that come from bad input (a missing model, an invalid flag value, a prompt longer than the
 context) print one line naming the problem and exit with status 2; no traceback.
@@ -193,6 +193,67 @@ def cmd_dsl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from havoc.tokenizer.train import TokenizerTrainConfig, load_tokenizer_config, train_tokenizer
+
+    overrides = {"output": args.output, "vocab_size": args.vocab_size, "max_sentences": args.max_sentences}
+    if args.config:
+        cfg = load_tokenizer_config(args.config, **overrides, **({"inputs": args.input} if args.input else {}))
+    else:
+        cfg = TokenizerTrainConfig(inputs=args.input or [], **{k: v for k, v in overrides.items() if v is not None})
+    tok = train_tokenizer(cfg)
+    print(f"wrote {cfg.output}: {tok.vocab_size} tokens")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from havoc.train.config import TrainConfig
+    from havoc.train.trainer import Trainer
+
+    cfg = TrainConfig.load(args.config)
+    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+    trainer.fit(stop_after=args.stop_after)
+    if trainer.rank == 0:
+        print(f"step {trainer.step}: checkpoints in {trainer.checkpoint_dir}"
+              + (f", model in {trainer.out_dir / 'final'}" if trainer.step == cfg.train.steps else ""))
+    if trainer.world_size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from havoc.config import PRESETS, ModelConfig
+    from havoc.train.config import TrainConfig
+    from havoc.train.memory import Settings, report, settings_from_train_config
+
+    if args.config in PRESETS:
+        config = ModelConfig.from_preset(args.config)
+        settings = settings_from_train_config(TrainConfig.load("phase1_pretrain_7b"))
+    else:
+        cfg = TrainConfig.load(args.config)
+        if cfg.model.preset is not None:
+            config = ModelConfig.from_preset(cfg.model.preset, **cfg.model.overrides)
+        else:
+            from havoc.errors import ConfigError
+
+            try:
+                config = ModelConfig.load(Path(cfg.model.init_from) / "config.json")
+            except ConfigError as e:
+                raise ConfigError(f"{args.config} starts from {cfg.model.init_from}, whose model config is needed: {e}") from None
+        settings = settings_from_train_config(cfg)
+    if args.batch_size:
+        settings.batch_size = args.batch_size
+    if args.seq_len:
+        settings.seq_len = args.seq_len
+    text, fits = report(config, settings, args.gpu_gb)
+    print(text)
+    return 0 if fits else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="havoc", description="havoc: a fast Llama-style decoder")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +296,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="draw every chart and analysis to FILE (.png/.svg; several get -lineN suffixes)")
     p.set_defaults(func=cmd_dsl)
+
+    p = sub.add_parser("tokenizer", help="tokenizer tools (phase 0)")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    p = tsub.add_parser("train", help="train a SentencePiece BPE tokenizer with havoc's special tokens")
+    p.add_argument("--config", default=None, help="a YAML tokenizer config or a shipped name (phase0_tokenizer_tiny)")
+    p.add_argument("--input", action="append", default=None, help="a text/JSONL file or glob (repeatable)")
+    p.add_argument("--output", default=None, help="the output folder")
+    p.add_argument("--vocab-size", type=int, default=None, help="vocabulary size (default 70000)")
+    p.add_argument("--max-sentences", type=int, default=None, help="lines sampled from the corpus at most")
+    p.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("train", help="train or fine-tune a model from a YAML run config (phases 1-3)")
+    p.add_argument("--config", required=True, help="a YAML run config or a shipped name (phase1_pretrain_tiny)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP", help="stop (with a checkpoint) at this step")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("memory", help="GPU memory budget of a training run, per component")
+    p.add_argument("--config", default="havoc-7b", help="a model preset (with phase1_pretrain_7b's settings) or a run config")
+    p.add_argument("--gpu-gb", type=float, default=24.0, help="the card's memory in GiB (default 24)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the micro-batch")
+    p.add_argument("--seq-len", type=int, default=None, help="override the sequence length")
+    p.set_defaults(func=cmd_memory)
     return parser
 
 

@@ -67,11 +67,20 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None,
         key_mask: torch.Tensor | None,
+        varlen: tuple[torch.Tensor, int] | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         H, KV = self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x).view(B, T, H + 2 * KV, self.head_dim)  # (B, T, H + 2 KV, head_dim)
         qk = ops.apply_rope(qkv[:, :, : H + KV], cos, sin)  # (B, T, H + KV, head_dim)
+        if varlen is not None:  # packed documents: each attends only within its own segment
+            cu_seqlens, max_seqlen = varlen
+            flat = (B * T, -1, self.head_dim)
+            y = ops.attention_varlen(
+                qk[:, :, :H].reshape(flat), qk[:, :, H:].reshape(flat), qkv[:, :, H + KV :].reshape(flat),
+                cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True,
+            )  # (B*T, H, head_dim)
+            return self.wo(y.view(B, T, H * self.head_dim))
         q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, head_dim)
         k = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, head_dim)
         v = qkv[:, :, H + KV :].transpose(1, 2)  # (B, KV, T, head_dim)
@@ -102,8 +111,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
-    def forward(self, x, cos, sin, cache, key_mask):
-        attn = self.attention(self.attention_norm(x), cos, sin, cache, key_mask)  # (B, T, dim)
+    def forward(self, x, cos, sin, cache, key_mask, varlen=None):
+        attn = self.attention(self.attention_norm(x), cos, sin, cache, key_mask, varlen)  # (B, T, dim)
         # h = x + attn and ffn_norm(h) as one op: one pass over the residual stream instead of two
         normed, h = ops.add_rms_norm(attn, x, self.ffn_norm.weight, self.ffn_norm.eps)
         return h + self.feed_forward(normed)
@@ -165,7 +174,16 @@ class HavocModel(nn.Module):
             h = h[:, -logits_to_keep:]
         return ops.linear(self.norm(h), self.lm_head_weight)  # (B, T', vocab)
 
-    def loss(self, tokens: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
+    def loss(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        ignore_index: int = -100,
+        positions: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int = 0,
+    ) -> torch.Tensor:
         """Mean cross-entropy of the logits at every position against `targets` (training).
 
         Goes through `ops.linear_cross_entropy`, whose fast path never materialises the (B, T, vocab)
@@ -175,14 +193,19 @@ class HavocModel(nn.Module):
             tokens: (B, T) int64 token ids.
             targets: (B, T) ids of the token that should follow each position; ignore_index where none.
             ignore_index: the target id that contributes nothing.
+            positions: (B, T) RoPE positions (packed documents restart at 0); default 0..T-1.
+            cu_seqlens: (S+1,) int32 cumulative segment lengths over the flattened B*T tokens: packed
+                documents attend only within their segment (`ops.attention_varlen`). None: causal rows.
+            max_seqlen: the longest segment (the CUDA kernel's grid); needed with cu_seqlens.
 
         Returns:
             The scalar loss, fp32.
         """
-        h = self.norm(self._trunk(tokens, None, None, None))  # (B, T, dim)
+        varlen = None if cu_seqlens is None else (cu_seqlens, max_seqlen)
+        h = self.norm(self._trunk(tokens, positions, None, None, varlen))  # (B, T, dim)
         return ops.linear_cross_entropy(h, self.lm_head_weight, targets, ignore_index=ignore_index)
 
-    def _trunk(self, tokens, positions, cache, attention_mask) -> torch.Tensor:
+    def _trunk(self, tokens, positions, cache, attention_mask, varlen=None) -> torch.Tensor:
         if tokens.dim() != 2:
             raise GenerationError(f"tokens must be (batch, seq_len), got shape {tuple(tokens.shape)}")
         B, T = tokens.shape
@@ -200,7 +223,7 @@ class HavocModel(nn.Module):
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (B, T, 1, rotary_dim): once, for every layer
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
-            h = layer(h, cos, sin, cache, key_mask)
+            h = layer(h, cos, sin, cache, key_mask, varlen)
         if cache is not None:
             cache.end()
         return h
