@@ -193,7 +193,8 @@ def cmd_dsl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_verification(result, stream=sys.stdout) -> None:
+def _print_verification(result, stream=None) -> None:
+    stream = stream or sys.stdout
     v = result.verification
     print(f"\nAnswer: {result.answer}", file=stream)
     print(f"Verification: {'PASSED' if v['passed'] else 'FAILED'} ({v['mode']}, {v['tool_calls']} tool calls, "

@@ -387,7 +387,8 @@ class _Run:
             self.say(f"<reason>Check {label}.</reason>\n")
         for attempt in range(attempts):
             if self.left < 8:
-                record["attempts"].append({"text": "", "json_valid": False, "problems": ["token budget exhausted"]})
+                record["attempts"].append({"text": "", "tokens": 0, "forced": 0, "json_valid": False, "executed": False,
+                                          "problems": ["token budget exhausted"]})
                 break
             branch = self.fork(self.ctx)
             branch.extend("<tool>")
