@@ -114,9 +114,9 @@ def test_jsonl_set_round_trip(tmp_path):
 
 def test_harness_runs_all_three_methods_at_one_budget(tiny_llm):
     rows = []
-    report = run_eval("ttest", llm=tiny_llm, max_new_tokens=30, limit=1, budget="LIGHT", on_row=rows.append)
+    report = run_eval("ttest", llm=tiny_llm, max_new_tokens=80, limit=1, budget="LIGHT", on_row=rows.append)
     assert [r["method"] for r in rows] == ["prime", "plain", "self_consistency"]
-    assert all(r["tokens"] <= 30 for r in rows)
+    assert all(r["tokens"] <= 80 for r in rows)
     prime = report["summary"]["prime"]
     assert prime["accuracy"] == 1.0  # right by recovery, whatever the random model wrote
     assert prime["verification_pass_rate"] == 1.0 and prime["tool_call_validity"] is not None

@@ -2,8 +2,8 @@
 
 Per task and method it records whether the answer is right (the expected figures, computed by the tools,
 appear in it to at least three significant digits; or the expected keywords do), the tokens the model
-generated and the seconds taken; for PRIME also whether the model's own tool calls were valid and whether
-verification passed. `format_table` prints the summary, `run_eval(...)["summary"]` is the JSON.
+generated and the seconds taken; for PRIME also the share of the model's own tool calls (first tries and
+re-generations) that were valid and matched the prompt, and whether verification passed. `format_table` prints the summary, `run_eval(...)["summary"]` is the JSON.
 
 Methods:
   - prime: `generate_with_prime` with the router's budget (or the one given);
@@ -87,12 +87,14 @@ def run_task(task: Task, method: str, llm, *, max_new_tokens: int, budget: str |
     row = {"id": task.id, "method": method}
     if method == "self_consistency":
         out = self_consistency(task.prompt, llm, max_new_tokens, samples, seed=seed)
-        row.update(answer=out["answer"], tokens=out["tokens"], tool_calls=0, tool_calls_valid=0, verified=None)
+        row.update(answer=out["answer"], tokens=out["tokens"], tool_calls=0, attempts=0, attempts_valid=0,
+                   verified=None)
     elif method in ("prime", "plain"):
         res = generate_with_prime(task.prompt, enable_prime=method == "prime", max_new_tokens=max_new_tokens,
                                   llm=llm, budget=budget, seed=seed, on_text=on_text)
         row.update(answer=res.answer, tokens=res.stats["generated_tokens"], budget=res.routing["budget"],
-                   tool_calls=res.verification["tool_calls"], tool_calls_valid=res.verification["model_calls_valid"],
+                   tool_calls=res.verification["tool_calls"], attempts=res.verification["model_attempts"],
+                   attempts_valid=res.verification["model_attempts_valid"],
                    verified=res.verification["passed"] if method == "prime" else None,
                    recovered=res.verification["recovered"])
     else:
@@ -108,12 +110,14 @@ def summarize(rows: Sequence[dict], methods: Sequence[str]) -> dict:
         rs = [r for r in rows if r["method"] == m]
         if not rs:
             continue
-        calls = sum(r["tool_calls"] for r in rs)
+        attempts = sum(r["attempts"] for r in rs)
         verified = [r["verified"] for r in rs if r["verified"] is not None]
         out[m] = {
             "tasks": len(rs),
             "accuracy": round(sum(r["correct"] for r in rs) / len(rs), 4),
-            "tool_call_validity": round(sum(r["tool_calls_valid"] for r in rs) / calls, 4) if calls else None,
+            # share of the tool calls the model wrote (first tries and re-generations) that were valid JSON
+            # under the schema, ran, and matched the prompt
+            "tool_call_validity": round(sum(r["attempts_valid"] for r in rs) / attempts, 4) if attempts else None,
             "verification_pass_rate": round(sum(verified) / len(verified), 4) if verified else None,
             "tokens_per_task": round(sum(r["tokens"] for r in rs) / len(rs), 1),
             "seconds_per_task": round(sum(r["seconds"] for r in rs) / len(rs), 2),

@@ -178,7 +178,7 @@ class Engine:
         """
         params = SamplingParams(max_new_tokens=max(1, max_tokens), temperature=temperature, seed=seed,
                                 repetition_penalty=repetition_penalty)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=self.cache.device).manual_seed(seed)
         matcher = self._matcher(schema) if schema is not None else None
         out: list[int] = []
         text, forced, finish = "", 0, "length"
@@ -203,11 +203,11 @@ class Engine:
             logits = ctx.logits[None, :].float()  # (1, V)
             if matcher is not None:
                 allowed = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
-                allowed = torch.from_numpy(allowed[: self.vocab_size].astype(bool))
+                allowed = torch.from_numpy(allowed[: self.vocab_size].astype(bool)).to(logits.device)
                 logits = logits.masked_fill(~allowed[None, :], float("-inf"))
             elif repetition_penalty != 1.0:
-                seen = torch.zeros(1, self.vocab_size, dtype=torch.bool)
-                seen[0, torch.tensor(ctx.ids)] = True
+                seen = torch.zeros(1, self.vocab_size, dtype=torch.bool, device=logits.device)
+                seen[0, torch.tensor(ctx.ids, device=logits.device)] = True
             tok = int(sample_next(logits, params, seen, gen)[0])
             if tok in self.stop_ids and (matcher is None or matcher.is_accepting()):
                 finish = "stop"
@@ -245,7 +245,7 @@ class Engine:
         """Decode several contexts together, one batched forward per step (free text, no schema)."""
         params = SamplingParams(max_new_tokens=max(1, max_tokens), temperature=temperature, seed=seed,
                                 repetition_penalty=repetition_penalty)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=self.cache.device).manual_seed(seed)
         outs: list[list[int]] = [[] for _ in contexts]
         texts = [""] * len(contexts)
         finish = ["length"] * len(contexts)
@@ -254,9 +254,9 @@ class Engine:
             logits = torch.stack([contexts[i].logits.float() for i in running])  # (R, V)
             seen = None
             if repetition_penalty != 1.0:
-                seen = torch.zeros(len(running), self.vocab_size, dtype=torch.bool)
+                seen = torch.zeros(len(running), self.vocab_size, dtype=torch.bool, device=logits.device)
                 for r, i in enumerate(running):
-                    seen[r, torch.tensor(contexts[i].ids)] = True
+                    seen[r, torch.tensor(contexts[i].ids, device=logits.device)] = True
             chosen = sample_next(logits, params, seen, gen).tolist()
             step, keep = [], []
             for i, tok in zip(running, chosen):

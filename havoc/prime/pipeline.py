@@ -50,7 +50,8 @@ class PrimeResult:
     Attributes:
         prompt: the request.
         answer: the final answer (figures from the tools).
-        text: everything the model showed (reasoning, calls, results, debate), then the answer.
+        text: everything shown (reasoning, calls, results, debate), then "Answer: ..." (PRIME runs; a
+            direct run's text is the model's answer).
         generated_ids: token ids of the assistant turn as the model's context holds it (its own tokens
             and the tool results fed back).
         workspace: facts, partial results, constraints and flags, each with its source.
@@ -262,9 +263,9 @@ class _Run:
         self.generated += len(g.ids)
         return g
 
-    def reason(self, sub: Subgoal, n: int | None = None) -> str:
+    def reason(self, sub: Subgoal, n: int | None = None, lead: str = "") -> str:
         n = REASON_TOKENS.get(self.route.budget, 24) if n is None else n
-        self.say(f"<reason>Step {sub.id}, {sub.goal}: ")
+        self.say(f"<reason>Step {sub.id}, {sub.goal}: {lead}")
         g = self.gen(self.ctx, n, temperature=self.temperature, stop=("</reason>", "<tool>", "<result>", "\n\n"),
                      repetition_penalty=1.1, on_text=self.emit)
         self.say("</reason>\n")
@@ -290,6 +291,8 @@ class _Run:
             self.free_all()
         verification = self.verify(answer, direct)
         text = "".join(self.pieces)
+        if not direct:
+            text += f"\nAnswer: {answer}\n"
         stats = {"generated_tokens": self.generated, "computed_tokens": self.engine.computed_tokens - computed0,
                  "seconds": round(time.perf_counter() - t0, 3), "budget_left": self.left}
         routing = self.route.to_dict()
@@ -337,7 +340,12 @@ class _Run:
         for sub in graph.order():
             sub.inputs = {d: graph[d].outputs.get("summary", graph[d].outputs.get("reason", "")) for d in sub.deps}
             if sub.kind == "read":
-                sub.outputs = {"reason": self.reason(sub), "facts": {k: task.args[k] for k in task.data_keys if k in task.args}}
+                # GROUND: PRIME states what it read from the prompt (with its provenance in the workspace);
+                # the model reasons on from there.
+                facts = {k: task.args[k] for k in task.data_keys if k in task.args}
+                lead = "; ".join(f"{k} = {json.dumps(v, separators=(',', ':'))}" for k, v in facts.items())
+                lead = f"the prompt gives {lead}. " if lead else ""
+                sub.outputs = {"reason": self.reason(sub, lead=lead), "facts": facts}
             elif sub.kind in ("compute", "retrieve"):
                 sub.outputs["reason"] = self.reason(sub) if sub.kind == "compute" else ""
                 record = self.chrono(sub) if sub.chrono else self.tool_step(sub, task.tool, task.operation, task.args,
@@ -529,9 +537,13 @@ class _Run:
         checks.append({"name": "json_valid", "passed": all(a["json_valid"] for a in model_attempts),
                        "detail": f"{sum(a['json_valid'] for a in model_attempts)}/{len(model_attempts)} model calls parsed "
                                  "as JSON under the schema"})
-        wrong = [f"call {i}: {p[0]}" for i, p in problems_by_call if p]
-        checks.append({"name": "args_match_prompt", "passed": not wrong,
-                       "detail": "; ".join(wrong) if wrong else "every argument matches the prompt"})
+        # The executed arguments are the model's only when they passed the check; otherwise the prompt's.
+        failed = [f"call {c['index']}" for c in self.calls if c["resolution"] == "failed"]
+        caught = [f"call {i}: {p[0]}" for i, p in problems_by_call if p]
+        detail = (f"no arguments for {', '.join(failed)}" if failed else "the executed arguments match the prompt")
+        if caught:
+            detail += "; caught in the model's calls: " + "; ".join(caught)
+        checks.append({"name": "args_match_prompt", "passed": not failed, "detail": detail})
         checks.append({"name": "answer_traceable", "passed": not untraced,
                        "detail": f"untraced numbers: {', '.join(untraced)}" if untraced else
                        "every number in the answer traces to a tool result or the prompt"})
@@ -541,5 +553,7 @@ class _Run:
         passed = bool(answer) and not untraced and (direct or (delivered and bool(self.calls)))
         return {"passed": passed, "checks": checks, "recovered": recovered, "untraced_numbers": untraced,
                 "tool_calls": len(self.calls),
-                "model_calls_valid": sum(1 for c in self.calls if c["resolution"] == "model"),
+                "model_calls_valid": sum(1 for c in self.calls if c["resolution"] in ("model", "regenerated")),
+                "model_attempts": len(model_attempts),
+                "model_attempts_valid": sum(1 for a in model_attempts if not a["problems"]),
                 "mode": "direct" if direct else "prime"}
