@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from havoc.errors import PrimeError
 from havoc.eval.sets import Task, TaskSet, expected, get_set
+from havoc.prime.parse import NUMBER_RE
 from havoc.prime.verify import traces_to
 
 METHODS = ("prime", "plain", "self_consistency")
@@ -32,12 +33,10 @@ def _sig_digits(shown: str) -> int:
 
 def is_correct(answer: str, want: dict) -> bool:
     """Whether `answer` carries the expected figures (each to >= 3 significant digits, or exactly) or keywords."""
-    from havoc.prime.parse import _NUMBER_RE
-
     if "keywords" in want:
         low = answer.lower()
         return all(k.lower() in low for k in want["keywords"])
-    shown = [m.group(0).lstrip("+") for m in _NUMBER_RE.finditer(answer)]
+    shown = [m.group(0).lstrip("+") for m in NUMBER_RE.finditer(answer)]
     for value in want["figures"].values():
         ok = False
         for s in shown:

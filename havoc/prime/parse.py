@@ -12,12 +12,11 @@ model's own call is all there is.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 NUMBER = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
-_NUMBER_RE = re.compile(rf"(?<![A-Za-z_\d.]){NUMBER}")
+NUMBER_RE = re.compile(rf"(?<![A-Za-z_\d.]){NUMBER}")
 _LIST_RE = re.compile(rf"[\[(]\s*({NUMBER}(?:\s*[,;]\s*{NUMBER})+)\s*[\])]")
 _NAMED_LIST_RE = re.compile(rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*[=:]\s*[\[(]\s*({NUMBER}(?:\s*[,;]\s*{NUMBER})+)\s*[\])]")
 _FACTOR_RANGE_RE = re.compile(rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*\(\s*({NUMBER})\s*,\s*({NUMBER})\s*\)")
@@ -32,7 +31,7 @@ def numbers_in(text: str) -> list[float]:
     Hyphenated words such as "t-test" or "2-sided" do not produce negative numbers.
     """
     out = []
-    for m in _NUMBER_RE.finditer(text):
+    for m in NUMBER_RE.finditer(text):
         s = m.group(0)
         start = m.start()
         if s[0] == "-" and start > 0 and text[start - 1].isalnum():
@@ -244,7 +243,3 @@ def read_task(prompt: str) -> TaskSpec:
         return done("definition", "rag_helper", {"query": prompt.strip(), "top_k": 1}, (), m.group(0).split()[0])
     return spec
 
-
-def close(a: float, b: float, rel: float = 1e-9) -> bool:
-    """Whether two numbers are equal up to floating-point noise."""
-    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)

@@ -21,7 +21,7 @@ from typing import Any
 
 from havoc.errors import PrimeError
 from havoc.prime.answer import summarize
-from havoc.prime.engine import Context, Engine
+from havoc.prime.engine import Context, Engine, Generated
 from havoc.prime.graph import OperatorGraph, Subgoal, build_graph
 from havoc.prime.router import Route, RouterConfig, route
 from havoc.prime.verify import check_args, numeric_leaves, untraced_numbers
@@ -255,8 +255,6 @@ class _Run:
     def gen(self, ctx: Context, n: int, **kwargs):
         n = max(0, min(n, self.left))
         if n == 0:
-            from havoc.prime.engine import Generated
-
             return Generated([], "", "length")
         g = self.engine.generate(ctx, n, seed=self.seed + len(self.calls) + self.generated, **kwargs)
         self.left -= len(g.ids)

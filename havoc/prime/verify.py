@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from havoc.prime.parse import numbers_in
+from havoc.prime.parse import NUMBER_RE, numbers_in
 
 # Arguments that are settings, not data: their values need not appear in the prompt.
 SETTINGS = {"alpha", "top_k", "seed", "randomize", "replicates", "order", "degree", "intercept", "interaction",
@@ -70,11 +70,9 @@ def traces_to(shown: str, value: float) -> bool:
 
 def untraced_numbers(text: str, sources: Iterable[float]) -> list[str]:
     """The numbers written in `text` that trace to none of `sources` (see `traces_to`)."""
-    from havoc.prime.parse import _NUMBER_RE
-
     pool = list(sources)
     out = []
-    for m in _NUMBER_RE.finditer(text):
+    for m in NUMBER_RE.finditer(text):
         shown = m.group(0)
         if shown[0] == "-" and m.start() > 0 and text[m.start() - 1].isalnum():
             shown = shown[1:]
