@@ -342,3 +342,15 @@ def test_pipeline_bad_input(tiny_llm, kwargs, msg):
     args = {"prompt": TTEST, "llm": tiny_llm, **kwargs}
     with pytest.raises(PrimeError, match=msg):
         generate_with_prime(**args)
+
+
+def test_arguments_schema_names_what_is_wrong():
+    from havoc.errors import ToolError
+
+    reg = default_registry()
+    assert reg.arguments_schema("statistics", "t_test")["properties"]["operation"] == {"const": "t_test"}
+    assert reg.arguments_schema("rag_helper")["required"] == ["query"]
+    with pytest.raises(ToolError, match="unknown tool"):
+        reg.arguments_schema("nope")
+    with pytest.raises(ToolError, match="no operation 'fly'"):
+        reg.arguments_schema("statistics", "fly")
