@@ -354,3 +354,11 @@ def test_arguments_schema_names_what_is_wrong():
         reg.arguments_schema("nope")
     with pytest.raises(ToolError, match="no operation 'fly'"):
         reg.arguments_schema("statistics", "fly")
+
+
+def test_check_args_compares_text_up_to_case_space_and_final_punctuation():
+    task = read_task("What is a p-value?")
+    assert check_args({"query": "what is a p-value"}, task.args, task.data_keys, task.numbers) == []
+    assert check_args({"query": "What is a t-test?"}, task.args, task.data_keys, task.numbers)
+    calc = read_task("What is 17*23+4?")
+    assert check_args({"operation": "evaluate", "expression": "17 * 23 + 4"}, calc.args, calc.data_keys, calc.numbers) == []

@@ -240,6 +240,7 @@ def read_task(prompt: str) -> TaskSpec:
     # --- definitions -----------------------------------------------------------------------------------
     m = re.match(r"\s*(?:what\s+(?:is|are|does)|define|explain|describe|what's)\s+(.+?)[?.!]*\s*$", low)
     if m:
-        return done("definition", "rag_helper", {"query": prompt.strip(), "top_k": 1}, (), m.group(0).split()[0])
+        # the query is the question itself: a model's paraphrase would be retrieval on unchecked text
+        return done("definition", "rag_helper", {"query": prompt.strip(), "top_k": 1}, ("query",), m.group(0).split()[0])
     return spec
 

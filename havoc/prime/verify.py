@@ -11,6 +11,7 @@ Three checks, each reported with what failed:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -96,7 +97,13 @@ def _same(a: Any, b: Any) -> bool:
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, str) and isinstance(b, str):  # "17 * 23+4" is "17*23+4"; "What is X?" is "what is x"
+        return _plain(a) == _plain(b)
     return a == b
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\s+", "", text.lower()).rstrip(".?!")
 
 
 def check_args(args: Any, reference: dict | None, data_keys: Iterable[str], prompt_numbers: list[float]) -> list[str]:
