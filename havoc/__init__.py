@@ -25,6 +25,7 @@ from havoc.errors import (
     GenerationError,
     HavocError,
     ModelNotFoundError,
+    PrimeError,
     PullError,
     TokenizerError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "HavocModel",
     "ModelConfig",
     "ModelNotFoundError",
+    "PrimeError",
     "PullError",
     "SamplingParams",
     "Tokenizer",

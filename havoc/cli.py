@@ -1,4 +1,5 @@
-"""The `havoc` command line: env, pull, generate, chat, tool, dsl, tokenizer train, train, memory.
+"""The `havoc` command line: ask (PRIME, the main job), eval, env, pull, generate, chat, tool, dsl,
+tokenizer train, train, memory.
 
 Errors that come from bad input (a missing model, an invalid flag value, a prompt longer than the
 context) print one line naming the problem and exit with status 2; no traceback.
@@ -254,9 +255,102 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0 if fits else 1
 
 
+def _print_verification(result, stream=None) -> None:
+    stream = stream or sys.stdout
+    v = result.verification
+    print(f"\nAnswer: {result.answer}", file=stream)
+    print(f"Verification: {'PASSED' if v['passed'] else 'FAILED'} ({v['mode']}, {v['tool_calls']} tool calls, "
+          f"{v['model_calls_valid']} as the model wrote them)", file=stream)
+    for c in v["checks"]:
+        print(f"  {c['name']}: {'ok' if c['passed'] else 'FAIL'} - {c['detail']}", file=stream)
+    for r in v["recovered"]:
+        print(f"  recovered: {r}", file=stream)
+    s = result.stats
+    print(f"[{s['generated_tokens']} tokens generated, {s['computed_tokens']} computed, {s['seconds']:.1f} s]", file=stream)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from havoc.prime import generate_with_prime, route
+
+    the_route = route(args.prompt, budget=args.budget)  # validates prompt and budget before loading the model
+    llm = _load(args)
+    if args.json:
+        result = generate_with_prime(args.prompt, enable_prime=not args.no_prime, max_new_tokens=args.max_new_tokens,
+                                     temperature=args.temperature, llm=llm, budget=args.budget, seed=args.seed or 0)
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    if args.no_prime:
+        print("[route] PRIME disabled: the model answers directly", flush=True)
+    else:
+        r = the_route.to_dict()
+        print(f"[route] {r['budget']} · {r['task_type']} · " + "; ".join(r["reasons"]), flush=True)
+    result = generate_with_prime(args.prompt, enable_prime=not args.no_prime, max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature, llm=llm, budget=args.budget, seed=args.seed or 0,
+                                 on_text=lambda piece: print(piece, end="", flush=True))
+    _print_verification(result)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from havoc.eval import format_table, get_set, list_sets, run_eval
+
+    if args.list:
+        for name in list_sets():
+            ts = get_set(name)
+            print(f"{name:12} {len(ts):3} tasks  {ts.description}")
+        return 0
+    from havoc.errors import PrimeError
+
+    if not args.set:
+        raise PrimeError(f"name a task set: {', '.join(list_sets())}, or a .json file")
+    task_set = get_set(args.set)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    llm = _load(args)
+
+    def progress(row: dict) -> None:
+        print(f"  {row['id']:16} {row['method']:17} {'right' if row['correct'] else 'wrong':5} "
+              f"{row['tokens']:4} tok {row['seconds']:6.1f} s", file=sys.stderr, flush=True)
+
+    report = run_eval(task_set, llm=llm, methods=methods, max_new_tokens=args.max_new_tokens, budget=args.budget,
+                      samples=args.samples, seed=args.seed or 0, limit=args.limit, on_row=progress)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, ensure_ascii=False)
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_table(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="havoc", description="havoc: a fast Llama-style decoder")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ask", help="answer with PRIME: visible reasoning, tool calls, a verified answer (the main job)")
+    p.add_argument("prompt", help="the question, e.g. 'Compare two groups using t-test: [1,2,3] vs [2,3,4]'")
+    _add_model_args(p)
+    p.add_argument("--budget", default=None, type=str.upper, choices=["MICRO", "LIGHT", "MEDIUM", "HEAVY"],
+                   help="reasoning budget (default: the router's choice)")
+    p.add_argument("--no-prime", action="store_true", help="the model alone: no routing, tools or verification")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON at the end (no streaming)")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=384, help="tokens the model may generate in all (default 384)")
+    p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("eval", help="measure PRIME against plain generation and self-consistency on a task set")
+    p.add_argument("set", nargs="?", help="a task set: ttest, anova, regression, doe, spc, definitions, arithmetic, "
+                                          "smoke (all), or a .json/.jsonl file")
+    _add_model_args(p)
+    p.add_argument("--methods", default="prime,plain,self_consistency", help="comma-separated (default: all three)")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=256, help="token budget per task and method (default 256)")
+    p.add_argument("--budget", default=None, type=str.upper, choices=["MICRO", "LIGHT", "MEDIUM", "HEAVY"],
+                   help="force PRIME's budget")
+    p.add_argument("--samples", type=int, default=3, help="self-consistency samples (default 3)")
+    p.add_argument("--limit", type=int, default=None, help="run only the first N tasks")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON instead of the table")
+    p.add_argument("--output", "-o", default=None, help="also write the JSON report to this file")
+    p.add_argument("--list", action="store_true", help="list the task sets")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("env", help="print versions, build flags and which fast paths are active")
     p.add_argument("--json", action="store_true", help="machine-readable output")

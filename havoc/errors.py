@@ -52,3 +52,7 @@ class DSLError(ToolError):
         super().__init__(f"line {line}, column {column}: {message}")
         self.line = line
         self.column = column
+
+
+class PrimeError(HavocError, ValueError):
+    """PRIME (routing, reasoning, evaluation) was given input it cannot work with."""

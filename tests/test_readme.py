@@ -17,7 +17,8 @@ def test_readme_has_exactly_two_one_line_commands():
     assert len(commands) == 2
     assert all("\n" not in c for c in commands)
     main_job, tests = commands
-    assert "havoc generate" in main_job and "pip install ." in main_job
+    assert main_job.split("&&")[-1].strip().startswith("havoc ask ")  # the main job is PRIME answering
+    assert 'pip install ".[tools]"' in main_job
     assert tests.endswith("pytest") and '".[test]"' in tests
 
 

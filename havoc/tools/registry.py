@@ -173,6 +173,21 @@ class ToolRegistry:
         """Registered tool names, sorted."""
         return sorted(self._tools)
 
+    def arguments_schema(self, name: str, variant: str | None = None) -> dict:
+        """The JSON schema of a tool's arguments; for a discriminated tool, that of one `variant` (operation).
+
+        Raises:
+            ToolError: an unknown tool or variant.
+        """
+        spec = self._tools.get(name)
+        if spec is None:
+            raise ToolError(f"unknown tool {name!r}; known tools: {', '.join(self.names())}")
+        if spec.discriminator is None:
+            return spec.schema
+        if variant not in spec.schema:
+            raise ToolError(f"tool {name!r} has no {spec.discriminator} {variant!r}; choose one of {', '.join(sorted(spec.schema))}")
+        return spec.schema[variant]
+
     def describe(self) -> list[dict]:
         """[{"name", "description", "parameters"}] for every tool: what a prompt shows the model."""
         return [{"name": s.name, "description": s.description, "parameters": s.parameters()}

@@ -1,0 +1,63 @@
+"""The answer's wording, built from tool results: every figure in it is a tool's, never the model's.
+
+`summarize(tool, operation, result)` gives the line fed back into the model's context after a call and
+the final answer's figures; `fmt` writes numbers to four significant digits (what verification traces).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fmt(v: Any) -> str:
+    """A number to 4 significant digits (-1.0 -> "-1", 0.346593 -> "0.3466"); other values as str."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if float(v).is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.4g}"
+
+
+def summarize(tool: str, operation: str | None, result: dict, args: dict | None = None) -> str:
+    """One or two sentences with the result's key figures and the tool's own interpretation.
+
+    Args:
+        tool, operation: the call's tool and operation.
+        result: the tool's result.
+        args: the call's arguments (an evaluated expression is shown as written).
+    """
+    r = result
+    interp = r.get("interpretation", "")
+    if tool == "statistics" and operation == "t_test":
+        head = f"{r.get('test', 't-test')}: t = {fmt(r['statistic'])}, df = {fmt(r['df'])}, p = {fmt(r['p_value'])}"
+    elif tool == "statistics" and operation in ("anova", "tukey_hsd") and "f" in r:
+        within = next((row for row in r.get("table", []) if row.get("source") == "within"), {})
+        between = next((row for row in r.get("table", []) if row.get("source") == "between"), {})
+        head = (f"one-way ANOVA: F({fmt(between.get('df'))}, {fmt(within.get('df'))}) = {fmt(r['f'])}, "
+                f"p = {fmt(r['p_value'])}")
+    elif tool == "statistics" and operation == "regression":
+        terms = ", ".join(f"{c['name']} {fmt(c['estimate'])}" for c in r.get("coefficients", []))
+        head = f"OLS fit: coefficients {terms}; R² = {fmt(r['r_squared'])}"
+    elif tool == "statistics" and operation == "describe":
+        head = f"n = {fmt(r['n'])}, mean = {fmt(r['mean'])}, sd = {fmt(r['sd'])}, median = {fmt(r['median'])}"
+    elif tool == "dsl_executor" and "n_runs" in r:
+        names = ", ".join(f["name"] for f in r.get("factors", []))
+        head = f"{r['design'].replace('_', ' ')} design: {fmt(r['n_runs'])} runs for factors {names}"
+    elif tool == "dsl_executor" and "charts" in r:
+        head = "; ".join(f"{c['chart']} chart: center {fmt(c['center'])}, UCL {fmt(c['ucl'])}, LCL {fmt(c['lcl'])}"
+                         for c in r["charts"])
+    elif tool == "symbolic":
+        if r.get("operation") == "evaluate":
+            return f"{(args or {}).get('expression', r.get('expression'))} = {r.get('result')}."
+        head = ""
+    elif tool == "rag_helper":
+        hits = r.get("results", [])
+        if not hits:
+            return "The knowledge corpus has no passage on this."
+        top = hits[0]
+        return f"{top['text']} (source: {top['source']}, \"{top['heading']}\")"
+    else:
+        head = ""
+    if head and interp:
+        return f"{head}. {interp}."
+    return f"{head or interp}."

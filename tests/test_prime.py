@@ -1,0 +1,364 @@
+"""PRIME without the real checkpoint: the prompt reading, router, graph, verification, workspace, and the
+whole pipeline driven by a tiny random-weight model (byte-level BPE, chat template) written as a GGUF.
+
+A random model writes nonsense, which is the point: its tool calls, decoded under the schema, must still
+be well-formed JSON, and the pipeline must still answer right by verifying and recovering them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+
+from havoc.errors import PrimeError
+from havoc.prime import (
+    Engine,
+    OperatorGraph,
+    RouterConfig,
+    Subgoal,
+    Workspace,
+    build_graph,
+    generate_with_prime,
+    numbers_in,
+    read_task,
+    route,
+)
+from havoc.prime.answer import fmt, summarize
+from havoc.prime.pipeline import engine_for, narrow
+from havoc.prime.verify import check_args, traces_to, untraced_numbers
+from havoc.tools import default_registry
+
+from .gguf_files import write_tiny_gguf
+
+TTEST = "Compare two groups using t-test: [1,2,3,4,5] vs [2,3,4,5,6]"
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    from havoc.llm import LLM
+
+    path = write_tiny_gguf(tmp_path_factory.mktemp("prime") / "tiny.gguf", meta={"llama.context_length": 8192})
+    return LLM.load(path)
+
+
+# ------------------------------------------------------------------------------------------ reading
+def test_numbers_in_reads_signs_but_not_hyphens():
+    assert numbers_in("t-test of 2-sided data: -1.5, 3e2 and .5") == [2, -1.5, 300, 0.5]
+    assert numbers_in("no digits here") == []
+
+
+@pytest.mark.parametrize("prompt,tool,args", [
+    (TTEST, "statistics", {"operation": "t_test", "kind": "two_sample", "x": [1, 2, 3, 4, 5], "y": [2, 3, 4, 5, 6]}),
+    ("Paired t-test: before [1.5, 2] after [1, 2.5]", "statistics",
+     {"operation": "t_test", "kind": "paired", "x": [1.5, 2], "y": [1, 2.5]}),
+    ("Welch t test [1,2,3] vs (4, 5, 6.5)", "statistics",
+     {"operation": "t_test", "kind": "welch", "x": [1, 2, 3], "y": [4, 5, 6.5]}),
+    ("One-sample t-test of [5.1, 4.9, 5.3] against mean = 5", "statistics",
+     {"operation": "t_test", "kind": "one_sample", "x": [5.1, 4.9, 5.3], "mu": 5}),
+    ("ANOVA: [1,2], [3,4], [5,6]", "statistics", {"operation": "anova", "groups": [[1, 2], [3, 4], [5, 6]]}),
+    ("Regression with y = [3, 5, 7] and x = [1, 2, 3]", "statistics",
+     {"operation": "regression", "y": [3, 5, 7], "predictors": {"x": [1, 2, 3]}}),
+    ("What is the mean of [4, 8, 15]?", "statistics", {"operation": "describe", "data": [4, 8, 15]}),
+    ("Box-Behnken design for Temp(100, 200), Time(1, 5), Speed(10, 30) with 2 center points", "dsl_executor",
+     {"operation": "box_behnken", "factors": [{"name": "Temp", "low": 100, "high": 200},
+                                              {"name": "Time", "low": 1, "high": 5},
+                                              {"name": "Speed", "low": 10, "high": 30}], "randomize": False,
+      "center": 2}),
+    ("Plackett-Burman design for 11 factors in 12 runs", "dsl_executor",
+     {"operation": "plackett_burman", "factors": [{"name": chr(65 + i), "low": -1, "high": 1} for i in range(11)],
+      "randomize": False, "runs": 12}),
+    ("p chart of defectives [3, 4, 2] with 50 units inspected", "dsl_executor",
+     {"operation": "control_chart", "chart": "p", "data": [3, 4, 2], "n": 50}),
+    ("Control chart constants for subgroup size 4", "dsl_executor", {"operation": "constants", "n": 4}),
+    ("Capability of [9.9, 10.1, 10, 10.2] with LSL = 9.5 and USL = 10.5", "dsl_executor",
+     {"operation": "capability", "data": [9.9, 10.1, 10, 10.2], "lsl": 9.5, "usl": 10.5}),
+    ("What is (3+4)*(2-1)?", "symbolic", {"operation": "evaluate", "expression": "(3+4)*(2-1)"}),
+    ("What is 2^10 - 24?", "symbolic", {"operation": "evaluate", "expression": "2^10 - 24"}),
+    ("Solve x^2 - 4 = 0", "symbolic", {"operation": "solve", "equation": "x^2 - 4 = 0"}),
+    ("What is a p-value?", "rag_helper", {"query": "What is a p-value?", "top_k": 1}),
+])
+def test_read_task(prompt, tool, args):
+    task = read_task(prompt)
+    assert task.tool == tool
+    assert task.args == args
+
+
+def test_read_task_leaves_general_prompts_alone():
+    task = read_task("Tell me a story about a cat")
+    assert task.tool is None and task.task_type == "general"
+
+
+# ------------------------------------------------------------------------------------------ router
+def test_router_budgets_and_reasons():
+    r = route(TTEST)
+    assert (r.budget, r.task_type) == ("MEDIUM", "statistics")
+    assert any("compare" in x for x in r.reasons) and any("t-test" in x for x in r.reasons)
+    assert route("Hi there").budget == "MICRO"
+    assert route("What is 17*23+4?").budget == "LIGHT"
+    long = TTEST + " Explain why, check the assumptions carefully and recommend what to do. Is it significant?"
+    assert route(long).budget == "HEAVY"
+
+
+def test_router_thresholds_are_configurable_and_budget_can_be_forced():
+    assert route(TTEST, RouterConfig(medium=5, heavy=6)).budget == "LIGHT"
+    assert route(TTEST, RouterConfig(light=0.5, medium=0.5, heavy=1)).budget == "HEAVY"
+    forced = route(TTEST, budget="heavy")
+    assert forced.budget == "HEAVY" and forced.forced and "MEDIUM" in forced.reasons[-1]
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"prompt": ""}, "empty"), ({"prompt": "   "}, "empty"), ({"prompt": "x", "budget": "HUGE"}, "unknown budget"),
+    ({"prompt": None}, "empty"),
+])
+def test_router_bad_input(kwargs, msg):
+    with pytest.raises(PrimeError, match=msg):
+        route(**kwargs)
+
+
+def test_router_config_bad_values():
+    with pytest.raises(PrimeError, match="light <= medium"):
+        RouterConfig(light=3, medium=2)
+    with pytest.raises(PrimeError, match="number >= 0"):
+        RouterConfig(heavy=float("nan"))
+    with pytest.raises(PrimeError, match="number >= 0"):
+        RouterConfig(tool_weight=-1)
+
+
+# ------------------------------------------------------------------------------------------ graph
+def test_graph_grows_with_the_budget():
+    light = build_graph(route(TTEST, budget="LIGHT"))
+    assert 1 <= len(light) <= 3 and [s.kind for s in light.order()] == ["read", "compute", "conclude"]
+    medium = build_graph(route(TTEST, budget="MEDIUM"))
+    kinds = [s.kind for s in medium.order()]
+    assert {"check", "argue", "synthesize"} <= set(kinds) and len(medium) > 3
+    order = [s.id for s in medium.order()]
+    for s in medium.subgoals:
+        assert all(order.index(d) < order.index(s.id) for d in s.deps)
+    heavy = build_graph(route(TTEST, budget="HEAVY"))
+    assert any(s.chrono for s in heavy.subgoals)
+    assert [s.kind for s in build_graph(route("Hi there")).subgoals] == ["respond"]
+
+
+def test_graph_refuses_cycles_and_unknown_deps():
+    with pytest.raises(PrimeError, match="cycle"):
+        OperatorGraph([Subgoal("a", "read", "x", deps=["b"]), Subgoal("b", "read", "y", deps=["a"])])
+    with pytest.raises(PrimeError, match="unknown subgoal"):
+        OperatorGraph([Subgoal("a", "read", "x", deps=["zz"])])
+    with pytest.raises(PrimeError, match="repeat"):
+        OperatorGraph([Subgoal("a", "read", "x"), Subgoal("a", "read", "y")])
+
+
+# ------------------------------------------------------------------------------------------ verification
+def test_traces_to_respects_the_digits_shown():
+    assert traces_to("0.3466", 0.34659350708733416) and traces_to("0.347", 0.34659350708733416)
+    assert not traces_to("0.35", 0.3) and not traces_to("0.3467", 0.34659350708733416)
+    assert traces_to("-1", -1.0) and not traces_to("1", 1.4)  # short integers must be exact
+    assert traces_to("5772", 5771.571) and traces_to("95", 0.95)  # percentages
+
+
+def test_untraced_numbers_flags_made_up_figures():
+    sources = [-1.0, 8, 0.34659350708733416]
+    assert untraced_numbers("t = -1, df = 8, p = 0.3466", sources) == []
+    assert untraced_numbers("t = -2.236, p = 0.048", sources) == ["-2.236", "0.048"]
+
+
+def test_check_args_against_the_prompt():
+    task = read_task(TTEST)
+    good = dict(task.args)
+    assert check_args(good, task.args, task.data_keys, task.numbers) == []
+    wrong = {**good, "y": [2, 3, 4, 5]}
+    assert "y is" in check_args(wrong, task.args, task.data_keys, task.numbers)[0]
+    invented = {**good, "mu": 7}
+    assert any("mu = 7" in p for p in check_args(invented, task.args, task.data_keys, task.numbers))
+    assert check_args({**good, "alpha": 0.01}, task.args, task.data_keys, task.numbers) == []  # a setting
+    assert check_args(None, task.args, task.data_keys, task.numbers) == ["the arguments are not a JSON object"]
+    # without a reading of the prompt, only the numbers are checked
+    assert check_args({"x": [1, 2, 9]}, None, (), task.numbers) == ["x[2] = 9 is not a number the prompt states"]
+
+
+def test_narrow_bounds_array_lengths_only():
+    schema = default_registry().arguments_schema("statistics", "anova")
+    narrowed = narrow(schema, [[1, 2, 3], [4, 5]])
+    branches = narrowed["properties"]["groups"]["oneOf"]
+    assert branches[1]["maxItems"] == 2 and branches[1]["items"]["maxItems"] == 3
+    assert narrow(schema, []) is schema
+
+
+def test_workspace_provenance_and_compression():
+    ws = Workspace()
+    ws.add("fact", "x", [1, 2], "prompt")
+    ws.add("partial", "s2.1", {"t": -1}, "tool:statistics#1", "s2")
+    ws.add("flag", "call1", "taken from the prompt", "recovered:prompt")
+    small = ws.compress(["s2.1"])
+    assert small == {"facts": {"x": [1, 2]}, "results": {"s2.1": {"value": {"t": -1}, "source": "tool:statistics#1"}},
+                     "flags": ["taken from the prompt"]}
+    with pytest.raises(ValueError, match="kind"):
+        ws.add("opinion", "k", 1, "me")
+
+
+def test_answer_figures_come_from_the_result():
+    res = default_registry().execute("statistics", read_task(TTEST).args)["result"]
+    text = summarize("statistics", "t_test", res)
+    assert "t = -1, df = 8, p = 0.3466" in text
+    assert fmt(-1.0) == "-1" and fmt(0.34659350708733416) == "0.3466" and fmt("x") == "x"
+
+
+# ------------------------------------------------------------------------------------------ engine
+def test_schema_decoding_from_random_weights_is_always_valid_json(tiny_llm):
+    engine = Engine.from_llm(tiny_llm, num_blocks=64)
+    args_schema = narrow(default_registry().arguments_schema("statistics", "t_test"), [[1, 2, 3, 4, 5]])
+    schema = {"type": "object", "properties": {"tool": {"const": "statistics"}, "args": args_schema},
+              "required": ["tool", "args"], "additionalProperties": False}
+    closed = 0
+    for seed in range(4):
+        ctx = engine.start("<|im_start|>user\nt-test<|im_end|>\n<|im_start|>assistant\n<tool>")
+        g = engine.generate(ctx, 200, temperature=1.0, seed=seed, schema=schema)
+        if g.finish == "stop":
+            closed += 1
+            call = json.loads(g.text)
+            jsonschema.validate(call, schema)  # the grammar's language is inside the schema's
+            assert g.forced > 0  # the keys were forced, not sampled
+        ctx.free()
+    assert closed >= 2
+    assert len(engine.cache) == 0
+
+
+def test_forks_share_the_prompt_and_match_a_fresh_context(tiny_llm):
+    engine = Engine.from_llm(tiny_llm, num_blocks=64)
+    prompt = list(range(3, 3 + 40))
+    root = engine.start(prompt)
+    assert engine.computed_tokens == 40
+    forks = [root.fork() for _ in range(3)]
+    assert engine.computed_tokens == 40  # forking computes nothing
+    for i, f in enumerate(forks):
+        f.extend([50 + i, 60 + i])
+    assert engine.computed_tokens == 40 + 6  # each branch computes only its own tokens
+    gens = engine.generate_batch(forks, 5, temperature=0.0)
+    assert engine.computed_tokens == 46 + sum(len(g.ids) for g in gens)
+    assert engine.cache.stats()["cow_copies"] >= 2  # the shared partial block was copied on write
+    for f in forks:  # copy-on-write kept each branch's K/V its own
+        fresh = engine.start(f.ids)
+        torch.testing.assert_close(fresh.logits, f.logits, rtol=1e-4, atol=1e-4)
+        fresh.free()
+    for c in [root, *forks]:
+        c.free()
+    with pytest.raises(PrimeError, match="freed"):
+        root.fork()
+
+
+def test_generate_stops_before_the_stop_string(tiny_llm):
+    engine = Engine.from_llm(tiny_llm, num_blocks=32)
+    ctx = engine.start("hello")
+    full = engine.generate(ctx.fork(), 30, temperature=1.0, seed=3)
+    stop = full.text[5:7]
+    assert stop
+    cut = engine.generate(ctx.fork(), 30, temperature=1.0, seed=3, stop=(stop,))
+    assert cut.finish == "stop" and cut.text == full.text[: full.text.find(stop)]
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+@pytest.mark.parametrize("budget", ["LIGHT", "MEDIUM", "HEAVY"])
+def test_pipeline_answers_right_by_recovery_with_a_random_model(tiny_llm, budget):
+    pieces = []
+    out = generate_with_prime(TTEST, llm=tiny_llm, budget=budget, max_new_tokens=400, on_text=pieces.append)
+    assert "t = -1, df = 8, p = 0.3466" in out.answer  # Student t for these data (not the spec's -2.236)
+    assert out.verification["passed"]
+    assert out.verification["checks"][2]["name"] == "answer_traceable" and out.verification["checks"][2]["passed"]
+    main = out.tool_calls[0]
+    assert main["resolution"] in ("model", "regenerated", "recovered_from_prompt")
+    if main["resolution"] == "recovered_from_prompt":
+        assert any(e.source == "recovered:prompt" for e in out.workspace.entries)
+        assert out.verification["recovered"]
+    assert "<reason>Step s1" in out.text and "<tool>" in out.text and "<result>" in out.text
+    assert "".join(pieces) + "" in out.text  # what was streamed is what the text holds
+    assert out.routing["budget"] == budget and out.routing["forced"]
+    assert out.stats["generated_tokens"] <= 400
+    assert out.generated_ids and all(isinstance(i, int) for i in out.generated_ids)
+    graph = {g["id"]: g for g in out.graph}
+    assert all(g["status"] == "done" for g in graph.values())
+    assert graph["s2"]["inputs"] and "summary" in graph["s2"]["outputs"]
+    if budget != "LIGHT":
+        argue = graph["a1"]["outputs"]
+        assert {"advocate", "attack", "pragmatist"} <= set(argue)
+        assert "<advocate>" in out.text and "<attack>" in out.text and "<pragmatist>" in out.text
+        # the shared context (hundreds of tokens) was not recomputed by the three branches
+        assert argue["computed_tokens"] < argue["shared_prefix_tokens"]
+        assert any(c["operation"] == "normality" for c in out.tool_calls)
+    if budget == "HEAVY":
+        assert graph["s2"]["outputs"]["chrono"]["runs"] >= 2
+    assert len(engine_for(tiny_llm).cache) == 0  # every context was freed
+
+
+def test_pipeline_accepts_a_right_model_call(tiny_llm, monkeypatch):
+    """A scripted model that writes the right call (checked against the grammar) is used as written."""
+    engine = engine_for(tiny_llm)
+    real = Engine.generate
+    right = json.dumps({"tool": "statistics", "args": read_task(TTEST).args}, separators=(",", ":"))
+
+    def scripted(self, ctx, max_tokens, *, schema=None, **kwargs):
+        if schema is None:
+            return real(self, ctx, max_tokens, schema=None, **kwargs)
+        ids = self.encode(right)
+        assert self._matcher(schema).consume_tokens(ids)  # the scripted call is in the grammar's language
+        ctx.extend(ids)
+        from havoc.prime.engine import Generated
+
+        return Generated(ids, right, "stop")
+
+    monkeypatch.setattr(Engine, "generate", scripted)
+    out = generate_with_prime(TTEST, llm=tiny_llm, budget="LIGHT", max_new_tokens=200)
+    assert out.tool_calls[0]["resolution"] == "model" and not out.verification["recovered"]
+    assert all(c["passed"] for c in out.verification["checks"])
+    assert out.verification["model_calls_valid"] == 1
+    assert engine is engine_for(tiny_llm)
+
+
+def test_pipeline_direct_paths(tiny_llm):
+    out = generate_with_prime(TTEST, llm=tiny_llm, enable_prime=False, max_new_tokens=12)
+    assert out.verification["mode"] == "direct" and out.tool_calls == [] and out.stats["generated_tokens"] <= 12
+    assert "PRIME disabled" in out.routing["reasons"][-1]
+    micro = generate_with_prime("Hi there", llm=tiny_llm, max_new_tokens=8)
+    assert micro.routing["budget"] == "MICRO" and micro.verification["mode"] == "direct"
+    limited = generate_with_prime(TTEST, llm=tiny_llm, tools=["symbolic"], max_new_tokens=8)
+    assert limited.verification["mode"] == "direct"  # the statistics tool is not enabled
+
+
+def test_pipeline_tiny_budget_still_recovers(tiny_llm):
+    out = generate_with_prime(TTEST, llm=tiny_llm, budget="LIGHT", max_new_tokens=5)
+    assert out.stats["generated_tokens"] <= 5
+    assert "p = 0.3466" in out.answer and out.tool_calls[0]["resolution"] == "recovered_from_prompt"
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"prompt": ""}, "empty"), ({"prompt": 3}, "must be text"), ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"max_new_tokens": 2.5}, "max_new_tokens"), ({"temperature": -1}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"), ({"tools": ["nope"]}, "unknown tools"),
+    ({"tools": "statistics"}, "tools must be"), ({"budget": "XL"}, "unknown budget"),
+])
+def test_pipeline_bad_input(tiny_llm, kwargs, msg):
+    args = {"prompt": TTEST, "llm": tiny_llm, **kwargs}
+    with pytest.raises(PrimeError, match=msg):
+        generate_with_prime(**args)
+
+
+def test_arguments_schema_names_what_is_wrong():
+    from havoc.errors import ToolError
+
+    reg = default_registry()
+    assert reg.arguments_schema("statistics", "t_test")["properties"]["operation"] == {"const": "t_test"}
+    assert reg.arguments_schema("rag_helper")["required"] == ["query"]
+    with pytest.raises(ToolError, match="unknown tool"):
+        reg.arguments_schema("nope")
+    with pytest.raises(ToolError, match="no operation 'fly'"):
+        reg.arguments_schema("statistics", "fly")
+
+
+def test_check_args_compares_text_up_to_case_space_and_final_punctuation():
+    task = read_task("What is a p-value?")
+    assert check_args({"query": "what is a p-value"}, task.args, task.data_keys, task.numbers) == []
+    assert check_args({"query": "What is a t-test?"}, task.args, task.data_keys, task.numbers)
+    calc = read_task("What is 17*23+4?")
+    assert check_args({"operation": "evaluate", "expression": "17 * 23 + 4"}, calc.args, calc.data_keys, calc.numbers) == []
