@@ -205,6 +205,16 @@ class CPUDecoder:
         self.vocab_size = c.vocab_size
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> _C.Decoder
 
+    def bytes_per_step(self) -> int:
+        """Weight bytes one decode step reads: every projection and the LM head (scales included)."""
+
+        def nbytes(w) -> int:
+            if isinstance(w, Int8Weight):
+                return w.q.numel() + 4 * w.scales.numel()
+            return w.numel() * w.element_size()
+
+        return sum(nbytes(L[k]) for L in self._layers for k in ("wqkv", "wo", "w13", "w2")) + nbytes(self._head)
+
     def _snapshot(self) -> list[tuple[int, int]]:
         return [(q.data_ptr(), q._version) for q in self._params]
 
