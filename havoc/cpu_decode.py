@@ -266,18 +266,15 @@ class CPUDecoder:
             GenerationError: as `PagedKVCache.prepare`.
         """
         dec = self.bind(cache)
-        tok = torch.as_tensor(tokens, dtype=torch.int64).reshape(-1)
-        if tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= self.vocab_size):
+        tok = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens, dtype=np.int64).reshape(-1)
+        if tok.size and (tok.min() < 0 or tok.max() >= self.vocab_size):
             raise IndexError(f"token ids {tok.tolist()} reach outside the vocabulary [0, {self.vocab_size})")
-        ids = cache.prepare(seq_ids, tok)  # (B, 1) int64
-        B = ids.shape[0]
+        positions, slots, tables, lengths = cache.prepare_decode(np.asarray(seq_ids, dtype=np.int64), tok)
+        B = tok.size
         try:
-            positions = cache.begin(B, 1, None)  # copy-on-write happens here
-            fwd = cache._fwd
             out = torch.empty(B, dtype=torch.int64) if greedy else torch.empty(B, self.vocab_size, dtype=torch.float32)
             dec.step(
-                ids.numpy().reshape(-1), positions.numpy().reshape(-1), fwd.slots.numpy(), fwd.tables.numpy(),
-                fwd.lengths.numpy(), next_tokens=out.numpy() if greedy else None,
+                tok, positions, slots, tables, lengths, next_tokens=out.numpy() if greedy else None,
                 logits=None if greedy else out.numpy(),
             )
         except BaseException:
