@@ -204,10 +204,12 @@ havoc::KVDType kv_dtype(const py::array& a, const std::string& name) {
 
 using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-// A weight given as (array, dtype, scales, group): a C-contiguous 2-D array of float32 ("float32"), of
-// bf16 bits as int16/uint16 ("bfloat16") or of int8 ("int8", with (rows, groups) float32 scales).
+// A weight given as (array, dtype, scales, group[, cols]): a C-contiguous 2-D array of float32 ("float32"),
+// of bf16 bits as int16/uint16 ("bfloat16") or of int8 ("int8": rows packed as cpu_decode.h describes, so
+// the array is (rows, cols rounded up to 64) and `cols` gives the real input count; (rows, groups) float32
+// scales).
 havoc::WeightView weight_view(const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
-                              const std::string& what) {
+                              int64_t cols, const std::string& what) {
   if (w.ndim() != 2) throw py::value_error(what + " must be 2-D (out, in), got " + shape_str(w));
   if (!(w.flags() & py::array::c_style)) throw py::value_error(what + " must be C-contiguous");
   havoc::WeightView v;
@@ -225,8 +227,12 @@ havoc::WeightView weight_view(const py::array& w, const std::string& dtype, cons
   } else if (dtype == "int8") {
     if (kind != 'i' || w.itemsize() != 1) throw py::value_error(what + ": dtype int8 needs an int8 array");
     v.dtype = havoc::WeightDType::kInt8;
-    if (group < 16 || group % 16) throw py::value_error(what + ": the int8 group must be a positive multiple of 16");
+    if (group < 64 || group % 64) throw py::value_error(what + ": the int8 group must be a positive multiple of 64");
     v.group = group;
+    v.cols = cols;
+    if (cols < 1 || v.ld() != w.shape(1))
+      throw py::value_error(what + ": packed int8 rows of " + std::to_string(w.shape(1)) + " bytes do not hold " +
+                            std::to_string(cols) + " inputs (cols rounded up to 64)");
     if (scales.is_none()) throw py::value_error(what + ": int8 weights need scales");
     auto s = py::reinterpret_borrow<py::array>(scales);
     if (s.dtype().kind() != 'f' || s.itemsize() != 4 || !(s.flags() & py::array::c_style) || s.ndim() != 2 ||
@@ -307,8 +313,8 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "linear",
       [](py::array out, const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales,
-         int64_t group, bool accumulate, const std::string& isa) {
-        const havoc::WeightView v = weight_view(w, dtype, scales, group, "weight");
+         int64_t group, int64_t cols, bool accumulate, const std::string& isa) {
+        const havoc::WeightView v = weight_view(w, dtype, scales, group, cols, "weight");
         const int64_t ldx = f32_rows(x, "x"), ldy = f32_rows(out, "out");
         require_writeable(out, "out");
         if (x.shape(1) != v.cols)
@@ -322,14 +328,15 @@ PYBIND11_MODULE(_C, m) {
         havoc::linear(static_cast<const float*>(x.data()), x.shape(0), ldx, v, y, ldy, accumulate, isa);
       },
       py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("dtype"), py::arg("scales") = py::none(),
-      py::arg("group") = 0, py::arg("accumulate") = false, py::arg("isa") = "auto",
+      py::arg("group") = 0, py::arg("cols") = 0, py::arg("accumulate") = false, py::arg("isa") = "auto",
       "out (=|+=) x @ weight.T with fp32 accumulation: x (M, K) float32 with contiguous rows, weight (N, K) "
-      "float32 / bf16 bits / int8 with (N, ceil(K / group)) scales, out (M, N) float32. Releases the GIL.");
+      "float32 / bf16 bits, or int8 packed (N, K rounded up to 64) with cols=K and (N, ceil(K / group)) scales; "
+      "out (M, N) float32. Releases the GIL.");
   m.def(
       "linear_argmax",
       [](const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
-         const std::string& isa) {
-        const havoc::WeightView v = weight_view(w, dtype, scales, group, "weight");
+         int64_t cols, const std::string& isa) {
+        const havoc::WeightView v = weight_view(w, dtype, scales, group, cols, "weight");
         const int64_t ldx = f32_rows(x, "x");
         if (x.shape(1) != v.cols)
           throw py::value_error("x has " + std::to_string(x.shape(1)) + " features but the weight takes " +
@@ -346,7 +353,7 @@ PYBIND11_MODULE(_C, m) {
         return py::make_tuple(index, value);
       },
       py::arg("x"), py::arg("weight"), py::arg("dtype"), py::arg("scales") = py::none(), py::arg("group") = 0,
-      py::arg("isa") = "auto",
+      py::arg("cols") = 0, py::arg("isa") = "auto",
       "(argmax ids (M,) int64, maxima (M,) float32) of x @ weight.T without writing the product. Releases the GIL.");
 
   py::class_<PyDecoder>(m, "Decoder",
@@ -369,10 +376,11 @@ PYBIND11_MODULE(_C, m) {
              c.rope_theta = cfg["rope_theta"].cast<double>();
              auto weight = [&](const py::handle& spec, const std::string& what) {
                auto t = py::reinterpret_borrow<py::tuple>(spec);
-               if (t.size() != 4) throw py::value_error(what + " must be (array, dtype, scales, group)");
+               if (t.size() != 4 && t.size() != 5) throw py::value_error(what + " must be (array, dtype, scales, group[, cols])");
                auto arr = py::reinterpret_borrow<py::array>(t[0]);
                out->keep.push_back(t);
-               return weight_view(arr, t[1].cast<std::string>(), t[2], t[3].cast<int64_t>(), what);
+               return weight_view(arr, t[1].cast<std::string>(), t[2], t[3].cast<int64_t>(),
+                                  t.size() == 5 ? t[4].cast<int64_t>() : 0, what);
              };
              auto norm = [&](const py::handle& obj, const std::string& what) {
                auto a = py::reinterpret_borrow<py::array>(obj);

@@ -41,27 +41,42 @@ template <int W>
 HAVOC_INLINE typename V<W>::f wload(const uint16_t* p) {
   return loadv<W>(p);
 }
-template <int W>
-HAVOC_INLINE typename V<W>::f wload(const int8_t* p) {  // sign-extend and convert: vpmovsxbd + vcvtdq2ps
-  typedef int8_t b __attribute__((vector_size(W)));
-  b v;
-  std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, typename V<W>::f);
-}
 
 HAVOC_INLINE float wscalar(const float* p) { return *p; }
 HAVOC_INLINE float wscalar(const uint16_t* p) { return bf16_to_f32(*p); }
-HAVOC_INLINE float wscalar(const int8_t* p) { return static_cast<float>(*p); }
+
+// Block c (inputs 16 c .. 16 c + 15 of a 64-input block) of W int8 lanes packed as WeightView describes,
+// sign-extended and converted: shift byte c to the top, arithmetic shift back down.
+template <int W, int C>
+HAVOC_INLINE typename V<W>::f unpack8(typename V<W>::u v) {
+  const typename V<W>::i t = (typename V<W>::i)(v << (24 - 8 * C)) >> 24;
+  return __builtin_convertvector(t, typename V<W>::f);
+}
+
+// One 64-input block for NR int8 rows and MR activation rows: 16 / W loads per row, 4 blocks of W each.
+template <int W, int NR, int MR, int C>
+HAVOC_INLINE void int8_quarter(typename V<W>::f (&acc)[NR][MR], const typename V<W>::u (&raw)[NR],
+                               const typename V<W>::f (&s)[NR], const float* x, int64_t ldx, int64_t k) {
+  typename V<W>::f wv[NR];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) wv[r] = unpack8<W, C>(raw[r]) * s[r];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    const typename V<W>::f xv = loadv<W>(x + i * ldx + k + 16 * C);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) acc[r][i] += wv[r] * xv;
+  }
+}
 
 // y[m + i, n + r] for r < NR, i < MR: NR x MR dot products over K, NR x MR vector accumulators in
-// registers. int8 rows are scaled group by group as they are loaded (one multiply per weight vector,
+// registers. int8 rows are scaled group by group as they are unpacked (one multiply per weight vector,
 // shared by the MR rows), so the accumulation is the same as for fp32.
 template <int W, class T, int NR, int MR>
 HAVOC_INLINE void tile(const GemmArgs& a, int64_t n, int64_t m) {
   using F = typename V<W>::f;
   constexpr bool q8 = std::is_same<T, int8_t>::value;
-  const int64_t K = a.w.cols;
-  const T* w = static_cast<const T*>(a.w.data) + n * K;
+  const int64_t K = a.w.cols, ld = a.w.ld();
+  const T* w = static_cast<const T*>(a.w.data) + n * ld;
   const float* x = a.x + m * a.ldx;
   F acc[NR][MR];
   float tail[NR][MR];
@@ -69,24 +84,39 @@ HAVOC_INLINE void tile(const GemmArgs& a, int64_t n, int64_t m) {
   for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) acc[r][i] = F{}, tail[r][i] = 0.0f;
-  const int64_t G = q8 ? a.w.group : K, ng = q8 ? a.w.groups() : 1;
-  for (int64_t g = 0, k0 = 0; g < ng; ++g, k0 += G) {
-    const int64_t k1 = std::min(K, k0 + G);
-    F s[NR];
-    float ss[NR];
+  if constexpr (q8) {
+    using U = typename V<W>::u;
+    const int64_t G = a.w.group, ng = a.w.groups();
+    for (int64_t g = 0, k0 = 0; g < ng; ++g, k0 += G) {
+      const int64_t k1 = std::min(K, k0 + G);
+      F s[NR];
+      float ss[NR];
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) {
-      ss[r] = q8 ? a.w.scales[(n + r) * ng + g] : 1.0f;
-      s[r] = splat<W>(ss[r]);
+      for (int r = 0; r < NR; ++r) ss[r] = a.w.scales[(n + r) * ng + g], s[r] = splat<W>(ss[r]);
+      int64_t k = k0;
+      for (; k + 64 <= k1; k += 64)
+        for (int h = 0; h < 16 / W; ++h) {  // the lanes j in [h W, h W + W) of the block
+          U raw[NR];
+#pragma GCC unroll 8
+          for (int r = 0; r < NR; ++r) std::memcpy(&raw[r], w + r * ld + k + 4 * W * h, sizeof(U));
+          const int64_t kh = k + W * h;
+          int8_quarter<W, NR, MR, 0>(acc, raw, s, x, a.ldx, kh);
+          int8_quarter<W, NR, MR, 1>(acc, raw, s, x, a.ldx, kh);
+          int8_quarter<W, NR, MR, 2>(acc, raw, s, x, a.ldx, kh);
+          int8_quarter<W, NR, MR, 3>(acc, raw, s, x, a.ldx, kh);
+        }
+      for (; k < k1; ++k)  // the last, partial block of a row
+        for (int r = 0; r < NR; ++r) {
+          const float wf = static_cast<float>(w[r * ld + int8_offset(k)]) * ss[r];
+          for (int i = 0; i < MR; ++i) tail[r][i] += wf * x[i * a.ldx + k];
+        }
     }
-    int64_t k = k0;
-    for (; k + W <= k1; k += W) {
+  } else {
+    int64_t k = 0;
+    for (; k + W <= K; k += W) {
       F wv[NR];
 #pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) {
-        wv[r] = wload<W>(w + r * K + k);
-        if constexpr (q8) wv[r] *= s[r];
-      }
+      for (int r = 0; r < NR; ++r) wv[r] = wload<W>(w + r * ld + k);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const F xv = loadv<W>(x + i * a.ldx + k);
@@ -94,9 +124,9 @@ HAVOC_INLINE void tile(const GemmArgs& a, int64_t n, int64_t m) {
         for (int r = 0; r < NR; ++r) acc[r][i] += wv[r] * xv;
       }
     }
-    for (; k < k1; ++k)
+    for (; k < K; ++k)
       for (int r = 0; r < NR; ++r) {
-        const float wf = wscalar(w + r * K + k) * ss[r];
+        const float wf = wscalar(w + r * ld + k);
         for (int i = 0; i < MR; ++i) tail[r][i] += wf * x[i * a.ldx + k];
       }
   }
@@ -232,8 +262,8 @@ void check_weight(const WeightView& w, const char* what) {
   if (w.data == nullptr || w.rows < 1 || w.cols < 1)
     throw std::invalid_argument(name + ": a weight needs at least one row and one column");
   if (w.dtype == WeightDType::kInt8) {
-    if (w.group < 16 || w.group % 16 != 0)
-      throw std::invalid_argument(name + ": int8 group size must be a positive multiple of 16, got " +
+    if (w.group < 64 || w.group % 64 != 0)
+      throw std::invalid_argument(name + ": int8 group size must be a positive multiple of 64, got " +
                                   std::to_string(w.group));
     if (w.scales == nullptr) throw std::invalid_argument(name + ": int8 weights need their scales");
   }
@@ -308,9 +338,9 @@ void embed_row(const WeightView& e, int64_t id, float* out) {
       break;
     }
     case WeightDType::kInt8: {
-      const int8_t* r = static_cast<const int8_t*>(e.data) + id * D;
+      const int8_t* r = static_cast<const int8_t*>(e.data) + id * e.ld();
       const float* s = e.scales + id * e.groups();
-      for (int64_t d = 0; d < D; ++d) out[d] = static_cast<float>(r[d]) * s[d / e.group];
+      for (int64_t d = 0; d < D; ++d) out[d] = static_cast<float>(r[int8_offset(d)]) * s[d / e.group];
       break;
     }
   }

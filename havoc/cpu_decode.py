@@ -37,7 +37,7 @@ from havoc import _C, cpu_ops, ops
 from havoc.errors import ConfigError
 
 MAX_ROWS = 64  # ops.linear takes the C++ kernel up to this many rows (decode, small batches)
-INT8_GROUP = 64  # inputs per int8 scale (a multiple of 16)
+INT8_GROUP = 64  # inputs per int8 scale (a multiple of 64)
 WEIGHT_FORMATS = ("auto", "int8")  # "auto": the model's own dtype (fp32 or bf16)
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
@@ -56,44 +56,53 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 class Int8Weight:
     """A weight quantized to int8 with one fp32 scale per `group` consecutive inputs of a row (symmetric:
-    w ~= q * scale, scale = max |w| over the group / 127).
+    w ~= q * scale, scale = max |w| over the group / 127), stored packed for the kernels: each row padded
+    to a multiple of 64 inputs, and within each block of 64, byte 4 j + c holding input 16 c + j
+    (csrc/cpu_decode.h says why).
 
     Attributes:
-        q: (out, in) int8.
+        packed: (out, in rounded up to 64) int8, the kernels' layout.
         scales: (out, ceil(in / group)) fp32.
-        group: inputs per scale.
+        group: inputs per scale (a multiple of 64).
+        shape: (out, in).
     """
 
-    def __init__(self, q: torch.Tensor, scales: torch.Tensor, group: int) -> None:
-        self.q, self.scales, self.group = q, scales, group
+    def __init__(self, packed: torch.Tensor, scales: torch.Tensor, group: int, shape: tuple[int, int]) -> None:
+        self.packed, self.scales, self.group, self.shape = packed, scales, group, shape
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, group: int = INT8_GROUP) -> Int8Weight:
-        if group < 16 or group % 16:
-            raise ConfigError(f"int8 group size must be a positive multiple of 16, got {group}")
+        if group < 64 or group % 64:
+            raise ConfigError(f"int8 group size must be a positive multiple of 64, got {group}")
         if weight.dim() != 2:
             raise ConfigError(f"can only quantize 2-D weights, got shape {tuple(weight.shape)}")
         w = weight.detach().float()
         N, K = w.shape
-        pad = -K % group
-        wp = torch.nn.functional.pad(w, (0, pad)).view(N, -1, group)  # (N, G, group)
+        wp = torch.nn.functional.pad(w, (0, -K % group)).view(N, -1, group)  # (N, G, group)
         scales = wp.abs().amax(-1) / 127.0  # (N, G)
         scales = torch.where(scales > 0, scales, torch.ones_like(scales))
         q = torch.round(wp / scales[..., None]).clamp_(-127, 127).to(torch.int8).view(N, -1)[:, :K]
-        return cls(q.contiguous(), scales.contiguous(), group)
+        q = torch.nn.functional.pad(q, (0, -K % 64))  # (N, Kp): zeros past K
+        packed = q.view(N, -1, 4, 16).transpose(2, 3).reshape(N, -1)  # block byte 4 j + c = input 16 c + j
+        return cls(packed.contiguous(), scales.contiguous(), group, (N, K))
+
+    @property
+    def q(self) -> torch.Tensor:
+        """The int8 values in input order: (out, in)."""
+        N, K = self.shape
+        return self.packed.view(N, -1, 16, 4).transpose(2, 3).reshape(N, -1)[:, :K]
 
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight this int8 weight stands for: (out, in)."""
-        N, K = self.q.shape
-        s = self.scales.repeat_interleave(self.group, dim=1)[:, :K]
+        s = self.scales.repeat_interleave(self.group, dim=1)[:, : self.shape[1]]
         return self.q.float() * s
 
     def spec(self) -> tuple:
-        return (self.q.numpy(), "int8", self.scales.numpy(), self.group)
+        return (self.packed.numpy(), "int8", self.scales.numpy(), self.group, self.shape[1])
 
 
 def _spec(weight: torch.Tensor | Int8Weight) -> tuple:
-    """(array, dtype name, scales, group): how the extension takes a weight."""
+    """(array, dtype name, scales, group[, cols]): how the extension takes a weight."""
     if isinstance(weight, Int8Weight):
         return weight.spec()
     if weight.dtype not in _DTYPES:
@@ -116,15 +125,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor | Int8Weight, *, isa: str = "au
         ValueError: shapes that do not fit.
     """
     spec = _spec(weight)
-    K = spec[0].shape[1]
+    N, K = weight.shape
     if x.shape[-1] != K:
         raise ValueError(f"x has {x.shape[-1]} features but the weight takes {K}")
     x2d = x.detach().reshape(-1, K).float()
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
-    out = torch.empty(x2d.shape[0], spec[0].shape[0], dtype=torch.float32)
-    _C.linear(out.numpy(), x2d.numpy(), *spec, isa=isa)
-    out = out.view(*x.shape[:-1], spec[0].shape[0])
+    out = torch.empty(x2d.shape[0], N, dtype=torch.float32)
+    _C.linear(out.numpy(), x2d.numpy(), *spec[:4], cols=K, isa=isa)
+    out = out.view(*x.shape[:-1], N)
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
@@ -210,7 +219,7 @@ class CPUDecoder:
 
         def nbytes(w) -> int:
             if isinstance(w, Int8Weight):
-                return w.q.numel() + 4 * w.scales.numel()
+                return w.packed.numel() + 4 * w.scales.numel()
             return w.numel() * w.element_size()
 
         return sum(nbytes(L[k]) for L in self._layers for k in ("wqkv", "wo", "w13", "w2")) + nbytes(self._head)

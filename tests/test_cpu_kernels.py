@@ -50,7 +50,7 @@ def test_accumulate_adds_to_out_and_strided_rows_work(isa, dtype):
     out = torch.randn(6, 37)
     want = out + x @ wf.T
     spec = cpu_decode._spec(w)
-    _C.linear(out.numpy(), x.numpy(), *spec, accumulate=True, isa=isa)
+    _C.linear(out.numpy(), x.numpy(), *spec[:4], cols=70, accumulate=True, isa=isa)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
@@ -61,9 +61,9 @@ def test_linear_argmax_matches_the_full_product(isa, dtype, M, N):
     K = 96
     w, wf = _weight(dtype, N, K, seed=N)
     x = torch.randn(M, K)
-    full = torch.from_numpy(np.zeros((M, N), np.float32))
-    _C.linear(full.numpy(), x.numpy(), *cpu_decode._spec(w), isa=isa)
-    idx, val = _C.linear_argmax(x.numpy(), *cpu_decode._spec(w), isa=isa)
+    full = cpu_decode.linear(x, w, isa=isa)
+    spec = cpu_decode._spec(w)
+    idx, val = _C.linear_argmax(x.numpy(), *spec[:4], cols=K, isa=isa)
     assert torch.equal(torch.from_numpy(idx), full.argmax(-1))
     torch.testing.assert_close(torch.from_numpy(val), full.max(-1).values)
 
@@ -78,7 +78,8 @@ def test_linear_argmax_ties_go_to_the_lowest_index():
 def test_int8_quantization_error_is_bounded_per_group():
     w = torch.randn(64, 200) * torch.linspace(0.01, 10, 200)  # very different scales along a row
     q = Int8Weight.quantize(w, 64)
-    assert q.q.dtype == torch.int8 and q.scales.shape == (64, 4)
+    assert q.q.dtype == torch.int8 and q.scales.shape == (64, 4) and q.packed.shape == (64, 256)
+    assert torch.equal(q.q, torch.round(w / q.scales.repeat_interleave(64, 1)[:, :200]).to(torch.int8))
     err = (q.dequantize() - w).abs()
     # each element is within half a step of its group's scale
     step = q.scales.repeat_interleave(64, dim=1)[:, :200]
@@ -124,17 +125,20 @@ def test_bad_inputs_are_rejected_clearly():
         ro = np.zeros((2, 8), np.float32)
         ro.flags.writeable = False
         _C.linear(ro, x.numpy(), w.numpy(), "float32")
-    q = Int8Weight.quantize(w, 16)
-    with pytest.raises(ValueError, match="group must be a positive multiple of 16"):
-        _C.linear(out, x.numpy(), q.q.numpy(), "int8", q.scales.numpy(), 8)
+    q = Int8Weight.quantize(w, 64)
+    p, s = q.packed.numpy(), q.scales.numpy()
+    with pytest.raises(ValueError, match="group must be a positive multiple of 64"):
+        _C.linear(out, x.numpy(), p, "int8", s, 32, cols=16)
     with pytest.raises(ValueError, match="need scales"):
-        _C.linear(out, x.numpy(), q.q.numpy(), "int8", None, 16)
+        _C.linear(out, x.numpy(), p, "int8", None, 64, cols=16)
     with pytest.raises(ValueError, match="scales must be"):
-        _C.linear(out, x.numpy(), q.q.numpy(), "int8", q.scales[:, :0].contiguous().numpy(), 16)
+        _C.linear(out, x.numpy(), p, "int8", q.scales[:, :0].contiguous().numpy(), 64, cols=16)
+    with pytest.raises(ValueError, match="do not hold"):
+        _C.linear(out, x.numpy(), p, "int8", s, 64, cols=100)
     with pytest.raises(ValueError, match="not available"):
         _C.linear(out, x.numpy(), w.numpy(), "float32", isa="avx9000")
-    with pytest.raises(Exception, match="multiple of 16"):
-        Int8Weight.quantize(w, 24)
+    with pytest.raises(Exception, match="multiple of 64"):
+        Int8Weight.quantize(w, 96)
     with pytest.raises(Exception, match="fp32, bf16 or int8"):
         cpu_decode.linear(x.half(), w.half())
 
