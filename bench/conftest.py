@@ -15,6 +15,7 @@ import ctypes
 import gc
 import os
 import platform
+from pathlib import Path
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -73,8 +74,15 @@ def llamacpp(smollm2, tmp_path_factory):
     """get(dtype, batch) -> bench.llamacpp.LlamaCppDecoder on SmolLM2's weights as F32/BF16 GGUF (one per
     dtype, sized for batch 32); skips when llama.cpp's prebuilt library is missing or does not load."""
     pytest.importorskip("llama_cpp_py_sync")
-    from llamacpp import LlamaCppDecoder, export_gguf  # bench/ is on sys.path (rootdir conftest)
+    import importlib.util
+
     from havoc import hub
+
+    # --import-mode=importlib (pyproject) puts no test folder on sys.path: load bench/llamacpp.py by path
+    spec = importlib.util.spec_from_file_location("havoc_bench_llamacpp", Path(__file__).with_name("llamacpp.py"))
+    llamacpp_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(llamacpp_mod)
+    LlamaCppDecoder, export_gguf = llamacpp_mod.LlamaCppDecoder, llamacpp_mod.export_gguf
 
     made: dict[str, LlamaCppDecoder] = {}
 

@@ -67,7 +67,11 @@ def _matmul_floors_ms(ours, theirs, repeats: int = 7) -> tuple[float, float]:
     return statistics.median(times[0][1:]) * 1e3, statistics.median(times[1][1:]) * 1e3
 
 
-def _havoc_products(model, batch):
+def _havoc_products(model, batch, weights="auto"):
+    if weights == "int8":  # the decoder's own int8 weights, through the same kernel
+        ws = cpu_decode.for_model(model, weights).decode_weights()
+        xs = {w.shape[1]: torch.randn(batch, w.shape[1]) for w in ws}
+        return [lambda w=w: cpu_decode.linear(xs[w.shape[1]], w) for w in ws]
     ws = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)] + [model.lm_head_weight]
     xs = {w.shape[1]: torch.randn(batch, 1, w.shape[1], dtype=w.dtype) for w in ws}
     return [lambda w=w: ops.linear(xs[w.shape[1]], w) for w in ws]
@@ -168,7 +172,7 @@ def test_decode(benchmark, engines, smollm2, sample_text, peak_extra_mb, memory_
     benchmark.group = f"decode {dtype}"
     base_times = _interleaved(benchmark, havoc_fns, hf_fns, ROUNDS[batch])
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
-    floor_h, floor_t = _matmul_floors_ms(_havoc_products(ours, batch), _hf_products(theirs, batch))
+    floor_h, floor_t = _matmul_floors_ms(_havoc_products(ours, batch, weights), _hf_products(theirs, batch))
     step_h, step_t = ours_s / NEW_TOKENS * 1e3, base_s / NEW_TOKENS * 1e3
     weight_gb_s = cpu_decode.for_model(ours, weights).bytes_per_step() / (step_h * 1e-3) / 1e9
     benchmark.extra_info.update(

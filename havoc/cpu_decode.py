@@ -214,6 +214,10 @@ class CPUDecoder:
         self.vocab_size = c.vocab_size
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> _C.Decoder
 
+    def decode_weights(self) -> list[torch.Tensor | Int8Weight]:
+        """The weights a decode step streams, in order: each layer's wqkv, wo, w13, w2, then the LM head."""
+        return [L[k] for L in self._layers for k in ("wqkv", "wo", "w13", "w2")] + [self._head]
+
     def bytes_per_step(self) -> int:
         """Weight bytes one decode step reads: every projection and the LM head (scales included)."""
 
@@ -222,7 +226,7 @@ class CPUDecoder:
                 return w.packed.numel() + 4 * w.scales.numel()
             return w.numel() * w.element_size()
 
-        return sum(nbytes(L[k]) for L in self._layers for k in ("wqkv", "wo", "w13", "w2")) + nbytes(self._head)
+        return sum(nbytes(w) for w in self.decode_weights())
 
     def _snapshot(self) -> list[tuple[int, int]]:
         return [(q.data_ptr(), q._version) for q in self._params]
