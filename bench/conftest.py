@@ -15,6 +15,7 @@ import ctypes
 import gc
 import os
 import platform
+from pathlib import Path
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -52,6 +53,52 @@ def engines(smollm2):
         return made[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def memory_read_gb_s() -> float:
+    """This machine's memory read bandwidth now: the best of 5 sums over a 512 MiB fp32 tensor (GB/s)."""
+    import time
+
+    x = torch.ones(128 * 1024 * 1024)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+@pytest.fixture(scope="session")
+def llamacpp(smollm2, tmp_path_factory):
+    """get(dtype, batch) -> bench.llamacpp.LlamaCppDecoder on SmolLM2's weights as F32/BF16 GGUF (one per
+    dtype, sized for batch 32); skips when llama.cpp's prebuilt library is missing or does not load."""
+    pytest.importorskip("llama_cpp_py_sync")
+    import importlib.util
+
+    from havoc import hub
+
+    # --import-mode=importlib (pyproject) puts no test folder on sys.path: load bench/llamacpp.py by path
+    spec = importlib.util.spec_from_file_location("havoc_bench_llamacpp", Path(__file__).with_name("llamacpp.py"))
+    llamacpp_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(llamacpp_mod)
+    LlamaCppDecoder, export_gguf = llamacpp_mod.LlamaCppDecoder, llamacpp_mod.export_gguf
+
+    made: dict[str, LlamaCppDecoder] = {}
+
+    def get(dtype: str, batch: int) -> LlamaCppDecoder:
+        if dtype not in made:
+            name = {"float32": "F32", "bfloat16": "BF16"}[dtype]
+            path = export_gguf(hub.pull("smollm2"), tmp_path_factory.getbasetemp() / f"smollm2-{name}.gguf", name)
+            try:
+                made[dtype] = LlamaCppDecoder(path, max_batch=32, n_ctx=32 * 64, threads=torch.get_num_threads())
+            except (OSError, RuntimeError) as e:  # e.g. a wheel built against a newer glibc than this one
+                pytest.skip(f"llama.cpp did not load: {e}")
+        return made[dtype]
+
+    yield get
+    for d in made.values():
+        d.close()
 
 
 @pytest.fixture(scope="session")

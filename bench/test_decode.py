@@ -2,9 +2,11 @@
 
 - prefill: one 512-token prompt to its next-token logits (tokens/s);
 - decode: greedy decoding of 32 tokens for a batch of 1, 8 or 32 prompts, after a prefill that is not
-  timed (tokens/s over the whole batch).
+  timed (tokens/s over the whole batch); "int8" rows run havoc's bf16 model with weight-only int8 decode
+  weights against transformers in bf16.
 
-havoc runs its generation loop (`havoc.generation.stream_ids`: sampling, stop checks and all);
+havoc runs its generation loop (`havoc.generation.stream_ids`: sampling, stop checks and all) on the paged
+cache, whose decode steps are one call each into the C++ decoder (`havoc.cpu_decode`);
 transformers runs its fastest eager loop: model forward with its default DynamicCache and an argmax,
 without `generate()`'s extra machinery.
 
@@ -16,7 +18,14 @@ the same conditions. The transformers median and the ratio go in extra_info. Eac
 - matmul_floor_ms: the step's matrix products alone, back to back (same weights, same shapes; for havoc
   through the same dispatch; the two engines alternating), so overhead_ms = step time - floor estimates
   the per-token cost of everything else (Python, small ops, attention);
-- peak_extra_mb: peak resident memory above the weights during one run (KV cache, activations, logits).
+- peak_extra_mb: peak resident memory above the weights during one run (KV cache, activations, logits);
+- weight_gb_s and frac_bandwidth: the weight bytes a havoc step reads (every projection and the LM head)
+  per step time, and that as a fraction of this machine's read bandwidth measured in the same session
+  (`memory_read_gb_s`), i.e. how close a step comes to the memory ceiling.
+
+llama.cpp (bench/llamacpp.py, the prebuilt libllama of the `llama-cpp-py-sync` wheel) runs in
+`test_decode_llamacpp` on the same weights written back as F32/BF16 GGUF, interleaved with havoc the same
+way; it is skipped where that wheel is missing or its library does not load.
 
 Run: pytest bench --benchmark-only   (bench/report.py turns --benchmark-json output into RESULTS.md rows)
 """
@@ -30,7 +39,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from havoc import ops
+from havoc import cpu_decode, ops
 from havoc.generation import SamplingParams, stream_ids
 
 NEW_TOKENS = 32
@@ -58,7 +67,11 @@ def _matmul_floors_ms(ours, theirs, repeats: int = 7) -> tuple[float, float]:
     return statistics.median(times[0][1:]) * 1e3, statistics.median(times[1][1:]) * 1e3
 
 
-def _havoc_products(model, batch):
+def _havoc_products(model, batch, weights="auto"):
+    if weights == "int8":  # the decoder's own int8 weights, through the same kernel
+        ws = cpu_decode.for_model(model, weights).decode_weights()
+        xs = {w.shape[1]: torch.randn(batch, w.shape[1]) for w in ws}
+        return [lambda w=w: cpu_decode.linear(xs[w.shape[1]], w) for w in ws]
     ws = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)] + [model.lm_head_weight]
     xs = {w.shape[1]: torch.randn(batch, 1, w.shape[1], dtype=w.dtype) for w in ws}
     return [lambda w=w: ops.linear(xs[w.shape[1]], w) for w in ws]
@@ -70,11 +83,11 @@ def _hf_products(model, batch):
     return [lambda w=w: F.linear(xs[w.shape[1]], w) for w in ws]
 
 
-def _havoc_decode(model, prompts):
+def _havoc_decode(model, prompts, weights="auto"):
     params = SamplingParams(max_new_tokens=NEW_TOKENS + 1, ignore_eos=True)
 
     def setup():
-        gen = stream_ids(model, prompts, params)
+        gen = stream_ids(model, prompts, params, cache="paged", cpu_weights=weights)
         next(gen)  # prefill and the first token: not timed
         return (gen,), {}
 
@@ -149,23 +162,54 @@ def _once(setup, run):
 
 
 @pytest.mark.parametrize("batch", [1, 8, 32])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_decode(benchmark, engines, smollm2, sample_text, peak_extra_mb, dtype, batch):
-    ours, theirs = engines("havoc", dtype), engines("transformers", dtype)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_decode(benchmark, engines, smollm2, sample_text, peak_extra_mb, memory_read_gb_s, dtype, batch):
+    model_dtype = "bfloat16" if dtype == "int8" else dtype
+    weights = "int8" if dtype == "int8" else "auto"
+    ours, theirs = engines("havoc", model_dtype), engines("transformers", model_dtype)
     prompts = _prompts(smollm2[1], sample_text, batch, PROMPT_TOKENS)
-    havoc_fns, hf_fns = _havoc_decode(ours, prompts), _hf_decode(theirs, prompts)
+    havoc_fns, hf_fns = _havoc_decode(ours, prompts, weights), _hf_decode(theirs, prompts)
     benchmark.group = f"decode {dtype}"
     base_times = _interleaved(benchmark, havoc_fns, hf_fns, ROUNDS[batch])
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
-    floor_h, floor_t = _matmul_floors_ms(_havoc_products(ours, batch), _hf_products(theirs, batch))
+    floor_h, floor_t = _matmul_floors_ms(_havoc_products(ours, batch, weights), _hf_products(theirs, batch))
     step_h, step_t = ours_s / NEW_TOKENS * 1e3, base_s / NEW_TOKENS * 1e3
+    weight_gb_s = cpu_decode.for_model(ours, weights).bytes_per_step() / (step_h * 1e-3) / 1e9
     benchmark.extra_info.update(
         kind="decode", dtype=dtype, batch=batch, baseline="transformers",
         tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s,
         ratio=base_s / ours_s, step_ms=step_h, baseline_step_ms=step_t,
         matmul_floor_ms=floor_h, baseline_matmul_floor_ms=floor_t,
         overhead_ms=step_h - floor_h, baseline_overhead_ms=step_t - floor_t,
+        weight_gb_s=weight_gb_s, memory_read_gb_s=memory_read_gb_s, frac_bandwidth=weight_gb_s / memory_read_gb_s,
         peak_extra_mb=peak_extra_mb(_once(*havoc_fns)), baseline_peak_extra_mb=peak_extra_mb(_once(*hf_fns)),
+    )
+
+
+def _llamacpp_decode(decoder, prompts):
+    def setup():
+        return (decoder.prefill(prompts),), {}
+
+    def run(nxt):
+        for _ in range(NEW_TOKENS):
+            nxt = decoder.step(nxt)
+
+    return setup, run
+
+
+@pytest.mark.parametrize("batch", [1, 8, 32])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dtype, batch):
+    ours = engines("havoc", dtype)
+    prompts = _prompts(smollm2[1], sample_text, batch, PROMPT_TOKENS)
+    theirs = llamacpp(dtype, batch)
+    benchmark.group = f"decode {dtype} vs llama.cpp"
+    base_times = _interleaved(benchmark, _havoc_decode(ours, prompts), _llamacpp_decode(theirs, prompts), ROUNDS[batch])
+    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
+    benchmark.extra_info.update(
+        kind="decode", dtype=dtype, batch=batch, baseline="llama.cpp",
+        tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s,
+        ratio=base_s / ours_s, step_ms=ours_s / NEW_TOKENS * 1e3, baseline_step_ms=base_s / NEW_TOKENS * 1e3,
     )
 
 

@@ -1,4 +1,5 @@
 // The only file that includes pybind11: binds the declarations of csrc/*.h into havoc._C.
+#include <memory>
 #include <optional>
 
 #include <pybind11/numpy.h>
@@ -7,6 +8,7 @@
 
 #include "block_manager.h"
 #include "build_info.h"
+#include "cpu_decode.h"
 #include "paged_attention.h"
 
 namespace py = pybind11;
@@ -312,6 +314,75 @@ havoc::KVDType kv_dtype(const py::array& a, const std::string& name) {
   throw py::value_error("dtype must be 'float32' or 'bfloat16', got '" + name + "'");
 }
 
+// --- buffers of the decode kernels ---------------------------------------------------------------------
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// A weight given as (array, dtype, scales, group[, cols]): a C-contiguous 2-D array of float32 ("float32"),
+// of bf16 bits as int16/uint16 ("bfloat16") or of int8 ("int8": rows packed as cpu_decode.h describes, so
+// the array is (rows, cols rounded up to 64) and `cols` gives the real input count; (rows, groups) float32
+// scales).
+havoc::WeightView weight_view(const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
+                              int64_t cols, const std::string& what) {
+  if (w.ndim() != 2) throw py::value_error(what + " must be 2-D (out, in), got " + shape_str(w));
+  if (!(w.flags() & py::array::c_style)) throw py::value_error(what + " must be C-contiguous");
+  havoc::WeightView v;
+  v.data = w.data();
+  v.rows = w.shape(0);
+  v.cols = w.shape(1);
+  const char kind = w.dtype().kind();
+  if (dtype == "float32") {
+    if (kind != 'f' || w.itemsize() != 4) throw py::value_error(what + ": dtype float32 needs a float32 array");
+    v.dtype = havoc::WeightDType::kFloat32;
+  } else if (dtype == "bfloat16") {
+    if ((kind != 'i' && kind != 'u') || w.itemsize() != 2)
+      throw py::value_error(what + ": dtype bfloat16 needs its bits as an int16/uint16 array");
+    v.dtype = havoc::WeightDType::kBFloat16;
+  } else if (dtype == "int8") {
+    if (kind != 'i' || w.itemsize() != 1) throw py::value_error(what + ": dtype int8 needs an int8 array");
+    v.dtype = havoc::WeightDType::kInt8;
+    if (group < 64 || group % 64) throw py::value_error(what + ": the int8 group must be a positive multiple of 64");
+    v.group = group;
+    v.cols = cols;
+    if (cols < 1 || v.ld() != w.shape(1))
+      throw py::value_error(what + ": packed int8 rows of " + std::to_string(w.shape(1)) + " bytes do not hold " +
+                            std::to_string(cols) + " inputs (cols rounded up to 64)");
+    if (scales.is_none()) throw py::value_error(what + ": int8 weights need scales");
+    auto s = py::reinterpret_borrow<py::array>(scales);
+    if (s.dtype().kind() != 'f' || s.itemsize() != 4 || !(s.flags() & py::array::c_style) || s.ndim() != 2 ||
+        s.shape(0) != v.rows || s.shape(1) != v.groups())
+      throw py::value_error(what + ": scales must be C-contiguous float32 (" + std::to_string(v.rows) + ", " +
+                            std::to_string(v.groups()) + "), got " + shape_str(s));
+    v.scales = static_cast<const float*>(s.data());
+  } else {
+    throw py::value_error(what + ": dtype must be 'float32', 'bfloat16' or 'int8', got '" + dtype + "'");
+  }
+  return v;
+}
+
+// A float32 (rows, cols) activation matrix with contiguous rows; returns its row stride in elements.
+int64_t f32_rows(const py::array& a, const char* what) {
+  if (a.ndim() != 2 || a.dtype().kind() != 'f' || a.itemsize() != 4)
+    throw py::value_error(std::string(what) + " must be a 2-D float32 array, got " + shape_str(a) + " " +
+                          std::string(py::str(a.dtype())));
+  if (a.shape(1) > 1 && elem_stride(a, 1, what) != 1)
+    throw py::value_error(std::string(what) + " must be contiguous along its last dimension");
+  const int64_t ld = elem_stride(a, 0, what);
+  if (a.shape(0) > 1 && ld < a.shape(1)) throw py::value_error(std::string(what) + ": rows overlap");
+  return a.shape(0) > 1 ? ld : a.shape(1);
+}
+
+bool kv_dtype_check_failed(const py::array& a, havoc::KVDType kv) {
+  if (kv == havoc::KVDType::kFloat32) return !(a.dtype().kind() == 'f' && a.itemsize() == 4);
+  return !((a.dtype().kind() == 'i' || a.dtype().kind() == 'u') && a.itemsize() == 2);
+}
+
+// The decoder and the Python objects whose buffers it points into (kept alive with it).
+struct PyDecoder {
+  std::unique_ptr<havoc::Decoder> decoder;
+  std::vector<py::object> keep;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -349,6 +420,174 @@ PYBIND11_MODULE(_C, m) {
       raise("UnknownSequenceError", PyExc_KeyError, e.what());
     }
   });
+
+
+  // --- the decode kernels ------------------------------------------------------------------------------
+  m.def("linear_isas", &havoc::linear_isas, "Variants of the decode kernels this CPU runs, narrowest first.");
+  m.def(
+      "linear",
+      [](py::array out, const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales,
+         int64_t group, int64_t cols, bool accumulate, const std::string& isa) {
+        const havoc::WeightView v = weight_view(w, dtype, scales, group, cols, "weight");
+        const int64_t ldx = f32_rows(x, "x"), ldy = f32_rows(out, "out");
+        require_writeable(out, "out");
+        if (x.shape(1) != v.cols)
+          throw py::value_error("x has " + std::to_string(x.shape(1)) + " features but the weight takes " +
+                                std::to_string(v.cols));
+        if (out.shape(0) != x.shape(0) || out.shape(1) != v.rows)
+          throw py::value_error("out must be (" + std::to_string(x.shape(0)) + ", " + std::to_string(v.rows) +
+                                "), got " + shape_str(out));
+        float* y = static_cast<float*>(out.mutable_data());
+        py::gil_scoped_release nogil;
+        havoc::linear(static_cast<const float*>(x.data()), x.shape(0), ldx, v, y, ldy, accumulate, isa);
+      },
+      py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("dtype"), py::arg("scales") = py::none(),
+      py::arg("group") = 0, py::arg("cols") = 0, py::arg("accumulate") = false, py::arg("isa") = "auto",
+      "out (=|+=) x @ weight.T with fp32 accumulation: x (M, K) float32 with contiguous rows, weight (N, K) "
+      "float32 / bf16 bits, or int8 packed (N, K rounded up to 64) with cols=K and (N, ceil(K / group)) scales; "
+      "out (M, N) float32. Releases the GIL.");
+  m.def(
+      "linear_argmax",
+      [](const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
+         int64_t cols, const std::string& isa) {
+        const havoc::WeightView v = weight_view(w, dtype, scales, group, cols, "weight");
+        const int64_t ldx = f32_rows(x, "x");
+        if (x.shape(1) != v.cols)
+          throw py::value_error("x has " + std::to_string(x.shape(1)) + " features but the weight takes " +
+                                std::to_string(v.cols));
+        const int64_t M = x.shape(0);
+        py::array_t<int64_t> index(M);
+        py::array_t<float> value(M);
+        int64_t* ip = index.mutable_data();
+        float* vp = value.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          havoc::linear_argmax(static_cast<const float*>(x.data()), M, ldx, v, ip, vp, isa);
+        }
+        return py::make_tuple(index, value);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("dtype"), py::arg("scales") = py::none(), py::arg("group") = 0,
+      py::arg("cols") = 0, py::arg("isa") = "auto",
+      "(argmax ids (M,) int64, maxima (M,) float32) of x @ weight.T without writing the product. Releases the GIL.");
+
+  py::class_<PyDecoder>(m, "Decoder",
+                        "A whole decode step of the havoc decoder over paged K/V pools in one call "
+                        "(havoc.cpu_decode builds it from a model and a PagedKVCache).")
+      .def(py::init([](const py::dict& cfg, const py::list& layers, const py::array& final_norm,
+                       const py::tuple& embedding, const py::tuple& head, const std::string& kv_dtype,
+                       const std::string& isa) {
+             auto out = std::make_unique<PyDecoder>();
+             havoc::DecoderConfig c;
+             c.dim = cfg["dim"].cast<int64_t>();
+             c.n_layers = cfg["n_layers"].cast<int64_t>();
+             c.n_heads = cfg["n_heads"].cast<int64_t>();
+             c.n_kv_heads = cfg["n_kv_heads"].cast<int64_t>();
+             c.head_dim = cfg["head_dim"].cast<int64_t>();
+             c.rotary_dim = cfg["rotary_dim"].cast<int64_t>();
+             c.ffn_hidden = cfg["ffn_hidden"].cast<int64_t>();
+             c.vocab_size = cfg["vocab_size"].cast<int64_t>();
+             c.norm_eps = cfg["norm_eps"].cast<float>();
+             c.rope_theta = cfg["rope_theta"].cast<double>();
+             auto weight = [&](const py::handle& spec, const std::string& what) {
+               auto t = py::reinterpret_borrow<py::tuple>(spec);
+               if (t.size() != 4 && t.size() != 5) throw py::value_error(what + " must be (array, dtype, scales, group[, cols])");
+               auto arr = py::reinterpret_borrow<py::array>(t[0]);
+               out->keep.push_back(t);
+               return weight_view(arr, t[1].cast<std::string>(), t[2], t[3].cast<int64_t>(),
+                                  t.size() == 5 ? t[4].cast<int64_t>() : 0, what);
+             };
+             auto norm = [&](const py::handle& obj, const std::string& what) {
+               auto a = py::reinterpret_borrow<py::array>(obj);
+               if (a.ndim() != 1 || a.shape(0) != c.dim || a.dtype().kind() != 'f' || a.itemsize() != 4 ||
+                   !(a.flags() & py::array::c_style))
+                 throw py::value_error(what + " must be a contiguous float32 (" + std::to_string(c.dim) + ",) array");
+               out->keep.push_back(a);
+               return static_cast<const float*>(a.data());
+             };
+             const havoc::KVDType kv = kv_dtype == "bfloat16" ? havoc::KVDType::kBFloat16 : havoc::KVDType::kFloat32;
+             if (kv_dtype != "float32" && kv_dtype != "bfloat16")
+               throw py::value_error("kv_dtype must be 'float32' or 'bfloat16', got '" + kv_dtype + "'");
+             std::vector<havoc::DecoderLayer> ls;
+             havoc::PoolShape shape;
+             for (size_t i = 0; i < layers.size(); ++i) {
+               auto d = py::reinterpret_borrow<py::dict>(layers[i]);
+               const std::string p = "layer " + std::to_string(i) + " ";
+               havoc::DecoderLayer L;
+               L.attention_norm = norm(d["attention_norm"], p + "attention_norm");
+               L.ffn_norm = norm(d["ffn_norm"], p + "ffn_norm");
+               L.wqkv = weight(d["wqkv"], p + "wqkv");
+               L.wo = weight(d["wo"], p + "wo");
+               L.w13 = weight(d["w13"], p + "w13");
+               L.w2 = weight(d["w2"], p + "w2");
+               auto kp = py::reinterpret_borrow<py::array>(d["k_pool"]);
+               auto vp = py::reinterpret_borrow<py::array>(d["v_pool"]);
+               const havoc::PoolShape s = pool_shape(kp, (p + "k_pool").c_str());
+               if (!same_shape(s, pool_shape(vp, (p + "v_pool").c_str())) || (i > 0 && !same_shape(s, shape)))
+                 throw py::value_error(p + "pools differ in shape from each other or from layer 0's");
+               if (kv_dtype_check_failed(kp, kv) || kv_dtype_check_failed(vp, kv))
+                 throw py::value_error(p + "pools are not " + kv_dtype);
+               require_writeable(kp, (p + "k_pool").c_str());
+               require_writeable(vp, (p + "v_pool").c_str());
+               shape = s;
+               L.k_pool = kp.mutable_data();
+               L.v_pool = vp.mutable_data();
+               out->keep.push_back(kp);
+               out->keep.push_back(vp);
+               ls.push_back(L);
+             }
+             if (ls.empty()) throw py::value_error("a decoder needs at least one layer");
+             const float* fn = norm(final_norm, "final_norm");
+             const havoc::WeightView e = weight(embedding, "embedding"), h = weight(head, "head");
+             out->decoder = std::make_unique<havoc::Decoder>(c, std::move(ls), fn, e, h, kv, shape, isa);
+             return out;
+           }),
+           py::arg("config"), py::arg("layers"), py::arg("final_norm"), py::arg("embedding"), py::arg("head"),
+           py::arg("kv_dtype"), py::arg("isa") = "auto")
+      .def(
+          "step",
+          [](PyDecoder& self, const py::object& tokens_obj, const py::object& positions_obj, const py::object& slots_obj,
+             const py::object& tables_obj, const py::object& lengths_obj, const py::object& logits_obj,
+             const py::object& next_obj) {
+            auto tokens = as_array<IdArray>(tokens_obj, "tokens");
+            auto positions = as_array<IdArray>(positions_obj, "positions");
+            auto slots = as_array<IdArray>(slots_obj, "slots");
+            auto tables = as_array<I32Array>(tables_obj, "block_tables");
+            auto lengths = as_array<I32Array>(lengths_obj, "lengths");
+            require_1d(tokens, "tokens");
+            const int64_t n = tokens.shape(0);
+            for (auto* a : {&positions, &slots})
+              if (a->ndim() != 1 || a->shape(0) != n) throw py::value_error("positions and slots must be (batch,) like tokens");
+            if (lengths.ndim() != 1 || lengths.shape(0) != n) throw py::value_error("lengths must be (batch,) int32");
+            if (tables.ndim() != 2 || tables.shape(0) != n) throw py::value_error("block_tables must be (batch, width) int32");
+            const int64_t V = self.decoder->config().vocab_size;
+            float* lp = nullptr;
+            int64_t* np_ = nullptr;
+            if (!logits_obj.is_none()) {
+              auto l = py::reinterpret_borrow<py::array>(logits_obj);
+              if (l.ndim() != 2 || l.shape(0) != n || l.shape(1) != V || l.dtype().kind() != 'f' || l.itemsize() != 4 ||
+                  !(l.flags() & py::array::c_style))
+                throw py::value_error("logits must be a C-contiguous float32 (" + std::to_string(n) + ", " +
+                                      std::to_string(V) + ") array, got " + shape_str(l));
+              require_writeable(l, "logits");
+              lp = static_cast<float*>(l.mutable_data());
+            }
+            if (!next_obj.is_none()) {
+              auto t = py::reinterpret_borrow<py::array>(next_obj);
+              if (t.ndim() != 1 || t.shape(0) != n || t.dtype().kind() != 'i' || t.itemsize() != 8 ||
+                  !(t.flags() & py::array::c_style))
+                throw py::value_error("next_tokens must be a contiguous int64 (" + std::to_string(n) + ",) array");
+              require_writeable(t, "next_tokens");
+              np_ = static_cast<int64_t*>(t.mutable_data());
+            }
+            py::gil_scoped_release nogil;
+            self.decoder->step(tokens.data(), positions.data(), n, slots.data(), tables.data(), tables.shape(1),
+                               lengths.data(), lp, np_);
+          },
+          py::arg("tokens"), py::arg("positions"), py::arg("slots"), py::arg("block_tables"), py::arg("lengths"),
+          py::arg("logits") = py::none(), py::arg("next_tokens") = py::none(),
+          "One decode step for a batch (one token per sequence): writes each layer's K/V to its slot, the "
+          "logits (batch, vocab) float32 into `logits` and/or the argmax ids into `next_tokens` (int64). "
+          "Releases the GIL.");
 
   // --- the paged cache's CPU kernels ------------------------------------------------------------------
   m.def(

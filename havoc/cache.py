@@ -369,16 +369,7 @@ class PagedKVCache:
                 raise GenerationError(f"sequence {s} is not in the cache")
         starts = np.array([self._computed[s] for s in ids], dtype=np.int64)
         B, bs = len(ids), self.block_size
-        for s in ids:
-            if s in self._unverified:
-                table = self.manager.block_table(s)
-                hit = table[: self._computed[s] // bs]
-                if not self._ready[hit].all():
-                    raise GenerationError(
-                        f"sequence {s} reuses cached prefix blocks whose K/V no forward has written yet: run the "
-                        "forward of the sequence added before it with the same prefix first"
-                    )
-                self._unverified.discard(s)
+        self._verify(ids)
 
         copies = np.zeros((0, 2), dtype=np.int64)
         if tokens is None:
@@ -423,6 +414,58 @@ class PagedKVCache:
                 fwd.gathers = [torch.from_numpy(g).to(dev) for g in gathers]
         self._fwd = fwd
         return torch.from_numpy(new).to(dev)
+
+    def _verify(self, ids: list[int]) -> None:
+        """Check that the prefix-cache hits of these sequences have been written by a forward."""
+        for s in self._unverified.intersection(ids):
+            hit = self.manager.block_table(s)[: self._computed[s] // self.block_size]
+            if not self._ready[hit].all():
+                raise GenerationError(
+                    f"sequence {s} reuses cached prefix blocks whose K/V no forward has written yet: run the "
+                    "forward of the sequence added before it with the same prefix first"
+                )
+            self._unverified.discard(s)
+
+    def prepare_decode(self, seq_ids: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`prepare(seq_ids, tokens)` and `begin` of a one-token decode step, for a kernel that runs the whole
+        step itself (`havoc.cpu_decode`): no torch tensors are built but the two `end()` reads.
+
+        Args:
+            seq_ids: (B,) int64 distinct sequences with nothing pending.
+            tokens: (B,) int64 their new tokens.
+
+        Returns:
+            (positions, slots, block_tables, lengths): (B,) int64 positions and slots of the new tokens,
+            (B, width) int32 block tables and (B,) int32 lengths counting them. Copy-on-write is done; call
+            `end()` after the step.
+
+        Raises:
+            GenerationError: unknown, repeated or busy sequences.
+            OutOfBlocksError: no room for the tokens (nothing changed).
+        """
+        ids = seq_ids.tolist()
+        try:
+            starts = np.fromiter((self._computed[s] for s in ids), dtype=np.int64, count=len(ids))
+        except KeyError as e:
+            raise GenerationError(f"sequence {e.args[0]} is not in the cache") from None
+        if len(set(ids)) != len(ids) or not ids:
+            raise GenerationError(f"prepare_decode needs distinct sequence ids, got {ids}")
+        busy = {s: self.pending(s) for s in ids if self.pending(s)}
+        if busy:
+            raise GenerationError(f"sequences {busy} have tokens waiting to be computed: prepare them first")
+        self._verify(ids)
+        slots, copies = self.manager.step(seq_ids, tokens.astype(np.int32).reshape(-1, 1))
+        slots = slots.reshape(-1)
+        self._ready[slots // self.block_size] = False
+        if len(copies):
+            self._ready[copies[:, 1]] = False
+            ops.copy_blocks(self.k + self.v, torch.from_numpy(np.array(copies, dtype=np.int64)))
+        tables, lengths = self.manager.block_tables(seq_ids)
+        self._fwd = _Forward(
+            seq_ids=ids, n_tokens=1, starts=starts, slots=torch.from_numpy(slots), copies=torch.empty(0, 2, dtype=torch.int64),
+            positions=torch.from_numpy(starts[:, None]), begun=True,
+        )
+        return starts, slots, tables, lengths
 
     def begin(self, batch_size: int, n_tokens: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
         fwd = self._fwd

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from havoc import cpu_decode
 from havoc.cache import PagedKVCache
 from havoc.errors import GenerationError, OutOfBlocksError
 from havoc.model import HavocModel
@@ -171,6 +172,7 @@ def stream_ids(
     stats: GenerationStats | None = None,
     cache: str | PagedKVCache = "static",
     namespace: str = "",
+    cpu_weights: str = "auto",
 ) -> Iterator[list[StepEvent]]:
     """Generate for a batch of prompts, yielding the tokens of each step as they are decided.
 
@@ -186,6 +188,10 @@ def stream_ids(
             batch), or a `PagedKVCache` to generate in: its blocks bound how many prompts run at once, and
             its prefix cache outlives the call (a later prompt with the same prefix skips it).
         namespace: prefix-cache namespace of the paged path (prompts share cached blocks only within one).
+        cpu_weights: weights of the paged path's CPU decode steps (`havoc.cpu_decode`): "auto" (the
+            model's own fp32/bf16 weights) or "int8" (weight-only int8 with per-group scales, made once per
+            model; the prefill still runs on the model's weights). The CPU decoder runs whenever the model
+            is a CPU fp32/bf16 model and HAVOC_OPS is auto or fast; elsewhere the model's forward does.
 
     Yields:
         Per step, one `StepEvent` per prompt still generating (in the paged path, prompts admitted later
@@ -204,8 +210,10 @@ def stream_ids(
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(stop_ids))
     stats = stats if stats is not None else GenerationStats()
     if not (isinstance(cache, str) and cache == "static"):
-        yield from _stream_paged(model, prompts, params, budgets, stops, should_stop, stats, cache, namespace)
+        yield from _stream_paged(model, prompts, params, budgets, stops, should_stop, stats, cache, namespace, cpu_weights)
         return
+    if cpu_weights != "auto":
+        raise GenerationError(f"cpu_weights={cpu_weights!r} needs the paged path (cache='paged')")
     device = model.tok_embeddings.weight.device
     B, T = len(prompts), max(lengths)
 
@@ -290,6 +298,7 @@ def _stream_paged(
     stats: GenerationStats,
     cache: str | PagedKVCache,
     namespace: str,
+    cpu_weights: str,
 ) -> Iterator[list[StepEvent]]:
     """The paged path of `stream_ids` (see the module docstring)."""
     if isinstance(cache, str):
@@ -301,6 +310,13 @@ def _stream_paged(
         raise GenerationError(f"cache must be 'static', 'paged' or a PagedKVCache, got {type(cache).__name__}")
     device = cache.device
     V = model.config.vocab_size
+    # The decode steps: one call into the C++ decoder per step where it applies (CPU, fp32/bf16), else the
+    # model's forward. Greedy without a penalty needs only each row's argmax, which the decoder's LM head
+    # computes without writing the logits; then logits_of holds 0-d token ids after the first step.
+    decoder = cpu_decode.for_model(model, cpu_weights) if cache.dtype == model.tok_embeddings.weight.dtype else None
+    if decoder is None and cpu_weights != "auto":
+        raise GenerationError(f"cpu_weights={cpu_weights!r}: the cache's dtype {cache.dtype} is not the model's")
+    argmax_only = decoder is not None and params.greedy and params.repetition_penalty == 1.0
     generator = None
     if not params.greedy:
         generator = torch.Generator(device=device)
@@ -346,9 +362,12 @@ def _stream_paged(
         admit()
         while running:
             rows = list(running)
-            logits = torch.stack([logits_of[i] for i in rows])  # (R, V)
-            seen_rows = torch.stack([seen[i] for i in rows]) if seen else None
-            chosen = sample_next(logits, params, seen_rows, generator).tolist()
+            if argmax_only:  # 0-d ids from the decoder; (V,) logits of a prompt just prefilled
+                chosen = [int(logits_of[i] if logits_of[i].dim() == 0 else logits_of[i].float().argmax()) for i in rows]
+            else:
+                logits = torch.stack([logits_of[i] for i in rows])  # (R, V)
+                seen_rows = torch.stack([seen[i] for i in rows]) if seen else None
+                chosen = sample_next(logits, params, seen_rows, generator).tolist()
             events, keep = [], []
             for i, tok in zip(rows, chosen):
                 produced[i] += 1
@@ -371,8 +390,11 @@ def _stream_paged(
             yield events
             admit()
             if keep:
-                ids = [seq[i] for i, _ in keep]
-                out = model(cache.prepare(ids, [tok for _, tok in keep]), cache=cache, logits_to_keep=1)[:, -1]
+                ids, toks = [seq[i] for i, _ in keep], [tok for _, tok in keep]
+                if decoder is not None:
+                    out = decoder.step(cache, ids, toks, greedy=argmax_only)  # (R,) ids or (R, V) fp32 logits
+                else:
+                    out = model(cache.prepare(ids, toks), cache=cache, logits_to_keep=1)[:, -1]
                 for (i, _), row in zip(keep, out):
                     logits_of[i] = row
     finally:  # a consumer that stops early must not leave its sequences in a shared cache
@@ -391,14 +413,17 @@ def generate_ids(
     stats: GenerationStats | None = None,
     cache: str | PagedKVCache = "static",
     namespace: str = "",
+    cpu_weights: str = "auto",
 ) -> list[list[int]]:
     """Generated token ids for each prompt (the stop id that ended a prompt included).
 
-    `cache` and `namespace` choose the static or the paged path (see `stream_ids`).
+    `cache`, `namespace` and `cpu_weights` are as for `stream_ids`.
     """
     params = params or SamplingParams()
     out: list[list[int]] = [[] for _ in prompts]
-    for events in stream_ids(model, prompts, params, stop_ids=stop_ids, stats=stats, cache=cache, namespace=namespace):
+    for events in stream_ids(
+        model, prompts, params, stop_ids=stop_ids, stats=stats, cache=cache, namespace=namespace, cpu_weights=cpu_weights
+    ):
         for e in events:
             out[e.index].append(e.token_id)
     return out

@@ -247,5 +247,6 @@ def linear_cross_entropy(
 rope_cos_sin = reference.rope_cos_sin
 
 from havoc import cpu_ops  # noqa: E402,F401  (registers the CPU fast paths)
+from havoc import cpu_decode  # noqa: E402,F401  (the C++ decode kernels: ops.linear on CPU up to 64 rows)
 from havoc import cpu_paged  # noqa: E402,F401  (registers the paged cache's C++ kernels for CPU)
 from havoc import triton_ops  # noqa: E402,F401  (registers the Triton kernels)

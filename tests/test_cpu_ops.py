@@ -1,4 +1,7 @@
-"""CPU fast paths registered with havoc.ops: same results as the reference, used where they should be."""
+"""CPU fast paths registered with havoc.ops: same results as the reference, used where they should be.
+
+ops.linear takes the C++ kernel (havoc.cpu_decode) up to 64 rows and cpu_ops' planned torch products above;
+the planner tests call cpu_ops.linear directly."""
 
 import pytest
 import torch
@@ -29,12 +32,12 @@ def test_the_product_is_planned_once_per_shape_and_row_bucket(monkeypatch):
     w = torch.randn(48, 32)
     with torch.inference_mode():
         for _ in range(3):
-            ops.linear(torch.randn(8, 1, 32), w)
-        ops.linear(torch.randn(4, 1, 32), w)
-        ops.linear(torch.randn(1, 1, 32), w)  # one row: plain GEMV, never timed
-        ops.linear(torch.randn(100, 32), w)  # prefill-sized: bucket 128
-        ops.linear(torch.randn(120, 32), w)  # same bucket: no new timing
-        ops.linear(torch.randn(300, 32).bfloat16(), w.bfloat16())  # bf16 may upcast
+            cpu_ops.linear(torch.randn(8, 1, 32), w)
+        cpu_ops.linear(torch.randn(4, 1, 32), w)
+        cpu_ops.linear(torch.randn(1, 1, 32), w)  # one row: plain GEMV, never timed
+        cpu_ops.linear(torch.randn(100, 32), w)  # prefill-sized: bucket 128
+        cpu_ops.linear(torch.randn(120, 32), w)  # same bucket: no new timing
+        cpu_ops.linear(torch.randn(300, 32).bfloat16(), w.bfloat16())  # bf16 may upcast
     assert planned == [["plain", "transposed"], ["plain", "transposed"], ["plain"], ["fp32", "plain"]]
     assert set(cpu_ops._plan) == {
         (48, 32, 8, torch.float32), (48, 32, 4, torch.float32), (48, 32, 128, torch.float32),
@@ -56,7 +59,7 @@ def test_every_candidate_gives_the_same_values(monkeypatch, dtype, rows, names):
     for name in names:
         cpu_ops._plan[(960, 576, cpu_ops._bucket(rows), dtype)] = name
         with torch.inference_mode():
-            out = ops.linear(x, w)
+            out = cpu_ops.linear(x, w)
         assert out.dtype == dtype and out.shape == (rows, 1, 960)
         torch.testing.assert_close(out.float(), expected, atol=tol, rtol=1e-2), name
 

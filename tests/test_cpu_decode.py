@@ -1,0 +1,197 @@
+"""The whole-step CPU decoder (havoc.cpu_decode.CPUDecoder) against the reference model over the same paged
+cache: logits (fp32 <= 1e-4 relative; bf16 and int8 against the weights they stand for), every ISA variant,
+ragged batches, continuous batching in the generation loop, greedy continuations on SmolLM2, bad input."""
+
+import copy
+
+import pytest
+import torch
+
+from havoc import GenerationError, cpu_decode, ops
+from havoc.cache import PagedKVCache
+from havoc.config import ModelConfig
+from havoc.cpu_decode import CPUDecoder, Int8Weight
+from havoc.errors import ConfigError
+from havoc.generation import SamplingParams, generate_ids
+from havoc.model import HavocModel
+
+ISAS = cpu_decode.isas()
+
+
+def _rel(got, want):
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    # rotary_dim < head_dim: a partial rotary, passing the tail through; untied head
+    cfg = ModelConfig.from_preset("tiny", max_seq_len=128, rotary_dim=8, tie_embeddings=False)
+    m = HavocModel(cfg).eval()
+    with torch.no_grad():  # non-trivial norms
+        for mod in m.modules():
+            if hasattr(mod, "eps"):
+                mod.weight.uniform_(0.5, 1.5)
+    return m
+
+
+PROMPTS = [[5, 9, 11, 3, 7], [1] * 17, [300, 2], [44] * 33]  # ragged; 17 and 33 cross block boundaries
+
+
+def _prefill(model, cache, prompts):
+    sids, nxt = [], []
+    with torch.inference_mode(), ops.use_backend("reference"):
+        for p in prompts:
+            s = cache.new_seq_id()
+            cache.add(s, p)
+            sids.append(s)
+            nxt.append(int(model(cache.prepare([s]), cache=cache, logits_to_keep=1)[0, -1].float().argmax()))
+    return sids, nxt
+
+
+def _decode(model, prompts, steps, decoder=None, block_size=16):
+    """Per step, the (B, V) fp32 logits; the reference model's forward when decoder is None."""
+    cache = PagedKVCache.for_model(model, 64, block_size)
+    sids, nxt = _prefill(model, cache, prompts)
+    out = []
+    with torch.inference_mode():
+        for _ in range(steps):
+            if decoder is None:
+                with ops.use_backend("reference"):
+                    lg = model(cache.prepare(sids, nxt), cache=cache, logits_to_keep=1)[:, -1].float()
+            else:
+                lg = decoder.step(cache, sids, nxt)
+            out.append(lg)
+            nxt = lg.argmax(-1).tolist()
+    cache.check_invariants()
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fp32_logits_match_the_reference(tiny, isa):
+    want = _decode(tiny, PROMPTS, 5)
+    got = _decode(tiny, PROMPTS, 5, CPUDecoder(tiny, isa=isa), block_size=8)  # other block size: same K/V
+    for g, w in zip(got, want):
+        assert _rel(g, w) <= 1e-4
+
+
+def test_greedy_head_returns_the_argmax_of_the_logits(tiny):
+    dec = CPUDecoder(tiny)
+    cache, twin = PagedKVCache.for_model(tiny, 64, 16), PagedKVCache.for_model(tiny, 64, 16)
+    sids, nxt = _prefill(tiny, cache, PROMPTS)
+    assert _prefill(tiny, twin, PROMPTS) == (sids, nxt)  # the same state twice
+    lg = dec.step(cache, sids, nxt)
+    ids = dec.step(twin, sids, nxt, greedy=True)
+    assert ids.dtype == torch.int64 and torch.equal(ids, lg.argmax(-1))
+
+
+def test_bf16_logits_are_close_to_the_fp32_product_of_the_bf16_weights(tiny):
+    m16 = copy.deepcopy(tiny).to(torch.bfloat16)
+    m32 = copy.deepcopy(m16).float()  # the same weights, exactly; the fp32 K/V cache is the difference
+    got = _decode(m16, PROMPTS, 4, CPUDecoder(m16))
+    want = _decode(m32, PROMPTS, 4)
+    for g, w in zip(got, want):
+        assert _rel(g, w) <= 2e-2
+    ref16 = _decode(m16, PROMPTS, 4)  # and to the reference in bf16 (rounded after every op)
+    for g, w in zip(got, ref16):
+        assert _rel(g, w) <= 5e-2
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_logits_match_the_dequantized_model(tiny, isa):
+    dec = CPUDecoder(tiny, weights="int8", group=64, isa=isa)
+    deq = copy.deepcopy(tiny)
+    with torch.no_grad():
+        for name, mod in deq.named_modules():
+            if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)):
+                mod.weight.copy_(Int8Weight.quantize(mod.weight, 64).dequantize())
+    # the prefill (model forward) runs on the dequantized weights as well, so both paths see one model
+    got = _decode(deq, PROMPTS, 4, dec)
+    want = _decode(deq, PROMPTS, 4)
+    for g, w in zip(got, want):
+        assert _rel(g, w) <= 1e-4
+
+
+def test_generation_uses_the_decoder_and_matches_the_reference(tiny, monkeypatch):
+    steps = []
+    real = CPUDecoder.step
+    monkeypatch.setattr(CPUDecoder, "step", lambda self, *a, **k: steps.append(len(a[1])) or real(self, *a, **k))
+    prompts = PROMPTS + [[8, 8, 8], [17] * 20]
+    # A pool too small for all at once: later prompts join as earlier ones finish (continuous batching).
+    for params in (SamplingParams(max_new_tokens=12, ignore_eos=True),
+                   SamplingParams(max_new_tokens=12, temperature=0.8, top_k=20, seed=3, ignore_eos=True)):
+        small = PagedKVCache.for_model(tiny, 9, 8)
+        fast = generate_ids(tiny, prompts, params, cache=small)
+        with ops.use_backend("reference"):
+            ref = generate_ids(tiny, prompts, params, cache=PagedKVCache.for_model(tiny, 9, 8))
+        assert fast == ref
+        small.check_invariants()
+    assert steps and max(steps) < len(prompts)  # the pool never held all of them
+
+
+def test_int8_generation_option(tiny):
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    out = generate_ids(tiny, PROMPTS, params, cache="paged", cpu_weights="int8")
+    assert [len(o) for o in out] == [6] * len(PROMPTS)
+    with pytest.raises(GenerationError, match="needs the paged path"):
+        generate_ids(tiny, PROMPTS, params, cpu_weights="int8")
+    with pytest.raises(ConfigError, match="cpu weights must be"):
+        generate_ids(tiny, PROMPTS, params, cache="paged", cpu_weights="int4")
+    with ops.use_backend("reference"), pytest.raises(ConfigError, match="needs a CPU model"):
+        generate_ids(tiny, PROMPTS, params, cache="paged", cpu_weights="int8")
+
+
+def test_for_model_rebuilds_after_the_weights_change(tiny):
+    m = copy.deepcopy(tiny)
+    d1 = cpu_decode.for_model(m)
+    assert cpu_decode.for_model(m) is d1
+    with torch.no_grad():
+        m.layers[0].attention.wo.weight.mul_(2)
+    assert cpu_decode.for_model(m) is not d1
+    with ops.use_backend("reference"):
+        assert cpu_decode.for_model(m) is None
+
+
+def test_bad_input_is_rejected_before_anything_is_written(tiny):
+    dec = CPUDecoder(tiny)
+    cache = PagedKVCache.for_model(tiny, 64, 16)
+    sids, nxt = _prefill(tiny, cache, PROMPTS[:2])
+    before = [t.clone() for t in cache.k]
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        dec.step(cache, sids, [nxt[0], tiny.config.vocab_size])
+    assert all(torch.equal(a, b) for a, b in zip(before, cache.k))
+    dec.step(cache, sids, nxt)  # the cache is as it was: the step goes through
+    raw = dec.bind(cache)
+    with pytest.raises(IndexError, match="slot"):
+        raw.step([1], [0], [10**9], [[0]], [1])
+    with pytest.raises(IndexError, match="block id"):
+        raw.step([1], [0], [0], [[999]], [1])
+    with pytest.raises(IndexError, match="does not fit its block table"):
+        raw.step([1], [0], [0], [[0]], [17])
+    with pytest.raises(ValueError, match="logits must be"):
+        raw.step([1], [0], [0], [[0]], [1], logits=torch.zeros(1, 3).numpy())
+    with pytest.raises(ConfigError, match="the cache holds"):
+        dec.bind(PagedKVCache(tiny.config, 8, 16, dtype=torch.bfloat16))
+    with pytest.raises(ConfigError, match="CPU model in fp32 or bf16"):
+        CPUDecoder(copy.deepcopy(tiny).half())
+    with pytest.raises(ConfigError, match="weights must be"):
+        CPUDecoder(tiny, weights="int4")
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_smollm2_greedy_continuations_match_the_reference(smollm2, dtype):
+    model, tok = smollm2
+    m = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    prompts = [tok.encode("The capital of France is"), tok.encode("def fibonacci(n):")]
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    fast = generate_ids(m, prompts, params, cache="paged")
+    with ops.use_backend("reference"):
+        ref = generate_ids(m, prompts, params, cache="paged")
+    if dtype == torch.float32:
+        assert fast == ref
+        got, want = _decode(m, prompts, 3, cpu_decode.for_model(m)), _decode(m, prompts, 3)
+        for g, w in zip(got, want):
+            assert _rel(g, w) <= 1e-4
+    else:  # fp32 activations vs bf16 rounding after every op: the same start, perhaps a late divergence
+        assert all(f[:4] == r[:4] for f, r in zip(fast, ref))
