@@ -17,7 +17,8 @@ any sm without a driver. This module does that for the launches the wrappers wou
    launch on the GPU would (pointer dtypes, 16-byte divisibility, integers equal to 1), for the target.
 3. Compile. `triton.compile` per distinct (kernel, specialisation, options), in worker processes; shared
    memory is `metadata.shared` (what Triton checks against the device's opt-in limit when it loads the
-   kernel), registers and local memory (spills) are read from the cubin with the bundled `cuobjdump`.
+   kernel); registers and the stack frame are read from the cubin with the bundled `cuobjdump`, spill
+   stores from the `ptxas -v` report that Triton prints when TRITON_DUMP_PTXAS_LOG is on.
 
 Nothing is written outside TRITON_CACHE_DIR (set it to a temporary directory to keep the normal cache
 clean; the CLI does that unless told otherwise).
@@ -362,7 +363,8 @@ class Result:
     shared: int = -1  # bytes of dynamic shared memory (metadata.shared)
     shared_limit: int = 0
     regs: int = -1  # per thread, from the cubin
-    local: int = -1  # bytes of local memory per thread (register spills), from the cubin
+    spill: int = -1  # bytes of spill stores per thread, from ptxas -v
+    stack: int = -1  # bytes of stack frame per thread (where spills go), from the cubin
     seconds: float = 0.0
 
     @property
@@ -378,7 +380,10 @@ def _cuobjdump() -> str | None:
 
 
 def _res_usage(cubin: bytes) -> tuple[int, int]:
-    """(registers, local bytes) per thread of the cubin's kernel, or (-1, -1) without cuobjdump."""
+    """(registers, stack bytes) per thread of the cubin's kernel, or (-1, -1) without cuobjdump.
+
+    The stack frame holds the spilled registers (cuobjdump's LOCAL stays 0 when ptxas spills).
+    """
     tool = _cuobjdump()
     if tool is None:
         return -1, -1
@@ -387,13 +392,22 @@ def _res_usage(cubin: bytes) -> tuple[int, int]:
         f.flush()
         text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
     reg = re.search(r"REG:(\d+)", text)
-    local = re.search(r"LOCAL:(\d+)", text)
-    return (int(reg.group(1)) if reg else -1, int(local.group(1)) if local else -1)
+    stack = re.search(r"STACK:(\d+)", text)
+    return (int(reg.group(1)) if reg else -1, int(stack.group(1)) if stack else -1)
+
+
+def _spill_stores(ptxas_log: str) -> int:
+    """Bytes of spill stores from ptxas -v (Triton runs it with -v), or -1 if the log is not there."""
+    m = re.search(r"(\d+) bytes spill stores", ptxas_log)
+    return int(m.group(1)) if m else -1
 
 
 def compile_job(job: Job) -> Result:
     """Compile one job to a cubin; never raises (a failure is a Result with ok=False)."""
+    import io
+
     import triton
+    from triton import knobs
     from triton.compiler import ASTSource
 
     os.environ["TRITON_INTERPRET"] = "0"
@@ -401,12 +415,17 @@ def compile_job(job: Job) -> Result:
     fn = getattr(mod, job.kernel)
     res = Result(job.kernel, job.arch, job.label, job.scenarios, ok=False, shared_limit=SHARED_LIMIT.get(job.arch, 0))
     t0 = time.perf_counter()
+    log = io.StringIO()
     try:
         src = ASTSource(fn, job.signature, job.constexprs, job.attrs)
-        compiled = triton.compile(src, target=_target(job.arch), options=dict(job.options))
+        # Triton prints ptxas's -v report when asked: the spill counts come from there (a cache hit has none)
+        with knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+            knobs.nvidia.dump_ptxas_log = True
+            compiled = triton.compile(src, target=_target(job.arch), options=dict(job.options))
         res.ok = True
         res.shared = int(compiled.metadata.shared)
-        res.regs, res.local = _res_usage(compiled.asm["cubin"])
+        res.regs, res.stack = _res_usage(compiled.asm["cubin"])
+        res.spill = _spill_stores(log.getvalue())
     except Exception as e:  # noqa: BLE001 - every failure is the report's content
         res.error = f"{type(e).__name__}: {e}"
     res.seconds = time.perf_counter() - t0
@@ -461,10 +480,11 @@ def nvidia_backend_available() -> str | None:
 
 # --------------------------------------------------------------------------------------------- CLI
 def format_table(results: list[Result]) -> str:
-    rows = [("kernel", "sm", "config", "shared B", "regs", "spill B", "s", "status")]
+    rows = [("kernel", "sm", "config", "shared B", "regs", "spill B", "stack B", "s", "status")]
     for r in sorted(results, key=lambda r: (r.kernel, r.arch, r.label)):
         status = "ok" if r.ok and not r.over_shared else ("SHARED > LIMIT" if r.ok else "FAILED")
-        rows.append((r.kernel, str(r.arch), r.label, str(r.shared), str(r.regs), str(r.local), f"{r.seconds:.1f}", status))
+        rows.append((r.kernel, str(r.arch), r.label, str(r.shared), str(r.regs), str(r.spill), str(r.stack),
+                     f"{r.seconds:.1f}", status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     for r in results:
