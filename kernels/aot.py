@@ -78,16 +78,18 @@ def recording(sms: int) -> Iterator[list[Launch]]:
         raise RuntimeError("havoc.kernels.aot needs TRITON_INTERPRET unset (the kernels must be JITFunctions)")
     sink: list[Launch] = []
     saved: list[tuple[Any, str, Any]] = []
-    for name in KERNEL_MODULES:
-        mod = __import__(f"havoc.kernels.{name}", fromlist=["_"])
-        for attr, val in list(vars(mod).items()):
-            if attr.endswith("_kernel") and isinstance(val, JITFunction):
+    try:
+        for name in KERNEL_MODULES:
+            mod = __import__(f"havoc.kernels.{name}", fromlist=["_"])
+            kernels = [(a, v) for a, v in vars(mod).items() if a.endswith("_kernel") and isinstance(v, JITFunction)]
+            if not kernels:  # imported while TRITON_INTERPRET was on: interpreter functions, nothing to compile
+                raise RuntimeError(f"havoc.kernels.{name} holds no JIT kernels; import it with TRITON_INTERPRET unset")
+            for attr, val in kernels:
                 saved.append((mod, attr, val))
                 setattr(mod, attr, _Recorder(name, val, sink))
-        if hasattr(mod, "sm_count"):
-            saved.append((mod, "sm_count", mod.sm_count))
-            mod.sm_count = lambda device, _n=sms: _n
-    try:
+            if hasattr(mod, "sm_count"):
+                saved.append((mod, "sm_count", mod.sm_count))
+                mod.sm_count = lambda device, _n=sms: _n
         yield sink
     finally:
         for mod, attr, val in saved:
