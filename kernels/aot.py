@@ -160,10 +160,15 @@ def _scenarios(full: bool = True) -> list[tuple[str, Callable[[], None]]]:
                     lambda case=case, dt=dt, H=H, KV=KV, D=D: _paged(paged_attention, case, dt, H, KV, D))
             # fused linear cross-entropy: mean with gradients, sum, loss only (eval)
             add(f"cross_entropy all {mn} {dn}", lambda dt=dt, V=V: _cross_entropy(cross_entropy, dt, V))
+    # the widest row rms_norm takes (MAX_FEATURES: 32 warps, at most 64 registers a thread), once
+    x = E(256, rms_norm.MAX_FEATURES, dtype=torch.bfloat16)
+    w = E(rms_norm.MAX_FEATURES, dtype=torch.bfloat16)
+    add("rms_norm max-features 7b bf16", lambda x=x, w=w: (
+        rms_norm._forward(x, x, w, 1e-5), rms_norm._backward(x, x, w, 1e-5, x)))
     # partial rotary (a tail copied through) and odd paged block sizes, once
     x = E(1, 4, 12, 64, dtype=torch.bfloat16)
     cs = E(1, 4, 32, dtype=torch.float32)
-    add("rope partial-rotary smol bf16", lambda: rope._launch(x, cs, cs, False))
+    add("rope partial-rotary smol bf16", lambda x=x, cs=cs: rope._launch(x, cs, cs, False))
     for bs in (17, 1):
         add(f"paged block_size={bs} 7b bf16",
             lambda bs=bs: _paged(paged_attention, "split-k", torch.bfloat16, 32, 8, 128, block_size=bs))
