@@ -281,6 +281,10 @@ def _paged_kv_write_op(
     for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
         check_last_dim_contiguous(op, name, t)
     check_device(op, k, v, k_cache, v_cache, slots)
+    _write(k, v, k_cache, v_cache, slots)
+
+
+def _write(k, v, k_cache, v_cache, slots) -> None:
     if k.shape[0] == 0 or k.numel() == 0:
         return
     _paged_kv_write_kernel[(k.shape[0],)](
