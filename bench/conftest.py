@@ -184,7 +184,8 @@ def record():
         if benchmark.stats is None:  # --benchmark-disable
             return
         median = benchmark.stats.stats.median / ops_per_round
-        benchmark.extra_info.update(impl=impl, ops_per_round=ops_per_round, median_per_op_s=median)
+        benchmark.extra_info.update(kind="cpp_vs_baseline", group=group, impl=impl, ops_per_round=ops_per_round,
+                                    median_per_op_s=median)
         _results[group][impl] = median
 
     return _record

@@ -19,8 +19,8 @@ def _fmt(x, spec=".1f"):
 def generation_table(benchmarks: list[dict]) -> list[str]:
     rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") in ("decode", "prefill")]
     out = [
-        "| phase | dtype | batch | havoc tok/s | transformers tok/s | havoc / transformers | overhead ms/step (havoc / tf) | matmul floor ms (havoc / tf) | peak extra MiB (havoc / tf) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| phase | dtype | batch | havoc tok/s | transformers tok/s | havoc / transformers | overhead ms/step (havoc / tf) | matmul floor ms (havoc / tf) | weight GB/s (% of read bw) | peak extra MiB (havoc / tf) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["kind"] != "prefill", r["dtype"], r["batch"])):
         out.append(
@@ -28,8 +28,37 @@ def generation_table(benchmarks: list[dict]) -> list[str]:
             f"{_fmt(r['baseline_tokens_per_s'])} | **{_fmt(r['ratio'], '.2f')}×** | "
             f"{_fmt(r.get('overhead_ms'), '.1f')} / {_fmt(r.get('baseline_overhead_ms'), '.1f')} | "
             f"{_fmt(r.get('matmul_floor_ms'))} / {_fmt(r.get('baseline_matmul_floor_ms'))} | "
+            f"{_bandwidth(r)} | "
             f"{_fmt(r.get('peak_extra_mb'), '.0f')} / {_fmt(r.get('baseline_peak_extra_mb'), '.0f')} |"
         )
+    return out
+
+
+def _bandwidth(r: dict) -> str:
+    if r.get("weight_gb_s") is None:
+        return "–"
+    frac = r.get("frac_bandwidth")
+    return f"{r['weight_gb_s']:.1f} ({frac * 100:.0f}%)" if frac is not None else f"{r['weight_gb_s']:.1f}"
+
+
+def cpp_table(benchmarks: list[dict]) -> list[str]:
+    """C++ vs its baseline (the pure-Python block manager, or torch's own ops): median time per operation."""
+    by_group: dict[str, dict[str, float]] = {}
+    for b in benchmarks:
+        e = b.get("extra_info", {})
+        if e.get("kind") == "cpp_vs_baseline":
+            by_group.setdefault(e["group"], {})[e["impl"]] = e["median_per_op_s"]
+    if not by_group:
+        return []
+    out = ["| operation | C++ | baseline | C++ ops/s | baseline / C++ |", "|---|---:|---:|---:|---:|"]
+
+    def us(x):
+        return "–" if x is None else f"{x * 1e6:.2f} µs"
+
+    for group, d in by_group.items():
+        cpp, base = d.get("cpp"), d.get("py")
+        ratio = f"**{base / cpp:.1f}×**" if cpp and base else "–"
+        out.append(f"| {group} | {us(cpp)} | {us(base)} | {f'{1 / cpp:,.0f}' if cpp else '–'} | {ratio} |")
     return out
 
 
@@ -68,9 +97,14 @@ def main(path: str) -> None:
     print(f"- date: {data.get('datetime', '?')}; commit: {m.get('havoc_commit') or c.get('id', '?')[:12]}"
           f"{' (dirty)' if c.get('dirty') else ''}")
     print()
-    kernels = kernel_table(data["benchmarks"])
-    for line in kernels or generation_table(data["benchmarks"]):
-        print(line)
+    b = data["benchmarks"]
+    generation = generation_table(b)
+    tables = [t for t in (kernel_table(b), generation if len(generation) > 2 else [], cpp_table(b)) if t]
+    for i, table in enumerate(tables):
+        if i:
+            print()
+        for line in table:
+            print(line)
 
 
 if __name__ == "__main__":

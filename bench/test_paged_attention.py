@@ -51,7 +51,7 @@ def test_paged_decode_attention(benchmark, record, dtype, shape, context, batch,
         torch.testing.assert_close(fn(q, k_pool, v_pool, tables, lengths).float(), expected, atol=2e-2, rtol=2e-2)
     benchmark(fn, q, k_pool, v_pool, tables, lengths)
     impl_name = "cpp" if impl == "cpp" else "py"
-    record(f"decode attn {shape} {dtype[:4]} ctx{context} b{batch}", impl_name, 1, benchmark)
+    record(f"decode attn {shape} {'fp32' if dtype == 'float32' else 'bf16'} ctx{context} b{batch}", impl_name, 1, benchmark)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
