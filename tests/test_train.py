@@ -284,7 +284,10 @@ def test_fsdp2_on_two_cpu_ranks_trains_and_resumes(tmp_path):
         path.write_text(yaml.safe_dump(cfg))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "havoc.cli",
                "train", "--config", str(path), "--no-progress", *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        # cwd outside the source tree: `python -m` puts the cwd first on sys.path, and the repository's havoc/
+        # (which has no havoc.kernels until installed) would shadow the installed package
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]
         return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 

@@ -40,6 +40,7 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
         [sys.executable, "-m", "havoc.kernels.aot", "--quick", "--quiet", "--arch", "90",
          "--jobs", str(min(4, os.cpu_count() or 1)), "--json", str(report)],
         env=env, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path,  # not the repository root: `python -m` would import its uninstalled havoc/ first
     )
     assert report.exists(), f"the compile run did not finish (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     results = json.loads(report.read_text())
