@@ -161,6 +161,16 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _finish_reason(
+    index: int, tok: int, produced: int, budget: int, stops: set[int],
+    should_stop: Callable[[int, int], bool] | None,
+) -> str | None:
+    """Why prompt `index` ends after token `tok` (its `produced`-th): "stop", "length", or None to go on."""
+    if tok in stops or (should_stop is not None and should_stop(index, tok)):
+        return "stop"
+    return "length" if produced >= budget else None
+
+
 @torch.inference_mode()
 def stream_ids(
     model: HavocModel,
@@ -259,11 +269,7 @@ def stream_ids(
                 if done[index]:
                     continue
                 produced[index] += 1
-                reason = None
-                if tok in stops or (should_stop is not None and should_stop(index, tok)):
-                    reason = "stop"
-                elif produced[index] >= budgets[index]:
-                    reason = "length"
+                reason = _finish_reason(index, tok, produced[index], budgets[index], stops, should_stop)
                 events.append(StepEvent(index, tok, reason))
                 if reason is None:
                     keep.append(r)
@@ -371,11 +377,7 @@ def _stream_paged(
             events, keep = [], []
             for i, tok in zip(rows, chosen):
                 produced[i] += 1
-                reason = None
-                if tok in stops or (should_stop is not None and should_stop(i, tok)):
-                    reason = "stop"
-                elif produced[i] >= budgets[i]:
-                    reason = "length"
+                reason = _finish_reason(i, tok, produced[i], budgets[i], stops, should_stop)
                 events.append(StepEvent(i, tok, reason))
                 if reason is None:
                     keep.append((i, tok))
