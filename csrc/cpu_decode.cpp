@@ -242,19 +242,13 @@ HAVOC_ISA_KERNELS(avx512, 16, HAVOC_TARGET_AVX512)
 #endif
 #undef HAVOC_ISA_KERNELS
 
-bool has(const std::vector<std::string>& features, const char* f) {
-  return std::find(features.begin(), features.end(), f) != features.end();
-}
-
 const IsaKernels& kernels_for(const std::string& isa) {
-  const std::string level = isa == "auto" ? runtime_simd_level() : isa;
-  if (level == "scalar" || level == "neon") return scalar_kernels;
+  const std::string level = simd::resolve_isa(isa);
 #ifdef HAVOC_X86_DISPATCH
-  const auto f = cpu_features();
-  if (level == "avx2" && has(f, "avx2") && has(f, "fma")) return avx2_kernels;
-  if (level == "avx512" && has(f, "avx512f") && has(f, "avx512bw") && has(f, "avx512vl")) return avx512_kernels;
+  if (level == "avx2") return avx2_kernels;
+  if (level == "avx512") return avx512_kernels;
 #endif
-  throw std::invalid_argument("kernel variant '" + isa + "' is not available on this CPU or build");
+  return scalar_kernels;
 }
 
 void check_weight(const WeightView& w, const char* what) {
@@ -348,15 +342,7 @@ void embed_row(const WeightView& e, int64_t id, float* out) {
 
 }  // namespace
 
-std::vector<std::string> linear_isas() {
-  std::vector<std::string> out{"scalar"};
-#ifdef HAVOC_X86_DISPATCH
-  const auto f = cpu_features();
-  if (has(f, "avx2") && has(f, "fma")) out.emplace_back("avx2");
-  if (has(f, "avx512f") && has(f, "avx512bw") && has(f, "avx512vl")) out.emplace_back("avx512");
-#endif
-  return out;
-}
+std::vector<std::string> linear_isas() { return simd::runnable_isas(); }
 
 void linear(const float* x, int64_t M, int64_t ldx, const WeightView& w, float* y, int64_t ldy, bool accumulate,
             const std::string& isa) {

@@ -192,22 +192,14 @@ HAVOC_DECODE_UNITS(unit_avx512, 16, HAVOC_TARGET_AVX512)
 #endif
 #undef HAVOC_DECODE_UNITS
 
-bool cpu_has(const std::string& feature) {
-  const auto f = cpu_features();
-  return std::find(f.begin(), f.end(), feature) != f.end();
-}
-
 UnitFn pick_unit(const std::string& isa, KVDType dtype) {
   const bool bf16 = dtype == KVDType::kBFloat16;
-  std::string level = isa;
-  if (level == "auto") level = runtime_simd_level();
-  if (level == "scalar" || level == "neon") return bf16 ? unit_scalar_bf16 : unit_scalar_f32;
+  const std::string level = simd::resolve_isa(isa);
 #ifdef HAVOC_X86_DISPATCH
-  if (level == "avx2" && cpu_has("avx2") && cpu_has("fma")) return bf16 ? unit_avx2_bf16 : unit_avx2_f32;
-  if (level == "avx512" && cpu_has("avx512f") && cpu_has("avx512bw") && cpu_has("avx512vl"))
-    return bf16 ? unit_avx512_bf16 : unit_avx512_f32;
+  if (level == "avx2") return bf16 ? unit_avx2_bf16 : unit_avx2_f32;
+  if (level == "avx512") return bf16 ? unit_avx512_bf16 : unit_avx512_f32;
 #endif
-  throw std::invalid_argument("kernel variant '" + isa + "' is not available on this CPU or build");
+  return bf16 ? unit_scalar_bf16 : unit_scalar_f32;
 }
 
 int threads() {
@@ -322,14 +314,7 @@ void copy_blocks(const std::vector<void*>& pools, const PoolShape& shape, size_t
 
 // --- decode attention ----------------------------------------------------------------------------------
 
-std::vector<std::string> decode_attention_isas() {
-  std::vector<std::string> out{"scalar"};
-#ifdef HAVOC_X86_DISPATCH
-  if (cpu_has("avx2") && cpu_has("fma")) out.emplace_back("avx2");
-  if (cpu_has("avx512f") && cpu_has("avx512bw") && cpu_has("avx512vl")) out.emplace_back("avx512");
-#endif
-  return out;
-}
+std::vector<std::string> decode_attention_isas() { return simd::runnable_isas(); }
 
 int64_t decode_attention_splits(int64_t n_seqs, int64_t max_length, int64_t block_size) {
   // Enough work items for the dynamic schedule to even out (4 per thread), but no split shorter than

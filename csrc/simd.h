@@ -7,6 +7,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "build_info.h"
 
 #if !(defined(__GNUC__) || defined(__clang__))
 #error "havoc's CPU kernels need GCC/Clang vector extensions (vector_size, __builtin_convertvector)"
@@ -22,6 +27,35 @@
 
 namespace havoc {
 namespace simd {
+
+// --- run-time choice of a kernel variant ---------------------------------------------------------------
+
+// The kernel variants this CPU and build can run, narrowest first ("scalar", then "avx2", "avx512").
+// Detected once: the kernels resolve their variant on every call.
+inline const std::vector<std::string>& runnable_isas() {
+  static const std::vector<std::string> isas = [] {
+    std::vector<std::string> out{"scalar"};
+#ifdef HAVOC_X86_DISPATCH
+    const auto f = cpu_features();
+    auto has = [&f](const char* x) { return std::find(f.begin(), f.end(), x) != f.end(); };
+    if (has("avx2") && has("fma")) out.emplace_back("avx2");
+    if (has("avx512f") && has("avx512bw") && has("avx512vl")) out.emplace_back("avx512");
+#endif
+    return out;
+  }();
+  return isas;
+}
+
+// The variant to run for `isa` ("auto", or a name from runnable_isas(); "neon" runs the portable code).
+// Throws std::invalid_argument for one this CPU or build cannot run.
+inline std::string resolve_isa(const std::string& isa) {
+  std::string level = isa == "auto" ? runtime_simd_level() : isa;
+  if (level == "neon") level = "scalar";
+  const auto& ok = runnable_isas();
+  if (std::find(ok.begin(), ok.end(), level) == ok.end())
+    throw std::invalid_argument("kernel variant '" + isa + "' is not available on this CPU or build");
+  return level;
+}
 
 // --- element access ------------------------------------------------------------------------------------
 
