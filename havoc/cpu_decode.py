@@ -300,6 +300,12 @@ class CPUDecoder:
 _decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {weights: CPUDecoder}
 
 
+def applies(model) -> bool:
+    """Whether the CPU decoder runs `model`: a CPU model in fp32 or bf16, with HAVOC_OPS auto or fast."""
+    p = model.tok_embeddings.weight
+    return p.device.type == "cpu" and p.dtype in _DTYPES and ops.get_backend() in ("auto", "fast")
+
+
 def for_model(model, weights: str = "auto") -> CPUDecoder | None:
     """The model's CPU decoder for `weights` (built once, rebuilt when the weights changed), or None when
     the fast path does not apply: not a CPU fp32/bf16 model, or the ops backend says reference/triton.
@@ -311,8 +317,7 @@ def for_model(model, weights: str = "auto") -> CPUDecoder | None:
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"cpu weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
     p = model.tok_embeddings.weight
-    applies = p.device.type == "cpu" and p.dtype in _DTYPES and ops.get_backend() in ("auto", "fast")
-    if not applies:
+    if not applies(model):
         if weights == "int8" or ops.get_backend() == "fast":
             raise ConfigError(
                 f"the CPU decode fast path needs a CPU model in fp32 or bf16 and HAVOC_OPS auto or fast "
@@ -326,4 +331,4 @@ def for_model(model, weights: str = "auto") -> CPUDecoder | None:
     return dec
 
 
-__all__ = ["CPUDecoder", "Int8Weight", "linear", "for_model", "isas"]
+__all__ = ["CPUDecoder", "Int8Weight", "applies", "linear", "for_model", "isas"]

@@ -3,13 +3,18 @@
 This module works on token ids; `havoc.llm.LLM` adds text (tokenizer, stop strings, chat template,
 streaming text). Two ways to hold a batch:
 
-- static (default): the prompts are left-padded into one contiguous KV cache (so each step is one
-  forward of shape (B, 1)); rows that finish leave the batch once at least half of it has finished, which
-  bounds the copying to the cache's size.
+- static (`cache="static"`): the prompts are left-padded into one contiguous KV cache (so each step is
+  one forward of shape (B, 1)); rows that finish leave the batch once at least half of it has finished,
+  which bounds the copying to the cache's size.
 - paged (`cache="paged"` or a `PagedKVCache`): every prompt is its own sequence in one shared pool of
   blocks. Each is prefilled alone, skipping the part the prefix cache already holds; then every running
-  sequence decodes in one forward per step, with no padding. A finished sequence is freed at once and its
+  sequence decodes in one step, with no padding — on a CPU fp32/bf16 model one call into the C++ decoder
+  (`havoc.cpu_decode`), elsewhere the model's forward. A finished sequence is freed at once and its
   blocks admit waiting prompts (continuous batching), so a pool smaller than the whole batch still works.
+
+The default, `cache="auto"`, takes the paged path where the C++ decoder runs (a CPU model in fp32 or bf16,
+HAVOC_OPS auto or fast: about 2x the static path's decode speed there, bench/RESULTS.md) and the static
+one elsewhere.
 
 Sampling follows the order users of transformers and vLLM expect: repetition penalty on the raw logits,
 then temperature, top-k, top-p, and a draw from the resulting distribution with a seeded generator.
@@ -180,7 +185,7 @@ def stream_ids(
     stop_ids: Sequence[int] = (),
     should_stop: Callable[[int, int], bool] | None = None,
     stats: GenerationStats | None = None,
-    cache: str | PagedKVCache = "static",
+    cache: str | PagedKVCache = "auto",
     namespace: str = "",
     cpu_weights: str = "auto",
 ) -> Iterator[list[StepEvent]]:
@@ -194,9 +199,10 @@ def stream_ids(
         should_stop: called as should_stop(index, token_id) after each token; True ends that prompt
             (used for stop strings).
         stats: filled with token counts and timings if given.
-        cache: "static" (a left-padded contiguous cache), "paged" (a paged pool sized for the whole
-            batch), or a `PagedKVCache` to generate in: its blocks bound how many prompts run at once, and
-            its prefix cache outlives the call (a later prompt with the same prefix skips it).
+        cache: "auto" (paged where the CPU decoder runs, else static; see the module docstring),
+            "static" (a left-padded contiguous cache), "paged" (a paged pool sized for the whole batch),
+            or a `PagedKVCache` to generate in: its blocks bound how many prompts run at once, and its
+            prefix cache outlives the call (a later prompt with the same prefix skips it).
         namespace: prefix-cache namespace of the paged path (prompts share cached blocks only within one).
         cpu_weights: weights of the paged path's CPU decode steps (`havoc.cpu_decode`): "auto" (the
             model's own fp32/bf16 weights) or "int8" (weight-only int8 with per-group scales, made once per
@@ -219,6 +225,8 @@ def stream_ids(
     budgets = [min(params.max_new_tokens, config.max_seq_len - n) for n in lengths]
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(stop_ids))
     stats = stats if stats is not None else GenerationStats()
+    if isinstance(cache, str) and cache == "auto":
+        cache = "paged" if cpu_weights != "auto" or cpu_decode.applies(model) else "static"
     if not (isinstance(cache, str) and cache == "static"):
         yield from _stream_paged(model, prompts, params, budgets, stops, should_stop, stats, cache, namespace, cpu_weights)
         return
@@ -309,11 +317,11 @@ def _stream_paged(
     """The paged path of `stream_ids` (see the module docstring)."""
     if isinstance(cache, str):
         if cache != "paged":
-            raise GenerationError(f"cache must be 'static', 'paged' or a PagedKVCache, got {cache!r}")
+            raise GenerationError(f"cache must be 'auto', 'static', 'paged' or a PagedKVCache, got {cache!r}")
         need = sum(-(-(len(p) + b) // PAGED_BLOCK_SIZE) for p, b in zip(prompts, budgets))
         cache = PagedKVCache.for_model(model, need, PAGED_BLOCK_SIZE)
     elif not isinstance(cache, PagedKVCache):
-        raise GenerationError(f"cache must be 'static', 'paged' or a PagedKVCache, got {type(cache).__name__}")
+        raise GenerationError(f"cache must be 'auto', 'static', 'paged' or a PagedKVCache, got {type(cache).__name__}")
     device = cache.device
     V = model.config.vocab_size
     # The decode steps: one call into the C++ decoder per step where it applies (CPU, fp32/bf16), else the
@@ -413,7 +421,7 @@ def generate_ids(
     *,
     stop_ids: Sequence[int] = (),
     stats: GenerationStats | None = None,
-    cache: str | PagedKVCache = "static",
+    cache: str | PagedKVCache = "auto",
     namespace: str = "",
     cpu_weights: str = "auto",
 ) -> list[list[int]]:

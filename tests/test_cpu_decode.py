@@ -12,7 +12,7 @@ from havoc.cache import PagedKVCache
 from havoc.config import ModelConfig
 from havoc.cpu_decode import CPUDecoder, Int8Weight
 from havoc.errors import ConfigError
-from havoc.generation import SamplingParams, generate_ids
+from havoc.generation import GenerationStats, SamplingParams, generate_ids
 from havoc.model import HavocModel
 
 ISAS = cpu_decode.isas()
@@ -133,12 +133,33 @@ def test_int8_generation_option(tiny):
     params = SamplingParams(max_new_tokens=6, ignore_eos=True)
     out = generate_ids(tiny, PROMPTS, params, cache="paged", cpu_weights="int8")
     assert [len(o) for o in out] == [6] * len(PROMPTS)
+    assert generate_ids(tiny, PROMPTS, params, cpu_weights="int8") == out  # the default cache is paged here
     with pytest.raises(GenerationError, match="needs the paged path"):
-        generate_ids(tiny, PROMPTS, params, cpu_weights="int8")
+        generate_ids(tiny, PROMPTS, params, cache="static", cpu_weights="int8")
     with pytest.raises(ConfigError, match="cpu weights must be"):
         generate_ids(tiny, PROMPTS, params, cache="paged", cpu_weights="int4")
     with ops.use_backend("reference"), pytest.raises(ConfigError, match="needs a CPU model"):
         generate_ids(tiny, PROMPTS, params, cache="paged", cpu_weights="int8")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_default_cache_takes_the_cpu_decoder_where_it_runs(tiny, dtype):
+    """cache="auto" (the default, and what LLM and the CLI use) decodes with the C++ decoder on a CPU
+    fp32/bf16 model, giving the static path's tokens, and falls back to the static path elsewhere."""
+    model = copy.deepcopy(tiny).to(dtype)
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    auto, static = GenerationStats(), GenerationStats()
+    out = generate_ids(model, PROMPTS, params, stats=auto)
+    assert "paged" in auto.extra and cpu_decode.applies(model)
+    static_out = generate_ids(model, PROMPTS, params, cache="static", stats=static)
+    assert "paged" not in static.extra
+    if dtype == torch.float32:  # bf16 products round differently in the two paths: near ties may differ
+        assert out == static_out
+    with ops.use_backend("reference"):
+        ref = GenerationStats()
+        assert not cpu_decode.applies(model)
+        generate_ids(model, PROMPTS, params, stats=ref)
+        assert "paged" not in ref.extra
 
 
 def test_for_model_rebuilds_after_the_weights_change(tiny):
