@@ -56,6 +56,8 @@ BlockManager::BlockManager(int64_t num_blocks, int64_t block_size, double waterm
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_.push_back(static_cast<int32_t>(b));
   index_.reserve(n);
   sim_ref_drop_.assign(n, 0);
+  // Sequences, forks included, without a rehash until there are more of them than this (~40 KiB).
+  seqs_.reserve(std::min<size_t>(n, 1024));
   intern_ns("");
 }
 
@@ -300,6 +302,7 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
   plan_seqs_.resize(static_cast<size_t>(n_seqs));
   plan_action_.resize(static_cast<size_t>(n_seqs));
   int64_t need = 0;
+  size_t n_copies = 0;
   for (int64_t i = 0; i < n_seqs; ++i) {
     Sequence* found = seqs_.find(static_cast<uint64_t>(seq_ids[i]));
     if (!found || found->plan_mark == plan_epoch_) {
@@ -325,6 +328,7 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
       } else {
         action = kCopy;
         ++need;
+        ++n_copies;
         if (sim_ref_drop_[b]++ == 0) sim_touched_.push_back(b);
       }
     }
@@ -338,7 +342,9 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
   }
   for (int32_t b : sim_touched_) sim_ref_drop_[b] = 0;
   sim_touched_.clear();
-  copies.reserve(copies.size() + static_cast<size_t>(n_seqs));  // at most one copy per sequence
+  // Room for the copies before mutating (push_back cannot throw then); a step without copies — almost
+  // every one-sequence append — allocates nothing.
+  if (n_copies > 0) copies.reserve(copies.size() + n_copies);
   const int64_t available = static_cast<int64_t>(free_.size()) + n_evictable_;
   if (need > available)
     throw OutOfBlocks("step of " + std::to_string(n_seqs) + " sequences x " + std::to_string(t) +
