@@ -15,6 +15,7 @@
 #include <omp.h>
 #endif
 
+
 namespace havoc {
 
 namespace {
@@ -31,6 +32,10 @@ struct GemmArgs {
   int64_t ldy;
   int64_t y_col0;  // y's column 0 is weight row y_col0 (a tile buffer of linear_argmax), else 0
   bool accumulate;
+  // bf16 weights only, else null: x with each 32-column block split into its even then its odd columns
+  // (pair_columns), so the even and odd bf16 weights of a 64-byte load multiply contiguous x vectors.
+  const float* xp = nullptr;
+  int64_t ldxp = 0;
 };
 
 template <int W>
@@ -68,6 +73,12 @@ HAVOC_INLINE void int8_quarter(typename V<W>::f (&acc)[NR][MR], const typename V
   }
 }
 
+// Software prefetch distance of the bf16 and int8 weight streams, in bytes. Their rows are short (1152 and
+// 576 bytes for K = 576), so the hardware prefetchers barely ramp up before a tile moves on; fetching 4 KiB
+// ahead took the SmolLM2 head (49152 x 576) from 14.4 to 17.6 GB/s in bf16 and from 6.8 to 10.5 GB/s in
+// int8, and left long rows (K = 4096) within noise (interleaved runs, 2-core VM). fp32 gained nothing.
+constexpr int64_t kPrefetchBytes = 4096;
+
 // y[m + i, n + r] for r < NR, i < MR: NR x MR dot products over K, NR x MR vector accumulators in
 // registers. int8 rows are scaled group by group as they are unpacked (one multiply per weight vector,
 // shared by the MR rows), so the accumulation is the same as for fp32.
@@ -94,7 +105,9 @@ HAVOC_INLINE void tile(const GemmArgs& a, int64_t n, int64_t m) {
 #pragma GCC unroll 8
       for (int r = 0; r < NR; ++r) ss[r] = a.w.scales[(n + r) * ng + g], s[r] = splat<W>(ss[r]);
       int64_t k = k0;
-      for (; k + 64 <= k1; k += 64)
+      for (; k + 64 <= k1; k += 64) {
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes, 0, 3);
         for (int h = 0; h < 16 / W; ++h) {  // the lanes j in [h W, h W + W) of the block
           U raw[NR];
 #pragma GCC unroll 8
@@ -105,6 +118,7 @@ HAVOC_INLINE void tile(const GemmArgs& a, int64_t n, int64_t m) {
           int8_quarter<W, NR, MR, 2>(acc, raw, s, x, a.ldx, kh);
           int8_quarter<W, NR, MR, 3>(acc, raw, s, x, a.ldx, kh);
         }
+      }
       for (; k < k1; ++k)  // the last, partial block of a row
         for (int r = 0; r < NR; ++r) {
           const float wf = static_cast<float>(w[r * ld + int8_offset(k)]) * ss[r];
@@ -113,6 +127,40 @@ HAVOC_INLINE void tile(const GemmArgs& a, int64_t n, int64_t m) {
     }
   } else {
     int64_t k = 0;
+    if constexpr (std::is_same<T, uint16_t>::value) {
+      // A vector of W 32-bit words holds 2W bf16 weights: `<< 16` makes the even ones fp32, masking the
+      // low half the odd ones — two ALU operations per 2W weights, against a widen per W (which GCC 12
+      // splits for W = 16 into two 8-lane widens, an extract and an insert); x comes pre-paired to match.
+      using U = typename V<W>::u;
+      if (a.xp != nullptr) {
+        const float* xp = a.xp + m * a.ldxp;
+        for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 8
+          for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes / 2, 0, 3);
+#pragma GCC unroll 4
+          for (int c = 0; c < 16 / W; ++c) {  // columns k + 2Wc .. k + 2Wc + 2W - 1
+            F we[NR], wo[NR];
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; ++r) {
+              U raw;
+              std::memcpy(&raw, w + r * ld + k + 2 * W * c, sizeof raw);
+              const U e = raw << 16, o = raw & 0xffff0000u;
+              std::memcpy(&we[r], &e, sizeof e);
+              std::memcpy(&wo[r], &o, sizeof o);
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+              const F xe = loadv<W>(xp + i * a.ldxp + k + W * c), xo = loadv<W>(xp + i * a.ldxp + k + 16 + W * c);
+#pragma GCC unroll 8
+              for (int r = 0; r < NR; ++r) {
+                acc[r][i] += we[r] * xe;  // two FMAs: a product summed first costs a multiply and an add
+                acc[r][i] += wo[r] * xo;
+              }
+            }
+          }
+        }
+      }
+    }
     for (; k + W <= K; k += W) {
       F wv[NR];
 #pragma GCC unroll 8
@@ -267,7 +315,27 @@ void check_weight(const WeightView& w, const char* what) {
 // inputs = 144 KB), many enough to balance 2-16 threads.
 constexpr int64_t kChunk = 64;
 
-void run_linear(const IsaKernels& k, const GemmArgs& a) {
+// For bf16 weights: x's 32-column blocks with the even columns first, then the odd ones (xp[k0 + j] =
+// x[k0 + 2j], xp[k0 + 16 + j] = x[k0 + 2j + 1]); columns past the last whole block are left out (the
+// kernel reads those from x). One layout for every vector width W: the 2W columns of a W-lane weight
+// load starting at k0 + 2Wc have their even columns at xp[k0 + Wc ...] and odd ones 16 further.
+void pair_columns(GemmArgs& a, std::vector<float>& buf) {
+  const int64_t K = a.w.cols, blocks = K / 32;
+  if (a.w.dtype != WeightDType::kBFloat16 || blocks == 0) return;
+  a.ldxp = blocks * 32;
+  if (buf.size() < static_cast<size_t>(a.M * a.ldxp)) buf.resize(static_cast<size_t>(a.M * a.ldxp));
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* x = a.x + m * a.ldx;
+    float* xp = buf.data() + m * a.ldxp;
+    for (int64_t k0 = 0; k0 < a.ldxp; k0 += 32)
+      for (int j = 0; j < 16; ++j) xp[k0 + j] = x[k0 + 2 * j], xp[k0 + 16 + j] = x[k0 + 2 * j + 1];
+  }
+  a.xp = buf.data();
+}
+
+void run_linear(const IsaKernels& k, GemmArgs a) {
+  thread_local std::vector<float> paired;
+  pair_columns(a, paired);
   const RowsFn rows = k.rows[static_cast<int>(a.w.dtype)];
   const int64_t N = a.w.rows;
   const int64_t chunks = (N + kChunk - 1) / kChunk;
@@ -279,6 +347,8 @@ void run_linear(const IsaKernels& k, const GemmArgs& a) {
 }
 
 void run_linear_argmax(const IsaKernels& k, GemmArgs a, int64_t* index, float* value) {
+  thread_local std::vector<float> paired;
+  pair_columns(a, paired);
   const RowsFn rows = k.rows[static_cast<int>(a.w.dtype)];
   const int64_t N = a.w.rows, M = a.M;
   const int64_t chunks = (N + kChunk - 1) / kChunk;

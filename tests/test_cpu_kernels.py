@@ -11,7 +11,9 @@ from havoc.cpu_decode import Int8Weight
 
 ISAS = cpu_decode.isas()  # "scalar" always; "avx2"/"avx512" where this CPU has them
 # (rows M, in K, out N): 1 row, not multiples of any vector width, SmolLM2's K (576, 1536), a 7B-sized K.
-SHAPES = [(1, 576, 960), (1, 1, 1), (3, 17, 5), (5, 1536, 576), (4, 33, 9), (9, 576, 67), (2, 11008, 20), (33, 100, 21)]
+# K: under one 32-column bf16 pair block (17), blocks plus a vector and/or scalar tail (33, 47, 80, 100)
+SHAPES = [(1, 576, 960), (1, 1, 1), (3, 17, 5), (5, 1536, 576), (4, 33, 9), (2, 47, 7), (3, 80, 19), (9, 576, 67),
+          (2, 11008, 20), (33, 100, 21)]
 
 
 def _weight(dtype, N, K, seed=0):
