@@ -23,9 +23,9 @@ the same conditions. The transformers median and the ratio go in extra_info. Eac
   per step time, and that as a fraction of this machine's read bandwidth measured in the same session
   (`memory_read_gb_s`), i.e. how close a step comes to the memory ceiling.
 
-llama.cpp (bench/llamacpp.py, the prebuilt libllama of the `llama-cpp-py-sync` wheel) runs in
-`test_decode_llamacpp` on the same weights written back as F32/BF16 GGUF, interleaved with havoc the same
-way; it is skipped where that wheel is missing or its library does not load.
+llama.cpp (bench/llamacpp.py: llama-cpp-python built from source for this machine, or the prebuilt
+libllama of `llama-cpp-py-sync`) runs in `test_decode_llamacpp` on the same weights written back as
+F32/BF16 GGUF, interleaved with havoc the same way; it is skipped where neither binding loads.
 
 Run: pytest bench --benchmark-only   (bench/report.py turns --benchmark-json output into RESULTS.md rows)
 """
@@ -207,7 +207,7 @@ def test_decode_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dty
     base_times = _interleaved(benchmark, _havoc_decode(ours, prompts), _llamacpp_decode(theirs, prompts), ROUNDS[batch])
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     benchmark.extra_info.update(
-        kind="decode", dtype=dtype, batch=batch, baseline="llama.cpp",
+        kind="decode", dtype=dtype, batch=batch, baseline="llama.cpp", baseline_binding=theirs.binding,
         tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s,
         ratio=base_s / ours_s, step_ms=ours_s / NEW_TOKENS * 1e3, baseline_step_ms=base_s / NEW_TOKENS * 1e3,
     )
