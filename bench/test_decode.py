@@ -171,6 +171,8 @@ def test_decode(benchmark, engines, smollm2, sample_text, peak_extra_mb, memory_
     havoc_fns, hf_fns = _havoc_decode(ours, prompts, weights), _hf_decode(theirs, prompts)
     benchmark.group = f"decode {dtype}"
     base_times = _interleaved(benchmark, havoc_fns, hf_fns, ROUNDS[batch])
+    if benchmark.stats is None:  # --benchmark-disable: each engine ran once as a smoke test, nothing was timed
+        return
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     floor_h, floor_t = _matmul_floors_ms(_havoc_products(ours, batch, weights), _hf_products(theirs, batch))
     step_h, step_t = ours_s / NEW_TOKENS * 1e3, base_s / NEW_TOKENS * 1e3
@@ -205,6 +207,8 @@ def test_decode_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dty
     theirs = llamacpp(dtype, batch)
     benchmark.group = f"decode {dtype} vs llama.cpp"
     base_times = _interleaved(benchmark, _havoc_decode(ours, prompts), _llamacpp_decode(theirs, prompts), ROUNDS[batch])
+    if benchmark.stats is None:  # --benchmark-disable: each engine ran once as a smoke test, nothing was timed
+        return
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     benchmark.extra_info.update(
         kind="decode", dtype=dtype, batch=batch, baseline="llama.cpp", baseline_binding=theirs.binding,
@@ -220,6 +224,8 @@ def test_prefill(benchmark, engines, smollm2, sample_text, peak_extra_mb, dtype)
     havoc_fns, hf_fns = _havoc_prefill(ours, ids), _hf_prefill(theirs, ids)
     benchmark.group = f"prefill {PREFILL_TOKENS} tokens"
     base_times = _interleaved(benchmark, havoc_fns, hf_fns, rounds=5)
+    if benchmark.stats is None:  # --benchmark-disable: each engine ran once as a smoke test, nothing was timed
+        return
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     benchmark.extra_info.update(
         kind="prefill", dtype=dtype, batch=1, baseline="transformers",
