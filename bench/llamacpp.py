@@ -4,8 +4,8 @@ The library comes from whichever Python binding is installed (`load_llama`):
 
 - `llama_cpp` (the `llama-cpp-python` package, ctypes bindings): PyPI has no Linux wheel of it, so pip
   builds the llama.cpp it vendors from the sdist, for this machine (`-march=native`, OpenMP, the CPU
-  backend's repacked and llamafile matmul paths, as a default llama.cpp build). The baseline of the
-  figures in bench/RESULTS.md:
+  backend's repacked and llamafile matmul paths, as a default llama.cpp build). bench/RESULTS.md's
+  llama.cpp paragraph is about this build:
 
       CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF" \
       CMAKE_BUILD_PARALLEL_LEVEL=2 pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36
@@ -72,7 +72,7 @@ def export_gguf(src: str | Path, dst: str | Path, dtype: str) -> Path:
     return dst
 
 
-def load_llama():
+def load_llama() -> tuple[str, object]:
     """(binding name, its C API) of the first llama.cpp binding that imports and loads its library.
 
     Raises:
