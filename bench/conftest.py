@@ -72,8 +72,8 @@ def memory_read_gb_s() -> float:
 @pytest.fixture(scope="session")
 def llamacpp(smollm2, tmp_path_factory):
     """get(dtype, batch) -> bench.llamacpp.LlamaCppDecoder on SmolLM2's weights as F32/BF16 GGUF (one per
-    dtype, sized for batch 32); skips when llama.cpp's prebuilt library is missing or does not load."""
-    pytest.importorskip("llama_cpp_py_sync")
+    dtype, sized for batch 32), on whichever llama.cpp binding loads (`llama_cpp` of llama-cpp-python,
+    else `llama_cpp_py_sync`); skips when none does."""
     import importlib.util
 
     from havoc import hub
@@ -83,6 +83,10 @@ def llamacpp(smollm2, tmp_path_factory):
     llamacpp_mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(llamacpp_mod)
     LlamaCppDecoder, export_gguf = llamacpp_mod.LlamaCppDecoder, llamacpp_mod.export_gguf
+    try:
+        llamacpp_mod.load_llama()
+    except ImportError as e:
+        pytest.skip(str(e))
 
     made: dict[str, LlamaCppDecoder] = {}
 
@@ -90,10 +94,8 @@ def llamacpp(smollm2, tmp_path_factory):
         if dtype not in made:
             name = {"float32": "F32", "bfloat16": "BF16"}[dtype]
             path = export_gguf(hub.pull("smollm2"), tmp_path_factory.getbasetemp() / f"smollm2-{name}.gguf", name)
-            try:
-                made[dtype] = LlamaCppDecoder(path, max_batch=32, n_ctx=32 * 64, threads=torch.get_num_threads())
-            except (OSError, RuntimeError) as e:  # e.g. a wheel built against a newer glibc than this one
-                pytest.skip(f"llama.cpp did not load: {e}")
+            # each sequence gets its own n_ctx / n_seq_max KV cells, which llama.cpp pads to 256
+            made[dtype] = LlamaCppDecoder(path, max_batch=32, n_ctx=32 * 256, threads=torch.get_num_threads())
         return made[dtype]
 
     yield get

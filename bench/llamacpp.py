@@ -1,5 +1,20 @@
-"""llama.cpp as a baseline, in-process: the prebuilt CPU libllama of the PyPI wheel `llama-cpp-py-sync`
-(CFFI bindings over llama.cpp's C API; no source build), on the same weights as havoc.
+"""llama.cpp as a baseline, in-process, on the same weights as havoc, through llama.cpp's C API.
+
+The library comes from whichever Python binding is installed (`load_llama`):
+
+- `llama_cpp` (the `llama-cpp-python` package, ctypes bindings): PyPI has no Linux wheel of it, so pip
+  builds the llama.cpp it vendors from the sdist, for this machine (`-march=native`, OpenMP, the CPU
+  backend's repacked and llamafile matmul paths, as a default llama.cpp build). bench/RESULTS.md's
+  llama.cpp paragraph is about this build:
+
+      CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF" \
+      CMAKE_BUILD_PARALLEL_LEVEL=2 pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36
+
+- `llama_cpp_py_sync` (CFFI bindings with a prebuilt CPU libllama): no build, but its library needs
+  glibc 2.38 or newer.
+
+Both expose the C API under its own names (`llama_decode`, `llama_batch_init`, ...), so one decoder
+serves both.
 
 - `export_gguf(src, dst, "F32" | "BF16")`: the checkpoint havoc loads (SmolLM2's Q4_1 GGUF), dequantized
   exactly as havoc dequantizes it (`havoc.io.gguf.dequantize`) and written back as an F32 or BF16 GGUF
@@ -57,29 +72,63 @@ def export_gguf(src: str | Path, dst: str | Path, dtype: str) -> Path:
     return dst
 
 
+def load_llama() -> tuple[str, object]:
+    """(binding name, its C API) of the first llama.cpp binding that imports and loads its library.
+
+    Raises:
+        ImportError: neither loads; the message says why for each.
+    """
+    errors = []
+    try:
+        import logging
+
+        import llama_cpp
+
+        # llama-cpp-python routes llama.cpp's log through this logger, which prints everything by default
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        return "llama-cpp-python " + llama_cpp.__version__, llama_cpp
+    except (ImportError, OSError, RuntimeError) as e:  # not installed, or its libllama did not load
+        errors.append(f"llama_cpp: {e}")
+    try:
+        from llama_cpp_py_sync import __version__
+        from llama_cpp_py_sync._cffi_bindings import get_lib
+
+        return "llama-cpp-py-sync " + __version__, get_lib()
+    except (ImportError, OSError, RuntimeError) as e:  # e.g. a wheel built against a newer glibc
+        errors.append(f"llama_cpp_py_sync: {e}")
+    raise ImportError("no llama.cpp binding loads (" + "; ".join(errors) + ")")
+
+
 class LlamaCppDecoder:
     """Greedy decode of a batch of prompts with llama.cpp (see the module docstring).
 
     Args:
         path: an F32/BF16 GGUF (`export_gguf`).
         max_batch: most sequences decoded together.
-        n_ctx: context of the whole batch (all sequences' tokens).
+        n_ctx: KV cells of the whole batch; llama.cpp gives each of the max_batch sequences an equal share.
         threads: llama.cpp's thread count.
         flash_attn: llama.cpp's flash attention (its batched bench ran with it on).
     """
 
     def __init__(self, path: str | Path, max_batch: int, n_ctx: int, threads: int, flash_attn: bool = True) -> None:
-        from llama_cpp_py_sync import Llama
-
-        self.llm = Llama(
-            str(path), n_ctx=n_ctx, n_batch=max(512, max_batch), n_threads=threads, n_threads_batch=threads,
-            n_seq_max=max_batch, flash_attn_type=1 if flash_attn else 0, verbose=False,
-        )
-        self.lib, self.ctx = self.llm._lib, self.llm._ctx
-        chain = self.lib.llama_sampler_chain_init(self.lib.llama_sampler_chain_default_params())
-        self.lib.llama_sampler_chain_add(chain, self.lib.llama_sampler_init_greedy())
+        self.binding, lib = load_llama()
+        self.lib = lib
+        lib.llama_backend_init()
+        self.model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        if not self.model:  # NULL: None from ctypes, a false cdata from CFFI
+            raise RuntimeError(f"llama.cpp could not load {path}")
+        params = lib.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_seq_max = n_ctx, max(512, max_batch), max_batch
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = 1 if flash_attn else 0  # LLAMA_FLASH_ATTN_TYPE_ENABLED / _DISABLED
+        self.ctx = lib.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            lib.llama_model_free(self.model)
+            raise RuntimeError("llama.cpp could not create a context")
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         self.sampler = chain
-        self.batch = self.lib.llama_batch_init(max(512, max_batch), 0, max_batch)
+        self.batch = lib.llama_batch_init(max(512, max_batch), 0, max_batch)
 
     def _decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
         """rows: (token, position, seq id, wants logits)."""
@@ -93,7 +142,7 @@ class LlamaCppDecoder:
 
     def prefill(self, prompts: list[list[int]]) -> list[int]:
         """Clear the context, prefill each prompt as its own sequence; return each one's greedy next token."""
-        self.llm._clear_context_state()
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
         self.lengths = []
         nxt = []
         for s, p in enumerate(prompts):
@@ -112,4 +161,5 @@ class LlamaCppDecoder:
     def close(self) -> None:
         self.lib.llama_batch_free(self.batch)
         self.lib.llama_sampler_free(self.sampler)
-        self.llm.close()
+        self.lib.llama_free(self.ctx)
+        self.lib.llama_model_free(self.model)

@@ -23,9 +23,9 @@ the same conditions. The transformers median and the ratio go in extra_info. Eac
   per step time, and that as a fraction of this machine's read bandwidth measured in the same session
   (`memory_read_gb_s`), i.e. how close a step comes to the memory ceiling.
 
-llama.cpp (bench/llamacpp.py, the prebuilt libllama of the `llama-cpp-py-sync` wheel) runs in
-`test_decode_llamacpp` on the same weights written back as F32/BF16 GGUF, interleaved with havoc the same
-way; it is skipped where that wheel is missing or its library does not load.
+llama.cpp (bench/llamacpp.py: llama-cpp-python built from source for this machine, or the prebuilt
+libllama of `llama-cpp-py-sync`) runs in `test_decode_llamacpp` on the same weights written back as
+F32/BF16 GGUF, interleaved with havoc the same way; it is skipped where neither binding loads.
 
 Run: pytest bench --benchmark-only   (bench/report.py turns --benchmark-json output into RESULTS.md rows)
 """
@@ -171,6 +171,8 @@ def test_decode(benchmark, engines, smollm2, sample_text, peak_extra_mb, memory_
     havoc_fns, hf_fns = _havoc_decode(ours, prompts, weights), _hf_decode(theirs, prompts)
     benchmark.group = f"decode {dtype}"
     base_times = _interleaved(benchmark, havoc_fns, hf_fns, ROUNDS[batch])
+    if benchmark.stats is None:  # --benchmark-disable: each engine ran once as a smoke test, nothing was timed
+        return
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     floor_h, floor_t = _matmul_floors_ms(_havoc_products(ours, batch, weights), _hf_products(theirs, batch))
     step_h, step_t = ours_s / NEW_TOKENS * 1e3, base_s / NEW_TOKENS * 1e3
@@ -205,9 +207,11 @@ def test_decode_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dty
     theirs = llamacpp(dtype, batch)
     benchmark.group = f"decode {dtype} vs llama.cpp"
     base_times = _interleaved(benchmark, _havoc_decode(ours, prompts), _llamacpp_decode(theirs, prompts), ROUNDS[batch])
+    if benchmark.stats is None:  # --benchmark-disable: each engine ran once as a smoke test, nothing was timed
+        return
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     benchmark.extra_info.update(
-        kind="decode", dtype=dtype, batch=batch, baseline="llama.cpp",
+        kind="decode", dtype=dtype, batch=batch, baseline="llama.cpp", baseline_binding=theirs.binding,
         tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s,
         ratio=base_s / ours_s, step_ms=ours_s / NEW_TOKENS * 1e3, baseline_step_ms=base_s / NEW_TOKENS * 1e3,
     )
@@ -220,6 +224,8 @@ def test_prefill(benchmark, engines, smollm2, sample_text, peak_extra_mb, dtype)
     havoc_fns, hf_fns = _havoc_prefill(ours, ids), _hf_prefill(theirs, ids)
     benchmark.group = f"prefill {PREFILL_TOKENS} tokens"
     base_times = _interleaved(benchmark, havoc_fns, hf_fns, rounds=5)
+    if benchmark.stats is None:  # --benchmark-disable: each engine ran once as a smoke test, nothing was timed
+        return
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     benchmark.extra_info.update(
         kind="prefill", dtype=dtype, batch=1, baseline="transformers",
