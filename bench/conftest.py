@@ -15,9 +15,10 @@ import ctypes
 import gc
 import os
 import platform
-from pathlib import Path
+import statistics
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,13 +183,19 @@ _results: dict[str, dict[str, float]] = defaultdict(dict)
 def record():
     """Return a function that files a finished benchmark's median seconds per operation."""
 
-    def _record(group: str, impl: str, ops_per_round: int, benchmark) -> None:
+    def _record(group: str, impl: str, ops_per_round: int, benchmark, baseline_times: list[float] | None = None) -> None:
+        """`baseline_times`: per-round seconds of the Python baseline timed alongside this benchmark's
+        rounds (alternating), filed in the same benchmark's extra_info as impl "py"."""
         if benchmark.stats is None:  # --benchmark-disable
             return
         median = benchmark.stats.stats.median / ops_per_round
         benchmark.extra_info.update(kind="cpp_vs_baseline", group=group, impl=impl, ops_per_round=ops_per_round,
                                     median_per_op_s=median)
         _results[group][impl] = median
+        if baseline_times:
+            base = statistics.median(baseline_times) / ops_per_round
+            benchmark.extra_info.update(baseline_median_per_op_s=base, baseline_rounds=len(baseline_times))
+            _results[group]["py"] = base
 
     return _record
 

@@ -2,8 +2,8 @@
 
     python bench/report.py FILE
 
-Rows pair havoc with the baseline run in the same process, interleaved round by round (transformers for
-generation); every figure is a median. A run of bench/test_kernels.py gives the kernel table instead.
+Rows pair havoc with the baseline run in the same process, interleaved round by round (transformers or
+llama.cpp for generation, named in each row); every figure is a median. A run of bench/test_kernels.py gives the kernel table instead.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ def _fmt(x, spec=".1f"):
 def generation_table(benchmarks: list[dict]) -> list[str]:
     rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") in ("decode", "prefill")]
     out = [
-        "| phase | dtype | batch | havoc tok/s | transformers tok/s | havoc / transformers | overhead ms/step (havoc / tf) | matmul floor ms (havoc / tf) | weight GB/s (% of read bw) | peak extra MiB (havoc / tf) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | dtype | batch | baseline | havoc tok/s | baseline tok/s | havoc / baseline | overhead ms/step (havoc / base) | matmul floor ms (havoc / base) | weight GB/s (% of read bw) | peak extra MiB (havoc / base) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r["kind"] != "prefill", r["dtype"], r["batch"])):
+    for r in sorted(rows, key=lambda r: (r["kind"] != "prefill", r.get("baseline", ""), r["dtype"], r["batch"])):
         out.append(
-            f"| {r['kind']} | {r['dtype']} | {r['batch']} | {_fmt(r['tokens_per_s'])} | "
+            f"| {r['kind']} | {r['dtype']} | {r['batch']} | {r.get('baseline', 'transformers')} | {_fmt(r['tokens_per_s'])} | "
             f"{_fmt(r['baseline_tokens_per_s'])} | **{_fmt(r['ratio'], '.2f')}×** | "
             f"{_fmt(r.get('overhead_ms'), '.1f')} / {_fmt(r.get('baseline_overhead_ms'), '.1f')} | "
             f"{_fmt(r.get('matmul_floor_ms'))} / {_fmt(r.get('baseline_matmul_floor_ms'))} | "
@@ -48,6 +48,8 @@ def cpp_table(benchmarks: list[dict]) -> list[str]:
         e = b.get("extra_info", {})
         if e.get("kind") == "cpp_vs_baseline":
             by_group.setdefault(e["group"], {})[e["impl"]] = e["median_per_op_s"]
+            if "baseline_median_per_op_s" in e:  # timed in the same rounds, alternating
+                by_group[e["group"]]["py"] = e["baseline_median_per_op_s"]
     if not by_group:
         return []
     out = ["| operation | C++ | baseline | C++ ops/s | baseline / C++ |", "|---|---:|---:|---:|---:|"]
