@@ -195,6 +195,35 @@ py::array new_int64_vector(int64_t n) {
   return py::reinterpret_steal<py::array>(a);
 }
 
+// append()'s slots vector, recycled: the last one handed out is kept, and when the caller has dropped it
+// (we hold the only reference, so no one can observe the reuse) and it is still the plain int64 vector it
+// was made as, the next append of as many tokens returns it again with new contents. Creating a NumPy
+// array cost ~130 ns of a ~280 ns one-token append (perf: 250 vs 116 ns with and without it); a decode
+// loop that reads the slots and moves on never allocates one after the first. Guarded by the GIL, which
+// every caller holds.
+PyObject* g_spare_slots = nullptr;
+
+py::array recycled_int64_vector(int64_t n) {
+#ifndef Py_GIL_DISABLED
+  if (g_spare_slots != nullptr && Py_REFCNT(g_spare_slots) == 1) {
+    const auto& api = py::detail::npy_api::get();
+    const auto* a = py::detail::array_proxy(g_spare_slots);
+    constexpr int need = py::detail::npy_api::NPY_ARRAY_OWNDATA_ | py::detail::npy_api::NPY_ARRAY_WRITEABLE_ |
+                         py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
+    if (Py_TYPE(g_spare_slots) == api.PyArray_Type_ && a->nd == 1 && a->dimensions[0] == n &&
+        a->strides[0] == 8 && a->base == nullptr && (a->flags & need) == need &&
+        py::detail::array_descriptor_proxy(a->descr)->type_num == py::detail::npy_api::NPY_INT64_)
+      return py::reinterpret_borrow<py::array>(g_spare_slots);
+  }
+#endif
+  py::array fresh = new_int64_vector(n);
+#ifndef Py_GIL_DISABLED
+  Py_XDECREF(g_spare_slots);
+  g_spare_slots = fresh.inc_ref().ptr();
+#endif
+  return fresh;
+}
+
 PyObject* fast_free(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   int64_t id;
   havoc::BlockManager* bm;
@@ -240,7 +269,7 @@ PyObject* fast_append(PyObject* self, PyObject* const* args, Py_ssize_t nargs, P
   auto* arr = py::detail::array_proxy(args[1]);
   return guarded([&]() -> PyObject* {
     const int64_t t = arr->dimensions[0];
-    py::array slots = new_int64_vector(t);
+    py::array slots = recycled_int64_vector(t);
     std::vector<havoc::BlockCopy> copies;
     bm->step(&id, 1, reinterpret_cast<const int32_t*>(arr->data), t,
              reinterpret_cast<int64_t*>(py::detail::array_proxy(slots.ptr())->data), copies);

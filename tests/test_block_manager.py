@@ -641,3 +641,38 @@ def test_fast_single_sequence_calls_agree_with_their_binding():
         BlockManager.free(object(), 1)
     assert a.snapshot() == before
     a.check_invariants()
+
+
+def test_append_recycles_only_slot_vectors_nobody_holds():
+    """The fast append hands its last slots vector out again only once the caller has dropped it: results
+    that are kept, viewed, exported or altered (flags, dtype, shape) stay as they were."""
+    m = BlockManager(64, 4)
+    m.add(0, np.arange(3, dtype=np.int32))
+    one = np.array([9], np.int32)
+    kept = [m.append(0, one)[0] for _ in range(3)]  # each held: three distinct arrays
+    assert [int(k[0]) for k in kept] == [3, 4, 5] and len({id(k) for k in kept}) == 3
+    dropped_id = id(m.append(0, one)[0])  # slot 6, dropped at once
+    again, copies = m.append(0, one)
+    assert id(again) == dropped_id and int(again[0]) == 7 and copies.shape == (0, 2)  # recycled
+    assert again.dtype == np.int64 and again.flags.writeable and again.flags.owndata
+    view = again[:]  # a view keeps it referenced
+    assert m.append(0, one)[0] is not again and int(view[0]) == 7
+    del view
+    assert int(again[0]) == 7
+    again.flags.writeable = False  # altered, then dropped: not handed out again
+    del again
+    nxt = m.append(0, one)[0]
+    assert nxt.flags.writeable and int(nxt[0]) == 9
+    nxt.dtype = np.float64  # same item size, another dtype
+    del nxt
+    nxt = m.append(0, one)[0]
+    assert nxt.dtype == np.int64 and int(nxt[0]) == 10
+    del nxt
+    two = m.append(0, np.array([1, 2], np.int32))[0]  # another length: a fresh vector
+    assert two.tolist() == [11, 12]
+    held = m.append(0, np.array([1, 2], np.int32))[0]
+    assert held is not two and two.tolist() == [11, 12] and held.tolist() == [13, 14]
+    mem = memoryview(held)  # an exported buffer holds a reference too
+    del held
+    assert m.append(0, np.array([1, 2], np.int32))[0].tolist() == [15, 16] and mem.tolist() == [13, 14]
+    m.check_invariants()
