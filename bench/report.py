@@ -41,6 +41,18 @@ def _bandwidth(r: dict) -> str:
     return f"{r['weight_gb_s']:.1f} ({frac * 100:.0f}%)" if frac is not None else f"{r['weight_gb_s']:.1f}"
 
 
+def chat_table(benchmarks: list[dict]) -> list[str]:
+    """Whole multi-turn chats (bench/test_decode.py::test_chat_prefix_cache): seconds per chat."""
+    rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") == "chat"]
+    out = ["| chat | dtype | havoc s | baseline | baseline s | baseline / havoc |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(
+            f"| {r['turns']} turns, last prompt {r['last_prompt_tokens']} tokens | {r['dtype']} | {r['seconds']:.2f} | "
+            f"{r['baseline']} | {r['baseline_seconds']:.2f} | **{r['ratio']:.2f}×** |"
+        )
+    return out if rows else []
+
+
 def cpp_table(benchmarks: list[dict]) -> list[str]:
     """C++ vs its baseline (the pure-Python block manager, or torch's own ops): median time per operation."""
     by_group: dict[str, dict[str, float]] = {}
@@ -101,7 +113,7 @@ def main(path: str) -> None:
     print()
     b = data["benchmarks"]
     generation = generation_table(b)
-    tables = [t for t in (kernel_table(b), generation if len(generation) > 2 else [], cpp_table(b)) if t]
+    tables = [t for t in (kernel_table(b), generation if len(generation) > 2 else [], chat_table(b), cpp_table(b)) if t]
     for i, table in enumerate(tables):
         if i:
             print()

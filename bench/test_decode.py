@@ -232,3 +232,46 @@ def test_prefill(benchmark, engines, smollm2, sample_text, peak_extra_mb, dtype)
         tokens_per_s=PREFILL_TOKENS / ours_s, baseline_tokens_per_s=PREFILL_TOKENS / base_s, ratio=base_s / ours_s,
         peak_extra_mb=peak_extra_mb(_once(*havoc_fns)), baseline_peak_extra_mb=peak_extra_mb(_once(*hf_fns)),
     )
+
+
+CHAT_TURNS = ["Name three primes.", "Three more?", "Which is the largest?", "Add them up.", "Is the sum prime?"]
+
+
+def test_chat_prefix_cache(benchmark, engines, smollm2):
+    """A 5-turn chat (a ~300-token system prompt, 16 greedy tokens per reply) through `LLM.chat`: the kept
+    paged cache (the default: each turn skips the blocks of the earlier ones) against an LLM without one,
+    on the same fp32 model, alternating round by round; seconds per whole chat."""
+    from havoc import LLM
+
+    model, tokenizer = engines("havoc", "float32"), smollm2[1]
+    system = {"role": "system", "content": "You are a careful assistant who checks every step. " * 30}
+
+    def chat_setup(llm):
+        def setup():
+            llm.clear_cache()  # every round starts from an empty cache: the chat itself is what is timed
+            return (llm,), {}
+
+        return setup
+
+    last_prompt = [0]
+
+    def chat(llm):
+        messages = [system]
+        for turn in CHAT_TURNS:
+            messages.append({"role": "user", "content": turn})
+            reply = llm.chat(messages, max_new_tokens=16, ignore_eos=True)
+            messages.append({"role": "assistant", "content": reply.text})
+        last_prompt[0] = len(reply.prompt_ids)
+        return reply
+
+    kept, plain = LLM(model, tokenizer), LLM(model, tokenizer, prefix_cache=False)
+    benchmark.group = "chat, 5 turns"
+    base_times = _interleaved(benchmark, (chat_setup(kept), chat), (chat_setup(plain), chat), rounds=5)
+    if benchmark.stats is None:
+        return
+    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
+    benchmark.extra_info.update(
+        kind="chat", dtype="float32", turns=len(CHAT_TURNS), baseline="LLM(prefix_cache=False)",
+        seconds=ours_s, baseline_seconds=base_s, ratio=base_s / ours_s,
+        last_prompt_tokens=last_prompt[0],
+    )

@@ -6,11 +6,15 @@
     for piece in llm.stream_chat([{"role": "user", "content": "Name three primes."}]):
         print(piece, end="", flush=True)
 
-An `LLM` holds its model and tokenizer and nothing else: two instances never share state.
+An `LLM` holds its model, its tokenizer and, where generation runs on the C++ CPU decoder, a paged KV
+cache that outlives each call, so a prompt that starts like an earlier one (the next turn of a chat, a
+shared system prompt) skips the part already computed — the prefix caching vLLM users expect. Two
+instances never share state; `clear_cache()` releases the pool.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +22,13 @@ from typing import Any
 
 import torch
 
+from havoc import cpu_decode
+from havoc.cache import PagedKVCache
 from havoc.errors import GenerationError
-from havoc.generation import GenerationStats, SamplingParams, stream_ids
+from havoc.generation import PAGED_BLOCK_SIZE, GenerationStats, SamplingParams, stream_ids
 from havoc.model import HavocModel
+
+KEPT_CACHE_TOKENS = 2048  # smallest pool an LLM keeps across calls (SmolLM2 fp32: 94 MB of K/V)
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "f32": torch.float32,
@@ -89,9 +97,19 @@ class _TextState:
 class LLM:
     """A loaded model and its tokenizer."""
 
-    def __init__(self, model: HavocModel, tokenizer) -> None:
+    def __init__(self, model: HavocModel, tokenizer, *, prefix_cache: bool = True) -> None:
+        """Args:
+        model, tokenizer: what `LLM.load` returns.
+        prefix_cache: keep one paged KV cache across calls where the C++ CPU decoder runs (a CPU model in
+            fp32/bf16): KEPT_CACHE_TOKENS tokens or the largest call so far, doubled when a call needs
+            more (a regrown pool starts empty); False makes every call start from an empty cache.
+        """
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.prefix_cache = prefix_cache
+        self._paged: PagedKVCache | None = None
+        self._paged_for = None  # the CPU decoder the pool's K/V were computed with (weights and dtype)
+        self._paged_lock = threading.Lock()  # held by the one generation using the pool
 
     @classmethod
     def load(
@@ -145,6 +163,28 @@ class LLM:
             return ids
         return [int(t) for t in prompt]
 
+    def clear_cache(self) -> None:
+        """Drop the KV cache kept across calls (its memory goes back; the next call starts empty)."""
+        with self._paged_lock:
+            self._paged = self._paged_for = None
+
+    def _pool(self, prompts: list[list[int]], params: SamplingParams) -> PagedKVCache | None:
+        """The pool kept across calls, grown to hold this call (None: no prefix cache here). The caller
+        holds `_paged_lock`."""
+        if not self.prefix_cache or not cpu_decode.applies(self.model):
+            return None
+        decoder = cpu_decode.for_model(self.model)  # rebuilt when the weights changed: stale K/V go with it
+        ctx = self.model.config.max_seq_len
+        need = sum(-(-(len(p) + min(params.max_new_tokens, max(ctx - len(p), 0))) // PAGED_BLOCK_SIZE) for p in prompts)
+        if self._paged is None or self._paged_for is not decoder or self._paged.num_blocks < need:
+            # At least KEPT_CACHE_TOKENS (a chat grows turn by turn; a new pool starts empty), doubling.
+            old = self._paged.num_blocks if self._paged is not None and self._paged_for is decoder else 0
+            floor = -(-min(KEPT_CACHE_TOKENS, ctx) // PAGED_BLOCK_SIZE)
+            self._paged = None  # release the old pool before allocating the new one
+            self._paged = PagedKVCache.for_model(self.model, max(need, 2 * old, floor), PAGED_BLOCK_SIZE)
+            self._paged_for = decoder
+        return self._paged
+
     def _run(
         self, prompts: list[list[int]], params: SamplingParams, stats: GenerationStats | None = None
     ) -> Iterator[tuple[list, list[_TextState], GenerationStats]]:
@@ -154,13 +194,23 @@ class LLM:
         def should_stop(index: int, token_id: int) -> bool:
             return states[index].push(token_id)
 
-        for events in stream_ids(
-            self.model, prompts, params, stop_ids=self.tokenizer.stop_ids, should_stop=should_stop, stats=stats
-        ):
-            for e in events:
-                if e.finish_reason is not None:
-                    states[e.index].finish()
-            yield events, states, stats
+        # One generation at a time uses the kept pool; another one meanwhile (a second stream iterated
+        # alongside, another thread) gets a cache of its own.
+        owns = self._paged_lock.acquire(blocking=False)
+        try:
+            pool = self._pool(prompts, params) if owns else None
+            cache = "auto" if pool is None else pool  # (an empty PagedKVCache is falsy: it has a __len__)
+            for events in stream_ids(
+                self.model, prompts, params, stop_ids=self.tokenizer.stop_ids, should_stop=should_stop, stats=stats,
+                cache=cache,
+            ):
+                for e in events:
+                    if e.finish_reason is not None:
+                        states[e.index].finish()
+                yield events, states, stats
+        finally:
+            if owns:
+                self._paged_lock.release()
 
     def generate(
         self, prompt: str | Sequence[int] | Sequence[str], params: SamplingParams | None = None, **kwargs: Any

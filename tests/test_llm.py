@@ -86,3 +86,54 @@ def test_bad_prompts_are_named(llm):
         llm.generate("hi", SamplingParams(), max_new_tokens=3)
     with pytest.raises(GenerationError, match="unexpected keyword argument 'temprature'"):
         llm.generate("hi", temprature=0.5)
+
+
+def _hits(completion) -> int:
+    return completion.stats.extra["paged"]["prefix_hit_tokens"]
+
+
+def test_the_next_chat_turn_reuses_the_kept_cache(smollm2):
+    """On the CPU decoder an LLM keeps its paged cache across calls: the second turn of a chat skips the
+    first turn's tokens, and gives what an LLM without a kept cache gives."""
+    llm, fresh = LLM(*smollm2), LLM(*smollm2, prefix_cache=False)
+    turn1 = [{"role": "user", "content": "Name three primes."}]
+    a = llm.chat(turn1, max_new_tokens=12)
+    assert a.token_ids == fresh.chat(turn1, max_new_tokens=12).token_ids
+    turn2 = turn1 + [{"role": "assistant", "content": a.text}, {"role": "user", "content": "Three more?"}]
+    b = llm.chat(turn2, max_new_tokens=12)
+    first_prompt = len(llm.chat_prompt(turn1))
+    assert _hits(b) - _hits(a) >= first_prompt - first_prompt % 16  # every full block of turn 1's prompt
+    assert b.token_ids == fresh.chat(turn2, max_new_tokens=12).token_ids
+    llm.clear_cache()
+    c = llm.chat(turn2, max_new_tokens=12)
+    assert _hits(c) == 0 and c.token_ids == b.token_ids
+
+
+def test_the_kept_cache_is_dropped_when_the_weights_change(smollm2):
+    model, tokenizer = smollm2
+    llm = LLM(model, tokenizer)
+    prompt = "The three primary colors are"
+    before = llm.generate(prompt, max_new_tokens=8)
+    w = model.layers[0].attention.wqkv.weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.mul_(0.5)  # in place: the same tensor, new values
+        again = llm.generate(prompt, max_new_tokens=8)
+        assert _hits(again) == 0  # no K/V computed with the old weights is served
+        assert again.token_ids == LLM(model, tokenizer, prefix_cache=False).generate(prompt, max_new_tokens=8).token_ids
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+    assert llm.generate(prompt, max_new_tokens=8).token_ids == before.token_ids
+
+
+def test_streams_iterated_together_each_get_a_cache(llm):
+    one, two = llm.stream(PROMPTS[0], max_new_tokens=8), llm.stream(PROMPTS[2], max_new_tokens=8)
+    got = ["", ""]
+    for a, b in zip(one, two):
+        got[0] += a
+        got[1] += b
+    got[0] += "".join(one)
+    got[1] += "".join(two)
+    assert got == [llm.generate(PROMPTS[0], max_new_tokens=8).text, llm.generate(PROMPTS[2], max_new_tokens=8).text]
