@@ -58,7 +58,8 @@ def _load(args: argparse.Namespace):
     return LLM.load(args.model, dtype=args.dtype, device=args.device)
 
 
-def _print_stats(stats, stream=sys.stderr) -> None:
+def _print_stats(stats, stream=None) -> None:
+    stream = sys.stderr if stream is None else stream  # looked up per call: redirection and capture see it
     decode_tps = stats.generated_tokens / stats.decode_seconds if stats.decode_seconds > 0 else float("nan")
     prefill_tps = stats.prompt_tokens / stats.prefill_seconds if stats.prefill_seconds > 0 else float("nan")
     print(

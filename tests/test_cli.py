@@ -75,3 +75,12 @@ def test_chat_reads_turns_from_stdin(smollm2_gguf):
     assert out.returncode == 0, out.stderr
     replies = [line for line in out.stdout.splitlines() if line.strip()]
     assert len(replies) >= 2
+
+
+def test_stats_go_to_the_stderr_of_the_moment(capsys):
+    """--stats prints to sys.stderr as it is when printing (redirected, captured), not as it was at import."""
+    from havoc.cli import _print_stats
+    from havoc.generation import GenerationStats
+
+    _print_stats(GenerationStats(prompt_tokens=5, generated_tokens=8, prefill_seconds=0.5, decode_seconds=2.0))
+    assert "prompt 5 tok, 10.0 tok/s | generated 8 tok, 4.0 tok/s" in capsys.readouterr().err
