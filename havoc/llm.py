@@ -110,6 +110,7 @@ class LLM:
         self._paged: PagedKVCache | None = None
         self._paged_for = None  # the CPU decoder the pool's K/V were computed with (weights and dtype)
         self._paged_lock = threading.Lock()  # held by the one generation using the pool
+        self._clear_pending = False  # clear_cache() was called while the pool was in use
 
     @classmethod
     def load(
@@ -164,9 +165,16 @@ class LLM:
         return [int(t) for t in prompt]
 
     def clear_cache(self) -> None:
-        """Drop the KV cache kept across calls (its memory goes back; the next call starts empty)."""
-        with self._paged_lock:
-            self._paged = self._paged_for = None
+        """Drop the KV cache kept across calls (its memory goes back; the next call starts empty). Called
+        while a generation is using it (inside a stream loop, from another thread), the pool goes when
+        that generation ends."""
+        if self._paged_lock.acquire(blocking=False):
+            try:
+                self._paged = self._paged_for = None
+            finally:
+                self._paged_lock.release()
+        else:
+            self._clear_pending = True
 
     def _pool(self, prompts: list[list[int]], params: SamplingParams) -> PagedKVCache | None:
         """The pool kept across calls, grown to hold this call (None: no prefix cache here). The caller
@@ -210,6 +218,9 @@ class LLM:
                 yield events, states, stats
         finally:
             if owns:
+                if self._clear_pending:
+                    self._paged = self._paged_for = None
+                    self._clear_pending = False
                 self._paged_lock.release()
 
     def generate(
