@@ -324,6 +324,14 @@ class PagedKVCache:
         """Tokens of a sequence, computed or waiting."""
         return self.manager.length(seq_id)
 
+    def ready(self, seq_id: int) -> bool:
+        """Whether `prepare` may take the sequence now: every prefix-cache block it reuses has been written
+        by a forward (a hit on blocks of a sequence added just before, not computed yet, is not ready)."""
+        if seq_id not in self._unverified:
+            return True
+        hit = self.manager.block_table(seq_id)[: self._computed[seq_id] // self.block_size]
+        return bool(self._ready[hit].all())
+
     def pending(self, seq_id: int) -> int:
         """Tokens of a sequence planned but not computed yet (what `prepare([seq_id])` would run)."""
         return self.manager.length(seq_id) - self._computed[seq_id]

@@ -7,7 +7,8 @@ streaming text). Two ways to hold a batch:
   one forward of shape (B, 1)); rows that finish leave the batch once at least half of it has finished,
   which bounds the copying to the cache's size.
 - paged (`cache="paged"` or a `PagedKVCache`): every prompt is its own sequence in one shared pool of
-  blocks. Each is prefilled alone, skipping the part the prefix cache already holds; then every running
+  blocks. Prompts are prefilled skipping the part the prefix cache already holds, those with as many
+  tokens left to compute together in one forward (ragged ones in one forward per length); then every running
   sequence decodes in one step, with no padding — on a CPU fp32/bf16 model one call into the C++ decoder
   (`havoc.cpu_decode`), elsewhere the model's forward. A finished sequence is freed at once and its
   blocks admit waiting prompts (continuous batching), so a pool smaller than the whole batch still works.
@@ -36,6 +37,7 @@ from havoc.errors import GenerationError, OutOfBlocksError
 from havoc.model import HavocModel
 
 PAGED_BLOCK_SIZE = 16  # block size of the pool `cache="paged"` makes
+PREFILL_TOKENS_PER_FORWARD = 4096  # most prompt tokens the paged path prefills in one forward
 
 
 @dataclass
@@ -344,6 +346,7 @@ def _stream_paged(
     seq: dict[int, int] = {}  # prompt index -> sequence id
     logits_of: dict[int, torch.Tensor] = {}  # prompt index -> (V,) logits of its next token
     produced = [0] * len(prompts)
+    admitted: list[int] = []  # added to the cache, not prefilled yet
 
     def final_blocks(i: int) -> int:
         return cache.blocks_for(len(prompts[i]) + budgets[i])
@@ -364,16 +367,39 @@ def _stream_paged(
             waiting.popleft()
             seq[i] = sid = cache.new_seq_id()
             cache.add(sid, prompts[i], namespace)
-            t0 = time.perf_counter()
-            logits_of[i] = model(cache.prepare([sid]), cache=cache, logits_to_keep=1)[0, -1]
-            stats.prefill_seconds += time.perf_counter() - t0
             if params.repetition_penalty != 1.0:
                 seen[i] = torch.zeros(V, dtype=torch.bool, device=device)
                 seen[i][torch.tensor(prompts[i], device=device)] = True
+            admitted.append(i)
             running.append(i)
+
+    def prefill() -> None:
+        # The prompts just admitted, in as few forwards as their lengths allow: those with as many tokens
+        # to compute (after prefix hits) go together, up to PREFILL_TOKENS_PER_FORWARD tokens. A prompt
+        # whose prefix hit is on blocks another admitted prompt has yet to compute waits for that forward.
+        todo = list(admitted)
+        admitted.clear()
+        while todo:
+            now = [i for i in todo if cache.ready(seq[i])]
+            if not now:
+                raise RuntimeError(f"prompts {todo} wait on prefix blocks that no admitted prompt computes")
+            groups: dict[int, list[int]] = {}
+            for i in now:
+                groups.setdefault(cache.pending(seq[i]), []).append(i)
+            for T, group in groups.items():
+                per = max(1, PREFILL_TOKENS_PER_FORWARD // T)
+                for k in range(0, len(group), per):
+                    chunk = group[k : k + per]
+                    t0 = time.perf_counter()
+                    out = model(cache.prepare([seq[i] for i in chunk]), cache=cache, logits_to_keep=1)[:, -1]
+                    stats.prefill_seconds += time.perf_counter() - t0
+                    for i, row in zip(chunk, out):
+                        logits_of[i] = row
+            todo = [i for i in todo if i not in now]
 
     try:
         admit()
+        prefill()
         while running:
             rows = list(running)
             if argmax_only:  # 0-d ids from the decoder; (V,) logits of a prompt just prefilled
@@ -399,6 +425,7 @@ def _stream_paged(
             stats.steps += 1
             yield events
             admit()
+            prefill()
             if keep:
                 ids, toks = [seq[i] for i, _ in keep], [tok for _, tok in keep]
                 if decoder is not None:

@@ -1,5 +1,6 @@
 """Generation on token ids with the tiny model: greedy, sampling, batching, stopping, bad arguments."""
 
+import inspect
 import math
 
 import pytest
@@ -7,6 +8,15 @@ import torch
 
 from havoc import GenerationError, HavocModel, ModelConfig, SamplingParams
 from havoc.generation import GenerationStats, generate_ids, sample_next, stream_ids
+
+
+@pytest.fixture(autouse=True, params=["static", "paged"])
+def cache_path(request, monkeypatch):
+    """Every test here runs on both ways of holding a batch: the static cache (the GPU default) and the
+    paged cache with the C++ decoder (what cache="auto" takes on this CPU model)."""
+    for fn in (generate_ids, stream_ids):
+        monkeypatch.setitem(inspect.unwrap(fn).__kwdefaults__, "cache", request.param)
+    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -297,7 +297,7 @@ PROMPTS = [[5, 6], [9, 100, 200, 33, 4, 8, 9], [300], [7, 7, 7, 7], list(range(4
 
 def test_paged_generation_equals_static(model):
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
-    static = generate_ids(model, PROMPTS, params)
+    static = generate_ids(model, PROMPTS, params, cache="static")
     stats = GenerationStats()
     assert generate_ids(model, PROMPTS, params, cache="paged", stats=stats) == static
     assert stats.generated_tokens == sum(len(o) for o in static) and stats.steps == 12
@@ -305,10 +305,10 @@ def test_paged_generation_equals_static(model):
 
 
 def test_paged_generation_with_stops_and_a_small_pool(model):
-    alone = generate_ids(model, PROMPTS, SamplingParams(max_new_tokens=12, ignore_eos=True))
+    alone = generate_ids(model, PROMPTS, SamplingParams(max_new_tokens=12, ignore_eos=True), cache="static")
     stop_ids = {alone[0][1], alone[2][4]}
     params = SamplingParams(max_new_tokens=12, stop_token_ids=tuple(stop_ids))
-    want = generate_ids(model, PROMPTS, params)
+    want = generate_ids(model, PROMPTS, params, cache="static")
     # 10 blocks of 4 tokens: not all prompts fit at once, so later ones wait for finished ones' blocks
     cache = PagedKVCache.for_model(model, 10, 4)
     started = []
@@ -328,7 +328,7 @@ def test_a_shared_pool_serves_the_next_call_from_its_prefix_cache(model):
     params = SamplingParams(max_new_tokens=6, ignore_eos=True)
     first = generate_ids(model, prompts, params, cache=cache)
     assert cache.stats()["prefix_hit_tokens"] == 24  # the second prompt reused the first's blocks
-    assert generate_ids(model, prompts, params, cache=cache) == first == generate_ids(model, prompts, params)
+    assert generate_ids(model, prompts, params, cache=cache) == first == generate_ids(model, prompts, params, cache="static")
     assert cache.stats()["prefix_hit_tokens"] == 24 + 2 * 24
     generate_ids(model, prompts, params, cache=cache, namespace="other")
     assert cache.stats()["prefix_hit_tokens"] == 24 + 2 * 24 + 24  # within the new namespace only
@@ -385,4 +385,25 @@ def test_smollm2_paged_generation_equals_static(smollm2):
     model, tok = smollm2
     prompts = [tok.encode(t) for t in ("The capital of France is", "def fib(n):", "1, 2, 3, 4,")]
     params = SamplingParams(max_new_tokens=8, ignore_eos=True)
-    assert generate_ids(model, prompts, params, cache="paged") == generate_ids(model, prompts, params)
+    assert generate_ids(model, prompts, params, cache="paged") == generate_ids(model, prompts, params, cache="static")
+
+
+def test_prompts_of_equal_length_prefill_in_one_forward(model):
+    """The paged path groups admitted prompts by the tokens they have left to compute; a prompt whose
+    prefix hit is on blocks of another prompt of the same batch waits for that prompt's forward."""
+    shared = tokens(40, 7)
+    prompts = [shared, tokens(40, 8), shared + [3, 4], tokens(13, 9), tokens(40, 10)]
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    want = generate_ids(model, prompts, params, cache="static")
+    calls = []
+    hook = model.register_forward_pre_hook(lambda mod, args: calls.append(tuple(args[0].shape)))
+    try:
+        cache = PagedKVCache.for_model(model, 64, 16)
+        assert generate_ids(model, prompts, params, cache=cache) == want
+    finally:
+        hook.remove()
+    prefill = [c for c in calls if c[1] > 1]
+    # 40-token prompts 0, 1, 4 together; 13 tokens alone; prompt 2 (32 tokens hit on prompt 0's blocks)
+    # after prompt 0's forward, computing its last 10 tokens
+    assert sorted(prefill) == sorted([(3, 40), (1, 13), (1, 10)])
+    assert cache.stats()["prefix_hit_tokens"] == 32
