@@ -53,6 +53,18 @@ def chat_table(benchmarks: list[dict]) -> list[str]:
     return out if rows else []
 
 
+def generate_table(benchmarks: list[dict]) -> list[str]:
+    """Whole generate_ids calls, the default cache against cache="static" (test_generate_default_vs_static)."""
+    rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") == "generate"]
+    out = ["| batch × prompt tokens | dtype | default tok/s | static tok/s | default / static |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(
+            f"| {r['batch']} × {r['prompt_tokens']} | {r['dtype']} | {r['tokens_per_s']:.1f} | "
+            f"{r['baseline_tokens_per_s']:.1f} | **{r['ratio']:.2f}×** |"
+        )
+    return out if rows else []
+
+
 def cpp_table(benchmarks: list[dict]) -> list[str]:
     """C++ vs its baseline (the pure-Python block manager, or torch's own ops): median time per operation."""
     by_group: dict[str, dict[str, float]] = {}
@@ -113,7 +125,7 @@ def main(path: str) -> None:
     print()
     b = data["benchmarks"]
     generation = generation_table(b)
-    tables = [t for t in (kernel_table(b), generation if len(generation) > 2 else [], chat_table(b), cpp_table(b)) if t]
+    tables = [t for t in (kernel_table(b), generation if len(generation) > 2 else [], chat_table(b), generate_table(b), cpp_table(b)) if t]
     for i, table in enumerate(tables):
         if i:
             print()

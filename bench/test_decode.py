@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from havoc import cpu_decode, ops
-from havoc.generation import SamplingParams, stream_ids
+from havoc.generation import SamplingParams, generate_ids, stream_ids
 
 NEW_TOKENS = 32
 PROMPT_TOKENS = 16
@@ -274,4 +274,28 @@ def test_chat_prefix_cache(benchmark, engines, smollm2):
         kind="chat", dtype="float32", turns=len(CHAT_TURNS), baseline="LLM(prefix_cache=False)",
         seconds=ours_s, baseline_seconds=base_s, ratio=base_s / ours_s,
         last_prompt_tokens=last_prompt[0],
+    )
+
+
+@pytest.mark.parametrize("batch, prompt_tokens", [(8, 16), (32, 16), (8, 200)])
+def test_generate_default_vs_static(benchmark, engines, smollm2, sample_text, batch, prompt_tokens):
+    """Whole `generate_ids` calls (prefill + 32 greedy tokens) on fp32 SmolLM2: the default cache="auto"
+    (paged cache, grouped prefill, C++ decode steps) against cache="static" (left-padded batch, one
+    prefill forward, the model's forward per step), alternating round by round; tokens/s of new tokens."""
+    model = engines("havoc", "float32")
+    prompts = _prompts(smollm2[1], sample_text, batch, prompt_tokens)
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+
+    def run(cache):
+        return generate_ids(model, prompts, params, cache=cache)
+
+    assert run("auto") == run("static")  # the same greedy tokens
+    benchmark.group = f"generate {batch} x {prompt_tokens} tokens"
+    base_times = _interleaved(benchmark, (lambda: (("auto",), {}), run), (lambda: (("static",), {}), run), rounds=3)
+    if benchmark.stats is None:
+        return
+    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
+    benchmark.extra_info.update(
+        kind="generate", dtype="float32", batch=batch, prompt_tokens=prompt_tokens, baseline='cache="static"',
+        tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s, ratio=base_s / ours_s,
     )
