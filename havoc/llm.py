@@ -95,7 +95,7 @@ class _TextState:
 
 
 class LLM:
-    """A loaded model and its tokenizer."""
+    """A loaded model, its tokenizer and (on the CPU decoder) the paged KV cache kept across calls."""
 
     def __init__(self, model: HavocModel, tokenizer, *, prefix_cache: bool = True) -> None:
         """Args:
