@@ -16,8 +16,13 @@ def _fmt(x, spec=".1f"):
     return "–" if x is None else format(x, spec)
 
 
+def _rows(benchmarks: list[dict], *kinds: str) -> list[dict]:
+    """The extra_info of the benchmarks of these kinds, in run order."""
+    return [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") in kinds]
+
+
 def generation_table(benchmarks: list[dict]) -> list[str]:
-    rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") in ("decode", "prefill")]
+    rows = _rows(benchmarks, "decode", "prefill")
     out = [
         "| phase | dtype | batch | baseline | havoc tok/s | baseline tok/s | havoc / baseline | overhead ms/step (havoc / base) | matmul floor ms (havoc / base) | weight GB/s (% of read bw) | peak extra MiB (havoc / base) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -43,7 +48,7 @@ def _bandwidth(r: dict) -> str:
 
 def chat_table(benchmarks: list[dict]) -> list[str]:
     """Whole multi-turn chats (bench/test_decode.py::test_chat_prefix_cache): seconds per chat."""
-    rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") == "chat"]
+    rows = _rows(benchmarks, "chat")
     out = ["| chat | dtype | havoc s | baseline | baseline s | baseline / havoc |", "|---|---|---|---|---|---|"]
     for r in rows:
         out.append(
@@ -55,7 +60,7 @@ def chat_table(benchmarks: list[dict]) -> list[str]:
 
 def generate_table(benchmarks: list[dict]) -> list[str]:
     """Whole generate_ids calls, the default cache against cache="static" (test_generate_default_vs_static)."""
-    rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") == "generate"]
+    rows = _rows(benchmarks, "generate")
     out = ["| batch × prompt tokens | dtype | default tok/s | static tok/s | default / static |", "|---|---|---|---|---|"]
     for r in rows:
         out.append(
@@ -90,7 +95,7 @@ def cpp_table(benchmarks: list[dict]) -> list[str]:
 
 def kernel_table(benchmarks: list[dict]) -> list[str]:
     """Rows of bench/test_kernels.py: one line per (benchmark, provider), with its speedup over eager."""
-    rows = [b["extra_info"] for b in benchmarks if b.get("extra_info", {}).get("kind") == "kernel"]
+    rows = _rows(benchmarks, "kernel")
     if not rows:
         return []
     eager = {r["group"]: r.get("ms") for r in rows if r["provider"] == "eager"}

@@ -426,8 +426,7 @@ class PagedKVCache:
     def _verify(self, ids: list[int]) -> None:
         """Check that the prefix-cache hits of these sequences have been written by a forward."""
         for s in self._unverified.intersection(ids):
-            hit = self.manager.block_table(s)[: self._computed[s] // self.block_size]
-            if not self._ready[hit].all():
+            if not self.ready(s):
                 raise GenerationError(
                     f"sequence {s} reuses cached prefix blocks whose K/V no forward has written yet: run the "
                     "forward of the sequence added before it with the same prefix first"

@@ -168,6 +168,16 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def token_budgets(prompts: Sequence[Sequence[int]], params: SamplingParams, max_seq_len: int) -> list[int]:
+    """New tokens each prompt may get: max_new_tokens, cut by what the context leaves (0 if nothing)."""
+    return [min(params.max_new_tokens, max(max_seq_len - len(p), 0)) for p in prompts]
+
+
+def paged_blocks_needed(prompts: Sequence[Sequence[int]], budgets: Sequence[int]) -> int:
+    """Blocks of PAGED_BLOCK_SIZE tokens that holding every prompt with its whole budget at once takes."""
+    return sum(-(-(len(p) + b) // PAGED_BLOCK_SIZE) for p, b in zip(prompts, budgets))
+
+
 def _finish_reason(
     index: int, tok: int, produced: int, budget: int, stops: set[int],
     should_stop: Callable[[int, int], bool] | None,
@@ -224,7 +234,7 @@ def stream_ids(
                 f"prompt {i} has {n} tokens but the model's context is {config.max_seq_len}: "
                 "it leaves no room to generate"
             )
-    budgets = [min(params.max_new_tokens, config.max_seq_len - n) for n in lengths]
+    budgets = token_budgets(prompts, params, config.max_seq_len)  # all >= 1: every prompt fits (checked above)
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(stop_ids))
     stats = stats if stats is not None else GenerationStats()
     if isinstance(cache, str) and cache == "auto":
@@ -320,8 +330,7 @@ def _stream_paged(
     if isinstance(cache, str):
         if cache != "paged":
             raise GenerationError(f"cache must be 'auto', 'static', 'paged' or a PagedKVCache, got {cache!r}")
-        need = sum(-(-(len(p) + b) // PAGED_BLOCK_SIZE) for p, b in zip(prompts, budgets))
-        cache = PagedKVCache.for_model(model, need, PAGED_BLOCK_SIZE)
+        cache = PagedKVCache.for_model(model, paged_blocks_needed(prompts, budgets), PAGED_BLOCK_SIZE)
     elif not isinstance(cache, PagedKVCache):
         raise GenerationError(f"cache must be 'auto', 'static', 'paged' or a PagedKVCache, got {type(cache).__name__}")
     device = cache.device

@@ -25,7 +25,14 @@ import torch
 from havoc import cpu_decode
 from havoc.cache import PagedKVCache
 from havoc.errors import GenerationError
-from havoc.generation import PAGED_BLOCK_SIZE, GenerationStats, SamplingParams, stream_ids
+from havoc.generation import (
+    PAGED_BLOCK_SIZE,
+    GenerationStats,
+    SamplingParams,
+    paged_blocks_needed,
+    stream_ids,
+    token_budgets,
+)
 from havoc.model import HavocModel
 
 KEPT_CACHE_TOKENS = 2048  # smallest pool an LLM keeps across calls (SmolLM2 fp32: 94 MB of K/V)
@@ -183,7 +190,7 @@ class LLM:
             return None
         decoder = cpu_decode.for_model(self.model)  # rebuilt when the weights changed: stale K/V go with it
         ctx = self.model.config.max_seq_len
-        need = sum(-(-(len(p) + min(params.max_new_tokens, max(ctx - len(p), 0))) // PAGED_BLOCK_SIZE) for p in prompts)
+        need = paged_blocks_needed(prompts, token_budgets(prompts, params, ctx))
         if self._paged is None or self._paged_for is not decoder or self._paged.num_blocks < need:
             # At least KEPT_CACHE_TOKENS (a chat grows turn by turn; a new pool starts empty), doubling.
             old = self._paged.num_blocks if self._paged is not None and self._paged_for is decoder else 0
