@@ -861,7 +861,7 @@ thread-safety contract; PyBlockManager there is the pure-Python model with the s
           "block_table",
           [](const BlockManager& self, int64_t seq_id) {
             havoc::TableView v = self.table(seq_id);
-            using Holder = std::shared_ptr<const std::vector<int32_t>>;
+            using Holder = havoc::BlockTable;
             auto* holder = new Holder(std::move(v.storage));
             py::capsule base(holder, [](void* p) { delete static_cast<Holder*>(p); });
             py::array a = py::array_t<int32_t>({static_cast<py::ssize_t>(v.size)}, v.data, base);

