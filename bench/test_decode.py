@@ -35,6 +35,7 @@ from __future__ import annotations
 import statistics
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -277,13 +278,21 @@ def test_chat_prefix_cache(benchmark, engines, smollm2):
     )
 
 
-@pytest.mark.parametrize("batch, prompt_tokens", [(8, 16), (32, 16), (8, 200)])
+@pytest.mark.parametrize("batch, prompt_tokens", [(8, 16), (32, 16), (8, 200), (32, "8-64"), (8, "100-300")])
 def test_generate_default_vs_static(benchmark, engines, smollm2, sample_text, batch, prompt_tokens):
     """Whole `generate_ids` calls (prefill + 32 greedy tokens) on fp32 SmolLM2: the default cache="auto"
-    (paged cache, grouped prefill, C++ decode steps) against cache="static" (left-padded batch, one
-    prefill forward, the model's forward per step), alternating round by round; tokens/s of new tokens."""
+    (paged cache, prefill in (B, T) batches or packed rows, C++ decode steps) against cache="static"
+    (left-padded batch, one prefill forward, the model's forward per step), alternating round by round;
+    tokens/s of new tokens. "lo-hi" prompt tokens: lengths drawn uniformly from [lo, hi] (seed 0)."""
     model = engines("havoc", "float32")
-    prompts = _prompts(smollm2[1], sample_text, batch, prompt_tokens)
+    if isinstance(prompt_tokens, str):
+        lo, hi = map(int, prompt_tokens.split("-"))
+        ids = smollm2[1].encode(sample_text)
+        lengths = np.random.default_rng(0).integers(lo, hi + 1, batch)
+        assert len(ids) >= hi + batch, "sample text too short"
+        prompts = [ids[i : i + int(n)] for i, n in enumerate(lengths)]
+    else:
+        prompts = _prompts(smollm2[1], sample_text, batch, prompt_tokens)
     params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
 
     def run(cache):

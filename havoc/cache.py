@@ -142,16 +142,25 @@ class _Forward:
     """What the next forward computes (set by `PagedKVCache.prepare`, used by begin/attend, cleared by end)."""
 
     seq_ids: list[int]
-    n_tokens: int  # T: new tokens per sequence
+    n_tokens: int  # T: new tokens per sequence (packed: all of them, in one row)
     starts: np.ndarray  # (B,) int64: position of each sequence's first new token
     slots: torch.Tensor  # (B * T,) int64: pool slots of the new tokens, sequence-major
     copies: torch.Tensor  # (k, 2) int64 (src, dst): copy-on-write, before any write of this forward
-    positions: torch.Tensor  # (B, T) RoPE positions
+    positions: torch.Tensor  # (B, T) RoPE positions; packed: (1, N)
     tables: torch.Tensor | None = None  # decode (T == 1): (B, width) int32 block tables ...
     lengths: torch.Tensor | None = None  # ... and (B,) int32 lengths, the new token included
     gather: torch.Tensor | None = None  # prefill, all starts equal: (B, start + T) int64 slots to attend
     gathers: list[torch.Tensor] | None = None  # prefill, ragged starts: per sequence
+    # packed prefill (prepare_packed): sequence b's new tokens are row 0's [cu_q[b], cu_q[b+1]) and it attends
+    # over gather[cu_k[b]:cu_k[b+1]] (its whole length)
+    counts: np.ndarray | None = None  # (B,) int64 new tokens per sequence
+    cu_q: torch.Tensor | None = None
+    cu_k: torch.Tensor | None = None
     begun: bool = False
+
+    @property
+    def packed(self) -> bool:
+        return self.counts is not None
 
 
 class PagedKVCache:
@@ -166,11 +175,14 @@ class PagedKVCache:
         tokens = cache.prepare([seq, other], next_ids)   # decode: one new token per sequence
         logits = model(tokens, cache=cache)
         cache.fork(seq, child); cache.free(seq)
+        tokens, last = cache.prepare_packed([a, b])  # prompts waiting for different numbers of tokens: one
+        logits = model(tokens, cache=cache, logits_at=last)[0]  # row, no padding; (2, vocab) at their ends
 
     `attend` makes the step's copy-on-write block copies before the first write (in `begin`), writes the new
     K/V into their slots (C++ on CPU) and then attends: one new token per sequence goes through the paged
     decode kernel (`ops.paged_decode_attention`), longer chunks gather their sequence's K/V and call
-    `ops.attention` with the query offset. RoPE positions come from each sequence's own length.
+    `ops.attention` with the query offset, and a packed row calls `ops.attention_varlen` over each
+    sequence's gathered K/V. RoPE positions come from each sequence's own length.
 
     Invariants (checked by `check_invariants`):
       - ``0 <= computed[s] <= manager.length(s)``: positions [0, computed[s]) of sequence s have their K/V in
@@ -369,12 +381,7 @@ class PagedKVCache:
             GenerationError: mismatched shapes, or a sequence whose state does not allow it.
             OutOfBlocksError: no room for the appended tokens (nothing changed).
         """
-        ids = [int(s) for s in seq_ids]
-        if not ids or len(set(ids)) != len(ids):
-            raise GenerationError(f"prepare needs distinct sequence ids, got {ids}")
-        for s in ids:
-            if s not in self._computed:
-                raise GenerationError(f"sequence {s} is not in the cache")
+        ids = self._known_ids(seq_ids, "prepare")
         starts = np.array([self._computed[s] for s in ids], dtype=np.int64)
         B, bs = len(ids), self.block_size
         self._verify(ids)
@@ -422,6 +429,62 @@ class PagedKVCache:
                 fwd.gathers = [torch.from_numpy(g).to(dev) for g in gathers]
         self._fwd = fwd
         return torch.from_numpy(new).to(dev)
+
+    def prepare_packed(self, seq_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set up one forward over the waiting tokens of sequences that wait for different numbers of them
+        (prompts of different lengths, or after prefix hits of different lengths): their tokens go in one
+        row, back to back, and each attends only over its own sequence (`ops.attention_varlen`). Every
+        projection and MLP then runs once over all the tokens, with no padding.
+
+        Args:
+            seq_ids: distinct sequences, each with tokens waiting (after `add`).
+
+        Returns:
+            (tokens, last): the (1, N) int64 token ids to feed the forward, N the total waiting, and (B,)
+            int64 indices into N of each sequence's last token, in seq_ids' order (for `logits_at`).
+
+        Raises:
+            GenerationError: unknown or repeated sequences, or one with nothing waiting.
+        """
+        ids = self._known_ids(seq_ids, "prepare_packed")
+        counts = np.array([self.pending(s) for s in ids], dtype=np.int64)
+        if (counts == 0).any():
+            idle = [s for s, c in zip(ids, counts) if c == 0]
+            raise GenerationError(f"prepare_packed computes waiting tokens; sequences {idle} have none")
+        self._verify(ids)
+        starts = np.array([self._computed[s] for s in ids], dtype=np.int64)
+        bs = self.block_size
+        new = np.concatenate([self.manager.tokens(s)[c:] for s, c in zip(ids, starts)]).astype(np.int64)
+        slots = np.concatenate([self.manager.slots(s, int(c)) for s, c in zip(ids, starts)])
+        gather = np.concatenate([self.manager.slots(s, 0, int(c + n)) for s, c, n in zip(ids, starts, counts)])
+        positions = np.concatenate([np.arange(c, c + n) for c, n in zip(starts, counts)])
+        cu_q = np.concatenate([[0], np.cumsum(counts)])
+        cu_k = np.concatenate([[0], np.cumsum(starts + counts)])
+        self._ready[slots // bs] = False  # blocks written by this forward
+        dev = self.device
+        self._fwd = _Forward(
+            seq_ids=ids,
+            n_tokens=int(cu_q[-1]),
+            starts=starts,
+            slots=torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int64)).to(dev),
+            copies=torch.empty(0, 2, dtype=torch.int64, device=dev),
+            positions=torch.from_numpy(positions)[None].to(dev),
+            gather=torch.from_numpy(gather).to(dev),
+            counts=counts,
+            cu_q=torch.from_numpy(cu_q.astype(np.int32)).to(dev),
+            cu_k=torch.from_numpy(cu_k.astype(np.int32)).to(dev),
+        )
+        return torch.from_numpy(new)[None].to(dev), torch.from_numpy(cu_q[1:] - 1).to(dev)
+
+    def _known_ids(self, seq_ids: Sequence[int], caller: str) -> list[int]:
+        """seq_ids as ints, checked to be distinct sequences of this cache."""
+        ids = [int(s) for s in seq_ids]
+        if not ids or len(set(ids)) != len(ids):
+            raise GenerationError(f"{caller} needs distinct sequence ids, got {ids}")
+        for s in ids:
+            if s not in self._computed:
+                raise GenerationError(f"sequence {s} is not in the cache")
+        return ids
 
     def _verify(self, ids: list[int]) -> None:
         """Check that the prefix-cache hits of these sequences have been written by a forward."""
@@ -478,10 +541,11 @@ class PagedKVCache:
         fwd = self._fwd
         if fwd is None:
             raise GenerationError("a paged cache needs cache.prepare(seq_ids, tokens) before each forward")
-        if (batch_size, n_tokens) != (len(fwd.seq_ids), fwd.n_tokens):
+        want = (1, fwd.n_tokens) if fwd.packed else (len(fwd.seq_ids), fwd.n_tokens)
+        if (batch_size, n_tokens) != want:
             raise GenerationError(
                 f"the forward has shape ({batch_size}, {n_tokens}) but prepare() set up "
-                f"({len(fwd.seq_ids)}, {fwd.n_tokens}): feed the tokens prepare() returned"
+                f"({want[0]}, {want[1]}): feed the tokens prepare() returned"
             )
         if attention_mask is not None and not bool(attention_mask.all()):
             raise GenerationError("a paged cache keeps each sequence at its own length: it takes no padding mask")
@@ -501,6 +565,11 @@ class PagedKVCache:
             out = ops.paged_decode_attention(q[:, :, 0], self.k[layer], self.v[layer], fwd.tables, fwd.lengths)
             return out.unsqueeze(2)  # (B, H, 1, D)
         k_flat, v_flat = self.k[layer].view(-1, KV, D), self.v[layer].view(-1, KV, D)
+        if fwd.packed:  # one row of several sequences: each attends over its own K/V only
+            keys, values = k_flat.index_select(0, fwd.gather), v_flat.index_select(0, fwd.gather)  # (S, KV, D)
+            max_q, max_k = int(fwd.counts.max()), int((fwd.starts + fwd.counts).max())
+            out = ops.attention_varlen(q[0].transpose(0, 1), keys, values, fwd.cu_q, fwd.cu_k, max_q, max_k, causal=True)
+            return out.transpose(0, 1).unsqueeze(0)  # (1, H, N, D)
         if fwd.gather is not None:  # every sequence starts at the same position: one batched call
             S = fwd.gather.shape[1]
             idx = fwd.gather.reshape(-1)
@@ -519,10 +588,17 @@ class PagedKVCache:
         if fwd is None:
             return
         T, bs = fwd.n_tokens, self.block_size
-        for s, start in zip(fwd.seq_ids, fwd.starts):
-            self._computed[s] = int(start) + T
+        if fwd.packed:
+            for s, start, n in zip(fwd.seq_ids, fwd.starts, fwd.counts):
+                self._computed[s] = int(start + n)
+            # the position of packed token i is i - (its sequence's offset in the row) + (its start)
+            offsets = np.concatenate([[0], np.cumsum(fwd.counts)[:-1]])
+            pos = np.arange(T) + np.repeat(fwd.starts - offsets, fwd.counts)
+        else:
+            for s, start in zip(fwd.seq_ids, fwd.starts):
+                self._computed[s] = int(start) + T
+            pos = (fwd.starts[:, None] + np.arange(T)).reshape(-1)
         # A block is ready once its last slot is written: the new tokens at positions p with p % bs == bs - 1.
-        pos = (fwd.starts[:, None] + np.arange(T)).reshape(-1)
         full = (pos % bs) == bs - 1
         if full.any():
             self._ready[fwd.slots.cpu().numpy()[full] // bs] = True

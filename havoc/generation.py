@@ -383,27 +383,35 @@ def _stream_paged(
             running.append(i)
 
     def prefill() -> None:
-        # The prompts just admitted, in as few forwards as their lengths allow: those with as many tokens
-        # to compute (after prefix hits) go together, up to PREFILL_TOKENS_PER_FORWARD tokens. A prompt
-        # whose prefix hit is on blocks another admitted prompt has yet to compute waits for that forward.
+        # The prompts just admitted, in forwards of up to PREFILL_TOKENS_PER_FORWARD tokens: a (B, T) batch
+        # when all have as many tokens left to compute (after prefix hits), else one packed row
+        # (`prepare_packed`: no padding, each prompt attends over its own K/V). A prompt whose prefix hit
+        # is on blocks another admitted prompt has yet to compute waits for that forward.
         todo = list(admitted)
         admitted.clear()
         while todo:
             now = [i for i in todo if cache.ready(seq[i])]
             if not now:
                 raise RuntimeError(f"prompts {todo} wait on prefix blocks that no admitted prompt computes")
-            groups: dict[int, list[int]] = {}
-            for i in now:
-                groups.setdefault(cache.pending(seq[i]), []).append(i)
-            for T, group in groups.items():
-                per = max(1, PREFILL_TOKENS_PER_FORWARD // T)
-                for k in range(0, len(group), per):
-                    chunk = group[k : k + per]
+            counts = {i: cache.pending(seq[i]) for i in now}
+            packed = len(set(counts.values())) > 1
+            chunk: list[int] = []
+            for n, i in enumerate(now):
+                chunk.append(i)
+                total = counts[i] * len(chunk) if not packed else sum(counts[j] for j in chunk)
+                last = n + 1 == len(now)
+                if last or total + counts[now[n + 1]] > PREFILL_TOKENS_PER_FORWARD:
                     t0 = time.perf_counter()
-                    out = model(cache.prepare([seq[i] for i in chunk]), cache=cache, logits_to_keep=1)[:, -1]
+                    ids = [seq[j] for j in chunk]
+                    if packed and len(chunk) > 1:
+                        fed, ends = cache.prepare_packed(ids)
+                        out = model(fed, cache=cache, logits_at=ends)[0]
+                    else:
+                        out = model(cache.prepare(ids), cache=cache, logits_to_keep=1)[:, -1]
                     stats.prefill_seconds += time.perf_counter() - t0
-                    for i, row in zip(chunk, out):
-                        logits_of[i] = row
+                    for j, row in zip(chunk, out):
+                        logits_of[j] = row
+                    chunk = []
             todo = [i for i in todo if i not in now]
 
     try:

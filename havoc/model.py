@@ -155,6 +155,7 @@ class HavocModel(nn.Module):
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for a batch of token ids.
 
@@ -165,12 +166,26 @@ class HavocModel(nn.Module):
             cache: a `KVCache`; the tokens are appended to it and attend to everything before them.
             attention_mask: (B, T) bool/int, 0 at padding tokens (left padding of a batch of prompts).
             logits_to_keep: compute the logits of only the last this-many positions (0: all).
+            logits_at: (K,) int64 positions along T: compute the logits of only these (a packed prefill's
+                last token of each sequence, `PagedKVCache.prepare_packed`); excludes logits_to_keep.
 
         Returns:
-            (B, T or logits_to_keep, vocab_size) logits in the model's dtype.
+            (B, T or logits_to_keep or K, vocab_size) logits in the model's dtype.
         """
+        if logits_at is not None:
+            T = tokens.shape[-1] if tokens.dim() else 0
+            if logits_to_keep:
+                raise GenerationError("give logits_to_keep or logits_at, not both")
+            if logits_at.dim() != 1 or logits_at.dtype not in (torch.int32, torch.int64):
+                raise GenerationError(
+                    f"logits_at must be a (K,) integer tensor, got {logits_at.dtype} {tuple(logits_at.shape)}"
+                )
+            if logits_at.numel() and not (0 <= int(logits_at.min()) and int(logits_at.max()) < T):
+                raise GenerationError(f"logits_at holds positions outside [0, {T})")
         h = self._trunk(tokens, positions, cache, attention_mask)  # (B, T, dim), before the final norm
-        if logits_to_keep:
+        if logits_at is not None:
+            h = h.index_select(1, logits_at.to(h.device))
+        elif logits_to_keep:
             h = h[:, -logits_to_keep:]
         return ops.linear(self.norm(h), self.lm_head_weight)  # (B, T', vocab)
 

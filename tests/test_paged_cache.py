@@ -388,22 +388,89 @@ def test_smollm2_paged_generation_equals_static(smollm2):
     assert generate_ids(model, prompts, params, cache="paged") == generate_ids(model, prompts, params, cache="static")
 
 
-def test_prompts_of_equal_length_prefill_in_one_forward(model):
-    """The paged path groups admitted prompts by the tokens they have left to compute; a prompt whose
-    prefix hit is on blocks of another prompt of the same batch waits for that prompt's forward."""
-    shared = tokens(40, 7)
-    prompts = [shared, tokens(40, 8), shared + [3, 4], tokens(13, 9), tokens(40, 10)]
-    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
-    want = generate_ids(model, prompts, params, cache="static")
+def _prefill_shapes(model, prompts, params, cache) -> tuple[list[list[int]], list[tuple[int, int]]]:
     calls = []
     hook = model.register_forward_pre_hook(lambda mod, args: calls.append(tuple(args[0].shape)))
     try:
-        cache = PagedKVCache.for_model(model, 64, 16)
-        assert generate_ids(model, prompts, params, cache=cache) == want
+        out = generate_ids(model, prompts, params, cache=cache)
     finally:
         hook.remove()
-    prefill = [c for c in calls if c[1] > 1]
-    # 40-token prompts 0, 1, 4 together; 13 tokens alone; prompt 2 (32 tokens hit on prompt 0's blocks)
-    # after prompt 0's forward, computing its last 10 tokens
-    assert sorted(prefill) == sorted([(3, 40), (1, 13), (1, 10)])
+    return out, [c for c in calls if c[1] > 1]
+
+
+def test_admitted_prompts_prefill_in_as_few_forwards_as_their_lengths_allow(model):
+    """The paged path prefills prompts with as many tokens left to compute as one (B, T) batch, and prompts
+    of different lengths as one packed row; a prompt whose prefix hit is on blocks of another prompt of
+    the same batch waits for that prompt's forward."""
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    equal = [tokens(40, 20 + i) for i in range(3)]
+    out, prefill = _prefill_shapes(model, equal, params, PagedKVCache.for_model(model, 64, 16))
+    assert out == generate_ids(model, equal, params, cache="static") and prefill == [(3, 40)]
+
+    shared = tokens(40, 7)
+    prompts = [shared, tokens(40, 8), shared + [3, 4], tokens(13, 9), tokens(40, 10)]
+    cache = PagedKVCache.for_model(model, 64, 16)
+    out, prefill = _prefill_shapes(model, prompts, params, cache)
+    assert out == generate_ids(model, prompts, params, cache="static")
+    # prompts 0, 1, 3, 4 (40 + 40 + 13 + 40 tokens) in one row; prompt 2 (32 tokens hit on prompt 0's
+    # blocks) after that forward, computing its last 10 tokens
+    assert prefill == [(1, 133), (1, 10)]
     assert cache.stats()["prefix_hit_tokens"] == 32
+
+
+def test_packed_prefill_of_ragged_prompts_equals_static(model):
+    # lengths around block boundaries (block size 16), a one-token prompt, and prefix hits that leave
+    # different starts: every sequence's logits at its last token, then decoding on from there
+    base = tokens(35, 140)
+    prompts = [tokens(1, 141), tokens(15, 142), tokens(17, 143), base + tokens(6, 144), tokens(40, 145)]
+    hit = base[:32] + tokens(9, 146)  # 32 tokens hit on sequence 3's blocks, once computed
+    cache = PagedKVCache.for_model(model, 48, 16)
+    for s, p in enumerate(prompts):
+        cache.add(s, p)
+    fed, ends = cache.prepare_packed(range(5))
+    assert fed.shape == (1, sum(map(len, prompts))) and ends.tolist() == [0, 15, 32, 73, 113]
+    with torch.inference_mode():
+        out = model(fed, cache=cache, logits_at=ends)[0]  # (5, V)
+    for s, p in enumerate(prompts):
+        close(out[s], static_logits(model, p, [])[0])
+        assert cache.pending(s) == 0
+    assert cache.add(5, hit) == 32
+    cache.add(6, tokens(3, 147))
+    fed, ends = cache.prepare_packed([6, 5])  # 3 and 9 tokens, starting at 0 and 32
+    assert fed[0].tolist() == tokens(3, 147) + hit[32:]
+    with torch.inference_mode():
+        out = model(fed, cache=cache, logits_at=ends)[0]
+    close(out[0], static_logits(model, tokens(3, 147), [])[0])
+    close(out[1], static_logits(model, hit, [])[0])
+    every = prompts + [hit, tokens(3, 147)]
+    conts = [tokens(3, 150 + s) for s in range(7)]
+    for step in range(3):
+        got = paged_step(model, cache, list(range(7)), [c[step] for c in conts])
+        for s in range(7):
+            close(got[s], static_logits(model, every[s], conts[s][: step + 1])[-1])
+    cache.check_invariants()
+
+
+def test_packed_prefill_guards(model):
+    cache = PagedKVCache.for_model(model, 16, 4)
+    cache.add(0, tokens(5, 160))
+    cache.add(1, tokens(3, 161))
+    with pytest.raises(GenerationError, match="distinct"):
+        cache.prepare_packed([0, 0])
+    with pytest.raises(GenerationError, match="not in the cache"):
+        cache.prepare_packed([0, 7])
+    fed, ends = cache.prepare_packed([0, 1])
+    with pytest.raises(GenerationError, match=r"prepare\(\) set up \(1, 8\)"):
+        model(fed.view(2, 4), cache=cache)
+    with pytest.raises(GenerationError, match="not both"):
+        model(fed, cache=cache, logits_at=ends, logits_to_keep=1)
+    with pytest.raises(GenerationError, match=r"outside \[0, 8\)"):
+        model(fed, cache=cache, logits_at=torch.tensor([4, 8]))
+    with pytest.raises(GenerationError, match="integer"):
+        model(fed, cache=cache, logits_at=torch.tensor([[4]]))
+    assert cache.pending(0) == 5 and cache.pending(1) == 3  # nothing ran
+    with torch.inference_mode():
+        model(fed, cache=cache, logits_at=ends)
+    with pytest.raises(GenerationError, match=r"sequences \[0, 1\] have none"):
+        cache.prepare_packed([0, 1])
+    cache.check_invariants()
