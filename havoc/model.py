@@ -184,7 +184,7 @@ class HavocModel(nn.Module):
                 raise GenerationError(f"logits_at holds positions outside [0, {T})")
         h = self._trunk(tokens, positions, cache, attention_mask)  # (B, T, dim), before the final norm
         if logits_at is not None:
-            h = h.index_select(1, logits_at.to(h.device))
+            h = h.index_select(1, logits_at.to(h.device))  # (B, K, dim)
         elif logits_to_keep:
             h = h[:, -logits_to_keep:]
         return ops.linear(self.norm(h), self.lm_head_weight)  # (B, T', vocab)
