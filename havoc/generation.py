@@ -7,9 +7,9 @@ streaming text). Two ways to hold a batch:
   one forward of shape (B, 1)); rows that finish leave the batch once at least half of it has finished,
   which bounds the copying to the cache's size.
 - paged (`cache="paged"` or a `PagedKVCache`): every prompt is its own sequence in one shared pool of
-  blocks. Prompts are prefilled skipping the part the prefix cache already holds, those with as many
-  tokens left to compute together in one forward (ragged ones in one forward per length); then every running
-  sequence decodes in one step, with no padding — on a CPU fp32/bf16 model one call into the C++ decoder
+  blocks. Prompts are prefilled skipping the part the prefix cache already holds: those with as many
+  tokens left to compute as one (B, T) forward, prompts of different lengths as one packed row
+  (`PagedKVCache.prepare_packed`); then every running sequence decodes in one step, with no padding — on a CPU fp32/bf16 model one call into the C++ decoder
   (`havoc.cpu_decode`), elsewhere the model's forward. A finished sequence is freed at once and its
   blocks admit waiting prompts (continuous batching), so a pool smaller than the whole batch still works.
 
