@@ -457,9 +457,10 @@ class PagedKVCache:
         new = np.concatenate([self.manager.tokens(s)[c:] for s, c in zip(ids, starts)]).astype(np.int64)
         slots = np.concatenate([self.manager.slots(s, int(c)) for s, c in zip(ids, starts)])
         gather = np.concatenate([self.manager.slots(s, 0, int(c + n)) for s, c, n in zip(ids, starts, counts)])
-        positions = np.concatenate([np.arange(c, c + n) for c, n in zip(starts, counts)])
         cu_q = np.concatenate([[0], np.cumsum(counts)])
         cu_k = np.concatenate([[0], np.cumsum(starts + counts)])
+        # packed token i sits at i - (its sequence's offset in the row) + (that sequence's start)
+        positions = np.arange(cu_q[-1]) + np.repeat(starts - cu_q[:-1], counts)
         self._ready[slots // bs] = False  # blocks written by this forward
         dev = self.device
         self._fwd = _Forward(
@@ -588,12 +589,10 @@ class PagedKVCache:
         if fwd is None:
             return
         T, bs = fwd.n_tokens, self.block_size
-        if fwd.packed:
+        if fwd.packed:  # a prefill: reading its positions back costs one small copy per forward
             for s, start, n in zip(fwd.seq_ids, fwd.starts, fwd.counts):
                 self._computed[s] = int(start + n)
-            # the position of packed token i is i - (its sequence's offset in the row) + (its start)
-            offsets = np.concatenate([[0], np.cumsum(fwd.counts)[:-1]])
-            pos = np.arange(T) + np.repeat(fwd.starts - offsets, fwd.counts)
+            pos = fwd.positions.cpu().numpy().reshape(-1)
         else:
             for s, start in zip(fwd.seq_ids, fwd.starts):
                 self._computed[s] = int(start) + T

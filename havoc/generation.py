@@ -9,8 +9,8 @@ streaming text). Two ways to hold a batch:
 - paged (`cache="paged"` or a `PagedKVCache`): every prompt is its own sequence in one shared pool of
   blocks. Prompts are prefilled skipping the part the prefix cache already holds: those with as many
   tokens left to compute as one (B, T) forward, prompts of different lengths as one packed row
-  (`PagedKVCache.prepare_packed`); then every running sequence decodes in one step, with no padding — on a CPU fp32/bf16 model one call into the C++ decoder
-  (`havoc.cpu_decode`), elsewhere the model's forward. A finished sequence is freed at once and its
+  (`PagedKVCache.prepare_packed`); then every running sequence decodes in one step, with no padding — on
+  a CPU fp32/bf16 model one call into the C++ decoder (`havoc.cpu_decode`), elsewhere the model's forward. A finished sequence is freed at once and its
   blocks admit waiting prompts (continuous batching), so a pool smaller than the whole batch still works.
 
 The default, `cache="auto"`, takes the paged path where the C++ decoder runs (a CPU model in fp32 or bf16,
@@ -396,11 +396,11 @@ def _stream_paged(
             counts = {i: cache.pending(seq[i]) for i in now}
             packed = len(set(counts.values())) > 1
             chunk: list[int] = []
+            total = 0
             for n, i in enumerate(now):
                 chunk.append(i)
-                total = counts[i] * len(chunk) if not packed else sum(counts[j] for j in chunk)
-                last = n + 1 == len(now)
-                if last or total + counts[now[n + 1]] > PREFILL_TOKENS_PER_FORWARD:
+                total += counts[i]
+                if n + 1 == len(now) or total + counts[now[n + 1]] > PREFILL_TOKENS_PER_FORWARD:
                     t0 = time.perf_counter()
                     ids = [seq[j] for j in chunk]
                     if packed and len(chunk) > 1:
@@ -411,7 +411,7 @@ def _stream_paged(
                     stats.prefill_seconds += time.perf_counter() - t0
                     for j, row in zip(chunk, out):
                         logits_of[j] = row
-                    chunk = []
+                    chunk, total = [], 0
             todo = [i for i in todo if i not in now]
 
     try:
