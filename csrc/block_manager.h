@@ -200,7 +200,8 @@ class BlockManager {
   int32_t take_block();
   int32_t evict_one();
   void acquire(int32_t b);
-  // Drop one reference. Inline: free() and truncate() call it per block, and most drops leave others.
+  // Drop one reference. Inline, the last reference's bookkeeping out of line: free() and truncate() call it
+  // once per block, and GCC had stopped inlining the whole function into free() (a call per block).
   void release(int32_t b) {
     if (--ref_[b] == 0) released_last(b);
   }
