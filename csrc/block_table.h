@@ -64,11 +64,8 @@ class BlockTable {
 
   size_t size() const { return rep_ ? rep_->size : 0; }
   size_t capacity() const { return rep_ ? rep_->capacity : 0; }
-  bool empty() const { return size() == 0; }
   int32_t* data() { return rep_ ? ids(rep_) : nullptr; }
   const int32_t* data() const { return rep_ ? ids(rep_) : nullptr; }
-  int32_t* begin() { return data(); }
-  int32_t* end() { return data() + size(); }
   const int32_t* begin() const { return data(); }
   const int32_t* end() const { return data() + size(); }
   int32_t& operator[](size_t i) { return ids(rep_)[i]; }

@@ -455,8 +455,9 @@ class PagedKVCache:
         starts = np.array([self._computed[s] for s in ids], dtype=np.int64)
         bs = self.block_size
         new = np.concatenate([self.manager.tokens(s)[c:] for s, c in zip(ids, starts)]).astype(np.int64)
-        slots = np.concatenate([self.manager.slots(s, int(c)) for s, c in zip(ids, starts)])
-        gather = np.concatenate([self.manager.slots(s, 0, int(c + n)) for s, c, n in zip(ids, starts, counts)])
+        whole = [self.manager.slots(s, 0, int(c + n)) for s, c, n in zip(ids, starts, counts)]  # what each attends
+        gather = np.concatenate(whole)
+        slots = np.concatenate([w[c:] for w, c in zip(whole, starts)])  # its new tokens
         cu_q = np.concatenate([[0], np.cumsum(counts)])
         cu_k = np.concatenate([[0], np.cumsum(starts + counts)])
         # packed token i sits at i - (its sequence's offset in the row) + (that sequence's start)
