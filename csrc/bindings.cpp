@@ -604,7 +604,7 @@ PYBIND11_MODULE(_C, m) {
           "step",
           [](PyDecoder& self, const py::object& tokens_obj, const py::object& positions_obj, const py::object& slots_obj,
              const py::object& tables_obj, const py::object& lengths_obj, const py::object& logits_obj,
-             const py::object& next_obj) {
+             const py::object& next_obj, const py::object& logit_rows_obj, const py::object& argmax_rows_obj) {
             auto tokens = as_array<IdArray>(tokens_obj, "tokens");
             auto positions = as_array<IdArray>(positions_obj, "positions");
             auto slots = as_array<IdArray>(slots_obj, "slots");
@@ -616,35 +616,52 @@ PYBIND11_MODULE(_C, m) {
               if (a->ndim() != 1 || a->shape(0) != n) throw py::value_error("positions and slots must be (batch,) like tokens");
             if (lengths.ndim() != 1 || lengths.shape(0) != n) throw py::value_error("lengths must be (batch,) int32");
             if (tables.ndim() != 2 || tables.shape(0) != n) throw py::value_error("block_tables must be (batch, width) int32");
+            // Output rows: all n, or the listed ones (a prompt chunk needs only its last row's logits).
+            IdArray logit_rows, argmax_rows;
+            const int64_t* lr = nullptr;
+            const int64_t* ar = nullptr;
+            int64_t n_logit = n, n_argmax = n;
+            if (!logit_rows_obj.is_none()) {
+              logit_rows = as_array<IdArray>(logit_rows_obj, "logit_rows");
+              require_1d(logit_rows, "logit_rows");
+              lr = logit_rows.data(), n_logit = logit_rows.shape(0);
+            }
+            if (!argmax_rows_obj.is_none()) {
+              argmax_rows = as_array<IdArray>(argmax_rows_obj, "argmax_rows");
+              require_1d(argmax_rows, "argmax_rows");
+              ar = argmax_rows.data(), n_argmax = argmax_rows.shape(0);
+            }
             const int64_t V = self.decoder->config().vocab_size;
             float* lp = nullptr;
             int64_t* np_ = nullptr;
             if (!logits_obj.is_none()) {
               auto l = py::reinterpret_borrow<py::array>(logits_obj);
-              if (l.ndim() != 2 || l.shape(0) != n || l.shape(1) != V || l.dtype().kind() != 'f' || l.itemsize() != 4 ||
-                  !(l.flags() & py::array::c_style))
-                throw py::value_error("logits must be a C-contiguous float32 (" + std::to_string(n) + ", " +
+              if (l.ndim() != 2 || l.shape(0) != n_logit || l.shape(1) != V || l.dtype().kind() != 'f' ||
+                  l.itemsize() != 4 || !(l.flags() & py::array::c_style))
+                throw py::value_error("logits must be a C-contiguous float32 (" + std::to_string(n_logit) + ", " +
                                       std::to_string(V) + ") array, got " + shape_str(l));
               require_writeable(l, "logits");
               lp = static_cast<float*>(l.mutable_data());
             }
             if (!next_obj.is_none()) {
               auto t = py::reinterpret_borrow<py::array>(next_obj);
-              if (t.ndim() != 1 || t.shape(0) != n || t.dtype().kind() != 'i' || t.itemsize() != 8 ||
+              if (t.ndim() != 1 || t.shape(0) != n_argmax || t.dtype().kind() != 'i' || t.itemsize() != 8 ||
                   !(t.flags() & py::array::c_style))
-                throw py::value_error("next_tokens must be a contiguous int64 (" + std::to_string(n) + ",) array");
+                throw py::value_error("next_tokens must be a contiguous int64 (" + std::to_string(n_argmax) + ",) array");
               require_writeable(t, "next_tokens");
               np_ = static_cast<int64_t*>(t.mutable_data());
             }
             py::gil_scoped_release nogil;
             self.decoder->step(tokens.data(), positions.data(), n, slots.data(), tables.data(), tables.shape(1),
-                               lengths.data(), lp, np_);
+                               lengths.data(), lp, np_, lr, n_logit, ar, n_argmax);
           },
           py::arg("tokens"), py::arg("positions"), py::arg("slots"), py::arg("block_tables"), py::arg("lengths"),
-          py::arg("logits") = py::none(), py::arg("next_tokens") = py::none(),
-          "One decode step for a batch (one token per sequence): writes each layer's K/V to its slot, the "
-          "logits (batch, vocab) float32 into `logits` and/or the argmax ids into `next_tokens` (int64). "
-          "Releases the GIL.");
+          py::arg("logits") = py::none(), py::arg("next_tokens") = py::none(), py::arg("logit_rows") = py::none(),
+          py::arg("argmax_rows") = py::none(),
+          "One forward over token rows (a decode token per sequence, or several consecutive tokens of a "
+          "sequence): writes each layer's K/V to the rows' slots, the logits (k, vocab) float32 into `logits` "
+          "and/or the argmax ids into `next_tokens` (int64) for the rows listed in `logit_rows` / "
+          "`argmax_rows` (default: every row). Releases the GIL.");
 
   // --- the paged cache's CPU kernels ------------------------------------------------------------------
   m.def(

@@ -487,11 +487,21 @@ Decoder::Decoder(const DecoderConfig& config, std::vector<DecoderLayer> layers, 
 
 void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, const int64_t* slots,
                    const int32_t* block_tables, int64_t table_width, const int32_t* lengths, float* logits,
-                   int64_t* next_tokens) {
+                   int64_t* next_tokens, const int64_t* logit_rows, int64_t n_logit_rows,
+                   const int64_t* argmax_rows, int64_t n_argmax_rows) {
   std::lock_guard<std::mutex> lock(mutex_);
   const DecoderConfig& c = cfg_;
   if (n < 0 || table_width < 0) throw std::invalid_argument("negative batch size or table width");
   if (n == 0) return;
+  if (logit_rows == nullptr) n_logit_rows = n;
+  if (argmax_rows == nullptr) n_argmax_rows = n;
+  for (const auto& [rows, k] : {std::pair{logit_rows, n_logit_rows}, std::pair{argmax_rows, n_argmax_rows}}) {
+    if (k < 0) throw std::invalid_argument("negative number of output rows");
+    for (int64_t j = 0; rows != nullptr && j < k; ++j)
+      if (rows[j] < 0 || rows[j] >= n)
+        throw std::out_of_range("output row " + std::to_string(rows[j]) + " is outside the step's [0, " +
+                                std::to_string(n) + ") rows");
+  }
   // Everything is checked before the first write (paged_decode_attention checks tables and lengths again
   // per layer; by then they are known good).
   for (int64_t i = 0; i < n; ++i) {
@@ -584,6 +594,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
     a.n_seqs = n;
     a.n_heads = H;
     a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    a.split_tokens = std::max(kSplitTokens / pool_.block_size, int64_t{1}) * pool_.block_size;
     if (bf16) {  // the attention kernel reads q and writes out in the pools' dtype
       for (int64_t i = 0; i < n; ++i) to_pool(qb + i * H * hd, qkv + i * ldq, H * hd);
       a.q = qb;
@@ -605,10 +616,21 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
     run_linear(k, GemmArgs{act, n, Fh, L.w2, h, D, 0, true});  // h += act @ w2.T
   }
   k.rms_norm(h, final_norm_, xn, n, D, c.norm_eps);
-  if (logits) run_linear(k, GemmArgs{xn, n, D, head_, logits, c.vocab_size, 0, false});
-  if (next_tokens) {
-    if (logits) {  // the logits exist already: scan them instead of a second pass over the head
-      for (int64_t i = 0; i < n; ++i) {
+  // The LM head reads only the rows asked for, gathered into one block (a prompt chunk wants its last).
+  auto gather = [&](const int64_t* rows, int64_t k) -> const float* {
+    if (rows == nullptr) return xn;
+    if (static_cast<int64_t>(head_rows_.size()) < k * D) head_rows_.resize(static_cast<size_t>(k * D));
+    for (int64_t j = 0; j < k; ++j) std::memcpy(head_rows_.data() + j * D, xn + rows[j] * D, sizeof(float) * D);
+    return head_rows_.data();
+  };
+  if (logits && n_logit_rows > 0)
+    run_linear(k, GemmArgs{gather(logit_rows, n_logit_rows), n_logit_rows, D, head_, logits, c.vocab_size, 0, false});
+  if (next_tokens && n_argmax_rows > 0) {
+    const bool same = logits && n_logit_rows == n_argmax_rows &&
+                      (logit_rows == argmax_rows ||
+                       (logit_rows && argmax_rows && std::equal(logit_rows, logit_rows + n_logit_rows, argmax_rows)));
+    if (same) {  // the logits exist already: scan them instead of a second pass over the head
+      for (int64_t i = 0; i < n_argmax_rows; ++i) {
         const float* r = logits + i * c.vocab_size;
         int64_t best = 0;
         for (int64_t j = 1; j < c.vocab_size; ++j)
@@ -616,8 +638,9 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
         next_tokens[i] = best;
       }
     } else {
-      std::vector<float> value(static_cast<size_t>(n));
-      run_linear_argmax(k, GemmArgs{xn, n, D, head_, nullptr, 0, 0, false}, next_tokens, value.data());
+      std::vector<float> value(static_cast<size_t>(n_argmax_rows));
+      run_linear_argmax(k, GemmArgs{gather(argmax_rows, n_argmax_rows), n_argmax_rows, D, head_, nullptr, 0, 0, false},
+                        next_tokens, value.data());
     }
   }
 }

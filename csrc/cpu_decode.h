@@ -98,11 +98,24 @@ class Decoder {
 
   // tokens, positions, slots: (n,) int64; block_tables (n, table_width) int32 and lengths (n,) int32 as
   // for paged_decode_attention, the lengths counting the new token, which goes to slot slots[i] at
-  // position positions[i]. Writes logits (n, vocab) fp32 if `logits`, the argmax ids if `next_tokens`.
-  // Every id, slot, block and length is checked before anything is written (std::out_of_range).
+  // position positions[i]. A row is one token: several rows of one sequence (a prompt chunk, positions
+  // p0, p0 + 1, ...) each attend over their own length, every row's K/V written before any attention.
+  // Writes logits (k, vocab) fp32 if `logits`, the argmax ids (k,) if `next_tokens`, for the k rows listed
+  // in logit_rows / argmax_rows (null: all n rows, k = n). Every id, slot, block, length and row index is
+  // checked before anything is written (std::out_of_range).
+  //
+  // Batch invariance: a row's result depends on its token, position and cached K/V alone, never on the
+  // other rows of the call — the products accumulate each output in the same order for any number of
+  // rows, and attention splits a sequence by its length only (kSplitTokens) — so a prompt computed in
+  // chunks, batched with others or recomputed after preemption gives bit-identical logits.
   void step(const int64_t* tokens, const int64_t* positions, int64_t n, const int64_t* slots,
             const int32_t* block_tables, int64_t table_width, const int32_t* lengths, float* logits,
-            int64_t* next_tokens);
+            int64_t* next_tokens, const int64_t* logit_rows = nullptr, int64_t n_logit_rows = -1,
+            const int64_t* argmax_rows = nullptr, int64_t n_argmax_rows = -1);
+
+  // Attention's split-K granularity in tokens (a multiple of any block size up to 256): long sequences
+  // still spread over threads at batch 1, and the split points depend on a sequence's length alone.
+  static constexpr int64_t kSplitTokens = 256;
 
   const DecoderConfig& config() const { return cfg_; }
 
@@ -117,6 +130,7 @@ class Decoder {
   std::vector<float> inv_freq_;
   std::vector<float> work_;           // activations, fp32
   std::vector<uint16_t> work_bf16_;   // q and attention output when the cache is bf16
+  std::vector<float> head_rows_;      // the final-norm rows the LM head reads, when not all of them
   std::mutex mutex_;
 };
 

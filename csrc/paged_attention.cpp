@@ -244,6 +244,72 @@ void validate(const DecodeAttentionArgs& a) {
   }
 }
 
+// The merge of split-K partial states: out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s with
+// M = max_s m_s, over the `n` parts at p0 (each `part` floats: H maxima, H sums, H x D accumulators).
+void merge_parts(const DecodeAttentionArgs& a, int64_t b, const float* p0, int64_t n, int64_t part, float* l,
+                 float* acc) {
+  const int64_t H = a.n_heads, D = a.shape.head_dim;
+  for (int64_t h = 0; h < H; ++h) {
+    float M = -std::numeric_limits<float>::infinity();
+    for (int64_t sp = 0; sp < n; ++sp) M = std::max(M, p0[sp * part + h]);
+    float L = 0.0f;
+    float* ah = acc + h * D;
+    std::fill(ah, ah + D, 0.0f);
+    for (int64_t sp = 0; sp < n; ++sp) {
+      const float* p = p0 + sp * part;
+      if (p[H + h] == 0.0f) continue;  // an empty split (so M is finite below)
+      const float w = std::exp(p[h] - M);
+      L += w * p[H + h];
+      const float* pa = p + 2 * H + h * D;
+      for (int64_t d = 0; d < D; ++d) ah[d] += w * pa[d];
+    }
+    l[h] = L;
+  }
+  a.dtype == KVDType::kBFloat16 ? store_normalized<uint16_t>(a, b, l, acc) : store_normalized<float>(a, b, l, acc);
+}
+
+// paged_decode_attention with a.split_tokens > 0: sequence b is cut at multiples of split_tokens into
+// parts[b] = ceil(L / split_tokens) work units (units of sequence b start at first[b]), so the order of
+// its reduction depends on its length alone.
+void split_by_length(const DecodeAttentionArgs& a, UnitFn unit, int64_t total_len) {
+  const int64_t BS = a.shape.block_size, H = a.n_heads, D = a.shape.head_dim;
+  if (a.split_tokens % BS) throw std::invalid_argument("split_tokens must be a multiple of the block size");
+  const int64_t S = a.split_tokens, n = a.n_seqs;
+  std::vector<int64_t> first(static_cast<size_t>(n + 1), 0);
+  for (int64_t b = 0; b < n; ++b) first[b + 1] = first[b] + std::max<int64_t>(1, (a.lengths[b] + S - 1) / S);
+  const int64_t n_units = first[n], part = H * (D + 2);
+  std::vector<float> partial(n_units > n ? static_cast<size_t>(n_units * part) : 0);
+  const bool parallel = n_units > 1 && total_len * H * D >= (int64_t{1} << 16);
+#pragma omp parallel if (parallel)
+  {
+    Scratch s(H, D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < n_units; ++u) {
+      const int64_t b = std::upper_bound(first.begin(), first.end(), u) - first.begin() - 1;
+      const int64_t sp = u - first[b], L = a.lengths[b];
+      unit(a, b, std::min(L, sp * S), std::min(L, (sp + 1) * S), s);
+      if (first[b + 1] - first[b] == 1) {
+        a.dtype == KVDType::kBFloat16 ? store_normalized<uint16_t>(a, b, s.l, s.acc)
+                                      : store_normalized<float>(a, b, s.l, s.acc);
+      } else {
+        float* p = partial.data() + u * part;
+        std::copy(s.m, s.m + H, p);
+        std::copy(s.l, s.l + H, p + H);
+        std::copy(s.acc, s.acc + H * D, p + 2 * H);
+      }
+    }
+  }
+  if (n_units == n) return;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<float> l(H), acc(H * D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < n; ++b)
+      if (first[b + 1] - first[b] > 1)
+        merge_parts(a, b, partial.data() + first[b] * part, first[b + 1] - first[b], part, l.data(), acc.data());
+  }
+}
+
 }  // namespace
 
 // --- write / copy ----------------------------------------------------------------------------------------
@@ -342,6 +408,7 @@ void paged_decode_attention(const DecodeAttentionArgs& a, int64_t num_splits, co
     max_len = std::max<int64_t>(max_len, a.lengths[b]);
     total_len += a.lengths[b];
   }
+  if (a.split_tokens > 0) return split_by_length(a, unit, total_len);
   const int64_t splits = num_splits > 0 ? num_splits : decode_attention_splits(a.n_seqs, max_len, BS);
   const int64_t n_units = a.n_seqs * splits;
   // Partial states of split-K: per unit H maxima, H sums and H x D accumulators.
@@ -373,32 +440,12 @@ void paged_decode_attention(const DecodeAttentionArgs& a, int64_t num_splits, co
   }
   if (splits == 1) return;
 
-  // Merge: out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s with M = max_s m_s.
 #pragma omp parallel if (parallel)
   {
     std::vector<float> l(H), acc(H * D);
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < a.n_seqs; ++b) {
-      const float* p0 = partial.data() + b * splits * part;
-      for (int64_t h = 0; h < H; ++h) {
-        float M = -std::numeric_limits<float>::infinity();
-        for (int64_t sp = 0; sp < splits; ++sp) M = std::max(M, p0[sp * part + h]);
-        float L = 0.0f;
-        float* ah = acc.data() + h * D;
-        std::fill(ah, ah + D, 0.0f);
-        for (int64_t sp = 0; sp < splits; ++sp) {
-          const float* p = p0 + sp * part;
-          if (p[H + h] == 0.0f) continue;  // an empty split (so M is finite below)
-          const float w = std::exp(p[h] - M);
-          L += w * p[H + h];
-          const float* pa = p + 2 * H + h * D;
-          for (int64_t d = 0; d < D; ++d) ah[d] += w * pa[d];
-        }
-        l[h] = L;
-      }
-      bf16 ? store_normalized<uint16_t>(a, b, l.data(), acc.data())
-           : store_normalized<float>(a, b, l.data(), acc.data());
-    }
+    for (int64_t b = 0; b < a.n_seqs; ++b)
+      merge_parts(a, b, partial.data() + b * splits * part, splits, part, l.data(), acc.data());
   }
 }
 

@@ -73,6 +73,10 @@ struct DecodeAttentionArgs {
   int64_t n_heads = 0;
   float scale = 1.0f;
   void* out = nullptr;  // (n_seqs, n_heads, head_dim), contiguous
+  // > 0: split-K by length alone — sequence b is cut at every split_tokens tokens (a multiple of the block
+  // size) into ceil(lengths[b] / split_tokens) parts, whatever the batch and thread count, so its result
+  // does not depend on what else is in the call (batch invariance); num_splits is then ignored.
+  int64_t split_tokens = 0;
 };
 
 // Kernel variants compiled into the module. "auto" picks the widest one this CPU runs.

@@ -163,6 +163,20 @@ class _Forward:
         return self.counts is not None
 
 
+@dataclass
+class RowsPlan:
+    """A forward as token rows (`PagedKVCache.prepare_rows`): row i is token `tokens[i]` at `positions[i]`,
+    its K/V going to `slots[i]`, attending over the first `lengths[i]` tokens of the sequence whose block
+    table is `tables[i]`. `last[j]` is the row of the j-th sequence's last token."""
+
+    tokens: np.ndarray  # (N,) int64
+    positions: np.ndarray  # (N,) int64
+    slots: np.ndarray  # (N,) int64
+    tables: np.ndarray  # (N, width) int32
+    lengths: np.ndarray  # (N,) int32
+    last: np.ndarray  # (B,) int64
+
+
 class PagedKVCache:
     """Per-layer K and V pools of shape (num_blocks, block_size, n_kv_heads, head_dim), shared by many
     sequences through the C++ `BlockManager`; implements the `KVCache` protocol.
@@ -497,6 +511,58 @@ class PagedKVCache:
                     "forward of the sequence added before it with the same prefix first"
                 )
             self._unverified.discard(s)
+
+    def append(self, seq_id: int, tokens: Sequence[int] | np.ndarray) -> None:
+        """Plan `tokens` after the end of a sequence with nothing pending; the next forward over the sequence
+        (`prepare_rows`, `prepare_packed`, `prepare`) computes them. The copy-on-write copy of a shared
+        partial last block, if any, is made now.
+
+        Raises:
+            GenerationError: an unknown sequence, or one with tokens still waiting.
+            OutOfBlocksError: no room for the tokens (nothing changed).
+        """
+        self._known_ids([seq_id], "append")
+        if self.pending(seq_id):
+            raise GenerationError(f"sequence {seq_id} has tokens waiting to be computed: run its forward first")
+        tok = np.asarray(tokens, dtype=np.int32).reshape(-1)
+        if tok.size == 0:
+            return
+        slots, copies = self.manager.append(seq_id, tok)
+        self._ready[slots // self.block_size] = False
+        if len(copies):
+            self._ready[copies[:, 1]] = False
+            ops.copy_blocks(self.k + self.v, torch.from_numpy(np.array(copies, dtype=np.int64)))
+
+    def prepare_rows(self, seq_ids: Sequence[int]) -> RowsPlan:
+        """Set up one forward, as token rows, over the waiting tokens of some sequences (any number each: a
+        decode token, a prompt chunk): for a kernel that runs the whole forward itself (`havoc.cpu_decode`)
+        and attends each row over its own sequence's first `position + 1` tokens. Call `end()` after it.
+
+        Raises:
+            GenerationError: unknown or repeated sequences, one with nothing waiting, or one whose prefix
+                hits no forward has written yet.
+        """
+        ids = self._known_ids(seq_ids, "prepare_rows")
+        starts = np.fromiter((self._computed[s] for s in ids), dtype=np.int64, count=len(ids))
+        counts = np.fromiter((self.pending(s) for s in ids), dtype=np.int64, count=len(ids))
+        if (counts == 0).any():
+            raise GenerationError(f"prepare_rows computes waiting tokens; sequences {[s for s, c in zip(ids, counts) if not c]} have none")
+        self._verify(ids)
+        tokens = np.concatenate([self.manager.tokens(s)[c:] for s, c in zip(ids, starts)]).astype(np.int64)
+        slots = np.concatenate([self.manager.slots(s, int(c), int(c + n)) for s, c, n in zip(ids, starts, counts)])
+        cu = np.concatenate([[0], np.cumsum(counts)])
+        positions = np.arange(cu[-1]) + np.repeat(starts - cu[:-1], counts)  # (N,)
+        tables, _ = self.manager.block_tables(np.asarray(ids, dtype=np.int64))
+        if cu[-1] != len(ids):
+            tables = np.repeat(tables, counts, axis=0)  # (N, width): a row per token
+        self._ready[slots // self.block_size] = False
+        self._fwd = _Forward(
+            seq_ids=ids, n_tokens=int(cu[-1]), starts=starts, slots=torch.from_numpy(slots),
+            copies=torch.empty(0, 2, dtype=torch.int64), positions=torch.from_numpy(positions)[None], counts=counts,
+            begun=True,
+        )
+        return RowsPlan(tokens, positions, slots, np.ascontiguousarray(tables, dtype=np.int32),
+                        (positions + 1).astype(np.int32), cu[1:] - 1)
 
     def prepare_decode(self, seq_ids: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, ...]:
         """`prepare(seq_ids, tokens)` and `begin` of a one-token decode step, for a kernel that runs the whole

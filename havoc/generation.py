@@ -3,29 +3,25 @@
 This module works on token ids; `havoc.llm.LLM` adds text (tokenizer, stop strings, chat template,
 streaming text). Two ways to hold a batch:
 
+- paged (`cache="paged"` or a `PagedKVCache`): the prompts are requests of one `havoc.engine.Engine`
+  driven in the caller's thread: each its own sequence in a shared pool of blocks, prompts prefilled in
+  chunks skipping what the prefix cache holds, every running sequence decoded in the same step with no
+  padding — on a CPU fp32/bf16 model one call into the C++ decoder per step (`havoc.cpu_decode`),
+  elsewhere the model's forward. Finished sequences free their blocks at once and waiting prompts join
+  between steps (continuous batching), so a pool smaller than the whole batch still works (the newest
+  request is preempted and recomputed when it runs out).
 - static (`cache="static"`): the prompts are left-padded into one contiguous KV cache (so each step is
   one forward of shape (B, 1)); rows that finish leave the batch once at least half of it has finished,
-  which bounds the copying to the cache's size.
-- paged (`cache="paged"` or a `PagedKVCache`): every prompt is its own sequence in one shared pool of
-  blocks. Prompts are prefilled skipping the part the prefix cache already holds: those with as many
-  tokens left to compute as one (B, T) forward, prompts of different lengths as one packed row
-  (`PagedKVCache.prepare_packed`); then every running sequence decodes in one step, with no padding — on
-  a CPU fp32/bf16 model one call into the C++ decoder (`havoc.cpu_decode`), elsewhere the model's forward. A finished sequence is freed at once and its
-  blocks admit waiting prompts (continuous batching), so a pool smaller than the whole batch still works.
+  which bounds the copying to the cache's size. The plain-PyTorch baseline, and the path on GPUs.
 
 The default, `cache="auto"`, takes the paged path where the C++ decoder runs (a CPU model in fp32 or bf16,
 HAVOC_OPS auto or fast: about 2x the static path's decode speed there, bench/RESULTS.md) and the static
-one elsewhere.
-
-Sampling follows the order users of transformers and vLLM expect: repetition penalty on the raw logits,
-then temperature, top-k, top-p, and a draw from the resulting distribution with a seeded generator.
+one elsewhere. Sampling, penalties and stop matching are `havoc.engine.sampling`'s, on both paths.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -33,71 +29,12 @@ import torch
 
 from havoc import cpu_decode
 from havoc.cache import PagedKVCache
+from havoc.engine.engine import MAX_BATCH_TOKENS, Engine
+from havoc.engine.sampling import SamplingParams, _penalize, sample_next  # noqa: F401  (public here too)
 from havoc.errors import GenerationError, OutOfBlocksError
 from havoc.model import HavocModel
 
 PAGED_BLOCK_SIZE = 16  # block size of the pool `cache="paged"` makes
-PREFILL_TOKENS_PER_FORWARD = 4096  # most prompt tokens the paged path prefills in one forward
-
-
-@dataclass
-class SamplingParams:
-    """How to pick tokens and when to stop.
-
-    Args:
-        max_new_tokens: upper bound on generated tokens per prompt (the context may stop it earlier).
-        temperature: 0 for greedy decoding; otherwise the softmax temperature.
-        top_k: keep the k most likely tokens (0: all).
-        top_p: keep the smallest set of tokens whose probability reaches top_p (1.0: all).
-        repetition_penalty: >1 discourages tokens already in the prompt or the output (CTRL / transformers
-            rule: positive logits are divided by it, negative ones multiplied).
-        seed: seed of the sampling generator; the same seed gives the same output.
-        stop: strings that end generation (used by `havoc.llm.LLM`; not part of the output text).
-        stop_token_ids: ids that end generation, in addition to the tokenizer's end-of-sequence ids.
-        ignore_eos: keep generating through end-of-sequence ids (benchmarks).
-    """
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: Sequence[str] = ()
-    stop_token_ids: Sequence[int] = ()
-    ignore_eos: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise GenerationError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise GenerationError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if (
-            not isinstance(self.repetition_penalty, (int, float))
-            or not math.isfinite(self.repetition_penalty)
-            or self.repetition_penalty <= 0
-        ):
-            raise GenerationError(f"repetition_penalty must be a positive number, got {self.repetition_penalty!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise GenerationError(f"seed must be an integer or None, got {self.seed!r}")
-        if isinstance(self.stop, str):
-            self.stop = (self.stop,)
-        self.stop = tuple(self.stop)
-        for s in self.stop:
-            if not isinstance(s, str) or not s:
-                raise GenerationError(f"stop strings must be non-empty strings, got {s!r}")
-        self.stop_token_ids = tuple(self.stop_token_ids)
-        for t in self.stop_token_ids:
-            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-                raise GenerationError(f"stop_token_ids must be non-negative integers, got {t!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 @dataclass
@@ -132,40 +69,6 @@ def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[li
             raise GenerationError(f"prompt {i} has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
         out.append(ids)
     return out
-
-
-def _penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, penalized, logits)
-
-
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    # logits: (B, V) fp32, already divided by the temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the mass strictly before it already reaches top_p (the first always stays)
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_next(
-    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Pick one token per row of `logits` ((B, V)); returns (B,) int64."""
-    logits = logits.float()
-    if params.repetition_penalty != 1.0 and seen is not None:
-        logits = _penalize(logits, seen, params.repetition_penalty)
-    if params.greedy:
-        return logits.argmax(dim=-1)
-    logits = _filter_top_k_top_p(logits / params.temperature, params.top_k, params.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def token_budgets(prompts: Sequence[Sequence[int]], params: SamplingParams, max_seq_len: int) -> list[int]:
@@ -244,6 +147,8 @@ def stream_ids(
         return
     if cpu_weights != "auto":
         raise GenerationError(f"cpu_weights={cpu_weights!r} needs the paged path (cache='paged')")
+    if params.presence_penalty or params.frequency_penalty or params.logprobs is not None:
+        raise GenerationError("presence/frequency penalties and logprobs need the paged path (cache='paged')")
     device = model.tok_embeddings.weight.device
     B, T = len(prompts), max(lengths)
 
@@ -326,136 +231,59 @@ def _stream_paged(
     namespace: str,
     cpu_weights: str,
 ) -> Iterator[list[StepEvent]]:
-    """The paged path of `stream_ids` (see the module docstring)."""
+    """The paged path of `stream_ids`: the prompts as requests of an `Engine` stepped here."""
     if isinstance(cache, str):
         if cache != "paged":
             raise GenerationError(f"cache must be 'auto', 'static', 'paged' or a PagedKVCache, got {cache!r}")
         cache = PagedKVCache.for_model(model, paged_blocks_needed(prompts, budgets), PAGED_BLOCK_SIZE)
     elif not isinstance(cache, PagedKVCache):
         raise GenerationError(f"cache must be 'auto', 'static', 'paged' or a PagedKVCache, got {type(cache).__name__}")
-    device = cache.device
-    V = model.config.vocab_size
-    # The decode steps: one call into the C++ decoder per step where it applies (CPU, fp32/bf16), else the
-    # model's forward. Greedy without a penalty needs only each row's argmax, which the decoder's LM head
-    # computes without writing the logits; then logits_of holds 0-d token ids after the first step.
-    decoder = cpu_decode.for_model(model, cpu_weights) if cache.dtype == model.tok_embeddings.weight.dtype else None
-    if decoder is None and cpu_weights != "auto":
-        raise GenerationError(f"cpu_weights={cpu_weights!r}: the cache's dtype {cache.dtype} is not the model's")
-    argmax_only = decoder is not None and params.greedy and params.repetition_penalty == 1.0
-    generator = None
-    if not params.greedy:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(params.seed if params.seed is not None else torch.seed())
-    seen: dict[int, torch.Tensor] = {}  # prompt index -> (V,) bool, for the repetition penalty
+    engine = Engine(model, None, cache=cache, cpu_weights=cpu_weights, stop_ids=sorted(stops),
+                    max_running=max(len(prompts), 1), max_batch_tokens=max(MAX_BATCH_TOKENS, len(prompts)))
+    one = SamplingParams(**{**params.__dict__, "stop": (), "stop_token_ids": (), "ignore_eos": False})
+    reqs = []
+    for i, (p, b) in enumerate(zip(prompts, budgets)):
+        if cache.blocks_for(len(p) + b) > cache.num_blocks:
+            raise OutOfBlocksError(
+                f"prompt {i} needs {cache.blocks_for(len(p) + b)} blocks of {cache.block_size} tokens with its "
+                f"{b} new tokens; the paged cache has {cache.num_blocks}"
+            )
+    index = {}
+    for i, (p, b) in enumerate(zip(prompts, budgets)):
+        r = engine.add_request(p, SamplingParams(**{**one.__dict__, "max_new_tokens": b}), namespace=namespace)
+        index[r.id] = i
+        reqs.append(r)
     stats.prompt_tokens = sum(len(p) for p in prompts)
     t_start = time.perf_counter()
-
-    waiting = deque(range(len(prompts)))
-    running: list[int] = []  # prompt indices, in batch-row order
-    seq: dict[int, int] = {}  # prompt index -> sequence id
-    logits_of: dict[int, torch.Tensor] = {}  # prompt index -> (V,) logits of its next token
-    produced = [0] * len(prompts)
-    admitted: list[int] = []  # added to the cache, not prefilled yet
-
-    def final_blocks(i: int) -> int:
-        return cache.blocks_for(len(prompts[i]) + budgets[i])
-
-    def admit() -> None:
-        # A prompt starts once the pool holds all it may ever need on top of what the running sequences
-        # may still take, so no step runs out of blocks mid-generation (no preemption needed).
-        while waiting:
-            i = waiting[0]
-            reserve = sum(final_blocks(j) - cache.blocks_for(cache.length(seq[j])) for j in running)
-            if cache.free_blocks() - reserve < final_blocks(i):
-                if not running:
-                    raise OutOfBlocksError(
-                        f"prompt {i} needs {final_blocks(i)} blocks of {cache.block_size} tokens; the paged "
-                        f"cache has {cache.free_blocks()} free"
-                    )
-                return
-            waiting.popleft()
-            seq[i] = sid = cache.new_seq_id()
-            cache.add(sid, prompts[i], namespace)
-            if params.repetition_penalty != 1.0:
-                seen[i] = torch.zeros(V, dtype=torch.bool, device=device)
-                seen[i][torch.tensor(prompts[i], device=device)] = True
-            admitted.append(i)
-            running.append(i)
-
-    def prefill() -> None:
-        # The prompts just admitted, in forwards of up to PREFILL_TOKENS_PER_FORWARD tokens: a (B, T) batch
-        # when all have as many tokens left to compute (after prefix hits), else one packed row
-        # (`prepare_packed`: no padding, each prompt attends over its own K/V). A prompt whose prefix hit
-        # is on blocks another admitted prompt has yet to compute waits for that forward.
-        todo = list(admitted)
-        admitted.clear()
-        while todo:
-            now = [i for i in todo if cache.ready(seq[i])]
-            if not now:
-                raise RuntimeError(f"prompts {todo} wait on prefix blocks that no admitted prompt computes")
-            counts = {i: cache.pending(seq[i]) for i in now}
-            packed = len(set(counts.values())) > 1
-            chunk: list[int] = []
-            total = 0
-            for n, i in enumerate(now):
-                chunk.append(i)
-                total += counts[i]
-                if n + 1 == len(now) or total + counts[now[n + 1]] > PREFILL_TOKENS_PER_FORWARD:
-                    t0 = time.perf_counter()
-                    ids = [seq[j] for j in chunk]
-                    if packed and len(chunk) > 1:
-                        fed, ends = cache.prepare_packed(ids)
-                        out = model(fed, cache=cache, logits_at=ends)[0]
-                    else:
-                        out = model(cache.prepare(ids), cache=cache, logits_to_keep=1)[:, -1]
-                    stats.prefill_seconds += time.perf_counter() - t0
-                    for j, row in zip(chunk, out):
-                        logits_of[j] = row
-                    chunk, total = [], 0
-            todo = [i for i in todo if i not in now]
-
+    t_first = None
     try:
-        admit()
-        prefill()
-        while running:
-            rows = list(running)
-            if argmax_only:  # 0-d ids from the decoder; (V,) logits of a prompt just prefilled
-                chosen = [int(logits_of[i] if logits_of[i].dim() == 0 else logits_of[i].float().argmax()) for i in rows]
-            else:
-                logits = torch.stack([logits_of[i] for i in rows])  # (R, V)
-                seen_rows = torch.stack([seen[i] for i in rows]) if seen else None
-                chosen = sample_next(logits, params, seen_rows, generator).tolist()
-            events, keep = [], []
-            for i, tok in zip(rows, chosen):
-                produced[i] += 1
-                reason = _finish_reason(i, tok, produced[i], budgets[i], stops, should_stop)
-                events.append(StepEvent(i, tok, reason))
-                if reason is None:
-                    keep.append((i, tok))
-                    if seen:
-                        seen[i][tok] = True
-                else:  # finished: its blocks go back to the pool now
-                    cache.free(seq.pop(i))
-                    running.remove(i)
-                    del logits_of[i]
-            stats.generated_tokens += len(events)
-            stats.steps += 1
-            yield events
-            admit()
-            prefill()
-            if keep:
-                ids, toks = [seq[i] for i, _ in keep], [tok for _, tok in keep]
-                if decoder is not None:
-                    out = decoder.step(cache, ids, toks, greedy=argmax_only)  # (R,) ids or (R, V) fp32 logits
-                else:
-                    out = model(cache.prepare(ids, toks), cache=cache, logits_to_keep=1)[:, -1]
-                for (i, _), row in zip(keep, out):
-                    logits_of[i] = row
+        while engine.has_unfinished():
+            events = []
+            for out in engine.step():
+                i = index[out.request.id]
+                if out.finish_reason == "error":
+                    raise GenerationError(f"prompt {i} failed: {out.request.error}")
+                for tok in out.token_ids:
+                    reason = out.finish_reason
+                    if reason is None and should_stop is not None and should_stop(i, tok):
+                        engine.abort(out.request)
+                        reason = "stop"
+                    events.append(StepEvent(i, tok, reason))
+            if events:
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    stats.prefill_seconds = t_first - t_start
+                stats.generated_tokens += len(events)
+                stats.steps += 1
+                yield events
     finally:  # a consumer that stops early must not leave its sequences in a shared cache
-        for sid in seq.values():
-            cache.free(sid)
-        stats.decode_seconds = time.perf_counter() - t_start - stats.prefill_seconds
+        for r in reqs:
+            if not r.finished:
+                engine.abort(r)
+        engine.step()  # collect the aborts
+        stats.decode_seconds = time.perf_counter() - (t_first if t_first is not None else t_start)
         stats.extra["paged"] = cache.stats()
+        stats.extra["engine"] = engine.stats
 
 
 def generate_ids(

@@ -6,15 +6,17 @@
     for piece in llm.stream_chat([{"role": "user", "content": "Name three primes."}]):
         print(piece, end="", flush=True)
 
-An `LLM` holds its model, its tokenizer and, where generation runs on the C++ CPU decoder, a paged KV
-cache that outlives each call, so a prompt that starts like an earlier one (the next turn of a chat, a
-shared system prompt) skips the part already computed — the prefix caching vLLM users expect. Two
-instances never share state; `clear_cache()` releases the pool.
+An `LLM` holds its model, its tokenizer and an engine (`havoc.engine.Engine`, in its own thread) whose paged
+KV pool outlives each call: a prompt that starts like an earlier one (the next turn of a chat, a shared
+system prompt) skips the part already computed — the prefix caching vLLM users expect — and calls made
+at the same time from several threads share its batches (continuous batching). Two instances never share
+state; `clear_cache()` drops the kept K/V.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +24,10 @@ from typing import Any
 
 import torch
 
-from havoc import cpu_decode
-from havoc.cache import PagedKVCache
+from havoc.engine import Engine, EngineLoop, RequestStream
 from havoc.errors import GenerationError
-from havoc.generation import (
-    PAGED_BLOCK_SIZE,
-    GenerationStats,
-    SamplingParams,
-    paged_blocks_needed,
-    stream_ids,
-    token_budgets,
-)
+from havoc.generation import GenerationStats, SamplingParams
 from havoc.model import HavocModel
-
-KEPT_CACHE_TOKENS = 2048  # smallest pool an LLM keeps across calls (SmolLM2 fp32: 94 MB of K/V)
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "f32": torch.float32,
@@ -65,59 +57,37 @@ class Completion:
     stats: GenerationStats  # of the whole batch this prompt ran in
 
 
-class _TextState:
-    """Incremental text of one prompt, with stop-string detection."""
-
-    def __init__(self, tokenizer, stops: Sequence[str]) -> None:
-        from havoc.tokenizer import StreamDecoder
-
-        self.decoder = StreamDecoder(tokenizer, skip_special_tokens=True)
-        self.stops = stops
-        self.text = ""
-        self.stopped = False
-
-    def push(self, token_id: int) -> bool:
-        """Add a token's text; True when a stop string has appeared (the text is cut before it)."""
-        delta = self.decoder.push(token_id)
-        if not delta:
-            return False
-        start = len(self.text)
-        self.text += delta
-        for s in self.stops:
-            pos = self.text.find(s, max(0, start - len(s) + 1))
-            if pos >= 0:
-                self.text = self.text[:pos]
-                self.stopped = True
-                return True
-        return False
-
-    def finish(self) -> None:
-        if not self.stopped:
-            self.text += self.decoder.flush()
-            for s in self.stops:  # the flushed tail may complete a stop string
-                pos = self.text.find(s)
-                if pos >= 0:
-                    self.text = self.text[:pos]
-                    self.stopped = True
-
-
 class LLM:
-    """A loaded model, its tokenizer and (on the CPU decoder) the paged KV cache kept across calls."""
+    """A loaded model, its tokenizer and the engine that serves it (its KV pool kept across calls)."""
 
-    def __init__(self, model: HavocModel, tokenizer, *, prefix_cache: bool = True) -> None:
+    def __init__(
+        self,
+        model: HavocModel,
+        tokenizer,
+        *,
+        prefix_cache: bool = True,
+        kv_cache_tokens: int | None = None,
+        max_batch_tokens: int | None = None,
+        max_running: int | None = None,
+        cpu_weights: str = "auto",
+    ) -> None:
         """Args:
         model, tokenizer: what `LLM.load` returns.
-        prefix_cache: keep one paged KV cache across calls where the C++ CPU decoder runs (a CPU model in
-            fp32/bf16): KEPT_CACHE_TOKENS tokens or the largest call so far, doubled when a call needs
-            more (a regrown pool starts empty); False makes every call start from an empty cache.
+        prefix_cache: share computed blocks between requests and calls (False: every request computes
+            its whole prompt).
+        kv_cache_tokens: tokens the KV pool holds (default: the model's context, at most 8192).
+        max_batch_tokens, max_running: the engine's step budget and concurrency (`havoc.engine.Engine`).
+        cpu_weights: "auto" or "int8" (weight-only int8 on the C++ decoder).
         """
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prefix_cache = prefix_cache
-        self._paged: PagedKVCache | None = None
-        self._paged_for = None  # the CPU decoder the pool's K/V were computed with (weights and dtype)
-        self._paged_lock = threading.Lock()  # held by the one generation using the pool
-        self._clear_pending = False  # clear_cache() was called while the pool was in use
+        self._engine_kwargs = {k: v for k, v in dict(
+            kv_cache_tokens=kv_cache_tokens, max_batch_tokens=max_batch_tokens, max_running=max_running,
+            cpu_weights=cpu_weights, prefix_caching=prefix_cache).items() if v is not None}
+        self._loop: EngineLoop | None = None
+        self._weights = None  # (data_ptr, version) of every parameter when the engine was made
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -126,6 +96,7 @@ class LLM:
         *,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device = "cpu",
+        **kwargs: Any,
     ) -> LLM:
         """Load a known model by name (pulled on first use), a .gguf file, or a havoc checkpoint folder.
 
@@ -133,11 +104,12 @@ class LLM:
             name_or_path: e.g. "smollm2", "model.gguf", "checkpoints/run1".
             dtype: "float32" (default for GGUF imports), "bfloat16", "float16" or a torch dtype.
             device: where the weights live.
+            **kwargs: engine settings, as for the constructor.
         """
         from havoc import hub
 
         model, tokenizer = hub.load(name_or_path, dtype=parse_dtype(dtype), device=device)
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, **kwargs)
 
     @property
     def config(self):
@@ -151,6 +123,57 @@ class LLM:
         self.model.save_pretrained(path)
         self.tokenizer.save(path)
 
+    # ------------------------------------------------------------------------------------------ the engine
+    def _snapshot(self) -> list[tuple[int, int]]:
+        return [(p.data_ptr(), p._version) for p in self.model.parameters()]
+
+    @property
+    def loop(self) -> EngineLoop:
+        """The engine's thread (made on first use; remade, with an empty pool, when the weights changed
+        since: K/V computed with other weights are never served)."""
+        with self._lock:
+            weights = self._snapshot()
+            if self._loop is not None and weights != self._weights and not self._busy():
+                self._loop.close()
+                self._loop = None
+            if self._loop is None:
+                try:
+                    engine = Engine(self.model, self.tokenizer, **self._engine_kwargs)
+                except ValueError as e:
+                    raise GenerationError(str(e)) from None
+                self._loop = EngineLoop(engine)
+                self._weights = weights
+            return self._loop
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (driven by `loop`'s thread: read it, do not step it)."""
+        return self.loop.engine
+
+    def _busy(self) -> bool:
+        return self._loop is not None and bool(self._loop.call(lambda e: e.has_unfinished() or bool(e.held)))
+
+    def clear_cache(self) -> None:
+        """Drop the K/V kept across calls. With no generation running the pool itself goes (its memory is
+        returned; the next call makes a new one); otherwise its cached blocks are evicted now and the
+        running requests keep theirs."""
+        with self._lock:
+            if self._loop is None:
+                return
+            if self._busy():
+                self._loop.call(lambda e: e.clear_prefix_cache())
+            else:
+                self._loop.close()
+                self._loop = None
+
+    def close(self) -> None:
+        """Stop the engine's thread and free the pool (a later call starts them again)."""
+        with self._lock:
+            if self._loop is not None:
+                self._loop.close()
+                self._loop = None
+
+    # ------------------------------------------------------------------------------------------ requests
     def _params(self, params: SamplingParams | None, kwargs: dict[str, Any]) -> SamplingParams:
         if params is not None and kwargs:
             raise GenerationError(f"pass either params or keyword arguments, not both: {sorted(kwargs)}")
@@ -171,64 +194,16 @@ class LLM:
             return ids
         return [int(t) for t in prompt]
 
-    def clear_cache(self) -> None:
-        """Drop the KV cache kept across calls (its memory goes back; the next call starts empty). Called
-        while a generation is using it (inside a stream loop, from another thread), the pool goes when
-        that generation ends."""
-        if self._paged_lock.acquire(blocking=False):
-            try:
-                self._paged = self._paged_for = None
-            finally:
-                self._paged_lock.release()
-        else:
-            self._clear_pending = True
-
-    def _pool(self, prompts: list[list[int]], params: SamplingParams) -> PagedKVCache | None:
-        """The pool kept across calls, grown to hold this call (None: no prefix cache here). The caller
-        holds `_paged_lock`."""
-        if not self.prefix_cache or not cpu_decode.applies(self.model):
-            return None
-        decoder = cpu_decode.for_model(self.model)  # rebuilt when the weights changed: stale K/V go with it
-        ctx = self.model.config.max_seq_len
-        need = paged_blocks_needed(prompts, token_budgets(prompts, params, ctx))
-        if self._paged is None or self._paged_for is not decoder or self._paged.num_blocks < need:
-            # At least KEPT_CACHE_TOKENS (a chat grows turn by turn; a new pool starts empty), doubling.
-            old = self._paged.num_blocks if self._paged is not None and self._paged_for is decoder else 0
-            floor = -(-min(KEPT_CACHE_TOKENS, ctx) // PAGED_BLOCK_SIZE)
-            self._paged = None  # release the old pool before allocating the new one
-            self._paged = PagedKVCache.for_model(self.model, max(need, 2 * old, floor), PAGED_BLOCK_SIZE)
-            self._paged_for = decoder
-        return self._paged
-
-    def _run(
-        self, prompts: list[list[int]], params: SamplingParams, stats: GenerationStats | None = None
-    ) -> Iterator[tuple[list, list[_TextState], GenerationStats]]:
-        states = [_TextState(self.tokenizer, params.stop) for _ in prompts]
-        stats = stats if stats is not None else GenerationStats()
-
-        def should_stop(index: int, token_id: int) -> bool:
-            return states[index].push(token_id)
-
-        # One generation at a time uses the kept pool; another one meanwhile (a second stream iterated
-        # alongside, another thread) gets a cache of its own.
-        owns = self._paged_lock.acquire(blocking=False)
-        try:
-            pool = self._pool(prompts, params) if owns else None
-            cache = "auto" if pool is None else pool  # (an empty PagedKVCache is falsy: it has a __len__)
-            for events in stream_ids(
-                self.model, prompts, params, stop_ids=self.tokenizer.stop_ids, should_stop=should_stop, stats=stats,
-                cache=cache,
-            ):
-                for e in events:
-                    if e.finish_reason is not None:
-                        states[e.index].finish()
-                yield events, states, stats
-        finally:
-            if owns:
-                if self._clear_pending:
-                    self._paged = self._paged_for = None
-                    self._clear_pending = False
-                self._paged_lock.release()
+    def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kwargs: Any) -> RequestStream:
+        """Queue one prompt on the engine and return its stream of `RequestOutput`s (for apps that run
+        several requests at once; keyword arguments as `havoc.engine.Engine.add_request`)."""
+        ids = self.encode_prompt(prompt)
+        if len(ids) >= self.config.max_seq_len:
+            raise GenerationError(
+                f"the prompt has {len(ids)} tokens but the model's context is {self.config.max_seq_len}: "
+                "it leaves no room to generate"
+            )
+        return self.loop.submit(ids, params or SamplingParams(), **kwargs)
 
     def generate(
         self, prompt: str | Sequence[int] | Sequence[str], params: SamplingParams | None = None, **kwargs: Any
@@ -236,22 +211,42 @@ class LLM:
         """Complete one prompt (returns a `Completion`) or a batch (a list of prompts; returns a list).
 
         A prompt is text or a list of token ids. Keyword arguments are those of `SamplingParams`
-        (max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, stop_token_ids,
-        ignore_eos).
+        (max_new_tokens, temperature, top_k, top_p, repetition_penalty, presence_penalty,
+        frequency_penalty, seed, stop, stop_token_ids, ignore_eos, logprobs).
         """
         params = self._params(params, kwargs)
         single = isinstance(prompt, str) or (len(prompt) > 0 and not isinstance(prompt[0], (str, list, tuple)))
-        prompts = [self.encode_prompt(prompt)] if single else [self.encode_prompt(p) for p in prompt]
-        ids: list[list[int]] = [[] for _ in prompts]
-        reasons: list[str] = ["length"] * len(prompts)
-        states, stats = [], GenerationStats()
-        for events, states, stats in self._run(prompts, params):
-            for e in events:
-                ids[e.index].append(e.token_id)
-                if e.finish_reason is not None:
-                    reasons[e.index] = e.finish_reason
-        out = [Completion(st.text, t, p, r, stats) for st, t, p, r in zip(states, ids, prompts, reasons)]
+        prompts = [prompt] if single else list(prompt)
+        if not prompts:
+            raise GenerationError("no prompts given")
+        t0 = time.perf_counter()
+        streams = []
+        try:
+            for p in prompts:
+                streams.append(self.submit(p, params))
+            reqs = [s.result() for s in streams]
+        finally:
+            for s in streams:
+                s.close()
+        for i, r in enumerate(reqs):
+            if r.finish_reason == "error":
+                raise GenerationError(f"prompt {i} failed: {r.error}")
+        stats = self._stats(reqs, t0)
+        out = [Completion(r.text, r.output_ids, r.prompt_ids, r.finish_reason, stats) for r in reqs]
         return out[0] if single else out
+
+    def _stats(self, reqs, t0: float) -> GenerationStats:
+        end = max(r.finished_time or time.perf_counter() for r in reqs)
+        firsts = [r.first_token_time for r in reqs if r.first_token_time is not None]
+        first = min(firsts) if firsts else end
+        stats = GenerationStats(
+            prompt_tokens=sum(len(r.prompt_ids) for r in reqs), generated_tokens=sum(r.num_output for r in reqs),
+            prefill_seconds=first - t0, decode_seconds=end - first, steps=max((r.num_output for r in reqs), default=0),
+        )
+        stats.extra["cached_tokens"] = sum(r.num_cached_tokens for r in reqs)
+        if self._loop is not None:
+            stats.extra["paged"] = self._loop.engine.cache.stats()
+        return stats
 
     def stream(
         self,
@@ -264,18 +259,23 @@ class LLM:
         """Yield the generated text of one prompt piece by piece, as the tokens are decided.
 
         Text that could be the beginning of a stop string is held back until it is known not to be.
-        `stats`, if given, is filled with token counts and timings.
+        `stats`, if given, is filled with token counts and timings. Stopping the iteration early aborts
+        the request.
         """
         params = self._params(params, kwargs)
-        hold = max((len(s) for s in params.stop), default=1) - 1
-        emitted = 0
-        for events, states, _ in self._run([self.encode_prompt(prompt)], params, stats):
-            state = states[0]
-            finished = any(e.finish_reason is not None for e in events)
-            upto = len(state.text) if finished else max(emitted, len(state.text) - hold)
-            if upto > emitted:
-                yield state.text[emitted:upto]
-                emitted = upto
+        t0 = time.perf_counter()
+        stream = self.submit(prompt, params)
+        try:
+            for out in stream:
+                if out.finish_reason == "error":
+                    raise GenerationError(f"generation failed: {stream.request.error}")
+                if out.text:
+                    yield out.text
+        finally:
+            stream.close()
+            if stats is not None and stream.request is not None:
+                got = self._stats([stream.request], t0)
+                stats.__dict__.update(got.__dict__)
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Token ids of `messages` rendered with the model's chat template, ready for the reply."""

@@ -113,9 +113,11 @@ def test_int8_logits_match_the_dequantized_model(tiny, isa):
 
 
 def test_generation_uses_the_decoder_and_matches_the_reference(tiny, monkeypatch):
+    from havoc.engine.engine import _DecoderRunner
+
     steps = []
-    real = CPUDecoder.step
-    monkeypatch.setattr(CPUDecoder, "step", lambda self, *a, **k: steps.append(len(a[1])) or real(self, *a, **k))
+    real = _DecoderRunner._rows
+    monkeypatch.setattr(_DecoderRunner, "_rows", lambda self, cache, ids, *a: steps.append(len(ids)) or real(self, cache, ids, *a))
     prompts = PROMPTS + [[8, 8, 8], [17] * 20]
     # A pool too small for all at once: later prompts join as earlier ones finish (continuous batching).
     for params in (SamplingParams(max_new_tokens=12, ignore_eos=True),

@@ -388,36 +388,6 @@ def test_smollm2_paged_generation_equals_static(smollm2):
     assert generate_ids(model, prompts, params, cache="paged") == generate_ids(model, prompts, params, cache="static")
 
 
-def _prefill_shapes(model, prompts, params, cache) -> tuple[list[list[int]], list[tuple[int, int]]]:
-    calls = []
-    hook = model.register_forward_pre_hook(lambda mod, args: calls.append(tuple(args[0].shape)))
-    try:
-        out = generate_ids(model, prompts, params, cache=cache)
-    finally:
-        hook.remove()
-    return out, [c for c in calls if c[1] > 1]
-
-
-def test_admitted_prompts_prefill_in_as_few_forwards_as_their_lengths_allow(model):
-    """The paged path prefills prompts with as many tokens left to compute as one (B, T) batch, and prompts
-    of different lengths as one packed row; a prompt whose prefix hit is on blocks of another prompt of
-    the same batch waits for that prompt's forward."""
-    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
-    equal = [tokens(40, 20 + i) for i in range(3)]
-    out, prefill = _prefill_shapes(model, equal, params, PagedKVCache.for_model(model, 64, 16))
-    assert out == generate_ids(model, equal, params, cache="static") and prefill == [(3, 40)]
-
-    shared = tokens(40, 7)
-    prompts = [shared, tokens(40, 8), shared + [3, 4], tokens(13, 9), tokens(40, 10)]
-    cache = PagedKVCache.for_model(model, 64, 16)
-    out, prefill = _prefill_shapes(model, prompts, params, cache)
-    assert out == generate_ids(model, prompts, params, cache="static")
-    # prompts 0, 1, 3, 4 (40 + 40 + 13 + 40 tokens) in one row; prompt 2 (32 tokens hit on prompt 0's
-    # blocks) after that forward, computing its last 10 tokens
-    assert prefill == [(1, 133), (1, 10)]
-    assert cache.stats()["prefix_hit_tokens"] == 32
-
-
 def test_packed_prefill_of_ragged_prompts_equals_static(model):
     # lengths around block boundaries (block size 16), a one-token prompt, and prefix hits that leave
     # different starts: every sequence's logits at its last token, then decoding on from there

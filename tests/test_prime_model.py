@@ -48,8 +48,9 @@ def test_main_job_example(smol_llm):
 
 
 def test_real_tokenizer_schema_decoding_and_forks(smol_llm):
-    engine = Engine.from_llm(smol_llm, num_blocks=32)
+    engine = Engine.from_llm(smol_llm)
     ctx = engine.start(smol_llm.chat_prompt([{"role": "user", "content": "What is 17*23+4?"}]))
+    engine.prefill(ctx)
     n = engine.computed_tokens
     a, b = ctx.fork(), ctx.fork()
     assert engine.computed_tokens == n
@@ -58,13 +59,13 @@ def test_real_tokenizer_schema_decoding_and_forks(smol_llm):
               "required": ["tool", "args"], "additionalProperties": False}
     a.extend("<tool>")
     g = engine.generate(a, 40, schema=schema)
-    assert g.finish == "stop"
+    assert g.finish == "stop" and g.forced > 0
     call = json.loads(g.text)
     assert call["tool"] == "symbolic" and call["args"]["operation"] == "evaluate"
     assert set(default_registry().execute("symbolic", call["args"])) & {"success"}  # runs (its value may be wrong)
     b.extend("<tool>")
-    fresh = engine.start(b.ids)
-    torch.testing.assert_close(fresh.logits, b.logits, rtol=1e-3, atol=1e-3)
+    fresh = engine.start(list(b.ids))
+    assert engine.generate(b, 6).ids == engine.generate(fresh, 6).ids  # the fork's K/V are its own and right
     for c in (ctx, a, b, fresh):
         c.free()
 

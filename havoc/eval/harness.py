@@ -59,8 +59,10 @@ def self_consistency(prompt: str, llm, max_new_tokens: int, samples: int = 3, te
     engine = engine_for(llm)
     ids = engine.encode(llm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
     root = engine.start(ids)
-    forks = [root.fork() for _ in range(samples)]
+    forks = []
     try:
+        engine.prefill(root)  # the prompt once; the samples fork it
+        forks = [root.fork() for _ in range(samples)]
         gens = engine.generate_batch(forks, max(1, max_new_tokens // samples), temperature=temperature, seed=seed,
                                      repetition_penalty=1.1)
     finally:

@@ -93,11 +93,10 @@ def default_llm():
 
 
 def engine_for(llm) -> Engine:
-    """The PRIME engine of an `LLM` (made once per model, reused across calls)."""
-    eng = _ENGINES.get(llm.model)
-    if eng is None or eng.tokenizer is not llm.tokenizer:
-        eng = Engine.from_llm(llm)
-        _ENGINES[llm.model] = eng
+    """The PRIME engine of an `LLM` (made once per LLM, reused across calls)."""
+    eng = _ENGINES.get(llm)
+    if eng is None:
+        eng = _ENGINES[llm] = Engine.from_llm(llm)
     return eng
 
 
@@ -489,6 +488,7 @@ class _Run:
         n = ARGUE_TOKENS.get(self.route.budget, 32)
         branches = []
         before = self.engine.computed_tokens
+        self.engine.prefill(self.ctx)  # the shared context once, then three forks of it
         for role, lead in ROLES:
             b = self.fork(self.ctx)
             b.extend(f"<{role}>{lead}")
