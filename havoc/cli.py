@@ -1,4 +1,4 @@
-"""The `havoc` command line: ask (PRIME, the main job), eval, env, pull, generate, chat, tool, dsl,
+"""The `havoc` command line: ask (PRIME, the main job), serve, eval, env, pull, generate, chat, tool, dsl,
 tokenizer train, train, memory.
 
 Errors that come from bad input (a missing model, an invalid flag value, a prompt longer than the
@@ -292,6 +292,44 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from havoc.errors import ConfigError
+    from havoc.serve import ServerConfig, serve
+
+    for name in ("port", "max_waiting", "max_batch_tokens", "max_running", "kv_cache_tokens"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "port" else 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'port' else 'at least 1'}, got {v}")
+    if args.port > 65535:
+        raise ConfigError(f"--port must be at most 65535, got {args.port}")
+    if not (args.request_timeout > 0 and args.request_timeout < 1e9):
+        raise ConfigError(f"--request-timeout must be a positive number of seconds, got {args.request_timeout}")
+    if not (args.max_body_mb > 0 and args.max_body_mb <= 1024):
+        raise ConfigError(f"--max-body-mb must be in (0, 1024], got {args.max_body_mb}")
+    api_key = args.api_key or os.environ.get("HAVOC_API_KEY") or None
+    import torch
+
+    from havoc.llm import LLM
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    engine = {k: v for k, v in (("kv_cache_tokens", args.kv_cache_tokens), ("max_batch_tokens", args.max_batch_tokens),
+                                ("max_running", args.max_running)) if v is not None}
+    llm = LLM.load(args.model, dtype=args.dtype, device=args.device, **engine)
+    name = args.served_model_name or os.path.basename(str(args.model).rstrip("/")).removesuffix(".gguf")
+    config = ServerConfig(model_name=name, api_key=api_key, max_waiting=args.max_waiting,
+                          request_timeout=args.request_timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                          max_tokens_default=args.max_tokens_default, prime=not args.no_prime)
+    print(f"havoc serve: {name} on http://{args.host}:{args.port}/v1 (engine: {llm.engine.cache.num_blocks} blocks of "
+          f"{llm.engine.block_size} tokens{', API key required' if api_key else ''})", file=sys.stderr, flush=True)
+    serve(llm, config, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from havoc.eval import format_table, get_set, list_sets, run_eval
 
@@ -352,6 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None, help="also write the JSON report to this file")
     p.add_argument("--list", action="store_true", help="list the task sets")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, PRIME as havoc-prime)")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set HAVOC_API_KEY)")
+    p.add_argument("--served-model-name", default=None, help="the model id clients send (default: the model's name)")
+    p.add_argument("--max-waiting", type=int, default=256, help="requests queued before 503 (default 256)")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is stopped (default 600)")
+    p.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body in MB (default 4)")
+    p.add_argument("--max-tokens-default", type=int, default=None,
+                   help="completion tokens when a request names none (default: what the context leaves)")
+    p.add_argument("--kv-cache-tokens", type=int, default=None, help="tokens the KV pool holds (default: the context, at most 8192)")
+    p.add_argument("--max-batch-tokens", type=int, default=None, help="tokens one engine step computes at most (default 256)")
+    p.add_argument("--max-running", type=int, default=None, help="requests decoding at once at most (default 64)")
+    p.add_argument("--no-prime", action="store_true", help="do not serve the havoc-prime model")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("env", help="print versions, build flags and which fast paths are active")
     p.add_argument("--json", action="store_true", help="machine-readable output")
