@@ -115,7 +115,7 @@ def gauge_rr(measurements: Sequence[float], parts: Sequence[Any], operators: Seq
         {"source": "repeatability", "df": df_e, "ss": ss_e, "ms": ms_e},
         {"source": "total", "df": n - 1, "ss": ss_t},
     ]
-    pooled = p_po > alpha_interaction
+    pooled = alpha_interaction > 0 and p_po > alpha_interaction
     reduced = None
     clipped = []
     if pooled:
