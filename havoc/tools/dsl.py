@@ -461,6 +461,23 @@ def parse(text: str) -> list[dict]:
     return out
 
 
+def _design_rows(last_design: dict | None, args: dict) -> tuple[list[dict], list[list[float]]]:
+    """The most recent design's factors and coded runs, in the order `args` says its responses are listed."""
+    what = "analyze" if args["operation"] == "analyze_factorial" else "surface"
+    if last_design is None:
+        raise ToolError(f"{what} needs a design statement before it")
+    runs = last_design["runs"]
+    if args.pop("order") == "standard":
+        runs = sorted(runs, key=lambda r: r["std_order"])
+    if any(v is None for r in runs for v in r["coded"].values()):
+        kind = "two-level" if what == "analyze" else "numeric"
+        raise ToolError(f"{what} works on {kind} designs (categorical levels have no coded values)")
+    if len(args["response"]) != len(runs):
+        raise ToolError(f"the design has {len(runs)} runs but {len(args['response'])} responses were given")
+    names = [f["name"] for f in last_design["factors"]]
+    return last_design["factors"], [[r["coded"][n] for n in names] for r in runs]
+
+
 def run_script(text: str, ctx=None) -> dict:
     """Parse and run a DSL script.
 
@@ -492,32 +509,10 @@ def run_script(text: str, ctx=None) -> dict:
         line, col = st.pop("_line"), st.pop("_col")
         args = dict(st)
         try:
-            if args["operation"] == "response_surface":
-                if last_design is None:
-                    raise ToolError("surface needs a design statement before it")
-                runs = last_design["runs"]
-                if args.pop("order") == "standard":
-                    runs = sorted(runs, key=lambda r: r["std_order"])
-                if any(v is None for r in runs for v in r["coded"].values()):
-                    raise ToolError("surface works on numeric designs (categorical levels have no coded values)")
-                names = [f["name"] for f in last_design["factors"]]
-                args["factors"] = last_design["factors"]
-                args["coded"] = [[r["coded"][n] for n in names] for r in runs]
-                if len(args["response"]) != len(runs):
-                    raise ToolError(f"the design has {len(runs)} runs but {len(args['response'])} responses were given")
-            if args["operation"] == "analyze_factorial":
-                if last_design is None:
-                    raise ToolError("analyze needs a design statement before it")
-                runs = last_design["runs"]
-                if args.pop("order") == "standard":
-                    runs = sorted(runs, key=lambda r: r["std_order"])
-                names = [f["name"] for f in last_design["factors"]]
-                if any(v is None for r in runs for v in r["coded"].values()):
-                    raise ToolError("analyze works on two-level designs (categorical levels have no coded values)")
-                args["factors"] = names
-                args["coded"] = [[r["coded"][n] for n in names] for r in runs]
-                if len(args["response"]) != len(runs):
-                    raise ToolError(f"the design has {len(runs)} runs but {len(args['response'])} responses were given")
+            if args["operation"] in ("analyze_factorial", "response_surface"):
+                factors, coded = _design_rows(last_design, args)
+                args["factors"] = factors if args["operation"] == "response_surface" else [f["name"] for f in factors]
+                args["coded"] = coded
             if forced is not None and args["operation"] in ("control_chart", "analyze_factorial"):
                 fmt = Path(forced).suffix.lstrip(".").lower() or "png"
                 args["plot"] = fmt if fmt in ("png", "svg") else "png"
