@@ -103,3 +103,50 @@ def test_the_handbook_examples_answer_right_through_the_reading():
 def test_older_readings_and_general_prompts_are_unchanged(prompt):
     task = read_task(prompt)
     assert task.operation not in ("power", "correlation", "ewma_chart", "proportion_test")
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    from havoc.llm import LLM
+
+    from .gguf_files import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path_factory.mktemp("prime-toolbox") / "tiny.gguf", meta={"llama.context_length": 8192})
+    return LLM.load(path)
+
+
+@pytest.mark.parametrize("index, figure", [
+    (0, "52.59"),     # EWMA, NIST 6.3.2.4: steady-state UCL
+    (3, "0.667"),     # capability from mean and sigma, NIST 6.1.6: Cpk
+    (5, "n = 23"),    # sample size per group
+    (21, "1.721"),    # Weibull with censoring, NIST 8.4.1.3: beta
+])
+def test_prime_answers_with_the_tool_figures_from_a_random_model(tiny_llm, index, figure):
+    from havoc.prime import generate_with_prime
+
+    prompt = CASES[index][0]
+    out = generate_with_prime(prompt, llm=tiny_llm, budget="LIGHT", max_new_tokens=5)
+    call = out.tool_calls[0]
+    assert call["tool"] == CASES[index][1] and call["operation"] == CASES[index][2]["operation"]
+    assert figure in out.answer
+    assert out.verification["passed"], out.verification
+
+
+def test_the_toolbox_eval_set_is_reachable_and_outside_smoke():
+    from havoc.eval.sets import expected, get_set, list_sets
+
+    assert "toolbox" in list_sets()
+    tasks = get_set("toolbox").tasks
+    smoke_ids = {t.id for t in get_set("smoke").tasks}
+    assert tasks and not smoke_ids & {t.id for t in tasks}
+    for task in tasks:
+        want = expected(task)["figures"]
+        assert want, task.id
+        reading = read_task(task.prompt)
+        assert reading.tool == task.check["tool"], task.id
+        assert check_args(task.check["args"], reading.args, reading.data_keys, reading.numbers) == [], task.id
+        answer = default_registry().execute(reading.tool, reading.args)["result"]["interpretation"]
+        from havoc.eval.harness import is_correct
+
+        assert is_correct(answer, {"figures": want}), (task.id, answer, want)
