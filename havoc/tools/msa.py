@@ -12,7 +12,8 @@ expectations (AIAG MSA manual, 4th ed., ch. III; Montgomery, Introduction to SQC
 A negative estimate is set to zero (said in the result). When the interaction's p-value exceeds
 `alpha_interaction` (0.25, Minitab's default) it is pooled into the error and the reduced model is used,
 as Minitab and the AIAG manual do. Study variation is `k` standard deviations (6; 5.15 in older AIAG
-editions); the number of distinct categories is floor(sqrt(2) sigma_part / sigma_GRR), at least 1.
+editions); the number of distinct categories is floor(1.41 sigma_part / sigma_GRR), at least 1, with
+AIAG's and Minitab's 1.41 for sqrt(2).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def gauge_rr(measurements: Sequence[float], parts: Sequence[Any], operators: Seq
             comp["pct_tolerance"] = 100 * k * sd / tolerance
         components.append(comp)
     sd_grr, sd_part = math.sqrt(v_grr), math.sqrt(v_part)
-    ndc = max(1, int(math.floor(math.sqrt(2) * sd_part / sd_grr))) if sd_grr > 0 else None
+    ndc = max(1, int(math.floor(1.41 * sd_part / sd_grr))) if sd_grr > 0 else None
     pct = components[0]["pct_study_var"]
     verdict = ("acceptable (< 10% of study variation)" if pct < 10 else
                "marginal (10-30% of study variation)" if pct <= 30 else "not acceptable (> 30% of study variation)")
