@@ -25,7 +25,7 @@ from scipy import stats as sps
 
 from havoc.errors import ToolError
 from havoc.tools._common import as_vector, check_alpha, check_alternative, fmt, fmt_p, jsonable
-from havoc.tools.stats import _groups, _mean, _var, _verdict
+from havoc.tools.stats import _groups, _var, _verdict
 
 _REL = {"two-sided": "differs from", "less": "is less than", "greater": "is greater than"}
 
