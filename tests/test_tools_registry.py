@@ -159,7 +159,9 @@ JSONISH = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=30)
 OPERATIONS = ["describe", "t_test", "anova", "regression", "chi_square", "normality", "box_behnken", "control_chart",
-              "central_composite", "fractional_factorial", "analyze_factorial", "derivative", "solve", "script"]
+              "central_composite", "fractional_factorial", "analyze_factorial", "derivative", "solve", "script",
+              "proportion_test", "variance_test", "rank_test", "correlation", "power", "life_data", "ewma_chart",
+              "cusum_chart", "gauge_rr", "response_surface", "sampling_plan"]
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -216,6 +218,19 @@ EVERY_OPERATION = [
     ("dsl_executor", {"operation": "analyze_factorial", "factors": ["A", "B"],
                       "coded": [[-1, -1], [1, -1], [-1, 1], [1, 1]], "response": [1, 2, 3, 5]}),
     ("dsl_executor", {"script": "constants 3"}),
+    ("statistics", {"operation": "proportion_test", "successes": 4, "trials": 200, "p0": 0.05}),
+    ("statistics", {"operation": "variance_test", "kind": "f", "x": [1, 2, 3.5, 4], "y": [2, 2.5, 3, 3.2]}),
+    ("statistics", {"operation": "rank_test", "kind": "kruskal", "groups": [[1, 2, 3], [2, 3, 4.5], [5, 6, 7]]}),
+    ("statistics", {"operation": "correlation", "x": [1, 2, 3, 4], "y": [2, 1, 4, 3], "method": "spearman"}),
+    ("statistics", {"operation": "power", "test": "one_sample_t", "effect": 0.5, "sd": 1, "power": 0.8}),
+    ("statistics", {"operation": "life_data", "times": [10, 20, 25, 40, 50], "censored": [False, False, False, True, True]}),
+    ("dsl_executor", {"operation": "ewma_chart", "data": [10, 11, 9.5, 10.4, 10.9], "lambda": 0.2}),
+    ("dsl_executor", {"operation": "cusum_chart", "data": [10, 11, 9.5, 10.4, 10.9], "target": 10}),
+    ("dsl_executor", {"operation": "gauge_rr", "measurements": [1, 1.1, 2, 2.2, 1.2, 1.1, 2.1, 2.3],
+                      "parts": [1, 1, 2, 2, 1, 1, 2, 2], "operators": ["a"] * 4 + ["b"] * 4}),
+    ("dsl_executor", {"operation": "response_surface", "factors": FACTORS3[:2], "design": {"kind": "central_composite"},
+                      "response": [5, 6, 6, 8, 4, 6.5, 5, 7, 9, 9.2, 8.9, 9.1, 9]}),
+    ("dsl_executor", {"operation": "sampling_plan", "n": 50, "c": 1}),
 ]
 
 

@@ -178,6 +178,44 @@ _SMOKE = {
 
 _REGISTRY: dict[str, TaskSet] = {name: TaskSet(name, desc, tasks) for name, (desc, tasks) in _SMOKE.items()}
 
+# The toolbox of issue 22 asked in plain words, one published worked example per operation family (the
+# figures are the tools' own, checked against the printed ones in tests/test_tools_toolbox.py). Not part of
+# "smoke": `havoc eval toolbox` runs it.
+_TOOLBOX = [
+    Task("ewma-nist", "Make an EWMA chart of [52.0, 47.0, 53.0, 49.3, 50.1, 47.0, 51.0, 50.1, 51.2, 50.5, 49.6, 47.6, "
+         "49.9, 51.3, 47.8, 51.2, 52.6, 52.4, 53.6, 52.1] with lambda = 0.3, target 50 and sigma = 2.0539",
+         _dsl({"operation": "ewma_chart", "data": [52.0, 47.0, 53.0, 49.3, 50.1, 47.0, 51.0, 50.1, 51.2, 50.5, 49.6,
+                                                   47.6, 49.9, 51.3, 47.8, 51.2, 52.6, 52.4, 53.6, 52.1],
+               "lambda": 0.3, "target": 50, "sigma": 2.0539}, "ucl_steady", "lcl_steady")),
+    Task("capability-nist", "What is the process capability if USL = 20, LSL = 8, the mean is 16 and sigma = 2?",
+         _dsl({"operation": "capability", "mean": 16, "sigma": 2, "lsl": 8, "usl": 20}, "cpk")),
+    Task("sample-size", "What sample size per group is needed to detect a difference of 1 between two groups with "
+         "sd 1 at alpha 0.05 and power 0.9?",
+         _stat({"operation": "power", "test": "two_sample_t", "effect": 1, "sd": 1, "power": 0.9, "alpha": 0.05},
+               "n")),
+    Task("proportion", "Is the defect rate below 5%? We found 4 defectives out of 200.",
+         _stat({"operation": "proportion_test", "successes": 4, "trials": 200, "p0": 0.05, "alternative": "less"},
+               "statistic", "p_value")),
+    Task("f-test", "Are the variances equal? F test on [1.2, 1.5, 1.1, 1.9] and [2.2, 2.9, 1.5, 3.1]",
+         _stat({"operation": "variance_test", "kind": "f", "x": [1.2, 1.5, 1.1, 1.9], "y": [2.2, 2.9, 1.5, 3.1]},
+               "statistic", "p_value")),
+    Task("mann-whitney", "Mann-Whitney test: [19, 22, 16, 29, 24] vs [20, 11, 17, 12]",
+         _stat({"operation": "rank_test", "kind": "mann_whitney", "x": [19, 22, 16, 29, 24], "y": [20, 11, 17, 12]},
+               "p_value")),
+    Task("correlation", "What is the correlation between x = [44.4, 45.9, 41.9, 53.3, 44.7, 44.1, 50.7, 45.2, 60.1] "
+         "and y = [2.6, 3.1, 2.5, 5.0, 3.6, 4.0, 5.2, 2.8, 3.8]?",
+         _stat({"operation": "correlation", "x": [44.4, 45.9, 41.9, 53.3, 44.7, 44.1, 50.7, 45.2, 60.1],
+                "y": [2.6, 3.1, 2.5, 5.0, 3.6, 4.0, 5.2, 2.8, 3.8]}, "r", "p_value")),
+    Task("weibull-nist", "Fit a Weibull to the failure times [54, 187, 216, 240, 244, 335, 361, 373, 375, 386]; 10 "
+         "units were removed unfailed at 500 hours. What is the B10 life?",
+         _stat({"operation": "life_data", "times": [54, 187, 216, 240, 244, 335, 361, 373, 375, 386, 500],
+                "censored": [False] * 10 + [True], "counts": [1] * 10 + [10]}, "parameters.beta", "b10.life")),
+    Task("sampling-plan", "Single sampling plan n = 89, c = 2, lot size 10000: what is the probability of acceptance "
+         "at p = [0.01, 0.02]?",
+         _dsl({"operation": "sampling_plan", "n": 89, "c": 2, "lot_size": 10000, "p": [0.01, 0.02]}, "oc[0].pa")),
+]
+_REGISTRY["toolbox"] = TaskSet("toolbox", "issue 22's operations asked in plain words (not in smoke)", _TOOLBOX)
+
 
 def register_set(task_set: TaskSet, *, replace: bool = False) -> None:
     """Add a task set to the registry (by its name)."""

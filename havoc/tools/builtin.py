@@ -31,7 +31,16 @@ def obj(properties: dict, required: list[str] = (), **extra: Any) -> dict:
             **extra}
 
 
-def op(name: str, properties: dict, required: list[str] = (), description: str = "") -> dict:
+# Example calls per operation, for `havoc tool --list` (ToolSpec.examples). They stay out of the schemas:
+# PRIME puts an operation's schema into the model's prompt, and a small model copies an example's numbers.
+EXAMPLES: dict[str, list[dict]] = {}
+
+
+def op(name: str, properties: dict, required: list[str] = (), description: str = "",
+       examples: list[dict] | None = None) -> dict:
+    """One operation's closed schema; its `examples` are kept aside in EXAMPLES."""
+    if examples:
+        EXAMPLES[name] = examples
     return obj({"operation": {"const": name}, **properties}, ["operation", *required], description=description)
 
 
@@ -47,6 +56,14 @@ FACTOR = obj({"name": NAME, "low": NUM, "high": NUM,
 FACTORS = {"type": "array", "items": FACTOR, "minItems": 1, "maxItems": 23}
 RANDOM = {"randomize": {"type": "boolean", "default": True}, "seed": SEED}
 CENTER = {"type": "integer", "minimum": 0, "maximum": 100}
+ALTERNATIVE = {"enum": ["two-sided", "less", "greater"]}
+COUNT = {"type": "integer", "minimum": 0, "maximum": 10 ** 9}
+SIZE = {"type": "integer", "minimum": 1, "maximum": 10 ** 9}
+POS = {"type": "number", "exclusiveMinimum": 0}
+PROB = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+N2 = {"type": "integer", "minimum": 2, "maximum": 10 ** 9}
+CONSTANTS = {"enum": ["exact", "table"], "description": "SPC constants: computed exactly, or the printed table (d2 = 1.128 ...)"}
+LABEL_LIST = {"type": "array", "items": {"type": ["string", "number"]}, "minItems": 8, "maxItems": 100_000}
 
 # ----------------------------------------------------------------------------------------- statistics
 STATISTICS = {
@@ -57,8 +74,13 @@ STATISTICS = {
         "method": {"enum": ["wilson", "clopper-pearson"]}}, ["kind"]),
     "t_test": op("t_test", {
         "kind": {"enum": ["one_sample", "two_sample", "welch", "paired"]}, "x": nums(2), "y": nums(2),
-        "mu": NUM, "alternative": {"enum": ["two-sided", "less", "greater"]}, "alpha": ALPHA},
-        ["kind", "x"], "two_sample = Student (pooled), welch = unequal variances"),
+        "mean_x": NUM, "sd_x": {"type": "number", "minimum": 0}, "n_x": N2,
+        "mean_y": NUM, "sd_y": {"type": "number", "minimum": 0}, "n_y": N2,
+        "mu": NUM, "alternative": ALTERNATIVE, "alpha": ALPHA},
+        ["kind"], "two_sample = Student (pooled), welch = unequal variances; data x (y), or summary statistics "
+        "mean_x, sd_x, n_x (mean_y, sd_y, n_y); for paired summaries, x describes the differences",
+        [{"operation": "t_test", "kind": "welch", "mean_x": 20.14458, "sd_x": 6.4147, "n_x": 249,
+          "mean_y": 30.48101, "sd_y": 6.10771, "n_y": 79}]),
     "anova": op("anova", {"groups": GROUPS, "alpha": ALPHA}, ["groups"], "one-way ANOVA"),
     "anova_two_way": op("anova_two_way", {
         "y": nums(3), "a": LABELS, "b": LABELS, "interaction": {"type": "boolean"},
@@ -74,6 +96,55 @@ STATISTICS = {
         "expected": nums(2, 10_000), "yates": {"type": "boolean"}, "alpha": ALPHA}, ["observed"],
         "flat counts = goodness of fit; rows = test of independence"),
     "normality": op("normality", {"data": nums(3), "alpha": ALPHA}, ["data"]),
+    "proportion_test": op("proportion_test", {
+        "successes": COUNT, "trials": SIZE, "successes_y": COUNT, "trials_y": SIZE, "p0": PROB,
+        "method": {"enum": ["z", "exact"]}, "correction": {"type": "boolean"}, "alternative": ALTERNATIVE,
+        "alpha": ALPHA}, ["successes", "trials"],
+        "one proportion against p0, or two (successes_y, trials_y); z (optionally continuity-corrected) or exact "
+        "(binomial; Fisher's for two)",
+        [{"operation": "proportion_test", "successes": 4, "trials": 200, "p0": 0.05, "alternative": "less"},
+         {"operation": "proportion_test", "successes": 3, "trials": 4, "successes_y": 1, "trials_y": 4,
+          "method": "exact"}]),
+    "variance_test": op("variance_test", {
+        "kind": {"enum": ["one_sample", "f", "bartlett", "levene", "brown_forsythe"]}, "x": nums(2), "y": nums(2),
+        "groups": GROUPS, "sd_x": {"type": "number", "minimum": 0}, "n_x": N2, "sd_y": {"type": "number", "minimum": 0},
+        "n_y": N2, "sigma0": POS, "alternative": ALTERNATIVE, "alpha": ALPHA}, ["kind"],
+        "chi-square for one sd (sigma0), F for two, Bartlett / Levene / Brown-Forsythe for groups; x, y or sd and n",
+        [{"operation": "variance_test", "kind": "f", "sd_x": 65.54909, "n_x": 240, "sd_y": 61.85425, "n_y": 240}]),
+    "rank_test": op("rank_test", {
+        "kind": {"enum": ["mann_whitney", "wilcoxon", "kruskal", "sign"]}, "x": nums(1), "y": nums(1), "groups": GROUPS,
+        "mu": NUM, "alternative": ALTERNATIVE, "method": {"enum": ["auto", "exact", "asymptotic"]}, "alpha": ALPHA},
+        ["kind"], "Mann-Whitney (x vs y), Wilcoxon signed-rank and sign (x - y paired, or x against mu), "
+        "Kruskal-Wallis (groups)",
+        [{"operation": "rank_test", "kind": "mann_whitney", "x": [19, 22, 16, 29, 24], "y": [20, 11, 17, 12]}]),
+    "correlation": op("correlation", {
+        "x": nums(3), "y": nums(3), "method": {"enum": ["pearson", "spearman", "kendall"]}, "alternative": ALTERNATIVE,
+        "alpha": ALPHA}, ["x", "y"], "correlation with its test and a Fisher-z interval",
+        [{"operation": "correlation", "x": [44.4, 45.9, 41.9, 53.3, 44.7], "y": [2.6, 3.1, 2.5, 5.0, 3.6]}]),
+    "power": op("power", {
+        "test": {"enum": ["one_sample_t", "paired_t", "two_sample_t", "one_proportion", "two_proportions", "anova",
+                          "factorial"]},
+        "n": {"type": "number", "exclusiveMinimum": 0, "maximum": 10 ** 7}, "effect": NUM, "power": PROB, "alpha": PROB,
+        "sd": POS, "p0": PROB, "p1": PROB, "p2": PROB, "groups": {"type": "integer", "minimum": 2, "maximum": 1000},
+        "between_var": POS, "factors": {"type": "integer", "minimum": 2, "maximum": 15},
+        "corner_points": {"type": "integer", "minimum": 4, "maximum": 32768}, "center_points": CENTER,
+        "terms": {"type": "integer", "minimum": 1, "maximum": 32767}, "alternative": ALTERNATIVE,
+        "strict": {"type": "boolean"}}, ["test"],
+        "power and sample size: give all but one of n, effect (p1/p2 for proportions), power; that one is solved "
+        "for (alpha too, when it is left out with the other three given)",
+        [{"operation": "power", "test": "two_sample_t", "effect": 1, "sd": 1, "power": 0.9},
+         {"operation": "power", "test": "two_proportions", "p1": 0.5, "p2": 0.75, "n": 50}]),
+    "life_data": op("life_data", {
+        "times": {"type": "array", "items": POS, "minItems": 2, "maxItems": 100_000},
+        "censored": {"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 100_000},
+        "counts": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 100_000},
+        "distribution": {"enum": ["weibull", "lognormal"]}, "confidence": PROB,
+        "percentiles": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100},
+                        "minItems": 1, "maxItems": 50}}, ["times"],
+        "Weibull or lognormal maximum likelihood with right-censoring (censored = true: still running); B10 life "
+        "and Fisher-matrix bounds",
+        [{"operation": "life_data", "times": [54, 187, 216, 240, 244, 335, 361, 373, 375, 386, 500],
+          "censored": [False] * 10 + [True], "counts": [1] * 10 + [10]}]),
 }
 
 
@@ -85,6 +156,11 @@ def _statistics(args: dict, ctx: ToolContext) -> dict:
     plot = a.pop("plot", None)
     if operation == "t_test":
         kind = a.pop("kind")
+        summary = [k for k in ("mean_x", "sd_x", "n_x", "mean_y", "sd_y", "n_y") if k in a]
+        if summary:
+            return _t_test_summary(kind, a, summary)
+        if "x" not in a:
+            raise ToolError("a t-test needs data x (and y), or summary statistics mean_x, sd_x, n_x")
         if kind == "one_sample":
             if "y" in a:
                 raise ToolError("a one-sample t-test takes x (and mu), not y")
@@ -97,6 +173,18 @@ def _statistics(args: dict, ctx: ToolContext) -> dict:
             return stats.t_test_paired(a["x"], a["y"], a.get("alternative", "two-sided"), a.get("alpha", 0.05))
         return stats.t_test_two_sample(a["x"], a["y"], kind == "two_sample", a.get("alternative", "two-sided"),
                                        a.get("alpha", 0.05))
+    if operation in ("proportion_test", "variance_test", "rank_test", "correlation"):
+        from havoc.tools import compare
+
+        return getattr(compare, operation)(**a)
+    if operation == "power":
+        from havoc.tools.power import power_sample_size
+
+        return power_sample_size(**a)
+    if operation == "life_data":
+        from havoc.tools.reliability import life_data
+
+        return life_data(**a)
     if operation == "anova":
         return stats.anova_oneway(**a)
     if operation == "anova_two_way":
@@ -114,6 +202,30 @@ def _statistics(args: dict, ctx: ToolContext) -> dict:
     fn = {"describe": stats.describe, "confidence_interval": stats.confidence_interval, "tukey_hsd": stats.tukey_hsd,
           "chi_square": stats.chi_square, "normality": stats.normality}[operation]
     return fn(**a)
+
+
+def _t_test_summary(kind: str, a: dict, given: list[str]) -> dict:
+    from havoc.tools import stats
+
+    if "x" in a or "y" in a:
+        raise ToolError("give data (x, y) or summary statistics (mean, sd, n), not both")
+    want = ["mean_x", "sd_x", "n_x"] + (["mean_y", "sd_y", "n_y"] if kind in ("two_sample", "welch") else [])
+    missing = [k for k in want if k not in a]
+    if missing:
+        raise ToolError(f"a {kind} t-test from summary statistics needs {', '.join(missing)}")
+    extra = sorted(set(given) - set(want))
+    if extra:
+        raise ToolError(f"{', '.join(extra)} do not apply to a {kind} t-test" +
+                        (" (for paired summaries, mean_x, sd_x, n_x describe the differences)" if kind == "paired" else ""))
+    alt, alpha = a.get("alternative", "two-sided"), a.get("alpha", 0.05)
+    if kind == "one_sample":
+        return stats.t_one_from_summary(a["mean_x"], a["sd_x"], a["n_x"], a.get("mu", 0.0), alt, alpha, summary=True)
+    if "mu" in a:
+        raise ToolError("mu applies to one-sample tests only")
+    if kind == "paired":
+        return stats.t_paired_from_summary(a["mean_x"], a["sd_x"], a["n_x"], alt, alpha, summary=True)
+    return stats.t_two_from_summary(a["mean_x"], a["sd_x"], a["n_x"], a["mean_y"], a["sd_y"], a["n_y"],
+                                    kind == "two_sample", alt, alpha, summary=True)
 
 
 # ------------------------------------------------------------------------------------------- symbolic
@@ -165,12 +277,64 @@ DSL_OPS = {
         "subgroups": {"type": "array", "items": nums(2, 25), "minItems": 2, "maxItems": 10_000},
         "subgroup_size": {"type": "integer", "minimum": 2, "maximum": 25}, "sizes": nums(2, 10_000),
         "n": {"type": "integer", "minimum": 1}, "rules": {"enum": ["western_electric", "nelson", "both", "none"]},
-        "plot": PLOT}, ["chart"]),
+        "constants": CONSTANTS, "plot": PLOT}, ["chart"]),
+    "ewma_chart": op("ewma_chart", {
+        "data": nums(2, 10_000), "subgroups": {"type": "array", "items": nums(2, 25), "minItems": 2, "maxItems": 10_000},
+        "lambda": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "L": {"type": "number", "exclusiveMinimum": 0,
+                                                                                 "maximum": 10},
+        "target": NUM, "sigma": POS, "limits": {"enum": ["exact", "asymptotic"]}, "constants": CONSTANTS}, [],
+        "EWMA chart: lambda (default 0.2), L sigmas (3), target and sigma (estimated when left out); exact "
+        "(time-varying) or asymptotic limits",
+        [{"operation": "ewma_chart", "data": [52.0, 47.0, 53.0, 49.3, 50.1, 47.0, 51.0, 50.1], "lambda": 0.3,
+          "target": 50, "sigma": 2.0539, "limits": "asymptotic"}]),
+    "cusum_chart": op("cusum_chart", {
+        "data": nums(2, 10_000), "subgroups": {"type": "array", "items": nums(2, 25), "minItems": 2, "maxItems": 10_000},
+        "target": NUM, "sigma": POS, "k": {"type": "number", "minimum": 0, "maximum": 5},
+        "h": {"type": "number", "exclusiveMinimum": 0, "maximum": 50}, "headstart": {"type": "number", "minimum": 0,
+                                                                                       "exclusiveMaximum": 1},
+        "constants": CONSTANTS}, [],
+        "tabular CUSUM: k and h in sigmas (defaults 0.5 and 4), target and sigma estimated when left out",
+        [{"operation": "cusum_chart", "data": [9.45, 7.99, 9.29, 11.66, 12.16, 10.18], "target": 10, "sigma": 1,
+          "k": 0.5, "h": 5}]),
     "capability": op("capability", {"data": nums(4, 250_000), "lsl": NUM, "usl": NUM,
-                                    "subgroup_size": {"type": "integer", "minimum": 2, "maximum": 25}, "target": NUM},
-                     ["data"]),
-    "constants": op("constants", {"n": {"type": "integer", "minimum": 2, "maximum": 25}}, ["n"],
+                                    "subgroup_size": {"type": "integer", "minimum": 2, "maximum": 25}, "target": NUM,
+                                    "mean": NUM, "sigma": POS, "sigma_overall": POS, "constants": CONSTANTS}, [],
+                     "Cp/Cpk (within sigma) and Pp/Ppk (overall sigma) from data, or from mean and sigma",
+                     [{"operation": "capability", "mean": 16, "sigma": 2, "lsl": 8, "usl": 20}]),
+    "constants": op("constants", {"n": {"type": "integer", "minimum": 2, "maximum": 25}, "constants": CONSTANTS}, ["n"],
                     "control chart constants for subgroup size n"),
+    "gauge_rr": op("gauge_rr", {
+        "measurements": nums(8, 100_000), "parts": LABEL_LIST, "operators": LABEL_LIST, "tolerance": POS,
+        "k": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+        "alpha_interaction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}},
+        ["measurements", "parts", "operators"],
+        "crossed gauge R&R by ANOVA: one part and operator label per measurement",
+        [{"operation": "gauge_rr", "measurements": [0.29, 0.41, -0.56, -0.68, 0.08, 0.25, -0.47, -1.22],
+          "parts": [1, 1, 2, 2, 1, 1, 2, 2], "operators": ["A", "A", "A", "A", "B", "B", "B", "B"]}]),
+    "response_surface": op("response_surface", {
+        "factors": FACTORS, "response": nums(3, 4096),
+        "coded": {"type": "array", "items": nums(2, 7), "minItems": 3, "maxItems": 4096},
+        "natural": {"type": "array", "items": nums(2, 7), "minItems": 3, "maxItems": 4096},
+        "design": obj({"kind": {"enum": ["central_composite", "box_behnken"]}, "center": CENTER,
+                       "alpha": {"oneOf": [{"enum": ["rotatable", "orthogonal"]},
+                                           {"type": "number", "exclusiveMinimum": 0, "maximum": 10}]},
+                       "type": {"enum": ["circumscribed", "inscribed", "faced"]}, "fraction": {"type": "boolean"}},
+                      ["kind"]),
+        "goal": {"enum": ["maximize", "minimize", "target"]}, "target": NUM, "alpha": ALPHA}, ["factors", "response"],
+        "second-order fit, stationary point and its nature, optimum within the design region; runs as coded, "
+        "natural, or design (its standard order)",
+        [{"operation": "response_surface", "factors": [{"name": "time", "low": 80, "high": 90},
+                                                      {"name": "temp", "low": 170, "high": 180}],
+          "design": {"kind": "central_composite", "center": 5},
+          "response": [76.5, 78.0, 77.0, 79.5, 75.6, 78.4, 77.0, 78.5, 79.9, 80.3, 80.0, 79.7, 79.8]}]),
+    "sampling_plan": op("sampling_plan", {
+        "n": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        "c": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+        "p": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 1, "maxItems": 1000},
+        "lot_size": {"type": "integer", "minimum": 1, "maximum": 1_000_000}, "aql": PROB, "ltpd": PROB,
+        "distribution": {"enum": ["binomial", "hypergeometric"]}}, ["n", "c"],
+        "single sampling plan (n, c): probability of acceptance, AOQ, ATI, AOQL, producer's and consumer's risks",
+        [{"operation": "sampling_plan", "n": 89, "c": 2, "lot_size": 10000, "p": [0.01, 0.02]}]),
     "analyze_factorial": op("analyze_factorial", {
         "factors": {"type": "array", "items": NAME, "minItems": 1, "maxItems": 15},
         "coded": {"type": "array", "items": nums(1, 15), "minItems": 2, "maxItems": 4096},
@@ -197,6 +361,8 @@ def run_dsl_operation(args: dict, ctx: ToolContext) -> dict:
     operation = a.pop("operation", "script")  # {"script": "..."} alone is a script
     plot = a.pop("plot", None)
     plot_kind = a.pop("plot_kind", "main_effects")
+    if "constants" in a:  # the schema's name; the functions' is constants_source
+        a["constants_source"] = a.pop("constants")
     if operation == "script":
         from havoc.tools import dsl
 
@@ -222,12 +388,39 @@ def run_dsl_operation(args: dict, ctx: ToolContext) -> dict:
           "plackett_burman": doe.plackett_burman, "box_behnken": doe.box_behnken,
           "central_composite": doe.central_composite, "convert_units": doe.convert_units,
           "capability": spc.capability}.get(operation)
+    if operation in ("ewma_chart", "cusum_chart", "gauge_rr", "response_surface", "sampling_plan"):
+        return _quality_operation(operation, a)
     if operation == "constants":
-        out = spc.constants(a["n"])
-        return {**out, "method": "computed from the definitions of d2, d3, c4",
+        out = spc.constants(a["n"], a.get("constants_source", "exact"))
+        return {**out, "method": "computed from the definitions of d2, d3, c4" if out["source"] == "exact" else
+                "the printed table (Montgomery, Appendix VI)",
                 "interpretation": f"n = {a['n']}: A2 = {out['A2']:.4f}, D3 = {out['D3']:.4f}, D4 = {out['D4']:.4f}, "
                                   f"d2 = {out['d2']:.4f}"}
     return fn(**a)
+
+
+def _quality_operation(operation: str, a: dict) -> dict:
+    if operation == "ewma_chart":
+        from havoc.tools import spc
+
+        if "lambda" in a:
+            a["lam"] = a.pop("lambda")
+        return spc.ewma_chart(**a)
+    if operation == "cusum_chart":
+        from havoc.tools import spc
+
+        return spc.cusum_chart(**a)
+    if operation == "gauge_rr":
+        from havoc.tools.msa import gauge_rr
+
+        return gauge_rr(**a)
+    if operation == "response_surface":
+        from havoc.tools.rsm import response_surface
+
+        return response_surface(**a)
+    from havoc.tools.sampling import sampling_plan
+
+    return sampling_plan(**a)
 
 
 # ----------------------------------------------------------------------------------------- rag_helper
@@ -244,18 +437,22 @@ def _rag(args: dict, ctx: ToolContext) -> dict:
 def register_builtin(registry: ToolRegistry) -> ToolRegistry:
     """Register the four built-in tools on `registry` and return it."""
     registry.register(ToolSpec(
-        "statistics", "Statistical tests and summaries on data: describe, confidence_interval, t_test, anova, "
-        "anova_two_way, tukey_hsd, regression, chi_square, normality. Results carry figures, the method and a "
-        "one-line interpretation at alpha.", _statistics, STATISTICS, discriminator="operation"))
+        "statistics", "Statistical tests and summaries on data: describe, confidence_interval, t_test (data or "
+        "summary statistics), anova, anova_two_way, tukey_hsd, regression, chi_square, normality, proportion_test, "
+        "variance_test, rank_test, correlation, power (power and sample size), life_data (Weibull/lognormal "
+        "reliability). Results carry figures, the method and a one-line interpretation at alpha.", _statistics, STATISTICS, discriminator="operation",
+        examples=[{"tool": "statistics", "args": e} for k in STATISTICS for e in EXAMPLES.get(k, [])]))
     registry.register(ToolSpec(
         "symbolic", "Symbolic maths on an expression string (numbers, symbols, + - * / ^, sin cos exp log sqrt "
         "...): derivative, integral, simplify, solve, evaluate.", _symbolic, SYMBOLIC, discriminator="operation",
         timeout=10.0, isolated=True))
     registry.register(ToolSpec(
         "dsl_executor", "Design of experiments and SPC: full_factorial, fractional_factorial, plackett_burman, "
-        "box_behnken, central_composite, convert_units, control_chart, capability, constants, analyze_factorial; "
-        "or operation 'script' with DSL text.", run_dsl_operation, DSL_OPS, discriminator="operation",
-        default_variant=lambda a: "script" if "script" in a else None))
+        "box_behnken, central_composite, convert_units, control_chart, ewma_chart, cusum_chart, capability, "
+        "constants, analyze_factorial, response_surface, gauge_rr, sampling_plan; or operation 'script' with DSL "
+        "text.", run_dsl_operation, DSL_OPS, discriminator="operation",
+        default_variant=lambda a: "script" if "script" in a else None,
+        examples=[{"tool": "dsl_executor", "args": e} for k in DSL_OPS for e in EXAMPLES.get(k, [])]))
     registry.register(ToolSpec(
         "rag_helper", "Search havoc's knowledge corpus on statistics, DOE and SPC; returns the top passages with "
         "scores and sources.", _rag, RAG, timeout=120.0))

@@ -10,14 +10,20 @@ dict a model would send to the `dsl_executor` tool, validated by the same JSON s
 tool calls cannot drift apart.
 
     script     = { [statement] [comment] (NEWLINE | ";") }
-    statement  = design | chart | capability | analyze | constants
+    statement  = design | chart | capability | analyze | surface | gauge | sampling | constants
     design     = "design" KIND "factors" factor {factor} {design_option}
     factor     = NAME "(" value "," value {"," value} ")"       two numbers = low, high; else levels
     chart      = "chart" CHART ("data" list | "subgroups" "[" list {"," list} "]") {chart_option}
-    capability = "capability" "data" list {("lsl" | "usl" | "target") NUMBER | "subgroup_size" INT}
+                 CHART: xbar_r xbar_s imr p np c u (Shewhart), ewma, cusum
+    capability = "capability" ("data" list | "mean" NUMBER "sigma" NUMBER) {("lsl" | "usl" | "target" |
+                 "sigma_overall") NUMBER | "subgroup_size" INT | "constants" ("exact" | "table")}
     analyze    = "analyze" "response" list {"order" ("standard" | "run") | "max_order" INT | "alpha" NUMBER
                  | "plot" ("png" | "svg") | "plot_kind" ("main_effects" | "interaction")}
-    constants  = "constants" INT
+    surface    = "surface" "response" list {"order" ("standard" | "run") | "goal" GOAL | "target" NUMBER}
+    gauge      = "gauge" "measurements" list "parts" labels "operators" labels {("tolerance" | "k") NUMBER}
+    sampling   = "sampling" "n" INT "c" INT {"lot_size" INT | "p" list | ("aql" | "ltpd") NUMBER
+                 | "distribution" ("binomial" | "hypergeometric")}
+    constants  = "constants" INT ["exact" | "table"]
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ MAX_STATEMENTS = 200
 MAX_LIST = 250_000
 
 DESIGN_KINDS = {"full_factorial", "fractional_factorial", "plackett_burman", "box_behnken", "central_composite", "ccd"}
-CHART_KINDS = {"xbar_r", "xbar_s", "imr", "p", "np", "c", "u"}
+CHART_KINDS = {"xbar_r", "xbar_s", "imr", "p", "np", "c", "u", "ewma", "cusum"}
+MAX_LABELS = 100_000
+STATEMENTS = "design, chart, capability, analyze, surface, gauge, sampling or constants"
 
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r]+)
@@ -178,6 +186,25 @@ class _Parser:
                 raise self.error(f"expected ',' or ']' in the list, found {_describe(t)}")
             self.next()
 
+    def label_list(self) -> list:
+        """A list of part or operator labels: numbers, names or "strings"."""
+        self.expect("punct", "[", "'['")
+        out: list = []
+        if self.tok.text == "]":
+            self.next()
+            return out
+        while True:
+            out.append(self.value())
+            if len(out) > MAX_LABELS:
+                raise self.error(f"label lists hold at most {MAX_LABELS} labels")
+            t = self.tok
+            if t.text == "]" and t.kind == "punct":
+                self.next()
+                return out
+            if not (t.kind == "punct" and t.text == ","):
+                raise self.error(f"expected ',' or ']' in the list, found {_describe(t)}")
+            self.next()
+
     def list_of_lists(self) -> list[list[float]]:
         self.expect("punct", "[", "'['")
         out = [self.num_list()]
@@ -207,11 +234,12 @@ class _Parser:
     def statement(self) -> dict:
         t = self.tok
         if t.kind != "name":
-            raise self.error(f"expected a statement (design, chart, capability, analyze, constants), found {_describe(t)}")
+            raise self.error(f"expected a statement ({STATEMENTS}), found {_describe(t)}")
         handler = {"design": self.design, "chart": self.chart, "capability": self.capability,
-                   "analyze": self.analyze, "constants": self.constants}.get(t.text)
+                   "analyze": self.analyze, "surface": self.surface, "gauge": self.gauge, "sampling": self.sampling,
+                   "constants": self.constants}.get(t.text)
         if handler is None:
-            raise self.error(f"unknown statement {t.text!r}: use design, chart, capability, analyze or constants")
+            raise self.error(f"unknown statement {t.text!r}: use {STATEMENTS}")
         self.next()
         return handler()
 
@@ -275,7 +303,13 @@ class _Parser:
         return {"name": name, "levels": values}
 
     def chart(self) -> dict:
-        args: dict[str, Any] = {"operation": "control_chart", "chart": self.word(CHART_KINDS, "a chart kind")}
+        kind = self.word(CHART_KINDS, "a chart kind")
+        args: dict[str, Any] = ({"operation": f"{kind}_chart"} if kind in ("ewma", "cusum") else
+                                {"operation": "control_chart", "chart": kind})
+        numeric = {"ewma": {"lambda", "L", "target", "sigma"}, "cusum": {"target", "sigma", "k", "h", "headstart"}}.get(kind, set())
+        shewhart = kind not in ("ewma", "cusum")
+        options = ("data, subgroups, " + ("subgroup_size, sizes, n, rules, plot, constants" if shewhart else
+                                         ", ".join(sorted(numeric)) + (", limits" if kind == "ewma" else "") + ", constants"))
         while not self.at_end_of_statement():
             t = self.tok
             opt = self.word(None, "a chart option")
@@ -283,16 +317,22 @@ class _Parser:
                 args["data"] = self.num_list()
             elif opt == "subgroups":
                 args["subgroups"] = self.list_of_lists()
-            elif opt == "sizes":
+            elif opt == "constants":
+                args["constants"] = self.word({"exact", "table"}, "the constants' source")
+            elif shewhart and opt == "sizes":
                 args["sizes"] = self.num_list()
-            elif opt in ("subgroup_size", "n"):
+            elif shewhart and opt in ("subgroup_size", "n"):
                 args[opt] = self.integer(opt)
-            elif opt == "rules":
+            elif shewhart and opt == "rules":
                 args["rules"] = self.word({"western_electric", "nelson", "both", "none"}, "a rule set")
-            elif opt == "plot":
+            elif shewhart and opt == "plot":
                 args["plot"] = self.word({"png", "svg"}, "a plot format")
+            elif opt in numeric:
+                args[opt] = self.number()
+            elif kind == "ewma" and opt == "limits":
+                args["limits"] = self.word({"exact", "asymptotic"}, "the kind of limits")
             else:
-                raise self.error(f"unknown chart option {opt!r}: data, subgroups, subgroup_size, sizes, n, rules, plot", t)
+                raise self.error(f"unknown {kind} chart option {opt!r}: {options}", t)
         if "data" not in args and "subgroups" not in args:
             raise self.error("a chart needs data [...] or subgroups [[...], ...]")
         return args
@@ -304,14 +344,17 @@ class _Parser:
             opt = self.word(None, "a capability option")
             if opt == "data":
                 args["data"] = self.num_list()
-            elif opt in ("lsl", "usl", "target"):
+            elif opt in ("lsl", "usl", "target", "mean", "sigma", "sigma_overall"):
                 args[opt] = self.number()
             elif opt == "subgroup_size":
                 args[opt] = self.integer(opt)
+            elif opt == "constants":
+                args["constants"] = self.word({"exact", "table"}, "the constants' source")
             else:
-                raise self.error(f"unknown capability option {opt!r}: data, lsl, usl, target, subgroup_size", t)
-        if "data" not in args:
-            raise self.error("capability needs data [...]")
+                raise self.error(f"unknown capability option {opt!r}: data, mean, sigma, sigma_overall, lsl, usl, "
+                                 "target, subgroup_size, constants", t)
+        if "data" not in args and "mean" not in args:
+            raise self.error("capability needs data [...], or mean and sigma")
         return args
 
     def analyze(self) -> dict:
@@ -337,8 +380,68 @@ class _Parser:
             raise self.error("analyze needs response [...]")
         return args
 
+    def surface(self) -> dict:
+        args: dict[str, Any] = {"operation": "response_surface", "order": "standard"}
+        while not self.at_end_of_statement():
+            t = self.tok
+            opt = self.word(None, "a surface option")
+            if opt == "response":
+                args["response"] = self.num_list()
+            elif opt == "order":
+                args["order"] = self.word({"standard", "run"}, "the order the responses are listed in")
+            elif opt == "goal":
+                args["goal"] = self.word({"maximize", "minimize", "target"}, "a goal")
+            elif opt in ("target", "alpha"):
+                args[opt] = self.number()
+            else:
+                raise self.error(f"unknown surface option {opt!r}: response, order, goal, target, alpha", t)
+        if "response" not in args:
+            raise self.error("surface needs response [...]")
+        return args
+
+    def gauge(self) -> dict:
+        args: dict[str, Any] = {"operation": "gauge_rr"}
+        while not self.at_end_of_statement():
+            t = self.tok
+            opt = self.word(None, "a gauge option")
+            if opt == "measurements":
+                args["measurements"] = self.num_list()
+            elif opt in ("parts", "operators"):
+                args[opt] = self.label_list()
+            elif opt in ("tolerance", "k", "alpha_interaction"):
+                args[opt] = self.number()
+            else:
+                raise self.error(f"unknown gauge option {opt!r}: measurements, parts, operators, tolerance, k, "
+                                 "alpha_interaction", t)
+        for need in ("measurements", "parts", "operators"):
+            if need not in args:
+                raise self.error(f"gauge needs {need} [...]")
+        return args
+
+    def sampling(self) -> dict:
+        args: dict[str, Any] = {"operation": "sampling_plan"}
+        while not self.at_end_of_statement():
+            t = self.tok
+            opt = self.word(None, "a sampling option")
+            if opt in ("n", "c", "lot_size"):
+                args[opt] = self.integer(opt)
+            elif opt == "p":
+                args["p"] = self.num_list()
+            elif opt in ("aql", "ltpd"):
+                args[opt] = self.number()
+            elif opt == "distribution":
+                args["distribution"] = self.word({"binomial", "hypergeometric"}, "a distribution")
+            else:
+                raise self.error(f"unknown sampling option {opt!r}: n, c, lot_size, p, aql, ltpd, distribution", t)
+        if "n" not in args or "c" not in args:
+            raise self.error("sampling needs n and c (the sample size and acceptance number)")
+        return args
+
     def constants(self) -> dict:
-        return {"operation": "constants", "n": self.integer("a subgroup size")}
+        args: dict[str, Any] = {"operation": "constants", "n": self.integer("a subgroup size")}
+        if self.tok.kind == "name" and self.tok.text in ("exact", "table"):
+            args["constants"] = self.next().text
+        return args
 
 
 def parse(text: str) -> list[dict]:
@@ -356,6 +459,23 @@ def parse(text: str) -> list[dict]:
         args["_line"], args["_col"] = tok.line, tok.col
         out.append(args)
     return out
+
+
+def _design_rows(last_design: dict | None, args: dict) -> tuple[list[dict], list[list[float]]]:
+    """The most recent design's factors and coded runs, in the order `args` says its responses are listed."""
+    what = "analyze" if args["operation"] == "analyze_factorial" else "surface"
+    if last_design is None:
+        raise ToolError(f"{what} needs a design statement before it")
+    runs = last_design["runs"]
+    if args.pop("order") == "standard":
+        runs = sorted(runs, key=lambda r: r["std_order"])
+    if any(v is None for r in runs for v in r["coded"].values()):
+        kind = "two-level" if what == "analyze" else "numeric"
+        raise ToolError(f"{what} works on {kind} designs (categorical levels have no coded values)")
+    if len(args["response"]) != len(runs):
+        raise ToolError(f"the design has {len(runs)} runs but {len(args['response'])} responses were given")
+    names = [f["name"] for f in last_design["factors"]]
+    return last_design["factors"], [[r["coded"][n] for n in names] for r in runs]
 
 
 def run_script(text: str, ctx=None) -> dict:
@@ -389,19 +509,10 @@ def run_script(text: str, ctx=None) -> dict:
         line, col = st.pop("_line"), st.pop("_col")
         args = dict(st)
         try:
-            if args["operation"] == "analyze_factorial":
-                if last_design is None:
-                    raise ToolError("analyze needs a design statement before it")
-                runs = last_design["runs"]
-                if args.pop("order") == "standard":
-                    runs = sorted(runs, key=lambda r: r["std_order"])
-                names = [f["name"] for f in last_design["factors"]]
-                if any(v is None for r in runs for v in r["coded"].values()):
-                    raise ToolError("analyze works on two-level designs (categorical levels have no coded values)")
-                args["factors"] = names
-                args["coded"] = [[r["coded"][n] for n in names] for r in runs]
-                if len(args["response"]) != len(runs):
-                    raise ToolError(f"the design has {len(runs)} runs but {len(args['response'])} responses were given")
+            if args["operation"] in ("analyze_factorial", "response_surface"):
+                factors, coded = _design_rows(last_design, args)
+                args["factors"] = factors if args["operation"] == "response_surface" else [f["name"] for f in factors]
+                args["coded"] = coded
             if forced is not None and args["operation"] in ("control_chart", "analyze_factorial"):
                 fmt = Path(forced).suffix.lstrip(".").lower() or "png"
                 args["plot"] = fmt if fmt in ("png", "svg") else "png"

@@ -60,6 +60,7 @@ class ToolSpec:
         discriminator: the args key that selects the schema (e.g. "operation").
         timeout: seconds, or None for the registry's default.
         isolated: run in a killable forked child (the tool enforces the limit itself).
+        examples: example calls {"tool", "args"} shown by `describe` (never part of the schema a model sees).
     """
 
     name: str
@@ -70,6 +71,7 @@ class ToolSpec:
     default_variant: Callable[[dict], str | None] | None = None
     timeout: float | None = None
     isolated: bool = False
+    examples: list[dict] = field(default_factory=list)
     _validators: dict = field(default_factory=dict, repr=False)
 
     def parameters(self) -> dict:
@@ -189,8 +191,9 @@ class ToolRegistry:
         return spec.schema[variant]
 
     def describe(self) -> list[dict]:
-        """[{"name", "description", "parameters"}] for every tool: what a prompt shows the model."""
-        return [{"name": s.name, "description": s.description, "parameters": s.parameters()}
+        """[{"name", "description", "parameters", "examples"}] for every tool (`havoc tool --list`)."""
+        return [{"name": s.name, "description": s.description, "parameters": s.parameters(),
+                 **({"examples": s.examples} if s.examples else {})}
                 for s in sorted(self._tools.values(), key=lambda s: s.name)]
 
     # --------------------------------------------------------------------------------------- execution

@@ -55,22 +55,56 @@ def _c4(n: int) -> float:
     return math.sqrt(2 / (n - 1)) * math.exp(math.lgamma(n / 2) - math.lgamma((n - 1) / 2))
 
 
-def constants(n: int) -> dict:
+# The standard printed table (Montgomery, Introduction to Statistical Quality Control, Appendix VI; ASTM
+# STP 15D), n = 2..25, for answers that must match a textbook's limits digit for digit. E2 is not in every
+# table: it is 3/d2 of the tabled d2, rounded to 3 decimals as printed where it is (2.660 for n = 2).
+TABLE = {
+    "A2": [1.880, 1.023, 0.729, 0.577, 0.483, 0.419, 0.373, 0.337, 0.308, 0.285, 0.266, 0.249, 0.235, 0.223,
+           0.212, 0.203, 0.194, 0.187, 0.180, 0.173, 0.167, 0.162, 0.157, 0.153],
+    "A3": [2.659, 1.954, 1.628, 1.427, 1.287, 1.182, 1.099, 1.032, 0.975, 0.927, 0.886, 0.850, 0.817, 0.789,
+           0.763, 0.739, 0.718, 0.698, 0.680, 0.663, 0.647, 0.633, 0.619, 0.606],
+    "c4": [0.7979, 0.8862, 0.9213, 0.9400, 0.9515, 0.9594, 0.9650, 0.9693, 0.9727, 0.9754, 0.9776, 0.9794,
+           0.9810, 0.9823, 0.9835, 0.9845, 0.9854, 0.9862, 0.9869, 0.9876, 0.9882, 0.9887, 0.9892, 0.9896],
+    "B3": [0, 0, 0, 0, 0.030, 0.118, 0.185, 0.239, 0.284, 0.321, 0.354, 0.382, 0.406, 0.428, 0.448, 0.466,
+           0.482, 0.497, 0.510, 0.523, 0.534, 0.545, 0.555, 0.565],
+    "B4": [3.267, 2.568, 2.266, 2.089, 1.970, 1.882, 1.815, 1.761, 1.716, 1.679, 1.646, 1.618, 1.594, 1.572,
+           1.552, 1.534, 1.518, 1.503, 1.490, 1.477, 1.466, 1.455, 1.445, 1.435],
+    "d2": [1.128, 1.693, 2.059, 2.326, 2.534, 2.704, 2.847, 2.970, 3.078, 3.173, 3.258, 3.336, 3.407, 3.472,
+           3.532, 3.588, 3.640, 3.689, 3.735, 3.778, 3.819, 3.858, 3.895, 3.931],
+    "d3": [0.853, 0.888, 0.880, 0.864, 0.848, 0.833, 0.820, 0.808, 0.797, 0.787, 0.778, 0.770, 0.763, 0.756,
+           0.750, 0.744, 0.739, 0.734, 0.729, 0.724, 0.720, 0.716, 0.712, 0.708],
+    "D3": [0, 0, 0, 0, 0, 0.076, 0.136, 0.184, 0.223, 0.256, 0.283, 0.307, 0.328, 0.347, 0.363, 0.378, 0.391,
+           0.403, 0.415, 0.425, 0.434, 0.443, 0.451, 0.459],
+    "D4": [3.267, 2.574, 2.282, 2.114, 2.004, 1.924, 1.864, 1.816, 1.777, 1.744, 1.717, 1.693, 1.672, 1.653,
+           1.637, 1.622, 1.608, 1.597, 1.585, 1.575, 1.566, 1.557, 1.548, 1.541],
+}
+CONSTANT_SOURCES = ("exact", "table")
+
+
+def constants(n: int, source: str = "exact") -> dict:
     """Control chart constants for subgroup size n (2..25).
 
     Args:
         n: subgroup size.
+        source: "exact" (computed from the definitions) or "table" (the printed 3- and 4-decimal table,
+            so that limits match a textbook's).
 
     Returns:
-        {"n", "A2", "A3", "B3", "B4", "D3", "D4", "d2", "d3", "c4", "E2"} (E2 = 3/d2, for individuals).
+        {"n", "A2", "A3", "B3", "B4", "D3", "D4", "d2", "d3", "c4", "E2", "source"} (E2 = 3/d2, for
+        individuals).
     """
     if isinstance(n, bool) or not isinstance(n, int) or not MIN_N <= n <= MAX_N:
         raise ToolError(f"subgroup size must be a whole number from {MIN_N} to {MAX_N}, got {n!r}")
+    if source not in CONSTANT_SOURCES:
+        raise ToolError(f"constants must be 'exact' or 'table', got {source!r:.40}")
+    if source == "table":
+        out = {k: float(v[n - 2]) for k, v in TABLE.items()}
+        return {"n": n, **out, "E2": round(3 / out["d2"], 3), "source": "table"}
     d2, d3, c4 = _d2(n), _d3(n), _c4(n)
     s = math.sqrt(1 - c4 * c4) / c4
     return {"n": n, "A2": 3 / (d2 * math.sqrt(n)), "A3": 3 / (c4 * math.sqrt(n)), "B3": max(0.0, 1 - 3 * s),
             "B4": 1 + 3 * s, "D3": max(0.0, 1 - 3 * d3 / d2), "D4": 1 + 3 * d3 / d2, "d2": d2, "d3": d3, "c4": c4,
-            "E2": 3 / d2}
+            "E2": 3 / d2, "source": "exact"}
 
 
 # -------------------------------------------------------------------------------------------- rules
@@ -230,7 +264,7 @@ def _secondary(name: str, points: np.ndarray, center: float, ucl: float, lcl: fl
 
 def control_chart(chart: str, data: Sequence[float] | None = None, subgroups: Sequence[Sequence[float]] | None = None,
                   subgroup_size: int | None = None, sizes: Sequence[float] | None = None, n: int | None = None,
-                  rules: str = "western_electric") -> dict:
+                  rules: str = "western_electric", constants_source: str = "exact") -> dict:
     """A Shewhart control chart with its limits and run-rule violations.
 
     Args:
@@ -242,6 +276,7 @@ def control_chart(chart: str, data: Sequence[float] | None = None, subgroups: Se
         sizes: sample size of each point (p, u).
         n: constant sample size (np; also accepted by p and u).
         rules: "western_electric" (default), "nelson", "both" or "none".
+        constants_source: "exact" (computed d2, A2, D4 ...) or "table" (the printed table: d2 = 1.128 ...).
 
     Returns:
         chart, charts [primary, secondary (R, S or MR) where there is one], each with points, center,
@@ -253,7 +288,7 @@ def control_chart(chart: str, data: Sequence[float] | None = None, subgroups: Se
     if chart in ("xbar_r", "xbar_s"):
         g = _subgroups(subgroups, data, subgroup_size)
         m, size = g.shape
-        const = constants(size)
+        const = constants(size, constants_source)
         means = g.mean(axis=1)
         xbarbar = float(means.mean())
         if chart == "xbar_r":
@@ -274,7 +309,7 @@ def control_chart(chart: str, data: Sequence[float] | None = None, subgroups: Se
             method = f"X-bar/S, n = {size}: X-bar limits = grand mean ± A3·S-bar (A3 = {const['A3']:.4f}); S limits B3·S-bar, B4·S-bar"
     elif chart == "imr":
         x = as_vector(data, "data", min_len=3, max_len=MAX_POINTS)
-        const = constants(2)
+        const = constants(2, constants_source)
         mr = np.abs(np.diff(x))
         mrbar = float(mr.mean())
         xbar = float(x.mean())
@@ -341,6 +376,8 @@ def control_chart(chart: str, data: Sequence[float] | None = None, subgroups: Se
     else:
         text = f"In statistical control: no point beyond the limits and no {rules.replace('_', ' ')} rule broken" if rules != "none" \
             else "No point beyond the limits (run rules not checked)"
+    if const is not None:
+        method += f"; {const['source']} constants"
     return jsonable({
         "chart": chart, "charts": charts, "n_points": len(primary["points"]), "constants": const,
         "rules": rules, "out_of_control": bool(broken), "method": method, "interpretation": text,
@@ -349,9 +386,20 @@ def control_chart(chart: str, data: Sequence[float] | None = None, subgroups: Se
 
 # ---------------------------------------------------------------------------------------- capability
 
-def capability(data: Sequence[float], lsl: float | None = None, usl: float | None = None,
-               subgroup_size: int | None = None, target: float | None = None) -> dict:
-    """Process capability: Cp, Cpk (within-subgroup sigma) and Pp, Ppk (overall sigma).
+def _finite(v: Any, name: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ToolError(f"{name} must be a finite number")
+    return float(v)
+
+
+def capability(data: Sequence[float] | None = None, lsl: float | None = None, usl: float | None = None,
+               subgroup_size: int | None = None, target: float | None = None, mean: float | None = None,
+               sigma: float | None = None, sigma_overall: float | None = None,
+               constants_source: str = "exact") -> dict:
+    """Process capability: Cp, Cpk (within-subgroup sigma) and Pp, Ppk (overall sigma), from data or from
+    a stated mean and sigma.
 
     Args:
         data: measurements in time order (split into consecutive subgroups when subgroup_size is given).
@@ -359,33 +407,58 @@ def capability(data: Sequence[float], lsl: float | None = None, usl: float | Non
         usl: upper specification limit (optional if lsl is given).
         subgroup_size: 2..25 for sigma_within = R-bar/d2; omitted, sigma_within = MR-bar/d2 of individuals.
         target: optional target, for Cpm.
+        mean: the process mean, instead of data (summary statistics, as NIST handbook 6.1.6).
+        sigma: the within (short-term) sigma that goes with mean: Cp, Cpk.
+        sigma_overall: the overall (long-term) sigma that goes with mean: Pp, Ppk (optional).
+        constants_source: "exact" or "table" d2 for sigma_within from data.
 
     Returns:
-        cp, cpk, cpu, cpl, pp, ppk, ppu, ppl, cpm, sigma_within, sigma_overall, mean,
-        expected_ppm (normal, overall sigma), method, interpretation.
+        cp, cpk, cpu, cpl, pp, ppk, ppu, ppl, cpm, sigma_within, sigma_overall, sigma_used (which sigma each
+        index used), mean, expected_ppm (normal model, overall sigma where known), method, interpretation.
     """
-    x = as_vector(data, "data", min_len=4, max_len=MAX_POINTS * MAX_N)
+    lsl, usl, target = _finite(lsl, "lsl"), _finite(usl, "usl"), _finite(target, "target")
     if lsl is None and usl is None:
         raise ToolError("give at least one specification limit (lsl or usl)")
-    for name, v in (("lsl", lsl), ("usl", usl), ("target", target)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-            raise ToolError(f"{name} must be a finite number")
     if lsl is not None and usl is not None and not lsl < usl:
         raise ToolError("lsl must be below usl")
-    mean = float(x.mean())
-    overall = float(x.std(ddof=1))
-    if subgroup_size is not None:
-        g = _subgroups(None, x.tolist(), subgroup_size)
-        const = constants(subgroup_size)
-        within = float((g.max(axis=1) - g.min(axis=1)).mean()) / const["d2"]
-        how = f"sigma within = R-bar/d2 (n = {subgroup_size}, d2 = {const['d2']:.4f})"
+    if data is not None:
+        if mean is not None or sigma is not None or sigma_overall is not None:
+            raise ToolError("give data, or mean with sigma (summary statistics), not both")
+        x = as_vector(data, "data", min_len=4, max_len=MAX_POINTS * MAX_N)
+        mean = float(x.mean())
+        overall = float(x.std(ddof=1))
+        n_obs = x.size
+        if subgroup_size is not None:
+            g = _subgroups(None, x.tolist(), subgroup_size)
+            const = constants(subgroup_size, constants_source)
+            within = float((g.max(axis=1) - g.min(axis=1)).mean()) / const["d2"]
+            how = f"sigma within = R-bar/d2 (n = {subgroup_size}, d2 = {const['d2']:.4f}, {const['source']})"
+            within_name = "within subgroups: R-bar/d2"
+        else:
+            const = constants(2, constants_source)
+            within = float(np.abs(np.diff(x)).mean()) / const["d2"]
+            how = f"sigma within = MR-bar/d2 (moving ranges of 2, d2 = {const['d2']:.4f}, {const['source']})"
+            within_name = "within: MR-bar/d2 of moving ranges of 2"
+        overall_name = "overall: sample standard deviation"
+        if within == 0 or overall == 0:
+            raise ToolError("the data show no variation: capability indices are undefined")
     else:
-        within = float(np.abs(np.diff(x)).mean()) / constants(2)["d2"]
-        how = "sigma within = MR-bar/1.128 (moving ranges of 2)"
-    if within == 0 or overall == 0:
-        raise ToolError("the data show no variation: capability indices are undefined")
+        mean, within, overall = _finite(mean, "mean"), _finite(sigma, "sigma"), _finite(sigma_overall, "sigma_overall")
+        if mean is None or within is None:
+            raise ToolError("give data, or the process mean and sigma (summary statistics)")
+        if subgroup_size is not None:
+            raise ToolError("subgroup_size applies to data, not to a stated sigma")
+        for name, v in (("sigma", within), ("sigma_overall", overall)):
+            if v is not None and v <= 0:
+                raise ToolError(f"{name} must be positive: capability is undefined without variation")
+        n_obs = None
+        how = "sigma within as given"
+        within_name = "within: as given (sigma)"
+        overall_name = "overall: as given (sigma_overall)" if overall is not None else None
 
-    def idx(sig: float) -> dict:
+    def idx(sig: float | None) -> dict:
+        if sig is None:
+            return {"p": None, "pk": None, "pu": None, "pl": None}
         up = (usl - mean) / (3 * sig) if usl is not None else None
         lo = (mean - lsl) / (3 * sig) if lsl is not None else None
         both = (usl - lsl) / (6 * sig) if usl is not None and lsl is not None else None
@@ -393,23 +466,195 @@ def capability(data: Sequence[float], lsl: float | None = None, usl: float | Non
         return {"p": both, "pk": k, "pu": up, "pl": lo}
 
     w, o = idx(within), idx(overall)
+    ppm_sigma = overall if overall is not None else within
     ppm = 0.0
     if usl is not None:
-        ppm += float(sps.norm.sf((usl - mean) / overall)) * 1e6
+        ppm += float(sps.norm.sf((usl - mean) / ppm_sigma)) * 1e6
     if lsl is not None:
-        ppm += float(sps.norm.cdf((lsl - mean) / overall)) * 1e6
+        ppm += float(sps.norm.cdf((lsl - mean) / ppm_sigma)) * 1e6
     cpm = None
     if target is not None and lsl is not None and usl is not None:
-        cpm = (usl - lsl) / (6 * math.sqrt(overall ** 2 + (mean - target) ** 2))
+        cpm = (usl - lsl) / (6 * math.sqrt(ppm_sigma ** 2 + (mean - target) ** 2))
     verdict = ("capable (Cpk >= 1.33)" if w["pk"] >= 1.33 else "marginal (1 <= Cpk < 1.33)" if w["pk"] >= 1
                else "not capable (Cpk < 1)")
     text = (f"Cpk = {fmt(w['pk'], 3)}" + (f", Cp = {fmt(w['p'], 3)}" if w["p"] is not None else "") +
-            f", Ppk = {fmt(o['pk'], 3)}: {verdict}; about {fmt(ppm, 3)} ppm out of specification")
+            (f", Ppk = {fmt(o['pk'], 3)}" if o["pk"] is not None else "") +
+            f": {verdict}; about {fmt(ppm, 3)} ppm out of specification")
     return jsonable({
         "cp": w["p"], "cpk": w["pk"], "cpu": w["pu"], "cpl": w["pl"], "pp": o["p"], "ppk": o["pk"], "ppu": o["pu"],
         "ppl": o["pl"], "cpm": cpm, "mean": mean, "sigma_within": within, "sigma_overall": overall,
-        "expected_ppm": ppm, "lsl": lsl, "usl": usl, "n": x.size,
+        "sigma_used": {"cp_cpk": within_name, "pp_ppk": overall_name,
+                       "ppm_cpm": "overall" if overall is not None else "within (no overall sigma given)"},
+        "expected_ppm": ppm, "lsl": lsl, "usl": usl, "n": n_obs,
         "method": f"Cp = (USL - LSL)/6σ, Cpk = min(USL - mean, mean - LSL)/3σ; {how}; Pp, Ppk with the overall "
-                  "sample sd; ppm from a normal model with the overall sd",
+                  "sigma; ppm from a normal model" + ("" if data is not None else "; from summary statistics"),
+        "interpretation": text,
+    })
+
+
+# ------------------------------------------------------------------------------------ EWMA and CUSUM
+
+def _monitored(data: Any, subgroups: Any, sigma: Any, target: Any, constants_source: str) -> tuple:
+    """(plotted values, subgroup size, sigma of one observation, where it came from, target, where from)."""
+    if (data is None) == (subgroups is None):
+        raise ToolError("give data (individual values) or subgroups, one of the two")
+    if subgroups is not None:
+        g = _subgroups(subgroups, None, None)
+        size = g.shape[1]
+        x = g.mean(axis=1)
+    else:
+        x = as_vector(data, "data", min_len=2, max_len=MAX_POINTS)
+        g, size = None, 1
+    if sigma is not None:
+        sig = _finite(sigma, "sigma")
+        if sig <= 0:
+            raise ToolError("sigma must be positive")
+        sig_from = "given"
+    else:
+        if x.size < 3 and g is None:
+            raise ToolError("estimating sigma from moving ranges needs at least 3 values; give sigma")
+        const = constants(max(size, 2), constants_source)
+        if g is None:
+            sig = float(np.abs(np.diff(x)).mean()) / const["d2"]
+            sig_from = f"MR-bar/d2 of the data (d2 = {const['d2']:.4f}, {const['source']})"
+        else:
+            sig = float((g.max(axis=1) - g.min(axis=1)).mean()) / const["d2"]
+            sig_from = f"R-bar/d2 of the subgroups (d2 = {const['d2']:.4f}, {const['source']})"
+        if sig == 0:
+            raise ToolError("the data show no variation: sigma estimates to zero; give sigma")
+    if target is not None:
+        mu0, mu_from = _finite(target, "target"), "given"
+    else:
+        mu0, mu_from = float(x.mean()), "mean of the data"
+    return x, size, sig, sig_from, mu0, mu_from
+
+
+def ewma_chart(data: Sequence[float] | None = None, subgroups: Sequence[Sequence[float]] | None = None,
+               lam: float = 0.2, L: float = 3.0, target: float | None = None, sigma: float | None = None,
+               limits: str = "exact", constants_source: str = "exact") -> dict:
+    """Exponentially weighted moving average chart (Roberts 1959; NIST handbook 6.3.2.4).
+
+    z_i = lam x_i + (1 - lam) z_(i-1), z_0 = target; limits target ± L sigma_x sqrt(lam/(2 - lam) [1 - (1 - lam)^(2i)]),
+    sigma_x = sigma / sqrt(subgroup size). "asymptotic" limits drop the bracket (the handbook's constant limits).
+
+    Args:
+        data: individual values in time order (or subgroups).
+        subgroups: equal-size subgroups; their means are smoothed.
+        lam: the weight of the newest point, 0 < lam <= 1.
+        L: width of the limits in sigmas of the EWMA.
+        target: the centre line and z_0 (default: the data's mean).
+        sigma: the process standard deviation of one observation (default: MR-bar/d2 or R-bar/d2).
+        limits: "exact" (time-varying, as Minitab and qcc) or "asymptotic" (constant).
+        constants_source: "exact" or "table" d2 when sigma is estimated.
+
+    Returns:
+        points (the EWMA), data, center, ucl, lcl (lists for exact limits), out_of_control (1-based points
+        beyond the limits), first_signal, lambda, L, sigma and its source, method, interpretation.
+    """
+    lam, L = _finite(lam, "lambda"), _finite(L, "L")
+    if not 0 < lam <= 1:
+        raise ToolError("lambda must be in (0, 1]")
+    if not 0 < L <= 10:
+        raise ToolError("L must be between 0 and 10")
+    if limits not in ("exact", "asymptotic"):
+        raise ToolError("limits must be 'exact' or 'asymptotic'")
+    x, size, sig, sig_from, mu0, mu_from = _monitored(data, subgroups, sigma, target, constants_source)
+    z = np.empty(x.size)
+    prev = mu0
+    for i, v in enumerate(x):
+        prev = lam * v + (1 - lam) * prev
+        z[i] = prev
+    sig_x = sig / math.sqrt(size)
+    steady = sig_x * math.sqrt(lam / (2 - lam))
+    if limits == "exact":
+        i = np.arange(1, x.size + 1)
+        half = L * steady * np.sqrt(1 - (1 - lam) ** (2 * i))
+    else:
+        half = np.full(x.size, L * steady)
+    ucl, lcl = mu0 + half, mu0 - half
+    out = [i + 1 for i in range(x.size) if z[i] > ucl[i] or z[i] < lcl[i]]
+    first = out[0] if out else None
+    text = (f"Out of control: the EWMA leaves the limits first at point {first}"
+            + (f" ({len(out)} points beyond)" if len(out) > 1 else "") if out else
+            f"In control: every EWMA point is within the limits (steady-state limits {fmt(mu0 - L * steady)} to "
+            f"{fmt(mu0 + L * steady)})")
+    return jsonable({
+        "chart": "ewma", "points": z, "data": x, "center": mu0, "center_source": mu_from,
+        "ucl": ucl if limits == "exact" else float(ucl[0]), "lcl": lcl if limits == "exact" else float(lcl[0]),
+        "ucl_steady": mu0 + L * steady, "lcl_steady": mu0 - L * steady, "sigma_ewma_steady": steady,
+        "lambda": lam, "L": L, "sigma": sig, "sigma_source": sig_from, "subgroup_size": size, "limits": limits,
+        "out_of_control": out, "first_signal": first, "n_points": x.size,
+        "method": f"EWMA z_i = {lam:g} x_i + {1 - lam:g} z_(i-1), z_0 = {mu_from}; {limits} limits at ±{L:g} sigma_z; "
+                  f"sigma {sig_from}",
+        "interpretation": text,
+    })
+
+
+def cusum_chart(data: Sequence[float] | None = None, subgroups: Sequence[Sequence[float]] | None = None,
+                target: float | None = None, sigma: float | None = None, k: float = 0.5, h: float = 4.0,
+                headstart: float = 0.0, constants_source: str = "exact") -> dict:
+    """Tabular (two one-sided) CUSUM chart (Page 1954; NIST handbook 6.3.2.3.1; Montgomery 9.1).
+
+    C+_i = max(0, x_i - (target + K) + C+_(i-1)), C-_i = max(0, (target - K) - x_i + C-_(i-1)), K = k sigma_x,
+    H = h sigma_x, sigma_x = sigma / sqrt(subgroup size); a point signals when C+ or C- exceeds H.
+
+    Args:
+        data: individual values in time order (or subgroups).
+        subgroups: equal-size subgroups; their means are accumulated.
+        target: the in-control mean (default: the data's mean).
+        sigma: the standard deviation of one observation (default: MR-bar/d2 or R-bar/d2).
+        k: reference value in sigmas (half the shift to detect; 0.5 for a one-sigma shift).
+        h: decision interval in sigmas (4 as Minitab, 5 as Montgomery).
+        headstart: fast initial response, C+_0 = C-_0 = headstart * H (0 to 1).
+        constants_source: "exact" or "table" d2 when sigma is estimated.
+
+    Returns:
+        upper (C+), lower (C-), n_upper, n_lower (periods since each last was zero), K, H,
+        out_of_control_upper / _lower (1-based), first_signal, shift_estimate at the first signal, method,
+        interpretation.
+    """
+    k, h, headstart = _finite(k, "k"), _finite(h, "h"), _finite(headstart, "headstart")
+    if not 0 <= k <= 5:
+        raise ToolError("k must be between 0 and 5 (sigmas)")
+    if not 0 < h <= 50:
+        raise ToolError("h must be between 0 and 50 (sigmas)")
+    if not 0 <= headstart < 1:
+        raise ToolError("headstart must be in [0, 1): a fraction of H")
+    x, size, sig, sig_from, mu0, mu_from = _monitored(data, subgroups, sigma, target, constants_source)
+    sig_x = sig / math.sqrt(size)
+    big_k, big_h = k * sig_x, h * sig_x
+    up, lo = np.empty(x.size), np.empty(x.size)
+    n_up, n_lo = np.zeros(x.size, int), np.zeros(x.size, int)
+    cu = cl = headstart * big_h
+    nu = nl = 0
+    for i, v in enumerate(x):
+        cu = max(0.0, v - (mu0 + big_k) + cu)
+        cl = max(0.0, (mu0 - big_k) - v + cl)
+        nu = nu + 1 if cu > 0 else 0
+        nl = nl + 1 if cl > 0 else 0
+        up[i], lo[i], n_up[i], n_lo[i] = cu, cl, nu, nl
+    out_up = [i + 1 for i in range(x.size) if up[i] > big_h]
+    out_lo = [i + 1 for i in range(x.size) if lo[i] > big_h]
+    first = min(out_up[:1] + out_lo[:1]) if out_up or out_lo else None
+    shift = None
+    if first is not None:
+        i = first - 1
+        if up[i] > big_h:  # Montgomery (9-6): the new mean is target + K + C+/N+
+            shift = {"direction": "up", "new_mean": mu0 + big_k + up[i] / n_up[i], "began_after": first - int(n_up[i])}
+        else:
+            shift = {"direction": "down", "new_mean": mu0 - big_k - lo[i] / n_lo[i], "began_after": first - int(n_lo[i])}
+    if first is not None:
+        text = (f"Out of control: C{'+' if shift['direction'] == 'up' else '-'} exceeds H = {fmt(big_h)} first at point "
+                f"{first}; estimated new mean {fmt(shift['new_mean'])}, the shift began after point {shift['began_after']}")
+    else:
+        text = f"In control: neither cumulative sum exceeds H = {fmt(big_h)}"
+    return jsonable({
+        "chart": "cusum", "upper": up, "lower": lo, "n_upper": n_up, "n_lower": n_lo, "data": x, "target": mu0,
+        "target_source": mu_from, "sigma": sig, "sigma_source": sig_from, "subgroup_size": size, "k": k, "h": h,
+        "K": big_k, "H": big_h, "headstart": headstart, "out_of_control_upper": out_up, "out_of_control_lower": out_lo,
+        "out_of_control": sorted(set(out_up) | set(out_lo)), "first_signal": first, "shift_estimate": shift,
+        "n_points": x.size,
+        "method": f"tabular CUSUM: K = {k:g} sigma_x, H = {h:g} sigma_x; target {mu_from}; sigma {sig_from}" +
+                  (f"; headstart {headstart:g} H" if headstart else ""),
         "interpretation": text,
     })

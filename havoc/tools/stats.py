@@ -231,11 +231,41 @@ def t_test_one_sample(data: Sequence[float], mu: float = 0.0, alternative: str =
         statistic, df, p_value, mean, se, ci (for the mean), cohens_d, reject_null, method, interpretation.
     """
     x = as_vector(data, "data", min_len=2)
+    return t_one_from_summary(_mean(x), math.sqrt(_var(x)), x.size, mu, alternative, alpha)
+
+
+def _summary_numbers(mean: Any, sd: Any, n: Any, which: str) -> tuple[float, float, int]:
+    for name, v in (("mean", mean), ("sd", sd)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ToolError(f"{name}{which} must be a finite number")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ToolError(f"n{which} must be a whole number of at least 2 (one value has no standard deviation)")
+    if sd < 0:
+        raise ToolError(f"sd{which} cannot be negative")
+    return float(mean), float(sd), n
+
+
+def t_one_from_summary(mean: float, sd: float, n: int, mu: float = 0.0, alternative: str = "two-sided",
+                       alpha: float = 0.05, *, summary: bool = False) -> dict:
+    """One-sample t-test from the sample's mean, standard deviation and size (as results are reported).
+
+    Args:
+        mean: sample mean.
+        sd: sample standard deviation (n - 1 divisor).
+        n: sample size (at least 2).
+        mu: the hypothesised mean.
+        alternative: "two-sided", "less" or "greater".
+        alpha: significance level.
+        summary: the figures came from the caller, not from data (said in `method`).
+
+    Returns:
+        The same fields as `t_test_one_sample`.
+    """
+    mean, sd, n = _summary_numbers(mean, sd, n, "")
     alpha, alternative = check_alpha(alpha), check_alternative(alternative)
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
+        raise ToolError("mu must be a finite number")
     mu = float(mu)
-    n = x.size
-    mean = _mean(x)
-    sd = math.sqrt(_var(x))
     if sd == 0:
         raise ToolError("all values are equal: the t statistic is undefined (zero standard deviation)")
     se = sd / math.sqrt(n)
@@ -248,9 +278,10 @@ def t_test_one_sample(data: Sequence[float], mu: float = 0.0, alternative: str =
             f" (t = {fmt(t)}, df = {n - 1}, {fmt_p(p)})")
     return jsonable({
         "test": "one-sample t-test", "statistic": t, "df": n - 1, "p_value": p, "alternative": alternative,
-        "mean": mean, "mu": mu, "sd": sd, "se": se, "ci": ci, "confidence": 1 - alpha,
+        "mean": mean, "mu": mu, "sd": sd, "n": n, "se": se, "ci": ci, "confidence": 1 - alpha,
         "cohens_d": (mean - mu) / sd, "alpha": alpha, "reject_null": p < alpha,
-        "method": "one-sample Student t-test", "interpretation": text,
+        "method": "one-sample Student t-test" + (" from summary statistics" if summary else ""),
+        "interpretation": text,
     })
 
 
@@ -270,10 +301,30 @@ def t_test_two_sample(x: Sequence[float], y: Sequence[float], equal_var: bool = 
         reject_null, method, interpretation.
     """
     a, b = as_vector(x, "x", min_len=2), as_vector(y, "y", min_len=2)
+    return t_two_from_summary(_mean(a), math.sqrt(_var(a)), a.size, _mean(b), math.sqrt(_var(b)), b.size,
+                              equal_var, alternative, alpha)
+
+
+def t_two_from_summary(mean_x: float, sd_x: float, n_x: int, mean_y: float, sd_y: float, n_y: int,
+                       equal_var: bool = False, alternative: str = "two-sided", alpha: float = 0.05, *,
+                       summary: bool = False) -> dict:
+    """Two-sample t-test (Student or Welch) from each sample's mean, standard deviation and size.
+
+    Args:
+        mean_x, sd_x, n_x: the first sample's mean, standard deviation (n - 1 divisor) and size.
+        mean_y, sd_y, n_y: the second sample's.
+        equal_var: True for Student's pooled-variance test, False for Welch's.
+        alternative: "two-sided", "less" or "greater" (H1 about mean(x) - mean(y)).
+        alpha: significance level.
+        summary: the figures came from the caller, not from data (said in `method`).
+
+    Returns:
+        The same fields as `t_test_two_sample`.
+    """
+    m1, s1, n1 = _summary_numbers(mean_x, sd_x, n_x, "_x")
+    m2, s2, n2 = _summary_numbers(mean_y, sd_y, n_y, "_y")
     alpha, alternative = check_alpha(alpha), check_alternative(alternative)
-    n1, n2 = a.size, b.size
-    m1, m2 = _mean(a), _mean(b)
-    v1, v2 = _var(a), _var(b)
+    v1, v2 = s1 * s1, s2 * s2
     diff = m1 - m2
     if equal_var:
         df = n1 + n2 - 2
@@ -299,9 +350,10 @@ def t_test_two_sample(x: Sequence[float], y: Sequence[float], equal_var: bool = 
             f" (difference {fmt(diff)}, t = {fmt(t)}, df = {fmt(df)}, {fmt_p(p)})")
     return jsonable({
         "test": name, "statistic": t, "df": df, "p_value": p, "alternative": alternative,
-        "mean_x": m1, "mean_y": m2, "sd_x": math.sqrt(v1), "sd_y": math.sqrt(v2), "n_x": n1, "n_y": n2,
+        "mean_x": m1, "mean_y": m2, "sd_x": s1, "sd_y": s2, "n_x": n1, "n_y": n2,
         "difference": diff, "se": se, "ci": ci, "confidence": 1 - alpha, "cohens_d": d, "alpha": alpha,
-        "reject_null": p < alpha, "method": name, "interpretation": text,
+        "reject_null": p < alpha, "method": name + (" from summary statistics" if summary else ""),
+        "interpretation": text,
     })
 
 
@@ -321,17 +373,37 @@ def t_test_paired(x: Sequence[float], y: Sequence[float], alternative: str = "tw
     a, b = as_vector(x, "x", min_len=2), as_vector(y, "y", min_len=2)
     if a.size != b.size:
         raise ToolError(f"paired samples must have the same length, got {a.size} and {b.size}")
-    res = t_test_one_sample((a - b).tolist(), 0.0, alternative, alpha)
+    d = a - b
+    return t_paired_from_summary(_mean(d), math.sqrt(_var(d)), d.size, alternative, alpha)
+
+
+def t_paired_from_summary(mean_d: float, sd_d: float, n: int, alternative: str = "two-sided", alpha: float = 0.05,
+                          *, summary: bool = False) -> dict:
+    """Paired t-test from the differences' mean, standard deviation and count of pairs.
+
+    Args:
+        mean_d: mean of the differences x - y.
+        sd_d: their standard deviation (n - 1 divisor).
+        n: number of pairs (at least 2).
+        alternative: "two-sided", "less" or "greater" (H1 about mean(x - y)).
+        alpha: significance level.
+        summary: the figures came from the caller, not from data (said in `method`).
+
+    Returns:
+        The same fields as `t_test_paired`.
+    """
+    res = t_one_from_summary(mean_d, sd_d, n, 0.0, alternative, alpha)
     p = res["p_value"]
     text = (f"At alpha = {res['alpha']:g}, {_verdict(p, res['alpha'])}: " +
             ("the paired difference is not zero" if p < res["alpha"] else "no evidence of a paired difference") +
             f" (mean difference {fmt(res['mean'])}, t = {fmt(res['statistic'])}, df = {res['df']}, {fmt_p(p)})")
     return {
         "test": "paired t-test", "statistic": res["statistic"], "df": res["df"], "p_value": p,
-        "alternative": res["alternative"], "n_pairs": a.size, "mean_difference": res["mean"],
+        "alternative": res["alternative"], "n_pairs": res["n"], "mean_difference": res["mean"],
         "sd_difference": res["sd"], "se": res["se"], "ci": res["ci"], "confidence": res["confidence"],
         "cohens_dz": res["cohens_d"], "alpha": res["alpha"], "reject_null": res["reject_null"],
-        "method": "paired Student t-test on the differences x - y", "interpretation": text,
+        "method": "paired Student t-test on the differences x - y" + (" from summary statistics" if summary else ""),
+        "interpretation": text,
     }
 
 
