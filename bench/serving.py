@@ -198,13 +198,14 @@ def free_port() -> int:
 class _Process:
     def __init__(self, cmd: list[str], health: str, env: dict | None = None, timeout: float = 300) -> None:
         import httpx
+        import tempfile
 
-        self.log = open(os.devnull, "w")  # noqa: SIM115 - closed in stop()
+        self.log = tempfile.NamedTemporaryFile("w", prefix=Path(cmd[0]).name + "-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited with {self.proc.returncode}")
+                raise RuntimeError(f"{cmd[0]} exited with {self.proc.returncode} (log: {self.log.name})")
             try:
                 if httpx.get(health, timeout=2).status_code == 200:
                     return

@@ -256,7 +256,35 @@ class Engine:
         self._outputs: list[RequestOutput] = []  # produced outside a step (aborts, instant finishes)
 
     # ------------------------------------------------------------------------------------------ requests
-    def add_request(
+    def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, **kwargs) -> Request:
+        """Queue a request; it joins the running batch at the next step that has room for it. Arguments as
+        `make_request`; returns the request's handle.
+
+        Raises:
+            GenerationError: as `make_request`, or a parent that is not a held, finished request of this
+                engine.
+        """
+        req = self.make_request(prompt_ids, params, **kwargs)
+        self.enqueue(req)
+        if req.finish_reason == "error":
+            raise GenerationError(req.error)
+        return req
+
+    def enqueue(self, req: Request) -> None:
+        """Queue a request made by `make_request` (in the thread that steps the engine). A parent that is no
+        longer held ends the request at once with finish_reason "error"."""
+        p = req.parent
+        if p is not None and (p.id not in self.held or not p.hold):
+            req.parent = None
+            req.error = "parent must be a finished request of this engine added with hold=True and not released"
+            self._finish(req, "error")
+            self._outputs.append(RequestOutput(req, [], "", "error"))
+            return
+        if p is not None:
+            p.children_waiting += 1
+        self.waiting.append(req)
+
+    def make_request(
         self,
         prompt_ids: Sequence[int],
         params: SamplingParams | None = None,
@@ -269,7 +297,8 @@ class Engine:
         namespace: str = "",
         stop_ids: Sequence[int] | None = None,
     ) -> Request:
-        """Queue a request; it joins the running batch at the next step that has room for it.
+        """A request checked and ready to `enqueue`. Touches no engine state, so any thread may make one (the
+        engine loop makes it in the caller's thread: bad input raises there, before anything is queued).
 
         Args:
             prompt_ids: its prompt (with a parent: the tokens to append to the parent's context; may be
@@ -286,18 +315,18 @@ class Engine:
             stop_ids: end-of-sequence ids instead of the engine's.
 
         Returns:
-            The request's handle.
+            The request (not queued yet).
 
         Raises:
             GenerationError: an empty prompt, ids outside the vocabulary, a prompt that leaves no room to
-                generate, or a parent that is not a held, finished request of this engine.
+                generate, or a parent that is not a finished request added with hold=True.
         """
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise GenerationError(f"params must be SamplingParams, got {type(params).__name__}")
         own = _check_ids(prompt_ids, self.config.vocab_size)
         if parent is not None:
-            if not isinstance(parent, Request) or parent.id not in self.held or not parent.hold:
+            if not isinstance(parent, Request) or not parent.hold or not parent.finished:
                 raise GenerationError("parent must be a finished request of this engine added with hold=True and not released")
             prompt = parent.context_ids() + own
         else:
@@ -329,9 +358,6 @@ class Engine:
         )
         if params.logprobs is not None:
             req.logprobs = []
-        if parent is not None:
-            parent.children_waiting += 1
-        self.waiting.append(req)
         return req
 
     def abort(self, req: Request) -> None:

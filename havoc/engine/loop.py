@@ -148,24 +148,10 @@ class EngineLoop:
     def _submit(self, stream, prompt_ids, params, kwargs):
         if self._closed:
             raise EngineClosedError("the engine loop is closed")
-        done = threading.Event()
-        error: list[BaseException] = []
-
-        def add(eng: Engine) -> None:
-            try:
-                req = eng.add_request(prompt_ids, params, **kwargs)
-            except BaseException as e:  # bad input: raised in the caller's thread below
-                error.append(e)
-            else:
-                req.sink = stream._put
-                stream.request = req
-            finally:
-                done.set()
-
-        self._call(add)
-        done.wait()
-        if error:
-            raise error[0]
+        req = self.engine.make_request(prompt_ids, params, **kwargs)  # bad input raises here
+        req.sink = stream._put
+        stream.request = req
+        self._call(lambda eng: eng.enqueue(req))  # queued without waiting for the engine thread
         return stream
 
     def call(self, fn: Callable[[Engine], object]) -> object:
