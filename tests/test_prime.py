@@ -369,3 +369,14 @@ def test_check_args_compares_text_up_to_case_space_and_final_punctuation():
     assert check_args({"query": "What is a t-test?"}, task.args, task.data_keys, task.numbers)
     calc = read_task("What is 17*23+4?")
     assert check_args({"operation": "evaluate", "expression": "17 * 23 + 4"}, calc.args, calc.data_keys, calc.numbers) == []
+
+
+def test_check_args_flags_a_call_of_another_kind_than_asked():
+    task = read_task("Welch t-test: group A [20.1, 22.3, 19.8] vs group B [25.2, 24.8, 26.1]")
+    assert task.args["kind"] == "welch"
+    right = dict(task.args)
+    assert check_args(right, task.args, task.data_keys, task.numbers) == []
+    pooled = {**task.args, "kind": "two_sample"}  # the right numbers, the wrong test
+    assert check_args(pooled, task.args, task.data_keys, task.numbers) == ["kind is 'two_sample'; the prompt asks for 'welch'"]
+    assert "kind is missing" in check_args({k: v for k, v in task.args.items() if k != "kind"}, task.args,
+                                           task.data_keys, task.numbers)[0]

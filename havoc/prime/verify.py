@@ -123,6 +123,15 @@ def check_args(args: Any, reference: dict | None, data_keys: Iterable[str], prom
             if key in reference and not _same(args.get(key), reference[key]):
                 shown = "missing" if key not in args else f"{str(args[key])[:80]}"
                 problems.append(f"{key} is {shown}; the prompt gives {str(reference[key])[:80]}")
+        # The choices the prompt makes (the kind of test, the chart, the design): a Welch t-test asked for and a
+        # pooled one written is a wrong call however right its numbers are.
+        for key, want in reference.items():
+            if key in data_keys or not isinstance(want, str):
+                continue
+            got = args.get(key)
+            if not isinstance(got, str) or got.strip().lower() != want.strip().lower():
+                shown = "missing" if key not in args else repr(got)[:40]
+                problems.append(f"{key} is {shown}; the prompt asks for {want!r}")
     allowed = list(prompt_numbers) + [v for _, v in numeric_leaves(reference or {})]
     for path, v in numeric_leaves(args, skip=SETTINGS):
         if not any(_same(v, p) for p in allowed):
