@@ -533,6 +533,18 @@ class PagedKVCache:
             self._ready[copies[:, 1]] = False
             ops.copy_blocks(self.k + self.v, torch.from_numpy(np.array(copies, dtype=np.int64)))
 
+    def truncate(self, seq_id: int, n_tokens: int) -> None:
+        """Keep the first `n_tokens` tokens of a sequence with nothing pending (speculative decoding rolls
+        back rejected draft tokens). Full blocks it drops stay in the prefix cache: their K/V are those of
+        the tokens they hold."""
+        self._known_ids([seq_id], "truncate")
+        if self.pending(seq_id):
+            raise GenerationError(f"sequence {seq_id} has tokens waiting to be computed: run its forward first")
+        if not 0 < n_tokens <= self.manager.length(seq_id):
+            raise GenerationError(f"cannot truncate sequence {seq_id} of length {self.manager.length(seq_id)} to {n_tokens}")
+        self.manager.truncate(seq_id, n_tokens)
+        self._computed[seq_id] = n_tokens
+
     def prepare_rows(self, seq_ids: Sequence[int]) -> RowsPlan:
         """Set up one forward, as token rows, over the waiting tokens of some sequences (any number each: a
         decode token, a prompt chunk): for a kernel that runs the whole forward itself (`havoc.cpu_decode`)

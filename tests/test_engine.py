@@ -101,7 +101,7 @@ def test_long_prompts_prefill_in_chunks_between_decode_steps(model):
 def test_prefix_hits_across_requests_and_waiting_for_a_prefix_being_computed(model):
     shared = tokens(40, 7)
     prompts = [shared, tokens(40, 8), shared + [3, 4], tokens(13, 9)]
-    e = Engine(model, None, kv_cache_tokens=512)
+    e = Engine(model, None, kv_cache_tokens=512, speculative=False)  # (drafts would add to the tokens computed)
     reqs = [e.add_request(p, SamplingParams(max_new_tokens=6, ignore_eos=True)) for p in prompts]
     e.step()
     # prompt 2's first 32 tokens are on prompt 0's blocks, computed in this very step: it waits, not recomputes
@@ -242,7 +242,7 @@ def test_a_failing_hook_ends_only_its_request(model):
 
 # ------------------------------------------------------------------------------------------ forks
 def test_forks_of_a_held_prompt_share_its_blocks(model):
-    e = Engine(model, None, kv_cache_tokens=512)
+    e = Engine(model, None, kv_cache_tokens=512, speculative=False)
     prompt = tokens(40, 90)
     holder = e.add_request(prompt, hold=True, prefill_only=True)
     run(e)
@@ -391,3 +391,77 @@ def test_the_asyncio_face(model):
     got = asyncio.run(main())
     assert got == [alone(model, tokens(6 + i, 110 + i)) for i in range(3)]
     loop.close()
+
+
+# ------------------------------------------------------------------------------------------ speculation
+def test_prompt_lookup_proposes_what_followed_the_latest_match():
+    from havoc.engine.engine import prompt_lookup
+
+    assert prompt_lookup([1, 2, 3, 9, 9, 1, 2, 3], 4) == [9, 9, 1, 2]  # the trigram 1 2 3 seen before
+    assert prompt_lookup([5, 1, 2, 7, 1, 2, 8, 1, 2], 2) == [8, 1]  # the latest occurrence wins
+    assert prompt_lookup([4, 4, 4], 3) == [4]
+    assert prompt_lookup([1, 2, 3], 3) == [] and prompt_lookup([7], 2) == []
+
+
+def _copy_heavy(n_prompts: int) -> list[list[int]]:
+    base = [tokens(12, 200 + i) for i in range(n_prompts)]
+    return [b + b + b[:5] for b in base]  # a repeated span: what the model continues is in the prompt
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_speculative_decoding_changes_no_token(model, batch):
+    prompts = _copy_heavy(batch)
+    for params in (SamplingParams(max_new_tokens=40, ignore_eos=True),
+                   SamplingParams(max_new_tokens=40, ignore_eos=True, temperature=0.8, top_k=50, seed=3),
+                   SamplingParams(max_new_tokens=40, ignore_eos=True, repetition_penalty=1.2)):
+        outs = []
+        for spec in (False, True):
+            e = Engine(model, None, kv_cache_tokens=1024, speculative=spec)
+            reqs = [e.add_request(p, params) for p in prompts]
+            run(e)
+            outs.append([r.output_ids for r in reqs])
+            e.cache.check_invariants()
+            assert len(e.cache) == 0
+        assert outs[0] == outs[1], params
+    assert e.stats.drafted_tokens > 0
+
+
+def test_speculative_decoding_accepts_copies_and_rolls_back_misses(model):
+    e = Engine(model, None, kv_cache_tokens=1024)
+    r = e.add_request(_copy_heavy(1)[0], SamplingParams(max_new_tokens=200, ignore_eos=True))
+    run(e)
+    # the random model falls into short cycles, which drafts from its own output then predict: every
+    # accepted draft token saves a step (the prefill step gives the first token, each later step 1 + those)
+    assert 0 < e.stats.accepted_tokens < e.stats.drafted_tokens  # some taken, the misses rolled back
+    assert e.stats.steps == 200 - e.stats.accepted_tokens and r.num_output == 200
+    assert r.output_ids == alone(model, _copy_heavy(1)[0], SamplingParams(max_new_tokens=200, ignore_eos=True,
+                                                                           speculative=False))
+    e.cache.check_invariants()
+
+
+def test_speculation_under_a_grammar_stays_in_the_grammar(tiny_llm):
+    schema = {"type": "object", "properties": {"xs": {"type": "array", "items": {"type": "integer"}, "maxItems": 12}},
+              "required": ["xs"], "additionalProperties": False}
+    tok = tiny_llm.tokenizer
+    prompt = tok.encode('copy {"xs":[11,22,33,44,55,66,77,88,99]} {"xs":[11,22,33,44,55,')
+    outs = []
+    for spec in (False, True):
+        e = Engine(tiny_llm.model, tok, kv_cache_tokens=512, speculative=spec)
+        r = e.add_request(prompt, SamplingParams(max_new_tokens=120, temperature=0.7, seed=2),
+                          constraint=GrammarConstraint.json_schema(tok, schema))
+        run(e)
+        outs.append(r.text)
+        if r.finish_reason == "stop":
+            jsonschema.validate(json.loads(r.text), schema)
+    assert outs[0] == outs[1]
+
+
+def test_position_keyed_sampling_has_the_target_distribution():
+    from havoc.engine.sampling import Sampler
+
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    s = Sampler(SamplingParams(temperature=1.0, seed=123), 4, [])
+    draws = torch.tensor([s.sample(logits, pos) for pos in range(20000)])
+    freq = torch.bincount(draws, minlength=4).double() / len(draws)
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64), atol=0.012), freq
+    assert s.sample(logits, 77) == Sampler(SamplingParams(temperature=1.0, seed=123), 4, []).sample(logits, 77)

@@ -5,9 +5,15 @@ fixed stretches, such as a schema's keys: appended without sampling and computed
 the logits, then is told the token chosen. The engine calls:
 
     forced()          -> list[int]   tokens that must come next (empty: sample)
+    accept_forced(tokens)            those tokens appended
     mask(logits)                     set the logits of disallowed tokens to -inf, in place ((V,) fp32)
-    accept(token_id)                 the token appended (sampled or forced); raises ConstraintError if refused
+    accept(token_id)                 the token appended (sampled); raises ConstraintError if refused
     done()            -> bool        the constrained output is complete: the request stops ("stop")
+
+and, to take part in speculative decoding (optional):
+
+    validate_draft(draft) -> int     how many leading draft tokens the grammar allows
+    mask_draft(rows, draft)          mask verification row i as the grammar stands after draft[:i]
 
 Implementations:
 
@@ -155,6 +161,25 @@ class GrammarConstraint:
 
     def done(self) -> bool:
         return self.matcher.is_stopped()
+
+    def validate_draft(self, draft: list[int]) -> int:
+        """How many leading tokens of a speculative draft the grammar accepts from here."""
+        return self.matcher.validate_tokens(draft)
+
+    def mask_draft(self, rows: torch.Tensor, draft: list[int]) -> None:
+        """Mask each verification row as the grammar stands after the draft's tokens before it: row i gets
+        the mask after draft[:i] (the matcher steps along the draft, then rolls back)."""
+        consumed = 0
+        try:
+            for i in range(len(draft) + 1):
+                _apply_bitmask(self.matcher, rows[i], self.llg.vocab_size)
+                if i < len(draft):
+                    if not self.matcher.consume_token(draft[i]):
+                        break
+                    consumed += 1
+        finally:
+            if consumed:
+                self.matcher.rollback(consumed)
 
 
 TOOL_OPEN, TOOL_CLOSE = "<tool>", "</tool>"

@@ -68,6 +68,8 @@ BLOCK_SIZE = 16
 MAX_BATCH_TOKENS = 256
 MAX_RUNNING = 64
 WATERMARK = 0.01
+MAX_DRAFT = 8  # speculative decoding: most tokens proposed per request per step
+SPEC_COOLDOWN = 16  # steps without drafts after three drafts in a row found nothing to copy
 _DEFER = object()  # _admit: wait one step for a prefix being computed
 
 
@@ -127,6 +129,11 @@ class Request:
     sink: Callable | None = field(default=None, repr=False)  # set by EngineLoop: where its outputs go
     children_waiting: int = 0  # forks added but not admitted yet (a held parent stays until they are)
     release_pending: bool = False
+    speculative: bool = False  # draft tokens by prompt lookup (see Engine._draft)
+    draft: list[int] = field(default_factory=list, repr=False)  # proposed in this step, verified after it
+    spec_k: int = 4  # the next draft's length at most
+    spec_misses: int = 0
+    spec_cooldown: int = 0
 
     @property
     def output_ids(self) -> list[int]:
@@ -182,6 +189,8 @@ class EngineStats:
     cached_prompt_tokens: int = 0  # of those, served by the prefix cache or a parent
     generated_tokens: int = 0
     preemptions: int = 0
+    drafted_tokens: int = 0  # speculative decoding: tokens proposed, and of those accepted
+    accepted_tokens: int = 0
     forward_seconds: float = 0.0
     finished: dict = field(default_factory=dict)  # finish_reason -> count
 
@@ -205,6 +214,9 @@ class Engine:
             (default where the C++ decoder runs); False prefills with the model's forward.
         stop_ids: end-of-sequence ids (default: the tokenizer's).
         prefix_caching: False gives every request its own prefix-cache namespace (no sharing).
+        speculative: decode with prompt-lookup drafts verified in the same step (greedy output unchanged,
+            sampling keeps its distribution); per request `SamplingParams(speculative=False)` turns it off.
+        max_draft: tokens a draft proposes at most.
     """
 
     def __init__(
@@ -222,6 +234,8 @@ class Engine:
         batch_invariant: bool | None = None,
         stop_ids: Sequence[int] | None = None,
         prefix_caching: bool = True,
+        speculative: bool = True,
+        max_draft: int = MAX_DRAFT,
     ) -> None:
         for name, v in (("max_batch_tokens", max_batch_tokens), ("max_running", max_running)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -247,6 +261,8 @@ class Engine:
         self.max_len = min(self.config.max_seq_len, cache.num_blocks * cache.block_size)
         self.stop_ids = frozenset(stop_ids if stop_ids is not None else (tokenizer.stop_ids if tokenizer else ()))
         self.prefix_caching = prefix_caching
+        self.speculative = speculative
+        self.max_draft = max_draft
         self.runner = _make_runner(model, cache, cpu_weights, batch_invariant)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -358,6 +374,9 @@ class Engine:
         )
         if params.logprobs is not None:
             req.logprobs = []
+        # Drafts are verified row by row; a hook sees whole contexts, and a constraint must check drafts.
+        req.speculative = (self.speculative if params.speculative is None else params.speculative) and \
+            logits_hook is None and (constraint is None or hasattr(constraint, "validate_draft")) and not prefill_only
         return req
 
     def abort(self, req: Request) -> None:
@@ -408,7 +427,7 @@ class Engine:
         if not scheduled:
             return outputs
         reqs = [r for r, _ in scheduled]
-        want = [r for r, n in scheduled if r.num_computed + n == r.target and not r.prefill_only]
+        want = [r for r, n in scheduled if r.num_computed + n - len(r.draft) == r.target and not r.prefill_only]
         t0 = time.perf_counter()
         try:
             results = self.runner.run(self.cache, [r.seq_id for r in reqs],
@@ -452,18 +471,26 @@ class Engine:
         while i < len(self.running) and budget > 0:
             r = self.running[i]
             n = min(r.target - r.num_computed, budget)
-            try:
-                self.cache.append(r.seq_id, r.ids[r.num_computed : r.num_computed + n])
-            except OutOfBlocksError:
-                if self._drop_held():
-                    continue
-                victim = self.running[-1]  # the newest; not scheduled yet (they are taken oldest first)
-                self._preempt(victim)
-                if victim is r:
+            # a decoding request proposes what should follow its last token, to verify in this step
+            draft = self._draft(r, budget - 1) if n == 1 and r.target == len(r.ids) and r.speculative else []
+            while True:
+                try:
+                    self.cache.append(r.seq_id, r.ids[r.num_computed : r.num_computed + n] + draft)
                     break
-                continue
-            scheduled.append((r, n))
-            budget -= n
+                except OutOfBlocksError:
+                    if draft:
+                        draft = []  # without the draft first
+                    elif not self._drop_held():
+                        victim = self.running[-1]  # the newest; not scheduled yet (they are taken oldest first)
+                        self._preempt(victim)
+                        if victim is r:
+                            r = None
+                            break
+            if r is None:
+                break
+            r.draft = draft
+            scheduled.append((r, n + len(r.draft)))
+            budget -= n + len(r.draft)
             i += 1
         # Waiting requests in arrival order; one that lacks room stops admission (first come, first served),
         # one whose prefix another request computes in this step is passed over until the next.
@@ -589,56 +616,47 @@ class Engine:
         return r.text_stream.take() if r.text_stream is not None else ""
 
     def _advance(self, r: Request, result, now: float) -> RequestOutput | None:
-        """Pick the next token(s) of a request whose ids are all computed; None if nothing changed."""
+        """Pick the next token(s) of a request whose ids are all computed. `result` holds, for each of the
+        request's last 1 + len(draft) rows, its argmax id or its logits."""
         c = r.constraint
-        new: list[int] = []
+        kept: list[int] = []
         logprobs: list[TokenLogprob] = []
         reason = None
+        draft, r.draft = r.draft, []
         try:
-            forced = c.forced() if c is not None else []
+            forced = c.forced() if c is not None and not draft else []
             if forced:
                 forced = forced[: r.max_tokens - r.num_output]
                 c.accept_forced(forced)
                 r.forced_tokens += len(forced)
-                new = forced
+                for i, tok in enumerate(forced):
+                    kept.append(tok)
+                    reason = self._commit(r, tok, now, last=i == len(forced) - 1)
+                    if reason is not None:
+                        break
             else:
-                if isinstance(result, int):  # the decoder's argmax
-                    tok = result
-                else:
-                    logits = result
-                    raw = logits.clone() if r.logprobs is not None else logits
+                if draft and c is not None:
+                    c.mask_draft(result, draft)  # row i's mask as the grammar stands after draft[:i]
+                for i in range(len(draft) + 1):
+                    tok = self._pick(r, result[i], logprobs, masked=bool(draft))
                     if c is not None:
-                        c.mask(logits)
-                    if r.logits_hook is not None:
-                        edited = r.logits_hook(r.ids, logits)
-                        logits = logits if edited is None else edited
-                    tok = r.sampler.sample(logits)
-                    if r.logprobs is not None:
-                        logprobs.append(r.sampler.logprob(raw, tok))
-                if c is not None:
-                    c.accept(tok)
-                new = [tok]
+                        c.accept(tok)
+                    kept.append(tok)
+                    reason = self._commit(r, tok, now, last=True)
+                    if reason is not None or i == len(draft) or tok != draft[i]:
+                        break
         except Exception as e:  # a constraint or hook that fails ends its own request only
             self.running.remove(r)
             r.error = f"{type(e).__name__}: {e}"
             self._finish(r, "error")
             return RequestOutput(r, [], self._take_text(r), "error")
-        kept = []
-        for i, tok in enumerate(new):
-            kept.append(tok)
-            r.ids.append(tok)
-            r.sampler.observe(tok)
-            r.token_times.append(now)
-            if tok in r.stop_ids:
-                reason, r.stop_reason = "stop", tok
-            elif r.text_stream is not None and r.text_stream.push(tok):
-                reason, r.stop_reason = "stop", r.text_stream.stopped
-            elif r.num_output >= r.max_tokens:
-                reason = "length"
-            elif c is not None and i == len(new) - 1 and c.done():  # (it has seen all of `new`)
-                reason = "stop"
-            if reason is not None:
-                break
+        if draft:  # roll back the K/V of rejected draft tokens: the pool keeps what `ids` still holds
+            accepted = next((i for i, (a, b) in enumerate(zip(kept, draft)) if a != b), min(len(kept), len(draft)))
+            self._adapt(r, len(draft), accepted)
+            keep = min(r.num_computed - len(draft) + accepted, len(r.ids) - 1)
+            if keep < r.num_computed and r.seq_id is not None:
+                self.cache.truncate(r.seq_id, keep)
+                r.num_computed = keep
         if r.first_token_time is None:
             r.first_token_time = now
         self.stats.generated_tokens += len(kept)
@@ -648,6 +666,74 @@ class Engine:
             self.running.remove(r)
             self._finish(r, reason)
         return RequestOutput(r, kept, self._take_text(r), reason, logprobs or None)
+
+    def _pick(self, r: Request, result, logprobs: list, masked: bool) -> int:
+        """The token at the request's next position from one row: the decoder's argmax, or picked by the
+        request's sampler from the logits (masked by the constraint unless `masked`, edited by the hook).
+        The same rule with or without a draft: a drafted token stands exactly when it is this token."""
+        if isinstance(result, int):
+            return result
+        logits = result
+        raw = logits.clone() if r.logprobs is not None else logits
+        if r.constraint is not None and not masked:
+            r.constraint.mask(logits)
+        if r.logits_hook is not None:
+            edited = r.logits_hook(r.ids, logits)
+            logits = logits if edited is None else edited
+        tok = r.sampler.sample(logits, len(r.ids))
+        if r.logprobs is not None:
+            logprobs.append(r.sampler.logprob(raw, tok))
+        return tok
+
+    def _commit(self, r: Request, tok: int, now: float, *, last: bool) -> str | None:
+        """Append a token to a request; why it ends there, or None. `last`: the constraint has seen it."""
+        r.ids.append(tok)
+        r.sampler.observe(tok)
+        r.token_times.append(now)
+        if tok in r.stop_ids:
+            r.stop_reason = tok
+            return "stop"
+        if r.text_stream is not None and r.text_stream.push(tok):
+            r.stop_reason = r.text_stream.stopped
+            return "stop"
+        if r.num_output >= r.max_tokens:
+            return "length"
+        if r.constraint is not None and last and r.constraint.done():
+            return "stop"
+        return None
+
+    # ------------------------------------------------------------------------------------------ speculation
+    def _draft(self, r: Request, room: int) -> list[int]:
+        """Tokens to propose after a decoding request's last one, by prompt lookup: the continuation of the
+        latest earlier occurrence of its last 3 (else 2, else 1) tokens in its prompt and output — what
+        llama.cpp's lookup decoding and prompt-lookup decoding (Saxena 2023) propose, no second model."""
+        if not r.speculative or r.spec_cooldown > 0:
+            r.spec_cooldown = max(0, r.spec_cooldown - 1)
+            return []
+        k = min(r.spec_k, r.max_tokens - r.num_output - 1, room)
+        if k <= 0 or len(r.ids) < 2:
+            return []
+        if r.constraint is not None and r.constraint.forced():
+            return []  # the grammar writes the next tokens itself
+        draft = prompt_lookup(r.ids, k)
+        if draft and r.constraint is not None:
+            draft = draft[: r.constraint.validate_draft(draft)]  # only what the grammar allows
+        return draft
+
+    def _adapt(self, r: Request, drafted: int, accepted: int) -> None:
+        """Per request: longer drafts while they are taken whole, shorter when they are not, and a pause after
+        repeated misses (text with nothing to copy costs little)."""
+        self.stats.drafted_tokens += drafted
+        self.stats.accepted_tokens += accepted
+        if accepted == drafted:
+            r.spec_k, r.spec_misses = min(r.spec_k + 2, self.max_draft), 0
+        elif accepted == 0:
+            r.spec_k = max(1, r.spec_k // 2)
+            r.spec_misses += 1
+            if r.spec_misses >= 3:
+                r.spec_cooldown, r.spec_misses = SPEC_COOLDOWN, 0
+        else:
+            r.spec_k, r.spec_misses = max(accepted + 1, 1), 0
 
     # ------------------------------------------------------------------------------------------ upkeep
     def clear_prefix_cache(self) -> int:
@@ -662,6 +748,20 @@ class Engine:
                 "blocks_free": st["free"], "usage": st["used"] / max(st["num_blocks"], 1),
                 "prefix_hit_rate": st["prefix_hit_tokens"] / q if q else 0.0,
                 "prefix_query_tokens": q, "prefix_hit_tokens": st["prefix_hit_tokens"]}
+
+
+def prompt_lookup(ids: Sequence[int], k: int, max_ngram: int = 3) -> list[int]:
+    """Up to k tokens that followed the latest earlier occurrence of the last n tokens of `ids` (n from
+    `max_ngram` down to 1); [] when none occurred before."""
+    arr = np.asarray(ids, dtype=np.int64)
+    L = len(arr)
+    for n in range(min(max_ngram, L - 1), 0, -1):
+        windows = np.lib.stride_tricks.sliding_window_view(arr[: L - 1], n)  # starts 0 .. L - 1 - n
+        hits = np.flatnonzero((windows == arr[L - n :]).all(axis=1))
+        if hits.size:
+            start = int(hits[-1]) + n
+            return arr[start : start + k].tolist()
+    return []
 
 
 def _check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
@@ -682,7 +782,10 @@ def _check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
 class _DecoderRunner:
     """Every step through the C++ decoder: prompt chunks and decode rows in one call (batch invariant).
     With `invariant=False` prompt chunks go through the model's forward (torch's GEMMs) instead, and only
-    the decode rows (one token after a computed context) through the decoder."""
+    the decode rows (a token, with its draft if any, after a computed context) through the decoder.
+
+    `run` returns, for each wanted request, its last 1 + len(draft) rows: argmax ids (a list) for
+    `argmax_reqs`, (rows, vocab) fp32 logits for `logit_reqs`."""
 
     def __init__(self, decoder, cache: PagedKVCache, invariant: bool) -> None:
         self.decoder = decoder
@@ -693,14 +796,15 @@ class _DecoderRunner:
     def run(self, cache, seq_ids, logit_reqs, argmax_reqs, model) -> dict:
         if self.invariant:
             return self._rows(cache, seq_ids, logit_reqs, argmax_reqs)
-        chunk = {s for s in seq_ids if cache.pending(s) > 1 or cache.length(s) == 1}
+        drafts = {r.seq_id: len(r.draft) for r in logit_reqs + argmax_reqs}
+        chunk = {s for s in seq_ids if cache.pending(s) > 1 + drafts.get(s, 0) or cache.length(s) == 1}
         out: dict = {}
         if chunk:
             wanted = [r for r in logit_reqs + argmax_reqs if r.seq_id in chunk]
             out.update(_forward(model, cache, [s for s in seq_ids if s in chunk], wanted))
             for r in argmax_reqs:
                 if r in out:
-                    out[r] = int(out[r].argmax())
+                    out[r] = out[r].argmax(-1).tolist()
         rows = [s for s in seq_ids if s not in chunk]
         if rows:
             out.update(self._rows(cache, rows, [r for r in logit_reqs if r.seq_id not in chunk],
@@ -710,8 +814,12 @@ class _DecoderRunner:
     def _rows(self, cache, seq_ids, logit_reqs, argmax_reqs) -> dict:
         row_of = {sid: i for i, sid in enumerate(seq_ids)}
         plan = cache.prepare_rows(seq_ids)
-        lrows = np.array([plan.last[row_of[r.seq_id]] for r in logit_reqs], dtype=np.int64)
-        arows = np.array([plan.last[row_of[r.seq_id]] for r in argmax_reqs], dtype=np.int64)
+
+        def rows(reqs):  # each request's last 1 + len(draft) rows
+            return np.array([j for r in reqs for j in range(plan.last[row_of[r.seq_id]] - len(r.draft),
+                                                           plan.last[row_of[r.seq_id]] + 1)], dtype=np.int64)
+
+        lrows, arows = rows(logit_reqs), rows(argmax_reqs)
         logits = torch.empty(len(lrows), self.vocab_size, dtype=torch.float32)
         nxt = np.empty(len(arows), dtype=np.int64)
         try:
@@ -722,9 +830,17 @@ class _DecoderRunner:
             cache._fwd = None
             raise
         cache.end()
-        out: dict = {r: logits[i] for i, r in enumerate(logit_reqs)}
-        out.update({r: int(t) for r, t in zip(argmax_reqs, nxt)})
-        return out
+        return _split_rows(logit_reqs, logits) | _split_rows(argmax_reqs, nxt.tolist())
+
+
+def _split_rows(reqs, rows) -> dict:
+    """Each request's slice of the output rows (1 + len(draft) each, in order)."""
+    out, at = {}, 0
+    for r in reqs:
+        m = 1 + len(r.draft)
+        out[r] = rows[at : at + m]
+        at += m
+    return out
 
 
 class _ForwardRunner:
@@ -733,26 +849,22 @@ class _ForwardRunner:
     def run(self, cache, seq_ids, logit_reqs, argmax_reqs, model) -> dict:
         out = _forward(model, cache, seq_ids, logit_reqs + argmax_reqs)
         for r in argmax_reqs:
-            out[r] = int(out[r].argmax())
+            out[r] = out[r].argmax(-1).tolist()
         return out
 
 
 @torch.inference_mode()
 def _forward(model, cache: PagedKVCache, seq_ids: list[int], wanted: list[Request]) -> dict:
-    """One forward of the model over the waiting tokens of `seq_ids`; fp32 logits of the wanted requests."""
-    counts = {cache.pending(s) for s in seq_ids}
-    if len(counts) == 1:
-        logits = model(cache.prepare(seq_ids), cache=cache, logits_to_keep=1)[:, -1]  # (B, V)
-        row = {s: i for i, s in enumerate(seq_ids)}
-        return {r: logits[row[r.seq_id]].float() for r in wanted}
-    tokens, last = cache.prepare_packed(seq_ids)
+    """One forward of the model over the waiting tokens of `seq_ids`; fp32 logits (rows, V) of the wanted
+    requests' last 1 + len(draft) tokens."""
     row = {s: i for i, s in enumerate(seq_ids)}
-    if not wanted:
-        model(tokens, cache=cache, logits_at=last[:0])
-        return {}
-    sel = torch.tensor([row[r.seq_id] for r in wanted], device=last.device)
-    logits = model(tokens, cache=cache, logits_at=last.index_select(0, sel))[0]  # (k, V)
-    return {r: logits[i].float() for i, r in enumerate(wanted)}
+    if len({cache.pending(s) for s in seq_ids}) == 1 and not any(r.draft for r in wanted):
+        logits = model(cache.prepare(seq_ids), cache=cache, logits_to_keep=1)[:, -1]  # (B, V)
+        return {r: logits[row[r.seq_id]][None].float() for r in wanted}
+    tokens, last = cache.prepare_packed(seq_ids)
+    at = [j for r in wanted for j in range(int(last[row[r.seq_id]]) - len(r.draft), int(last[row[r.seq_id]]) + 1)]
+    logits = model(tokens, cache=cache, logits_at=torch.tensor(at, dtype=torch.long, device=last.device))[0]
+    return _split_rows(wanted, logits.float())
 
 
 def _make_runner(model, cache: PagedKVCache, cpu_weights: str, batch_invariant: bool | None):

@@ -8,8 +8,9 @@ Order of operations on a row of logits, as users of transformers, vLLM and the O
   1. a constraint's mask (grammar) and the request's logits hook;
   2. penalties on the raw logits: repetition (CTRL rule, over the prompt and the output), then presence and
      frequency (OpenAI's rule, over the output only: logit -= frequency * count + presence * [count > 0]);
-  3. greedy argmax at temperature 0; else temperature, top-k, top-p and a draw from the request's own
-     seeded generator, so a request's output does not depend on what else runs beside it.
+  3. greedy argmax at temperature 0; else temperature, top-k, top-p and the inverse CDF at a uniform
+     number keyed by the request's seed and the token's position (`Sampler`), so a request's output
+     depends on nothing but its own logits — not on what runs beside it, nor on speculative decoding.
 Log-probabilities, when asked for, are those of the model's raw distribution (before penalties and
 temperature), as vLLM reports them by default.
 
@@ -53,6 +54,8 @@ class SamplingParams:
         logprobs: None, or how many most likely alternatives to report with each token's log-probability
             (0: the chosen token's only).
         skip_special_tokens: leave special tokens (`<|im_end|>`, ...) out of the text.
+        speculative: draft tokens by prompt lookup and verify them in one step (None: the engine's
+            setting). Greedy output is the same with or without; sampling keeps its distribution.
     """
 
     max_new_tokens: int = 128
@@ -68,6 +71,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    speculative: bool | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
@@ -159,8 +163,22 @@ class TokenLogprob:
     top: list[tuple[int, float]]
 
 
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
 class Sampler:
-    """One request's sampling state: its parameters, its own generator and the counts its penalties use.
+    """One request's sampling state: its parameters, its seed and the counts its penalties use.
+
+    A sampled token is the inverse CDF of the processed distribution at a uniform number drawn from the
+    request's seed and the token's position alone (a counter-based generator: splitmix64 of both). So the
+    token at a position depends on nothing but the request's own logits there — not on the batch, not on a
+    preemption, and not on speculative decoding: a drafted token is accepted exactly when it is the token
+    this rule picks, which happens with its target probability p(token), and the output is the one plain
+    decoding gives.
 
     Args:
         params: the request's sampling parameters.
@@ -171,11 +189,7 @@ class Sampler:
     def __init__(self, params: SamplingParams, vocab_size: int, prompt_ids: Sequence[int]) -> None:
         self.params = params
         self.vocab_size = vocab_size
-        self.generator: torch.Generator | None = None
-        if not params.greedy:
-            self.generator = torch.Generator()
-            seed = params.seed if params.seed is not None else torch.seed()
-            self.generator.manual_seed(seed % 2**64)
+        self.seed = (params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()))) % 2**64
         self.seen: torch.Tensor | None = None  # (V,) bool: prompt and output (repetition penalty)
         self.counts: torch.Tensor | None = None  # (V,) fp32: output only (presence / frequency)
         if params.repetition_penalty != 1.0:
@@ -197,19 +211,33 @@ class Sampler:
         if self.counts is not None:
             self.counts[token_id] += 1
 
-    def sample(self, logits: torch.Tensor) -> int:
-        """The next token from one row of logits ((V,), any float dtype, already masked by any constraint)."""
+    def _penalized(self, logits: torch.Tensor) -> torch.Tensor:
         p = self.params
         row = logits.float()
         if self.seen is not None:
             row = _penalize(row, self.seen, p.repetition_penalty)
         if self.counts is not None:
             row = row - self.counts * p.frequency_penalty - (self.counts > 0).float() * p.presence_penalty
-        if p.greedy:
-            return int(row.argmax())
-        row = _filter_top_k_top_p(row[None] / p.temperature, p.top_k, p.top_p)
-        probs = torch.softmax(row, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return row
+
+    def uniform(self, position: int) -> float:
+        """The request's uniform number in [0, 1) for the token at `position`."""
+        return (_splitmix64(self.seed ^ _splitmix64(position)) >> 11) / float(1 << 53)
+
+    def sample(self, logits: torch.Tensor, position: int) -> int:
+        """The token at `position` from its row of logits ((V,), any float dtype, already masked by any
+        constraint): the argmax when greedy, else the inverse CDF at `uniform(position)`."""
+        if self.params.greedy:
+            return int(self._penalized(logits).argmax())
+        cdf = torch.cumsum(self.distribution(logits), 0)
+        u = self.uniform(position) * float(cdf[-1])
+        return min(int(torch.searchsorted(cdf, torch.tensor([u]), right=True)[0]), self.vocab_size - 1)
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """The (V,) probabilities `sample` draws from: penalties, temperature, top-k, top-p applied."""
+        p = self.params
+        row = _filter_top_k_top_p(self._penalized(logits)[None] / p.temperature, p.top_k, p.top_p)[0]
+        return torch.softmax(row, dim=-1)
 
     def logprob(self, logits: torch.Tensor, token_id: int) -> TokenLogprob:
         """The chosen token's log-probability under the raw logits, with the top `params.logprobs`."""

@@ -95,7 +95,8 @@ class Engine:
         return cls(llm)
 
     def _engine_computed(self) -> int:
-        return self.llm.engine.stats.computed_tokens
+        st = self.llm.engine.stats  # speculative draft tokens that were rejected do not count
+        return st.computed_tokens - (st.drafted_tokens - st.accepted_tokens)
 
     @property
     def computed_tokens(self) -> int:
