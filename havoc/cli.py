@@ -21,6 +21,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-speculative", action="store_true",
+                   help="no prompt-lookup speculative decoding (the output is the same either way)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -55,7 +57,7 @@ def _load(args: argparse.Namespace):
 
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    return LLM.load(args.model, dtype=args.dtype, device=args.device)
+    return LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative)
 
 
 def _print_stats(stats, stream=None) -> None:
@@ -319,7 +321,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     engine = {k: v for k, v in (("kv_cache_tokens", args.kv_cache_tokens), ("max_batch_tokens", args.max_batch_tokens),
                                 ("max_running", args.max_running)) if v is not None}
-    llm = LLM.load(args.model, dtype=args.dtype, device=args.device, **engine)
+    llm = LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative, **engine)
     name = args.served_model_name or os.path.basename(str(args.model).rstrip("/")).removesuffix(".gguf")
     config = ServerConfig(model_name=name, api_key=api_key, max_waiting=args.max_waiting,
                           request_timeout=args.request_timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024),

@@ -70,6 +70,7 @@ class LLM:
         max_batch_tokens: int | None = None,
         max_running: int | None = None,
         cpu_weights: str = "auto",
+        speculative: bool = True,
     ) -> None:
         """Args:
         model, tokenizer: what `LLM.load` returns.
@@ -78,13 +79,14 @@ class LLM:
         kv_cache_tokens: tokens the KV pool holds (default: the model's context, at most 8192).
         max_batch_tokens, max_running: the engine's step budget and concurrency (`havoc.engine.Engine`).
         cpu_weights: "auto" or "int8" (weight-only int8 on the C++ decoder).
+        speculative: prompt-lookup speculative decoding (the same output, fewer steps where text repeats).
         """
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prefix_cache = prefix_cache
         self._engine_kwargs = {k: v for k, v in dict(
             kv_cache_tokens=kv_cache_tokens, max_batch_tokens=max_batch_tokens, max_running=max_running,
-            cpu_weights=cpu_weights, prefix_caching=prefix_cache).items() if v is not None}
+            cpu_weights=cpu_weights, prefix_caching=prefix_cache, speculative=speculative).items() if v is not None}
         self._loop: EngineLoop | None = None
         self._weights = None  # (data_ptr, version) of every parameter when the engine was made
         self._lock = threading.Lock()

@@ -18,8 +18,10 @@ blocks go back at once. An exception inside a step ends the requests of that ste
 from __future__ import annotations
 
 import asyncio
+import atexit
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from havoc.engine.engine import Engine, Request, RequestOutput
@@ -119,6 +121,17 @@ class AsyncRequestStream:
         self.close()
 
 
+_LOOPS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Stop engine threads before the interpreter tears down: a daemon thread inside a step at exit would
+    # wake into a finalizing interpreter.
+    for loop in list(_LOOPS):
+        loop.close()
+
+
 class EngineLoop:
     """Runs an `Engine` in a daemon thread (started on the first request).
 
@@ -134,6 +147,7 @@ class EngineLoop:
         self._inbox: list[Callable[[Engine], None]] = []
         self._thread: threading.Thread | None = None
         self._closed = False
+        _LOOPS.add(self)
 
     # -------------------------------------------------------------------------------------------- client side
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, **kwargs) -> RequestStream:
