@@ -4,9 +4,11 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Endpoints: POST /v1/chat/completions and /v1/completions (streamed as server-sent events when asked), GET
-/v1/models, GET /health, GET /metrics (Prometheus), POST /tokenize and /detokenize. The model `havoc-prime`
+/v1/models, GET /health, GET /metrics (Prometheus), POST /tokenize and /detokenize, and the chat page at GET /
+(static files shipped in havoc/serve/static, a client of these same endpoints). The model `havoc-prime`
 answers with PRIME: its visible reasoning streams as `reasoning_content` (llama.cpp's and DeepSeek's name)
-and `reasoning` (vLLM's), the verified answer as `content`, routing and verification under `prime`.
+and `reasoning` (vLLM's), the verified answer as `content`, the route, each tool call and verification
+under `prime` (see `protocol.Prime`); the pictures its tool calls drew are at GET /v1/prime/plots/{id}.
 
 Handlers turn a request body into engine requests and engine outputs into OpenAI's JSON; the engine steps
 in its own thread (`havoc.engine.EngineLoop`) and hands tokens to the event loop, which never does model
@@ -23,13 +25,17 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from havoc.engine import GrammarConstraint, SamplingParams, ToolCallConstraint
@@ -40,6 +46,16 @@ from havoc.serve.metrics import Metrics
 from havoc.serve.tool_calls import ToolCallParser, call_text, render_tools
 
 PRIME_MODEL = "havoc-prime"
+STATIC = Path(__file__).parent / "static"
+# The page's own files only: no inline script or style, no other origin, pictures as blob: URLs made from
+# this server's /v1/prime/plots responses.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+PLOT_TYPES = {"png": "image/png", "svg": "image/svg+xml"}
 
 
 @dataclass
@@ -54,6 +70,8 @@ class ServerConfig:
         max_body_bytes: largest request body.
         max_tokens_default: completion tokens when a request names none (None: what the context leaves).
         prime: serve the `havoc-prime` model.
+        prime_plots: the format ("png" or "svg") PRIME's tool calls draw their pictures in; None draws none.
+        max_plots: pictures kept for GET /v1/prime/plots (the oldest are deleted past it).
     """
 
     model_name: str = "havoc"
@@ -63,6 +81,8 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     max_tokens_default: int | None = None
     prime: bool = True
+    prime_plots: str | None = "png"
+    max_plots: int = 256
 
 
 class APIError(Exception):
@@ -75,6 +95,46 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         return JSONResponse(P.error_body(self.message, self.type, self.param, self.code), status_code=self.status,
                             headers=self.headers)
+
+
+class PlotStore:
+    """The pictures PRIME's tool calls drew, each under an unguessable id, the newest `limit` kept.
+
+    Only files the tool registry wrote into its plot folder are taken; an evicted picture's file is deleted.
+    Thread-safe: PRIME runs add from their worker threads, requests read from the event loop.
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = max(1, limit)
+        self.files: OrderedDict[str, tuple[Path, str]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def add(self, plot: dict) -> str | None:
+        """Register a record's plot ({"path", "format", ...}); returns its id, None if it is not one to serve."""
+        from havoc.tools import default_registry
+
+        fmt = plot.get("format")
+        try:
+            path = Path(plot["path"]).resolve(strict=True)
+            root = default_registry().plot_dir.resolve(strict=True)
+        except (KeyError, TypeError, OSError):
+            return None
+        if fmt not in PLOT_TYPES or path.parent != root or path.suffix != f".{fmt}":
+            return None
+        pid = secrets.token_urlsafe(16)
+        with self.lock:
+            self.files[pid] = (path, fmt)
+            old = [self.files.popitem(last=False)[1][0] for _ in range(len(self.files) - self.limit)]
+        for p in old:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+        return pid
+
+    def get(self, pid: str) -> tuple[Path, str] | None:
+        with self.lock:
+            return self.files.get(pid)
 
 
 class Server:
@@ -96,6 +156,26 @@ class Server:
         self.loop.on_step = self.metrics.on_step
         self.created = int(time.time())
         self.prime_lock = threading.Lock()
+        self.plots = PlotStore(self.config.max_plots)
+
+    def prime_call(self, record: dict) -> P.PrimeToolCall:
+        """A PRIME call record on the wire: its picture registered and named by URL (file work: call it from
+        a worker thread)."""
+        plot = None
+        if record.get("plot"):
+            pid = self.plots.add(record["plot"])
+            if pid is not None:
+                p = record["plot"]
+                plot = P.PrimePlot(url=f"/v1/prime/plots/{pid}", format=p["format"], width_px=p["width_px"],
+                                   height_px=p["height_px"], kind=p.get("kind", "plot"))
+        attempts = [P.PrimeAttempt(text=a.get("text", ""), json_valid=a.get("json_valid", False),
+                                   executed=a.get("executed", False), problems=a.get("problems", []))
+                    for a in record.get("attempts", [])]
+        return P.PrimeToolCall(
+            index=record["index"], subgoal=record.get("subgoal"), tool=record["tool"], operation=record.get("operation"),
+            label=record.get("label"), args=record.get("args"), resolution=record["resolution"],
+            summary=record.get("summary"), result=record.get("result"), error=record.get("error"), plot=plot,
+            attempts=attempts)
 
     # ---------------------------------------------------------------------------------------- prompts
     def chat_ids(self, messages: list[P.ChatMessage], tools: list[dict] | None) -> list[int]:
@@ -341,6 +421,39 @@ def build_app(server: Server) -> FastAPI:
     async def health():
         return {"status": "ok"}
 
+    # ------------------------------------------------------------------------------------ the page
+    # The chat page: static files of one flat folder, named here at start-up (no path from a request ever
+    # reaches the file system). It needs no key: it holds nothing; its requests to /v1 send the user's.
+    page_files = {f.name: f for f in STATIC.iterdir() if f.is_file() and f.suffix in _STATIC_TYPES} \
+        if STATIC.is_dir() else {}
+
+    @app.get("/")
+    async def page():
+        if "index.html" not in page_files:
+            raise APIError(404, "the chat page is not installed with this copy of havoc", code="page_not_found")
+        return FileResponse(page_files["index.html"], media_type=_STATIC_TYPES[".html"],
+                            headers={**PAGE_HEADERS, "Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}")
+    async def static(name: str):
+        f = page_files.get(name)
+        if f is None:
+            raise APIError(404, f"no such file: /static/{name[:80]}", code="not_found")
+        return FileResponse(f, media_type=_STATIC_TYPES[f.suffix], headers={**PAGE_HEADERS, "Cache-Control": "no-cache"})
+
+    @app.get("/v1/prime/plots/{pid}")
+    async def prime_plot(request: Request, pid: str):
+        authorize(request)
+        hit = server.plots.get(pid)
+        if hit is None or not hit[0].is_file():
+            raise APIError(404, f"no such picture; the newest {cfg.max_plots} of PRIME's pictures are kept",
+                           code="plot_not_found")
+        path, fmt = hit
+        # An SVG opened on its own runs nothing: no script, no other origin.
+        return FileResponse(path, media_type=PLOT_TYPES[fmt], headers={
+            "Cache-Control": "private, max-age=86400, immutable", "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox"})
+
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)
@@ -497,17 +610,31 @@ def build_app(server: Server) -> FastAPI:
         temperature = 0.0 if body.temperature is None else body.temperature
         rid, created = P.new_id("chatcmpl"), P.now()
         aio = asyncio.get_running_loop()
+        # Text pieces (str) and structure (P.Prime) in the order the run produced them.
         pieces: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
+        wired: dict[int, P.PrimeToolCall] = {}  # call index -> its wire form (its picture registered once)
 
-        def on_text(piece: str) -> None:
+        def put(item) -> None:
             if cancelled.is_set():
                 raise _Cancelled()
-            aio.call_soon_threadsafe(pieces.put_nowait, piece)
+            aio.call_soon_threadsafe(pieces.put_nowait, item)
+
+        def on_event(kind: str, data: dict) -> None:  # in the PRIME thread: file work stays off the loop
+            if kind == "routing":
+                put(P.Prime(routing=data))
+            elif kind == "tool_call":
+                wired[data["index"]] = call = server.prime_call(data)
+                put(P.Prime(tool_call=call))
 
         def run():
-            return generate_with_prime(prompt, llm=server.llm, max_new_tokens=budget, temperature=temperature,
-                                       seed=body.seed or 0, on_text=on_text)
+            result = generate_with_prime(prompt, llm=server.llm, max_new_tokens=budget, temperature=temperature,
+                                         seed=body.seed or 0, on_text=put, on_event=on_event,
+                                         plots=cfg.prime_plots)
+            for c in result.tool_calls:  # every call was sent as resolved; this only covers a listener's gap
+                if c["index"] not in wired:
+                    wired[c["index"]] = server.prime_call(c)
+            return result
 
         task = asyncio.ensure_future(asyncio.to_thread(run))
 
@@ -532,21 +659,23 @@ def build_app(server: Server) -> FastAPI:
                 if not task.done():
                     cancelled.set()
 
-        def finish(result) -> tuple[dict, P.Usage]:
-            extra = {"routing": result.routing, "verification": result.verification,
-                     "tool_calls": [{k: c.get(k) for k in ("tool", "operation", "args", "resolution", "summary", "label")}
-                                    for c in result.tool_calls],
-                     "stats": result.stats}
+        def finish(result) -> tuple[P.Prime, P.Usage]:
+            extra = P.Prime(routing=result.routing, verification=result.verification,
+                            tool_calls=[wired[c["index"]] for c in result.tool_calls], stats=result.stats)
             n_prompt = len(server.tokenizer.encode(prompt))
             return extra, _usage(n_prompt, result.stats["generated_tokens"], 0)
 
         if body.stream:
             async def stream():
                 first = True
-                async for piece in events():
-                    delta = P.Delta(reasoning_content=piece, reasoning=piece, role="assistant" if first else None)
-                    first = False
-                    yield _sse(P.ChatCompletionChunk(id=rid, created=created, model=body.model,
+                async for item in events():
+                    if isinstance(item, P.Prime):
+                        delta, extra = P.Delta(), item
+                    else:
+                        delta, extra = P.Delta(reasoning_content=item, reasoning=item), None
+                    if first:
+                        delta.role, first = "assistant", False
+                    yield _sse(P.ChatCompletionChunk(id=rid, created=created, model=body.model, prime=extra,
                                                      choices=[P.ChunkChoice(index=0, delta=delta)]))
                 try:
                     result = await task
@@ -577,6 +706,10 @@ def build_app(server: Server) -> FastAPI:
         return JSONResponse(resp.model_dump(exclude_none=True))
 
     return app
+
+
+_STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
 
 
 class _Cancelled(Exception):

@@ -2,6 +2,13 @@
 (the chat and legacy completions endpoints, models, errors), with the extensions vLLM and llama.cpp's
 server accept (top_k, repetition_penalty, reasoning_content / reasoning, /tokenize, /detokenize).
 
+One extension is havoc's own: the `prime` object of the model `havoc-prime` (`Prime` below). A stream
+sends it three ways, each on a chunk of its own: the route first (`{"routing": ...}`, on the chunk that
+carries the role, before any text), each tool call as soon as it is resolved (`{"tool_call": ...}`, between
+the text that asked for it and the `<result>` text that follows), and everything at the end (`routing`,
+`verification`, `tool_calls`, `stats`, on the chunk with the answer as `content`). A call's picture is
+fetched from the `url` it names (GET, this server's own, the same API key as /v1).
+
 Requests are validated here: a field of the wrong type or out of range is refused with a 400 naming it.
 Fields OpenAI defines that havoc does not act on (user, metadata, store, service_tier...) are accepted and
 ignored, as vLLM does, so that any OpenAI client works unchanged.
@@ -252,6 +259,57 @@ class AssistantMessage(BaseModel):
     tool_calls: list[ToolCall] | None = None
 
 
+class PrimePlot(BaseModel):
+    """A picture a PRIME tool call drew (control chart, factorial effects, regression residuals)."""
+
+    url: str  # this server's own path: GET /v1/prime/plots/{id}
+    format: Literal["png", "svg"]
+    width_px: int
+    height_px: int
+    kind: str  # control_chart, main_effects, interaction, residuals
+
+
+class PrimeAttempt(BaseModel):
+    """One call the model wrote (under the tool's schema) and what verification found in it."""
+
+    text: str
+    json_valid: bool
+    executed: bool
+    problems: list[str] = []
+
+
+class PrimeToolCall(BaseModel):
+    """One tool call of a PRIME run, as resolved.
+
+    resolution: "model" (the model's first call was right), "regenerated" (its second, re-sampled call
+    was), "recovered_from_prompt" (both were wrong: the arguments were taken from the prompt and flagged),
+    "failed" (wrong, and the prompt does not state them: nothing ran).
+    """
+
+    index: int
+    subgoal: str | None = None
+    tool: str
+    operation: str | None = None
+    label: str | None = None
+    args: dict[str, Any] | None = None
+    resolution: Literal["model", "regenerated", "recovered_from_prompt", "failed"]
+    summary: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    plot: PrimePlot | None = None
+    attempts: list[PrimeAttempt] = []
+
+
+class Prime(BaseModel):
+    """PRIME's structure beside the text (model havoc-prime); see the module docstring for when each is sent."""
+
+    routing: dict[str, Any] | None = None  # budget, task_type, score, reasons, tool, operation, forced, direct
+    tool_call: PrimeToolCall | None = None
+    verification: dict[str, Any] | None = None  # passed, checks [{name, passed, detail}], recovered, mode ...
+    tool_calls: list[PrimeToolCall] | None = None
+    stats: dict[str, Any] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
@@ -267,7 +325,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
-    prime: dict[str, Any] | None = None  # PRIME's routing, verification and tool calls (model havoc-prime)
+    prime: Prime | None = None  # PRIME's routing, verification and tool calls (model havoc-prime)
 
 
 class DeltaToolCallFunction(BaseModel):
@@ -304,7 +362,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
-    prime: dict[str, Any] | None = None
+    prime: Prime | None = None
 
 
 class CompletionLogprobs(BaseModel):
