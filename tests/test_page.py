@@ -254,6 +254,32 @@ def test_prime_streams_its_route_first_then_each_call_with_its_picture(served):
     assert call["args"] == chart["args"] and call["plot"]["url"] != plot["url"]  # a new run, a new picture
 
 
+def test_prime_reports_its_route_and_calls_in_order_with_its_text(scripted):
+    """What the stream is made of: generate_with_prime's on_event, in order with on_text."""
+    from havoc.errors import PrimeError
+    from havoc.prime import generate_with_prime
+
+    seen = []
+    out = generate_with_prime(REGRESSION, llm=scripted.llm, max_new_tokens=200, plots="svg",
+                              on_text=lambda t: seen.append(("text", t)), on_event=lambda k, d: seen.append((k, d)))
+    assert seen[0] == ("routing", out.routing) and out.routing["direct"] is False
+    calls = [d for k, d in seen if k == "tool_call"]
+    assert calls == out.tool_calls and [c["operation"] for c in calls] == ["regression", "normality"]
+    for c in calls:  # each call is reported after the text that asked for it and before its <result>
+        at = next(i for i, (k, d) in enumerate(seen) if d is c)
+        assert "</tool>" in "".join(d for k, d in seen[:at] if k == "text")
+        assert next(d for k, d in seen[at:] if k == "text").startswith("<result>")
+    fit = calls[0]
+    plot = fit["plot"]
+    assert plot["kind"] == "residuals" and plot["format"] == "svg" and Path(plot["path"]).read_text().lstrip().startswith("<")
+    assert "plot" not in fit["result"] and "plot" not in (fit["args"] or {})  # the picture is beside the figures
+    assert "plot" not in calls[1]  # a normality check draws nothing
+    quiet = generate_with_prime(REGRESSION, llm=scripted.llm, max_new_tokens=200)
+    assert all("plot" not in c for c in quiet.tool_calls) and quiet.answer == out.answer
+    with pytest.raises(PrimeError, match="plots"):
+        generate_with_prime(REGRESSION, llm=scripted.llm, plots="jpg")
+
+
 def test_pictures_need_the_key_and_old_ones_are_deleted(scripted):
     from havoc.tools import default_registry
 
@@ -493,7 +519,7 @@ def test_model_text_is_shown_as_text_never_run(scripted, browser, shots):
 @pytest.mark.model
 @needs_browser
 def test_smollm2_in_the_browser(smol_server, browser, shots):
-    page = open_page(browser, smol_server.url, width=1280, height=1000)
+    page = open_page(browser, smol_server.url, width=1100, height=2000)
     page.click("#toggle-settings")
     page.fill("#temperature", "0")
     page.fill("#max-tokens", "24")
@@ -502,6 +528,7 @@ def test_smollm2_in_the_browser(smol_server, browser, shots):
     ask(page, "What is the capital of France?")
     wait_done(page)
     assert "Paris" in page.text_content(".msg.assistant:last-child .answer-text")
+    page.click("#new-chat")
     use_prime(page)
     page.click("#toggle-settings")
     page.fill("#max-tokens", "160")
@@ -516,6 +543,6 @@ def test_smollm2_in_the_browser(smol_server, browser, shots):
     img = msg.locator(".card img").first
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle())
     assert cls(page) < 0.01, page.evaluate("window.__shifts")
-    msg.locator(".card").first.scroll_into_view_if_needed()
+    page.locator(".msg.user").last.evaluate("m => m.scrollIntoView()")  # the question, then PRIME's work
     page.screenshot(path=str(shots / "smollm2-prime-chart.png"))
     page.context.close()
