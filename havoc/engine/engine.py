@@ -769,8 +769,10 @@ def _check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
         raise GenerationError("prompt ids must be a sequence of integers, not text: encode it first")
     out = []
     for t in ids:
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) and not (isinstance(t, torch.Tensor) and t.dim() == 0):
-            raise GenerationError(f"token ids must be integers, got {t!r}")
+        whole = isinstance(t, (int, np.integer)) or (isinstance(t, torch.Tensor) and t.dim() == 0
+                                                     and not t.dtype.is_floating_point and not t.dtype.is_complex)
+        if isinstance(t, bool) or not whole or (isinstance(t, torch.Tensor) and t.dtype == torch.bool):
+            raise GenerationError(f"token ids must be integers, got {t!r}"[:200])
         v = int(t)
         if not 0 <= v < vocab_size:
             raise GenerationError(f"token id {v} is outside the vocabulary [0, {vocab_size})")
