@@ -444,11 +444,12 @@ def _texts(value: Any):
 def _finish(result: Any) -> Any:
     """A tool's raw result made JSON-ready and checked: not too large, and never a conclusion drawn from a
     figure that is not a number. A NaN or infinity may travel as null when the result says in words why
-    it is undefined; a result whose words *show* it ("chi² = nan", "sd inf") interpreted it, and is refused."""
-    bad = _nonfinite(result)
-    if bad is not None and any(_NONFINITE_WORD.search(t) for t in _texts(result)):
-        raise ToolError(f"the answer is undefined for this input: {bad.removeprefix('result.')} is not a finite "
-                        "number (the data are degenerate, or too large in magnitude to compute with)")
+    it is undefined; a result whose words *show* one ("chi² = nan", "sd inf") interpreted it, and is refused."""
+    if any(_NONFINITE_WORD.search(t) for t in _texts(result)):
+        bad = _nonfinite(result)
+        what = f"{bad.removeprefix('result.')} is" if bad else "a figure it states is"
+        raise ToolError(f"the answer is undefined for this input: {what} not a finite number (the data are "
+                        "degenerate, or too large in magnitude to compute with)")
     result = jsonable(result)
     size = len(json.dumps(result, allow_nan=False))
     if size > MAX_RESULT_BYTES:
