@@ -152,18 +152,52 @@ def build_model(
     return model.eval()
 
 
+CONFIG_METADATA = "havoc_config"  # the config's JSON, inside the weights file's metadata
+
+
 def save_pretrained(model: HavocModel, path: str | Path) -> None:
     """Write `config.json` and `model.safetensors` into the folder `path`."""
+    save_weights(model.config, model.state_dict(), path)
+
+
+def save_weights(config: ModelConfig, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write `state` and `config` as `model.safetensors` and `config.json` in the folder `path`.
+
+    Each file is replaced atomically, but two renames are not one: the weights file also carries the
+    config's JSON in its metadata, and `load_pretrained` refuses a pair whose config.json differs from it
+    (a kill between the renames pairs new weights with the old config).
+    """
     from safetensors.torch import save_file
 
     from havoc import __version__
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    meta = {"format": "pt", "producer": f"havoc {__version__}", CONFIG_METADATA: config.to_json()}
     with atomic_path(path / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "producer": f"havoc {__version__}"})
-    model.config.save(path / CONFIG_NAME)
+        save_file(state, str(tmp), metadata=meta)
+    config.save(path / CONFIG_NAME)
+
+
+def _check_pair(config: ModelConfig, weights: Path, config_file: Path) -> None:
+    """Refuse weights whose embedded config (written by `save_weights`) is not `config`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            embedded = (f.metadata() or {}).get(CONFIG_METADATA)
+    except Exception:  # noqa: BLE001 - unreadable: load_state_dict names the problem next
+        return
+    if embedded is None:
+        return  # written by an older havoc or another tool
+    try:
+        same = ModelConfig.from_json(embedded) == config
+    except ConfigError:
+        same = False
+    if not same:
+        raise CheckpointError(f"{config_file} and {weights} come from different saves (an interrupted save?): "
+                              "the weights carry another config")
 
 
 def load_state_dict(path: str | Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -193,5 +227,6 @@ def load_pretrained(
         config = ModelConfig.load(config_file)
     except ConfigError as e:
         raise CheckpointError(f"{config_file}: {e}") from None
+    _check_pair(config, path / WEIGHTS_NAME, config_file)
     state = load_state_dict(path / WEIGHTS_NAME, device=device)
     return build_model(config, state, dtype=dtype, device=device, source=str(path / WEIGHTS_NAME), consume=True)
