@@ -15,11 +15,11 @@ MAX_VALUES = 200_000
 MAX_PLOT_POINTS = 10_000
 
 # ----------------------------------------------------------------------------------- schema helpers
-# Every number a schema accepts is bounded (the registry refuses a schema that leaves one open): beyond
-# 1e100 no measurement exists, and squares and products of such values still fit a float64.
-MAX_MAGNITUDE = 1e100
-NUM = {"type": "number", "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE}
-NONNEG = {"type": "number", "minimum": 0, "maximum": MAX_MAGNITUDE}
+# Numbers are bounded in magnitude by the registry for every tool (|x| <= 1e100, `MAX_MAGNITUDE`), not
+# here: llguidance cannot compile a float range that wide into the grammar PRIME decodes tool calls
+# under. Integers, which size loops and allocations, carry their own bounds (the registry checks).
+NUM = {"type": "number"}
+NONNEG = {"type": "number", "minimum": 0}
 ALPHA = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.05}
 SEED = {"type": "integer", "minimum": 0, "maximum": 2 ** 63 - 1}
 PLOT = {"enum": ["png", "svg"], "description": "render a picture; the result carries its path"}
@@ -53,9 +53,9 @@ GROUPS = {"oneOf": [
      "propertyNames": {"maxLength": 64}},
     {"type": "array", "items": nums(), "minItems": 2, "maxItems": 1000},
 ]}
-LABELS = {"type": "array", "items": {"type": ["string", "number"], "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE, "maxLength": 64}, "minItems": 3, "maxItems": MAX_VALUES}
+LABELS = {"type": "array", "items": {"type": ["string", "number"]}, "minItems": 3, "maxItems": MAX_VALUES}
 FACTOR = obj({"name": NAME, "low": NUM, "high": NUM,
-              "levels": {"type": "array", "items": {"type": ["number", "string"], "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE, "maxLength": 64}, "minItems": 2, "maxItems": 50}},
+              "levels": {"type": "array", "items": {"type": ["number", "string"]}, "minItems": 2, "maxItems": 50}},
              ["name"])
 FACTORS = {"type": "array", "items": FACTOR, "minItems": 1, "maxItems": 23}
 RANDOM = {"randomize": {"type": "boolean", "default": True}, "seed": SEED}
@@ -63,11 +63,11 @@ CENTER = {"type": "integer", "minimum": 0, "maximum": 100}
 ALTERNATIVE = {"enum": ["two-sided", "less", "greater"]}
 COUNT = {"type": "integer", "minimum": 0, "maximum": 10 ** 9}
 SIZE = {"type": "integer", "minimum": 1, "maximum": 10 ** 9}
-POS = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_MAGNITUDE}
+POS = {"type": "number", "exclusiveMinimum": 0}
 PROB = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
 N2 = {"type": "integer", "minimum": 2, "maximum": 10 ** 9}
 CONSTANTS = {"enum": ["exact", "table"], "description": "SPC constants: computed exactly, or the printed table (d2 = 1.128 ...)"}
-LABEL_LIST = {"type": "array", "items": {"type": ["string", "number"], "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE, "maxLength": 64}, "minItems": 8, "maxItems": 100_000}
+LABEL_LIST = {"type": "array", "items": {"type": ["string", "number"]}, "minItems": 8, "maxItems": 100_000}
 
 # ----------------------------------------------------------------------------------------- statistics
 STATISTICS = {

@@ -2,10 +2,10 @@
 
 A call is `{"tool": NAME, "args": {...}}`; its answer is `{"success": true, "result": ...}` or
 `{"success": false, "error": "..."}`. Arguments come from a model, so they are untrusted: they must be
-plain JSON (no NaN or Infinity, bounded depth and size) and match the tool's JSON schema exactly
-(unknown keys, wrong types and absurd sizes are refused with a message naming the argument). Every
-schema bounds every number it accepts (`register` refuses one that does not), so no argument reaches a
-tool as 10^4000 or 1e308. Nothing a tool does raises into the caller, and each call has a time limit
+plain JSON (no NaN or Infinity, no number beyond 1e100 in magnitude, bounded depth and size) and match
+the tool's JSON schema exactly (unknown keys, wrong types and absurd sizes are refused with a message
+naming the argument). Every schema bounds every integer it accepts (`register` refuses one that does
+not), so no argument reaches a tool as 10^4000 or 1e308. Nothing a tool does raises into the caller, and each call has a time limit
 that stops the work, not only the wait: a tool runs in a forked child, memory-capped, that computes the
 result *and serializes it* and is killed at the limit (`havoc.tools._isolate`); tools marked
 `isolated` fork per operation on their own (symbolic maths); tools marked `in_process` (retrieval, whose
@@ -36,6 +36,9 @@ MAX_TIMEOUT = 3600.0
 MAX_ARG_BYTES = 2_000_000
 MAX_RESULT_BYTES = 8_000_000
 MAX_DEPTH = 16
+# Every number in a call's arguments, whatever its schema says: beyond 1e100 no measurement exists, and
+# squares and products of such values still fit a float64 (1e308 overflowed into OverflowError and inf).
+MAX_MAGNITUDE = 1e100
 MAX_CALL_CHARS = 2_000_000
 
 
@@ -97,11 +100,14 @@ def _check_plain_json(value: Any, path: str = "args", depth: int = 0) -> None:
     """Refuse anything JSON cannot say: NaN, Infinity, non-string keys, odd types, deep nesting."""
     if depth > MAX_DEPTH:
         raise ToolError(f"{path}: nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+    if isinstance(value, bool) or value is None or isinstance(value, str):
         return
-    if isinstance(value, float):
-        if not math.isfinite(value):
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ToolError(f"{path}: NaN and Infinity are not JSON numbers")
+        if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:  # compares big ints exactly, without float()
+            raise ToolError(f"{path}: numbers must be in [-1e100, 1e100], got an integer of {int(value.bit_length() * 0.30103) + 1} digits"
+                            if isinstance(value, int) else f"{path}: numbers must be in [-1e100, 1e100], got {value:.6g}")
         return
     if isinstance(value, Mapping):
         for k, v in value.items():
@@ -139,16 +145,17 @@ def loads_strict(text: str) -> Any:
 
 
 def unbounded_numbers(schema: Any, path: str = "") -> list[str]:
-    """Where a JSON schema accepts a number or integer without both a lower and an upper bound.
+    """Where a JSON schema accepts an integer without both a lower and an upper bound.
 
-    `enum` and `const` bound themselves. Used by `register`: an unbounded number lets 10^4000 or 1e308
-    reach a tool, which then fails in Python's words (OverflowError) instead of naming the argument.
+    `enum` and `const` bound themselves. Used by `register`: integers size loops and allocations (a
+    count of 10^99 is within the registry's magnitude bound for all numbers, and must be refused by
+    name, not met as an OverflowError or a hang).
     """
     out: list[str] = []
     if isinstance(schema, dict):
         types = schema.get("type")
         types = types if isinstance(types, list) else [types]
-        if ("number" in types or "integer" in types) and "enum" not in schema and "const" not in schema:
+        if "integer" in types and "enum" not in schema and "const" not in schema:
             low = "minimum" in schema or "exclusiveMinimum" in schema
             high = "maximum" in schema or "exclusiveMaximum" in schema
             if not (low and high):
@@ -252,7 +259,7 @@ class ToolRegistry:
             Draft202012Validator.check_schema(schema)
             loose = unbounded_numbers(schema)
             if loose:
-                raise ValueError(f"tool {spec.name!r}{f' {key}' if key else ''}: numbers without a minimum and a "
+                raise ValueError(f"tool {spec.name!r}{f' {key}' if key else ''}: integers without a minimum and a "
                                  f"maximum at {', '.join(loose[:5])}")
             spec._validators[key] = Draft202012Validator(schema)
         self._tools[spec.name] = spec
