@@ -52,12 +52,21 @@ def _load(args: argparse.Namespace):
     from havoc.llm import LLM
 
     if args.threads is not None:
-        if args.threads < 1:
-            from havoc.errors import ConfigError
-
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(_check_threads(args.threads))
     return LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative)
+
+
+def _check_threads(n: int) -> int:
+    """--threads within [1, 4 x this machine's cores]: torch.set_num_threads(100000) crashed the process
+    (OpenMP cannot start the threads), and more threads than cores only slow a decode."""
+    import os
+
+    from havoc.errors import ConfigError
+
+    most = 4 * (os.cpu_count() or 1)
+    if not 1 <= n <= most:
+        raise ConfigError(f"--threads must be in [1, {most}] (4 x this machine's {os.cpu_count()} cores), got {n}")
+    return n
 
 
 def _print_stats(stats, stream=None) -> None:
@@ -292,6 +301,14 @@ def cmd_memory(args: argparse.Namespace) -> int:
             except ConfigError as e:
                 raise ConfigError(f"{args.config} starts from {cfg.model.init_from}, whose model config is needed: {e}") from None
         settings = settings_from_train_config(cfg)
+    from havoc.errors import ConfigError
+
+    if not (0 < args.gpu_gb <= 1e6):  # NaN fails this too
+        raise ConfigError(f"--gpu-gb must be a number of GiB in (0, 1e6], got {args.gpu_gb}")
+    for flag in ("batch_size", "seq_len"):
+        value = getattr(args, flag)
+        if value is not None and not 1 <= value <= 10**7:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be in [1, 1e7], got {value}")
     if args.batch_size:
         settings.batch_size = args.batch_size
     if args.seq_len:
@@ -359,9 +376,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from havoc.llm import LLM
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(_check_threads(args.threads))
     engine = {k: v for k, v in (("kv_cache_tokens", args.kv_cache_tokens), ("max_batch_tokens", args.max_batch_tokens),
                                 ("max_running", args.max_running)) if v is not None}
     llm = LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative, **engine)
@@ -393,6 +408,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         check_destination(args.output, "--output")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "self_consistency" in methods:
+        from havoc.eval.harness import check_samples
+
+        check_samples(args.samples)  # before the model loads
     llm = _load(args)
 
     def progress(row: dict) -> None:

@@ -641,3 +641,16 @@ def test_hypothesis_server_bodies_never_get_a_500(client, which, key, value, exi
     assert r.status_code in (200, 400, 404, 413, 422), (r.status_code, body, r.text[:300])
     if r.status_code != 200:
         assert set(r.json()["error"]) >= {"message", "type"} and len(r.json()["error"]["message"]) < 2000
+
+
+# ------------------------------------------------------------------- found by the second round of probing
+def test_second_round_flags(capsys, tmp_path) -> None:
+    """`--threads 100000` was a segfault (OpenMP could not start the threads), `eval --samples 10^9` a hang,
+    and `memory --gpu-gb nan` / `--batch-size -1` printed a budget as if they meant something."""
+    main_refuses(["generate", "hi", "-m", str(tmp_path / "none.gguf"), "--threads", "100000"], capsys, "--threads must be in [1, ")
+    main_refuses(["eval", "smoke", "--samples", "1000000000", "--limit", "1", "-m", str(tmp_path / "none.gguf")],
+                 capsys, "samples must be an integer in [1, 64]")
+    main_refuses(["memory", "--gpu-gb", "nan"], capsys, "--gpu-gb")
+    main_refuses(["memory", "--batch-size", "-1"], capsys, "--batch-size")
+    with pytest.raises(ConfigError, match=r"train.threads must be a number in \[0, 1024\]"):
+        tiny_config(tmp_path, train={"threads": 100_000})
