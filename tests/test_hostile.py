@@ -654,3 +654,15 @@ def test_second_round_flags(capsys, tmp_path) -> None:
     main_refuses(["memory", "--batch-size", "-1"], capsys, "--batch-size")
     with pytest.raises(ConfigError, match=r"train.threads must be a number in \[0, 1024\]"):
         tiny_config(tmp_path, train={"threads": 100_000})
+
+
+@pytest.mark.xfail(strict=True, reason="engine: havoc/engine/engine.py _check_ids accepts a 0-dim float tensor "
+                   "and truncates it with int(); it should refuse non-integer tensors as it refuses floats")
+def test_engine_refuses_float_tensor_token_ids() -> None:
+    from havoc import HavocModel, ModelConfig
+    from havoc.engine import Engine
+
+    model = HavocModel(ModelConfig.from_preset("tiny", max_seq_len=64)).eval()
+    engine = Engine(model, None, kv_cache_tokens=64)
+    with pytest.raises(GenerationError, match="integers"):
+        engine.add_request([torch.tensor(1.5), 2])

@@ -10,7 +10,7 @@ that stops the work, not only the wait: a tool runs in a forked child, memory-ca
 result *and serializes it* and is killed at the limit (`havoc.tools._isolate`); tools marked
 `isolated` fork per operation on their own (symbolic maths); tools marked `in_process` (retrieval, whose
 caches live in this process) run in a worker thread the caller stops waiting for, bounded by their
-schemas. A result that states a conclusion from a figure that is not a number (NaN, infinity) is refused
+schemas. A result whose interpretation states a figure that is not a number (NaN, infinity) is refused
 rather than returned: an undefined question gets an error, never a confident answer.
 """
 
@@ -437,22 +437,25 @@ def _nonfinite(value: Any, path: str = "result") -> str | None:
     return None
 
 
-def _texts(value: Any):
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            yield from _texts(v)
+def _interpretations(value: Any):
+    """Every `interpretation` string in a result (where a tool words its conclusion), at any depth."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k == "interpretation" and isinstance(v, str):
+                yield v
+            else:
+                yield from _interpretations(v)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _texts(v)
+            yield from _interpretations(v)
 
 
 def _finish(result: Any) -> Any:
     """A tool's raw result made JSON-ready and checked: not too large, and never a conclusion drawn from a
     figure that is not a number. A NaN or infinity may travel as null when the result says in words why
-    it is undefined; a result whose words *show* one ("chi² = nan", "sd inf") interpreted it, and is refused."""
-    if any(_NONFINITE_WORD.search(t) for t in _texts(result)):
+    it is undefined; a result whose interpretation *shows* one ("chi² = nan", "sd inf") drew a conclusion
+    from it, and is refused. (Only interpretations are read: a retrieved passage may say "inf" of a set.)"""
+    if any(_NONFINITE_WORD.search(t) for t in _interpretations(result)):
         bad = _nonfinite(result)
         what = f"{bad.removeprefix('result.')} is" if bad else "a figure it states is"
         raise ToolError(f"the answer is undefined for this input: {what} not a finite number (the data are "
