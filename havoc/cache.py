@@ -18,6 +18,7 @@ starts with `prepare(seq_ids, tokens)`, which says which sequences the forward e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -45,6 +46,14 @@ class KVCache(Protocol):
         ...
 
 
+def _check_fits(config: ModelConfig, shape: tuple[int, ...], dtype: torch.dtype, device, what: str, hint: str) -> None:
+    """Refuse, with the figures, K and V buffers of `shape` per layer that the device cannot hold."""
+    from havoc.resources import ensure_fits
+
+    per_layer = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    ensure_fits(2 * config.n_layers * per_layer, device, what, hint)
+
+
 class StaticKVCache:
     """Contiguous per-layer K/V buffers for a fixed batch.
 
@@ -67,6 +76,8 @@ class StaticKVCache:
         if max_len <= 0:
             raise GenerationError(f"max_len must be positive, got {max_len}")
         shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
+        _check_fits(config, shape, dtype, device, f"a static KV cache of {batch_size} x {max_len} tokens",
+                    "lower the batch or max_new_tokens")
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.batch_size = batch_size
@@ -231,11 +242,18 @@ class PagedKVCache:
             device: where the pools live (the model's device).
             watermark: fraction of the pool `can_allocate` keeps in reserve for running sequences.
         """
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+            raise GenerationError(f"num_blocks must be a positive integer, got {num_blocks!r:.40}")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise GenerationError(f"block_size must be a positive integer, got {block_size!r:.40}")
+        shape = (num_blocks, block_size, config.n_kv_heads, config.head_dim)
+        # Before the block manager too: its metadata grows with num_blocks.
+        _check_fits(config, shape, dtype, device, f"a paged KV pool of {num_blocks} blocks of {block_size} tokens",
+                    "ask for fewer tokens (kv_cache_tokens, --kv-cache-tokens, max_new_tokens)")
         self.manager = BlockManager(num_blocks, block_size, watermark=watermark)
         self.config = config
         self.block_size = block_size
         self.num_blocks = num_blocks
-        shape = (num_blocks, block_size, config.n_kv_heads, config.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self._computed: dict[int, int] = {}

@@ -52,12 +52,21 @@ def _load(args: argparse.Namespace):
     from havoc.llm import LLM
 
     if args.threads is not None:
-        if args.threads < 1:
-            from havoc.errors import ConfigError
-
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(_check_threads(args.threads))
     return LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative)
+
+
+def _check_threads(n: int) -> int:
+    """--threads within [1, 4 x this machine's cores]: torch.set_num_threads(100000) crashed the process
+    (OpenMP cannot start the threads), and more threads than cores only slow a decode."""
+    import os
+
+    from havoc.errors import ConfigError
+
+    most = 4 * (os.cpu_count() or 1)
+    if not 1 <= n <= most:
+        raise ConfigError(f"--threads must be in [1, {most}] (4 x this machine's {os.cpu_count()} cores), got {n}")
+    return n
 
 
 def _print_stats(stats, stream=None) -> None:
@@ -111,6 +120,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from havoc.errors import GenerationError
+
     params = _sampling_params(args)
     llm = _load(args)
     messages: list[dict[str, str]] = []
@@ -119,11 +130,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"havoc chat with {args.model} — /reset clears the conversation, /exit or Ctrl-D leaves.")
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is refused below, not a traceback
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             line = input("> " if interactive else "")
         except EOFError:
             break
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            print("havoc: that line is not valid UTF-8; not sent", file=sys.stderr)
+            continue
         line = line.strip()
         if not line:
             continue
@@ -133,13 +151,43 @@ def cmd_chat(args: argparse.Namespace) -> int:
             messages = messages[:1] if args.system else []
             continue
         messages.append({"role": "user", "content": line})
+        dropped = _fit_history(llm, messages, params.max_new_tokens)
+        if dropped is None:  # the new turn alone does not fit: refuse it, keep the session
+            n, ctx = len(llm.chat_prompt(messages)), llm.config.max_seq_len
+            messages.pop()
+            print(f"havoc: that message takes {n} tokens with the template; the context holds {ctx}: not sent",
+                  file=sys.stderr)
+            continue
+        if dropped:
+            print(f"[the {dropped} oldest message{'s' if dropped > 1 else ''} left the context]", file=sys.stderr)
         reply = []
-        for piece in llm.stream_chat(messages, params):
-            print(piece, end="", flush=True)
-            reply.append(piece)
+        try:
+            for piece in llm.stream_chat(messages, params):
+                print(piece, end="", flush=True)
+                reply.append(piece)
+        except GenerationError as e:
+            messages.pop()
+            print(f"\nhavoc: {_one_line(e)}", file=sys.stderr)
+            continue
         print()
         messages.append({"role": "assistant", "content": "".join(reply)})
     return 0
+
+
+def _fit_history(llm, messages: list[dict[str, str]], max_new_tokens: int) -> int | None:
+    """Drop the oldest turns (never the system prompt or the new message) until the conversation leaves
+    room to answer: up to `max_new_tokens`, at least 1 token. Returns how many messages were dropped,
+    or None when the new message alone does not fit."""
+    ctx = llm.config.max_seq_len
+    room = min(max_new_tokens, max(ctx // 4, 1))  # keep a reply's worth of room, not the whole -n
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    dropped = 0
+    while len(llm.chat_prompt(messages)) + room > ctx:
+        if len(messages) - first <= 1:
+            return None if len(llm.chat_prompt(messages)) >= ctx else dropped
+        del messages[first]
+        dropped += 1
+    return dropped
 
 
 def cmd_tool(args: argparse.Namespace) -> int:
@@ -152,6 +200,10 @@ def cmd_tool(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise ToolError(f"name a tool ({', '.join(registry.names())}) or use --list")
+    if args.timeout is not None:
+        from havoc.tools.registry import check_timeout
+
+        check_timeout(args.timeout, "--timeout")
     call_args = args.args
     if args.plot:
         from havoc.tools.registry import loads_strict
@@ -249,6 +301,14 @@ def cmd_memory(args: argparse.Namespace) -> int:
             except ConfigError as e:
                 raise ConfigError(f"{args.config} starts from {cfg.model.init_from}, whose model config is needed: {e}") from None
         settings = settings_from_train_config(cfg)
+    from havoc.errors import ConfigError
+
+    if not (0 < args.gpu_gb <= 1e6):  # NaN fails this too
+        raise ConfigError(f"--gpu-gb must be a number of GiB in (0, 1e6], got {args.gpu_gb}")
+    for flag in ("batch_size", "seq_len"):
+        value = getattr(args, flag)
+        if value is not None and not 1 <= value <= 10**7:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be in [1, 1e7], got {value}")
     if args.batch_size:
         settings.batch_size = args.batch_size
     if args.seq_len:
@@ -316,9 +376,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from havoc.llm import LLM
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(_check_threads(args.threads))
     engine = {k: v for k, v in (("kv_cache_tokens", args.kv_cache_tokens), ("max_batch_tokens", args.max_batch_tokens),
                                 ("max_running", args.max_running)) if v is not None}
     llm = LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative, **engine)
@@ -345,7 +403,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.set:
         raise PrimeError(f"name a task set: {', '.join(list_sets())}, or a .json file")
     task_set = get_set(args.set)
+    if args.output:  # checked now: the report comes after the whole evaluation has run
+        from havoc.io.atomic import check_destination
+
+        check_destination(args.output, "--output")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "self_consistency" in methods:
+        from havoc.eval.harness import check_samples
+
+        check_samples(args.samples)  # before the model loads
     llm = _load(args)
 
     def progress(row: dict) -> None:
@@ -355,14 +421,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = run_eval(task_set, llm=llm, methods=methods, max_new_tokens=args.max_new_tokens, budget=args.budget,
                       samples=args.samples, seed=args.seed or 0, limit=args.limit, on_row=progress)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2, ensure_ascii=False)
+        from havoc.io.atomic import atomic_write_text
+
+        try:
+            atomic_write_text(args.output, json.dumps(report, indent=2, ensure_ascii=False))
+        except OSError as e:  # the folder changed while the evaluation ran
+            from havoc.errors import ConfigError
+
+            raise ConfigError(f"--output {args.output}: cannot write the report ({e.strerror or e})") from None
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_table(report))
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (`havoc generate: error: argument --seed: ...`) and exit 2,
+    like havoc's own; `--help` still prints the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="havoc", description="havoc: a fast Llama-style decoder")
+    parser = _Parser(prog="havoc", description="havoc: a fast Llama-style decoder")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ask", help="answer with PRIME: visible reasoning, tool calls, a verified answer (the main job)")
@@ -476,15 +556,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_ERROR_CHARS = 600
+
+
+def _one_line(message: str) -> str:
+    """An error as one line of bounded length, whatever it quoted (a YAML mark, a long value)."""
+    line = " ".join(str(message)[: 4 * MAX_ERROR_CHARS].split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def _check_text_args(args: argparse.Namespace) -> None:
+    """Refuse arguments that are not UTF-8: Python hands them over with surrogate escapes, which fail
+    much later (tokenizing, printing) with a UnicodeEncodeError traceback."""
+    from havoc.errors import ConfigError
+
+    for name, value in vars(args).items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    flag = name if name in ("prompt", "script", "set", "name") else "--" + name.replace("_", "-")
+                    raise ConfigError(f"argument {flag} is not valid UTF-8 (byte {e.start})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from havoc.errors import HavocError
 
     try:
+        _check_text_args(args)
         return args.func(args)
     except HavocError as e:
-        print(f"havoc: error: {e}", file=sys.stderr)
+        print(f"havoc: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)

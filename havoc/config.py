@@ -101,7 +101,9 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
+            from havoc.safeparse import short
+
+            raise ConfigError(f"unknown config keys {short(unknown, 200)}; known keys are {sorted(known)}")
         return cls(**data)
 
     def to_json(self) -> str:
@@ -109,11 +111,9 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        from havoc.safeparse import load_json
+
+        return cls.from_dict(load_json(text, "config"))
 
     def to_yaml(self) -> str:
         import yaml
@@ -122,13 +122,9 @@ class ModelConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> ModelConfig:
-        import yaml
+        from havoc.safeparse import load_yaml
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config is not valid YAML: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(load_yaml(text, "config"))
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON or YAML (by suffix), atomically."""
@@ -144,7 +140,9 @@ class ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
+        from havoc.safeparse import read_text
+
+        text = read_text(path, "config file")
         return cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
 
     @classmethod

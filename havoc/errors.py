@@ -56,3 +56,12 @@ class DSLError(ToolError):
 
 class PrimeError(HavocError, ValueError):
     """PRIME (routing, reasoning, evaluation) was given input it cannot work with."""
+
+
+class InsufficientMemoryError(HavocError, MemoryError):
+    """An allocation (a KV pool, a cache) would not fit the memory the device has available; nothing was
+    allocated. The message gives both figures."""
+
+
+class TrainingDivergedError(HavocError, FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights; nothing non-finite was saved."""

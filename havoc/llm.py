@@ -194,7 +194,12 @@ class LLM:
             if not ids:
                 raise GenerationError(f"the prompt {prompt!r} encodes to no tokens")
             return ids
-        return [int(t) for t in prompt]
+        from havoc.generation import check_token_ids
+
+        ids = check_token_ids(prompt, self.config.vocab_size)
+        if not ids:
+            raise GenerationError("the prompt is empty: give at least one token")
+        return ids
 
     def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kwargs: Any) -> RequestStream:
         """Queue one prompt on the engine and return its stream of `RequestOutput`s (for apps that run

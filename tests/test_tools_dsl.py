@@ -77,8 +77,8 @@ def test_analyze_in_run_order():
     ("design full_factorial factors A(1,2)\nanalyze response [1, 2, 3]", 2, 1, "2 runs but 3 responses"),
     ("analyze response [1, 2]", 1, 1, "needs a design statement before it"),
     ("design box_behnken factors T(1,2)", 1, 1, "3 to 7 factors"),
-    ("design full_factorial factors A(1,2) center -1", 1, 1, "minimum of 0"),
-    ("constants 30", 1, 1, "maximum of 25"),
+    ("design full_factorial factors A(1,2) center -1", 1, 1, "center: must be in [0, 100], got -1"),
+    ("constants 30", 1, 1, "must be in [2, 25], got 30"),
 ])
 def test_errors_name_line_and_column(text, line, col, message):
     with pytest.raises(DSLError) as info:

@@ -533,7 +533,7 @@ def test_single_sampling_plan_montgomery_15_2():
     ("statistics", {"operation": "life_data", "times": [5, 6, 7], "censored": [True, True, False]}, "at least 2 failures"),
     ("statistics", {"operation": "life_data", "times": [5, 5, 7], "censored": [False, False, True]}, "different times"),
     ("statistics", {"operation": "life_data", "times": [5, 6, 7], "censored": [False, True]}, "one per time"),
-    ("statistics", {"operation": "life_data", "times": [5, 6], "counts": [1, 0]}, "minimum"),
+    ("statistics", {"operation": "life_data", "times": [5, 6], "counts": [1, 0]}, "args.counts[1]: must be in [1, 1e+09], got 0"),
     ("dsl_executor", {"operation": "ewma_chart", "data": [1, 2, 3], "lambda": 0}, "args.lambda"),
     ("dsl_executor", {"operation": "ewma_chart", "data": [2, 2, 2, 2]}, "no variation"),
     ("dsl_executor", {"operation": "ewma_chart", "data": [1, 2, 3], "subgroups": [[1, 2], [3, 4]]}, "one of the two"),

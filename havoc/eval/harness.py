@@ -48,14 +48,23 @@ def is_correct(answer: str, want: dict) -> bool:
     return True
 
 
+MAX_SAMPLES = 64  # forks of one prompt; each gets max_new_tokens / samples tokens
+
+
+def check_samples(samples: int) -> int:
+    """`samples` as an integer in [1, MAX_SAMPLES], or a PrimeError naming it."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise PrimeError(f"samples must be an integer in [1, {MAX_SAMPLES}], got {samples!r}")
+    return samples
+
+
 def self_consistency(prompt: str, llm, max_new_tokens: int, samples: int = 3, temperature: float = 0.7,
                      seed: int = 0) -> dict:
     """`samples` answers sharing `max_new_tokens`, decoded as forks of one prompt; majority vote on the last number."""
     from havoc.prime.parse import numbers_in
     from havoc.prime.pipeline import engine_for
 
-    if samples < 1:
-        raise PrimeError(f"samples must be >= 1, got {samples}")
+    check_samples(samples)
     engine = engine_for(llm)
     ids = engine.encode(llm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
     root = engine.start(ids)
@@ -154,6 +163,8 @@ def run_eval(task_set: str | TaskSet, *, llm=None, methods: Sequence[str] = METH
         raise PrimeError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise PrimeError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if "self_consistency" in methods:
+        check_samples(samples)  # before the first task: a billion forks of one prompt hung the whole run
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise PrimeError(f"limit must be a positive integer, got {limit!r}")
     tasks = ts.tasks[:limit] if limit else ts.tasks

@@ -243,8 +243,8 @@ def load_set(path: str | Path) -> TaskSet:
             data = {"name": path.stem, "description": str(path), "tasks": [json.loads(l) for l in text.splitlines() if l.strip()]}
         else:
             data = json.loads(text)
-    except ValueError as e:
-        raise PrimeError(f"{path} is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise PrimeError(f"{path} is not valid JSON: {str(e)[:200] or 'nested too deeply'}") from None
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise PrimeError(f'{path}: a task set is {{"name", "description", "tasks": [...]}} with at least one task')
     tasks = []

@@ -212,7 +212,10 @@ class _Header:
             raise _Corrupt(f"general.alignment is {align!r}, not a power of two")
         data_start = -(-pos // align) * align
         self.tensors: list[_Tensor] = []
+        spans: list[tuple[int, int, str]] = []
         for name, dims, ttype, offset in infos:
+            if offset % align:  # the spec requires it; llama.cpp's mmap'ed kernels assume it
+                raise _Corrupt(f"tensor {name} starts at data offset {offset}, not a multiple of the alignment {align}")
             try:
                 qtype = GGMLQuantizationType(ttype)
             except ValueError:
@@ -225,12 +228,17 @@ class _Header:
             start = data_start + offset
             if start + nbytes > size:
                 raise _Corrupt(f"tensor {name} ends at byte {start + nbytes} but the file ends at byte {size}")
+            spans.append((start, start + nbytes, name))
             if qtype.name in ("F32", "F16"):
                 data = np.frombuffer(buf, dtype="<f4" if qtype.name == "F32" else "<f2", count=n, offset=start)
             else:
                 rows = n // dims[0]
                 data = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=start).reshape(rows, -1)
             self.tensors.append(_Tensor(name, tuple(int(d) for d in dims), qtype.name, data))
+        spans.sort()
+        for (_s0, end0, name0), (start1, _e1, name1) in zip(spans, spans[1:]):
+            if start1 < end0:  # two tensors reading the same bytes: a crafted or corrupted file
+                raise _Corrupt(f"tensors {name0} and {name1} overlap (bytes {start1}..{end0})")
 
 
 def _open(path: Path) -> _Header:
@@ -514,8 +522,11 @@ def read_gguf(path: str | Path, *, dtype: torch.dtype | None = None, fuse: bool 
             f"{source}: unknown tensor names {_names(unknown)}; havoc's Llama has token_embd, output_norm, "
             f"output and blk.N.{{{','.join(_PER_LAYER)}}}"
         )
-    expected = expected_shapes(config)
     mapped = {havoc_name(n): n for n in by_gguf}
+    from havoc.io.checkpoint import check_layer_count
+
+    check_layer_count(config, mapped, source)  # before listing block_count layers' worth of names
+    expected = expected_shapes(config)
     extra = [g for h, g in mapped.items() if h not in expected]
     if extra:
         raise CheckpointError(f"{source}: tensors beyond the config's {config.n_layers} layers: {_names(extra)}")

@@ -355,6 +355,10 @@ _DONE = b"data: [DONE]\n\n"
 
 
 # ------------------------------------------------------------------------------------------------ the app
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def build_app(server: Server) -> FastAPI:
     """The FastAPI application serving `server`."""
     cfg = server.config
@@ -392,7 +396,11 @@ def build_app(server: Server) -> FastAPI:
             if len(body) > cfg.max_body_bytes:
                 raise APIError(413, f"the request body is over the limit of {cfg.max_body_bytes} bytes")
         try:
-            data = json.loads(body)
+            data = json.loads(body, parse_constant=_no_constant)
+            # A \ud800 escape parses to a lone surrogate, which is no text: the tokenizer raised TypeError (500).
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "the request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): not text") from None
         except (ValueError, RecursionError) as e:
             raise APIError(400, f"the request body is not valid JSON: {str(e)[:200]}") from None
         if not isinstance(data, dict):

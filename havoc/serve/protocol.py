@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 MAX_N = 16
 MAX_STOP = 16
@@ -181,7 +181,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]  # strict: true is not token 1
     max_tokens: Annotated[int, Field(ge=1)] | None = 16  # OpenAI's default for the legacy endpoint
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     echo: bool = False
@@ -214,7 +214,7 @@ class TokenizeRequest(_Body):
 
 class DetokenizeRequest(_Body):
     model: str | None = None
-    tokens: list[int] = Field(max_length=1_000_000)
+    tokens: list[StrictInt] = Field(max_length=1_000_000)
 
 
 # ----------------------------------------------------------------------------------------------- responses

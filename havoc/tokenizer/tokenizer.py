@@ -341,10 +341,9 @@ class Tokenizer:
             raise TokenizerError(f"{tok_file} is not a readable tokenizer.json ({e})") from None
         config: dict[str, Any] = {}
         if cfg_file.is_file():
-            try:
-                config = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise TokenizerError(f"{cfg_file} is not valid JSON ({e})") from None
+            from havoc.safeparse import load_json, read_text
+
+            config = load_json(read_text(cfg_file, "tokenizer config", TokenizerError), str(cfg_file), TokenizerError)
             if not isinstance(config, dict):
                 raise TokenizerError(f"{cfg_file} must hold a JSON object")
         ours = config.get("havoc")

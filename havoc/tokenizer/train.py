@@ -142,7 +142,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig):
     sample = reservoir_sample(iter_lines(files, cfg.max_sentence_length), cfg.max_sentences, cfg.seed)
     if not sample:
         raise TokenizerError(f"the inputs {cfg.inputs} hold no text")
-    out = Path(cfg.output)
+    from havoc.io.atomic import check_destination
+
+    out = check_destination(cfg.output, "output", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     user_defined = [*SPECIAL_TOKENS[4:], *cfg.domain_tokens]
     model_prefix = out / "_sp"
@@ -252,8 +254,6 @@ def load_tokenizer_config(path: str | Path, **overrides) -> TokenizerTrainConfig
     """
     import dataclasses
 
-    import yaml
-
     from havoc.data.sources import resolve_path
     from havoc.train.config import CONFIG_DIR
 
@@ -262,10 +262,9 @@ def load_tokenizer_config(path: str | Path, **overrides) -> TokenizerTrainConfig
         path = CONFIG_DIR / f"{path}.yaml"
     if not path.is_file():
         raise TokenizerError(f"tokenizer config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise TokenizerError(f"{path} is not valid YAML: {e}") from None
+    from havoc.safeparse import load_yaml, read_text
+
+    data = load_yaml(read_text(path, "tokenizer config", TokenizerError), str(path), TokenizerError) or {}
     known = {f.name for f in dataclasses.fields(TokenizerTrainConfig)}
     if not isinstance(data, dict) or set(data) - known:
         bad = sorted(set(data) - known) if isinstance(data, dict) else data

@@ -56,7 +56,7 @@ def _child(conn, fn: Callable[..., Any], kwargs: dict, timeout: float) -> None:
         except RecursionError:
             conn.send(("tool_error", "the expression is nested too deeply to compute"))
         except Exception as e:  # noqa: BLE001 - everything becomes a message for the parent
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+            conn.send(("error", f"{type(e).__name__}: {str(e)[:500]}"))
     finally:
         conn.close()
         os._exit(0)  # skip atexit handlers and buffers inherited from the parent
@@ -105,4 +105,4 @@ def run_isolated(fn: Callable[..., Any], kwargs: dict, timeout: float, what: str
         return payload
     if kind == "tool_error":
         raise ToolError(payload)
-    raise ToolError(f"{what} failed: {payload}")
+    raise ToolError(f"internal error in {what}: {payload}")

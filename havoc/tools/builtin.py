@@ -15,7 +15,11 @@ MAX_VALUES = 200_000
 MAX_PLOT_POINTS = 10_000
 
 # ----------------------------------------------------------------------------------- schema helpers
+# Numbers are bounded in magnitude by the registry for every tool (|x| <= 1e100, `MAX_MAGNITUDE`), not
+# here: llguidance cannot compile a float range that wide into the grammar PRIME decodes tool calls
+# under. Integers, which size loops and allocations, carry their own bounds (the registry checks).
 NUM = {"type": "number"}
+NONNEG = {"type": "number", "minimum": 0}
 ALPHA = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.05}
 SEED = {"type": "integer", "minimum": 0, "maximum": 2 ** 63 - 1}
 PLOT = {"enum": ["png", "svg"], "description": "render a picture; the result carries its path"}
@@ -70,12 +74,12 @@ STATISTICS = {
     "describe": op("describe", {"data": nums(), "alpha": ALPHA}, ["data"], "descriptive statistics"),
     "confidence_interval": op("confidence_interval", {
         "kind": {"enum": ["mean", "variance", "sd", "proportion"]}, "data": nums(2), "alpha": ALPHA,
-        "successes": {"type": "integer", "minimum": 0}, "trials": {"type": "integer", "minimum": 1},
+        "successes": COUNT, "trials": SIZE,
         "method": {"enum": ["wilson", "clopper-pearson"]}}, ["kind"]),
     "t_test": op("t_test", {
         "kind": {"enum": ["one_sample", "two_sample", "welch", "paired"]}, "x": nums(2), "y": nums(2),
-        "mean_x": NUM, "sd_x": {"type": "number", "minimum": 0}, "n_x": N2,
-        "mean_y": NUM, "sd_y": {"type": "number", "minimum": 0}, "n_y": N2,
+        "mean_x": NUM, "sd_x": NONNEG, "n_x": N2,
+        "mean_y": NUM, "sd_y": NONNEG, "n_y": N2,
         "mu": NUM, "alternative": ALTERNATIVE, "alpha": ALPHA},
         ["kind"], "two_sample = Student (pooled), welch = unequal variances; data x (y), or summary statistics "
         "mean_x, sd_x, n_x (mean_y, sd_y, n_y); for paired summaries, x describes the differences",
@@ -107,7 +111,7 @@ STATISTICS = {
           "method": "exact"}]),
     "variance_test": op("variance_test", {
         "kind": {"enum": ["one_sample", "f", "bartlett", "levene", "brown_forsythe"]}, "x": nums(2), "y": nums(2),
-        "groups": GROUPS, "sd_x": {"type": "number", "minimum": 0}, "n_x": N2, "sd_y": {"type": "number", "minimum": 0},
+        "groups": GROUPS, "sd_x": NONNEG, "n_x": N2, "sd_y": NONNEG,
         "n_y": N2, "sigma0": POS, "alternative": ALTERNATIVE, "alpha": ALPHA}, ["kind"],
         "chi-square for one sd (sigma0), F for two, Bartlett / Levene / Brown-Forsythe for groups; x, y or sd and n",
         [{"operation": "variance_test", "kind": "f", "sd_x": 65.54909, "n_x": 240, "sd_y": 61.85425, "n_y": 240}]),
@@ -137,7 +141,7 @@ STATISTICS = {
     "life_data": op("life_data", {
         "times": {"type": "array", "items": POS, "minItems": 2, "maxItems": 100_000},
         "censored": {"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 100_000},
-        "counts": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 100_000},
+        "counts": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 10 ** 9}, "minItems": 2, "maxItems": 100_000},
         "distribution": {"enum": ["weibull", "lognormal"]}, "confidence": PROB,
         "percentiles": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100},
                         "minItems": 1, "maxItems": 50}}, ["times"],
@@ -276,7 +280,7 @@ DSL_OPS = {
         "chart": {"enum": ["xbar_r", "xbar_s", "imr", "p", "np", "c", "u"]}, "data": nums(2, 250_000),
         "subgroups": {"type": "array", "items": nums(2, 25), "minItems": 2, "maxItems": 10_000},
         "subgroup_size": {"type": "integer", "minimum": 2, "maximum": 25}, "sizes": nums(2, 10_000),
-        "n": {"type": "integer", "minimum": 1}, "rules": {"enum": ["western_electric", "nelson", "both", "none"]},
+        "n": {"type": "integer", "minimum": 1, "maximum": 10 ** 9}, "rules": {"enum": ["western_electric", "nelson", "both", "none"]},
         "constants": CONSTANTS, "plot": PLOT}, ["chart"]),
     "ewma_chart": op("ewma_chart", {
         "data": nums(2, 10_000), "subgroups": {"type": "array", "items": nums(2, 25), "minItems": 2, "maxItems": 10_000},
@@ -434,6 +438,16 @@ def _rag(args: dict, ctx: ToolContext) -> dict:
     return retrieval.rag_helper(args["query"], args.get("top_k", 5))
 
 
+def _preload_statistics() -> None:
+    # Imported once in the parent, so the forked child of each call starts with them (scipy.stats alone
+    # costs ~0.7 s to import; a call then costs ~15 ms).
+    from havoc.tools import compare, power, reliability, stats  # noqa: F401
+
+
+def _preload_dsl() -> None:
+    from havoc.tools import doe, dsl, msa, rsm, sampling, spc  # noqa: F401
+
+
 def register_builtin(registry: ToolRegistry) -> ToolRegistry:
     """Register the four built-in tools on `registry` and return it."""
     registry.register(ToolSpec(
@@ -441,7 +455,7 @@ def register_builtin(registry: ToolRegistry) -> ToolRegistry:
         "summary statistics), anova, anova_two_way, tukey_hsd, regression, chi_square, normality, proportion_test, "
         "variance_test, rank_test, correlation, power (power and sample size), life_data (Weibull/lognormal "
         "reliability). Results carry figures, the method and a one-line interpretation at alpha.", _statistics, STATISTICS, discriminator="operation",
-        examples=[{"tool": "statistics", "args": e} for k in STATISTICS for e in EXAMPLES.get(k, [])]))
+        preload=_preload_statistics, examples=[{"tool": "statistics", "args": e} for k in STATISTICS for e in EXAMPLES.get(k, [])]))
     registry.register(ToolSpec(
         "symbolic", "Symbolic maths on an expression string (numbers, symbols, + - * / ^, sin cos exp log sqrt "
         "...): derivative, integral, simplify, solve, evaluate.", _symbolic, SYMBOLIC, discriminator="operation",
@@ -451,11 +465,11 @@ def register_builtin(registry: ToolRegistry) -> ToolRegistry:
         "box_behnken, central_composite, convert_units, control_chart, ewma_chart, cusum_chart, capability, "
         "constants, analyze_factorial, response_surface, gauge_rr, sampling_plan; or operation 'script' with DSL "
         "text.", run_dsl_operation, DSL_OPS, discriminator="operation",
-        default_variant=lambda a: "script" if "script" in a else None,
+        default_variant=lambda a: "script" if "script" in a else None, preload=_preload_dsl,
         examples=[{"tool": "dsl_executor", "args": e} for k in DSL_OPS for e in EXAMPLES.get(k, [])]))
     registry.register(ToolSpec(
         "rag_helper", "Search havoc's knowledge corpus on statistics, DOE and SPC; returns the top passages with "
-        "scores and sources.", _rag, RAG, timeout=120.0))
+        "scores and sources.", _rag, RAG, timeout=120.0, in_process=True))
     return registry
 
 

@@ -129,7 +129,8 @@ def to_natural(coded: float, low: float, high: float) -> float:
         The setting in the factor's own units.
     """
     # Measured from low, so coded -1 gives low exactly (centre + coded * half-range loses it to cancellation).
-    return low + (coded + 1) / 2 * (high - low)
+    # Quarters keep high - low finite on a range as wide as floats allow (+-1.7e308).
+    return low + (coded + 1) * 2 * (high / 4 - low / 4)
 
 
 def to_coded(natural: float, low: float, high: float) -> float:
@@ -143,7 +144,9 @@ def to_coded(natural: float, low: float, high: float) -> float:
     Returns:
         The coded level (-1 = low, +1 = high).
     """
-    return (natural - (low + high) / 2) / ((high - low) / 2)
+    # In quarters, as in `to_natural`: (natural - low) and (high - low) overflow on a +-1.7e308 range,
+    # and x / inf would say 0.
+    return 2 * ((natural / 4 - low / 4) / (high / 4 - low / 4)) - 1
 
 
 def convert_units(factors: Any, point: dict, to: str) -> dict:

@@ -36,8 +36,11 @@ def _save(fig, path: str | os.PathLike, fmt: str | None) -> dict:
         raise ToolError(f"plot files must be .png or .svg, got {p.name!r}")
     if p.parent and not p.parent.exists():
         raise ToolError(f"the folder {str(p.parent)!r} does not exist")
-    try:
-        fig.savefig(p, format=fmt)
+    from havoc.io.atomic import atomic_path
+
+    try:  # a call stopped at its time limit mid-write leaves no half-written picture
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, format=fmt)
     except OSError as e:
         raise ToolError(f"cannot write the plot to {str(p)!r}: {e.strerror or e}") from None
     w, h = fig.get_size_inches() * fig.dpi

@@ -16,11 +16,15 @@ installed package (the tiny configs read the corpus shipped in havoc/data/corpus
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from havoc.errors import ConfigError
+from havoc.safeparse import short
 from havoc.train.optim import OPTIMIZERS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -100,15 +104,35 @@ class TrainConfig:
             raise ConfigError("tokenizer: a tokenizer folder is needed for a model trained from scratch")
         if not self.data.sources:
             raise ConfigError("data.sources: at least one source is needed")
-        o, t = self.optim, self.train
+        o, t, d = self.optim, self.train, self.data
+        # Ranges of every number (types are checked by `_build`): a non-finite or absurd value trains a
+        # model into NaN (lr: .inf saved an all-NaN `final` with exit 0).
+        _in_range("optim.lr", o.lr, 0, 10, low_open=True)
+        _in_range("optim.min_lr", o.min_lr, 0, o.lr if math.isfinite(o.lr) else 10)
+        _in_range("optim.eps", o.eps, 0, 1, low_open=True)
+        _in_range("optim.weight_decay", o.weight_decay, 0, 10)
+        _in_range("optim.grad_clip", o.grad_clip, 0, 1e6)
+        if not (isinstance(o.betas, list) and len(o.betas) == 2):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {short(o.betas)}")
+        for i, b in enumerate(o.betas):
+            _in_range(f"optim.betas[{i}]", b, 0, 1, high_open=True)
+        _in_range("optim.warmup_steps", o.warmup_steps, 0, 10**9)
+        _in_range("train.steps", t.steps, 1, 10**9)
+        _in_range("train.grad_accum", t.grad_accum, 1, 10**6)
+        _in_range("train.keep_last", t.keep_last, 1, 10**6)
+        for key in ("eval_every", "eval_batches", "log_every", "save_every", "checkpoint_every_n_layers"):
+            _in_range(f"train.{key}", getattr(t, key), 0, 10**9)
+        _in_range("train.threads", t.threads, 0, 1024)  # set_num_threads(10^5) crashes the process
+        _in_range("train.seed", t.seed, 0, 2**63 - 1)
+        _in_range("data.seq_len", d.seq_len, 1, 10**7)
+        _in_range("data.batch_size", d.batch_size, 1, 10**6)
+        _in_range("data.seed", d.seed, 0, 2**63 - 1)
+        for s in [*d.sources, *d.eval_sources]:
+            _in_range(f"data source {s.name!r} weight", s.weight, 0, 1e6, low_open=True)
         if o.name not in OPTIMIZERS:
             raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {o.name!r}")
         if not (o.lr > 0 and 0 <= o.min_lr <= o.lr):
             raise ConfigError(f"optim: need lr > 0 and 0 <= min_lr <= lr, got lr={o.lr}, min_lr={o.min_lr}")
-        if len(o.betas) != 2:
-            raise ConfigError(f"optim.betas must be two numbers, got {o.betas}")
-        if t.steps < 1 or t.grad_accum < 1 or t.keep_last < 1:
-            raise ConfigError("train.steps, train.grad_accum and train.keep_last must be at least 1")
         if o.fused_step and t.grad_accum != 1:
             raise ConfigError(
                 "optim.fused_step steps each parameter inside backward, so gradients cannot accumulate: set "
@@ -120,8 +144,6 @@ class TrainConfig:
             raise ConfigError(f"train.autocast must be none or bfloat16, got {t.autocast!r}")
         if t.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
-        if t.threads < 0:
-            raise ConfigError(f"train.threads must be >= 0, got {t.threads}")
         if not 0 <= t.memory_fraction <= 1:
             raise ConfigError(f"train.memory_fraction must be in [0, 1], got {t.memory_fraction}")
 
@@ -135,7 +157,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a YAML run config (or a bare name of a shipped one, e.g. `phase1_pretrain_tiny`)."""
-        import yaml
+        from havoc.safeparse import load_yaml, read_text
 
         path = Path(path)
         if not path.suffix and not path.exists():
@@ -143,25 +165,61 @@ class TrainConfig:
         if not path.is_file():
             shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
             raise ConfigError(f"config file not found: {path} (shipped configs: {shipped})")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        data = load_yaml(read_text(path, "config file"), str(path))
         try:
             return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
 
+def _in_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+    if not ok:
+        rng = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{name} must be a number in {rng}, got {short(value)}")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a YAML value has a field's declared type (int is not bool; float takes int; list[X] per item)."""
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, p) for p in params)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and (not params or all(_type_ok(v, params[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return True  # nested dataclasses are built (and checked) by _build
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
 def _build(cls, data: Any, where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; known keys are {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown keys {short(unknown, 200)}; known keys are {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
+        if (cls, name) not in _NESTED and not _type_ok(value, hints[name]):
+            raise ConfigError(f"{where}.{name} must be {_type_name(hints[name])}, got {type(value).__name__} {short(value, 40)}")
         sub = _NESTED.get((cls, name))
         if sub is not None and value is not None:
             if isinstance(sub, list):

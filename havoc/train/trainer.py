@@ -39,7 +39,7 @@ import torch
 
 from havoc.data.packing import Packer, encode_pretrain, encode_sft
 from havoc.data.sources import Mixture, Source, resolve_path
-from havoc.errors import CheckpointError, ConfigError
+from havoc.errors import CheckpointError, ConfigError, TrainingDivergedError
 from havoc.train import distributed
 from havoc.train.config import TrainConfig
 from havoc.train.optim import ParamOptimizers, cosine_lr
@@ -80,7 +80,10 @@ class Trainer:
         self.rank, self.world_size = distributed.world()  # (0, 1) unless launched by torchrun
         if self.world_size > 1:
             distributed.check_config(cfg)
-        self.out_dir = Path(cfg.train.out_dir)
+        from havoc.io.atomic import check_destination
+
+        # Checked before the model is built: an unwritable out_dir would otherwise fail at the first save.
+        self.out_dir = check_destination(cfg.train.out_dir, "train.out_dir", folder=True)
         self.progress = progress
         self.log_stream = log_stream if log_stream is not None else sys.stdout
         self.device = torch.device(
@@ -97,6 +100,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.param_dtype = getattr(torch, cfg.train.param_dtype)
         self.model, self.tokenizer = self._build_model()
+        if cfg.data.seq_len > self.model.config.max_seq_len:
+            raise ConfigError(f"data.seq_len is {cfg.data.seq_len} but the model's context is "
+                              f"{self.model.config.max_seq_len}: at most that many positions exist")
         self.n_checkpointed = apply_activation_checkpointing(self.model, cfg.train.checkpoint_every_n_layers)
         if self.world_size > 1:
             distributed.shard(self.model, cfg)
@@ -177,7 +183,7 @@ class Trainer:
         for _ in range(t.grad_accum):
             loss = self._loss(self.packer.next_batch())
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}")
+                raise TrainingDivergedError(f"step {self.step + 1}: the loss is {loss.item()}; {self._diverged_hint()}")
             (loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
         total = distributed.mean_across_ranks(total)
@@ -191,7 +197,27 @@ class Trainer:
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
             self.optimizer.step()
         self.step += 1
+        self.check_finite(f"after step {self.step}")
         return {"loss": total, "lr": lr, "grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def check_finite(self, when: str) -> None:
+        """Raise TrainingDivergedError if any weight is NaN or infinite (one norm per tensor, one sync).
+
+        A finite loss does not mean finite weights: with lr = inf the first step's loss is fine and its
+        update is not. Checked after every step and before every save, so a diverged model is never
+        written and `keep_last` never prunes a good checkpoint in favour of a broken one.
+        """
+        norms = [torch.linalg.vector_norm(p.to_local() if hasattr(p, "to_local") else p, dtype=torch.float32)
+                 for p in self.model.parameters() if p.numel()]
+        bad = 0.0 if bool(torch.isfinite(torch.stack(norms)).all()) else 1.0
+        if distributed.mean_across_ranks(bad) > 0:
+            raise TrainingDivergedError(f"{when}: the weights hold NaN or infinite values; {self._diverged_hint()}")
+
+    def _diverged_hint(self) -> str:
+        found = self.checkpoints()
+        last = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written"
+        return f"training diverged (lower optim.lr, raise warmup_steps or set grad_clip); {last}"
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -272,6 +298,7 @@ class Trainer:
     def _write_model_folder(self, final: Path, extra=None) -> None:
         from havoc.io.checkpoint import save_pretrained
 
+        self.check_finite(f"saving {final.name}")
         tmp = final.parent / f".{final.name}.tmp"
         weights = distributed.full_state_dict(self.model) if self.world_size > 1 else None
         if self.rank == 0:
@@ -354,19 +381,33 @@ class Trainer:
         if state["cuda_rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = state["step"]
+        if self.rank == 0:
+            _truncate_log(self.out_dir / "log.jsonl", self.step)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log records past `step` (written after the checkpoint a run resumes from, and about to be
+    written again), so log.jsonl holds each step once."""
+    if not path.is_file():
+        return
+    from havoc.io.atomic import atomic_write_text
+
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec_step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue  # a line cut by the kill
+        if isinstance(rec_step, int) and rec_step <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _save_weights(config, weights: dict[str, torch.Tensor], folder: Path) -> None:
     """save_pretrained's format from an already gathered state dict (FSDP's rank 0)."""
-    from safetensors.torch import save_file
+    from havoc.io.checkpoint import save_weights
 
-    from havoc.io.atomic import atomic_path
-    from havoc.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata={"format": "pt"})
-    config.save(folder / CONFIG_NAME)
+    save_weights(config, weights, folder)
 
 
 def _diff(a: Any, b: Any, where: str = "") -> list[str]:
