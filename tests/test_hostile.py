@@ -656,8 +656,6 @@ def test_second_round_flags(capsys, tmp_path) -> None:
         tiny_config(tmp_path, train={"threads": 100_000})
 
 
-@pytest.mark.xfail(strict=True, reason="engine: havoc/engine/engine.py _check_ids accepts a 0-dim float tensor "
-                   "and truncates it with int(); it should refuse non-integer tensors as it refuses floats")
 def test_engine_refuses_float_tensor_token_ids() -> None:
     from havoc import HavocModel, ModelConfig
     from havoc.engine import Engine
