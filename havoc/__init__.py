@@ -18,7 +18,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on how havoc was 
         "maps kernels/ to havoc.kernels) and run from outside the source folder, or run `pytest`."
     ) from e
 
-from havoc.config import PRESETS, ModelConfig
+from havoc.config import PRESETS, Havoc7BConfig, ModelConfig
 from havoc.errors import (
     CheckpointError,
     ConfigError,
@@ -32,6 +32,7 @@ from havoc.errors import (
 from havoc.generation import SamplingParams
 from havoc.llm import LLM, Completion
 from havoc.model import HavocModel
+from havoc.spec import HavocPrimeModel
 from havoc.tokenizer import Tokenizer
 
 __all__ = [
@@ -41,8 +42,10 @@ __all__ = [
     "Completion",
     "ConfigError",
     "GenerationError",
+    "Havoc7BConfig",
     "HavocError",
     "HavocModel",
+    "HavocPrimeModel",
     "ModelConfig",
     "ModelNotFoundError",
     "PrimeError",

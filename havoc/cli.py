@@ -582,6 +582,12 @@ def _check_text_args(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse keeps them here
+    # `havoc "PROMPT"` / `python -m havoc "PROMPT"` (the spec's form) is the main job, `havoc ask`; a lone word
+    # that is no command stays an error (a mistyped command must not become a question to the model).
+    if argv and argv[0] not in commands and not argv[0].startswith("-") and not argv[0].isidentifier():
+        argv = ["ask", *argv]
     args = parser.parse_args(argv)
     from havoc.errors import HavocError
 

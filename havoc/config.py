@@ -171,3 +171,78 @@ PRESETS: dict[str, dict[str, Any]] = {
         bos_id=1, eos_id=2, pad_id=0,
     ),
 }
+
+
+@dataclass(frozen=True)
+class AttentionView:
+    """The spec's `attention` fields of a config (read-only)."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rotary_dim: int
+    rope_theta: float
+    dropout: float = 0.0
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class MLPView:
+    """The spec's `mlp` fields of a config (read-only)."""
+
+    hidden_dim: int
+    activation: str = "swiglu"
+    bias: bool = False
+
+
+# The reasoning-token ids of DESIGN.md's list (closing tags included). The spec's config says
+# attack_token_id = 15 and pragmatist_token_id = 16, which its own token list gives to </advocate> and
+# <attack>; havoc follows the list (docs/spec.md).
+REASONING_TOKEN_IDS = {"reason_start_token_id": 10, "reason_end_token_id": 11, "tool_start_token_id": 12,
+                       "tool_end_token_id": 13, "advocate_token_id": 14, "attack_token_id": 16,
+                       "pragmatist_token_id": 18}
+
+
+@dataclass
+class Havoc7BConfig(ModelConfig):
+    """HAVOC-7B as the specification names it: the `havoc-7b` preset, with read access through the spec's
+    names (`d_model`, `num_layers`, `attention.num_heads`, `mlp.hidden_dim`, `layer_norm_eps`, token ids).
+    havoc's own names (`dim`, `n_layers`, `n_heads`, `ffn_hidden`, `norm_eps`) stay the documented ones.
+
+    Its true size is 5,957,685,248 parameters (`num_parameters()`), not the spec's "~6.96B".
+    """
+
+    vocab_size: int = PRESETS["havoc-7b"]["vocab_size"]
+    dim: int = PRESETS["havoc-7b"]["dim"]
+    n_layers: int = PRESETS["havoc-7b"]["n_layers"]
+    n_heads: int = PRESETS["havoc-7b"]["n_heads"]
+    n_kv_heads: int = PRESETS["havoc-7b"]["n_kv_heads"]
+    head_dim: int = PRESETS["havoc-7b"]["head_dim"]
+    ffn_hidden: int = PRESETS["havoc-7b"]["ffn_hidden"]
+    rope_theta: float = PRESETS["havoc-7b"]["rope_theta"]
+    norm_eps: float = PRESETS["havoc-7b"]["norm_eps"]
+    max_seq_len: int = PRESETS["havoc-7b"]["max_seq_len"]
+    tie_embeddings: bool = PRESETS["havoc-7b"]["tie_embeddings"]
+    name: str = "havoc-7b"
+
+    d_model = property(lambda self: self.dim)
+    num_layers = property(lambda self: self.n_layers)
+    layer_norm_eps = property(lambda self: self.norm_eps)
+    dropout = property(lambda self: 0.0)
+    initializer_range = property(lambda self: 0.02)
+    pad_token_id = property(lambda self: self.pad_id)
+    bos_token_id = property(lambda self: self.bos_id)
+    eos_token_id = property(lambda self: self.eos_id)
+
+    @property
+    def attention(self) -> AttentionView:
+        return AttentionView(self.n_heads, self.n_kv_heads, self.head_dim, self.rotary_dim, self.rope_theta)
+
+    @property
+    def mlp(self) -> MLPView:
+        return MLPView(self.ffn_hidden)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in REASONING_TOKEN_IDS:
+            return REASONING_TOKEN_IDS[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")

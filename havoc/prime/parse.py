@@ -19,7 +19,12 @@ NUMBER = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
 NUMBER_RE = re.compile(rf"(?<![A-Za-z_\d.]){NUMBER}")
 _LIST_RE = re.compile(rf"[\[(]\s*({NUMBER}(?:\s*[,;]\s*{NUMBER})+)\s*[\])]")
 _NAMED_LIST_RE = re.compile(rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*[=:]\s*[\[(]\s*({NUMBER}(?:\s*[,;]\s*{NUMBER})+)\s*[\])]")
-_FACTOR_RANGE_RE = re.compile(rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*\(\s*({NUMBER})\s*,\s*({NUMBER})\s*\)")
+# A named factor with its range: "Temp(100, 200)", "temperature (100-200°C)", "pressure (10 to 50 bar)",
+# "speed from 50 to 150 RPM", "time between 1 and 5".
+_RANGE_SEP = r"\s*(?:,|–|-|to|\.\.)\s*"
+_FACTOR_RANGE_RE = re.compile(
+    rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*\(\s*({NUMBER}){_RANGE_SEP}({NUMBER})\s*[^()0-9,]{{0,12}}\)"
+    rf"|\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s+(?:from|between|ranging from)\s+({NUMBER})\s*(?:to|and|-)\s*({NUMBER})")
 _WORD_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
                  "eleven": 11}
 _ARITH_RE = re.compile(rf"\(*\s*{NUMBER}(?:[\s()]*(?:\*\*|[-+*/^×÷])[\s()]*{NUMBER})+(?:\s*\))*")
@@ -87,8 +92,8 @@ def _has(text: str, *words: str) -> str | None:
 
 
 def _factor_names(prompt: str, low: str) -> list[dict]:
-    ranges = [(n, float(a), float(b)) for n, a, b in _FACTOR_RANGE_RE.findall(prompt)
-              if n.lower() not in {"center", "centre", "runs"}]
+    found = [(m[0], m[1], m[2]) if m[0] else (m[3], m[4], m[5]) for m in _FACTOR_RANGE_RE.findall(prompt)]
+    ranges = [(n, float(a), float(b)) for n, a, b in found if n.lower() not in {"center", "centre", "runs"}]
     if ranges:
         return [{"name": n, "low": _num(a), "high": _num(b)} for n, a, b in ranges]
     m = re.search(r"factors?\s*(?:named|called|:)?\s*((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,|and)\s*)+[A-Za-z][A-Za-z0-9_]*)", prompt)

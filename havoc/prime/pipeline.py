@@ -15,7 +15,7 @@ import json
 import math
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +47,16 @@ _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _DEFAULT_LLM = None
 
 
+# The stages of the earlier SRS design (the spec's MODE → GROUND → PLAN → EXECUTE → ARGUE → ARBITER → AUDIT →
+# ANSWER) and the part of a PRIME run each names: `PrimeResult.stages` / result["stages"].
+STAGES = ("MODE", "GROUND", "PLAN", "EXECUTE", "ARGUE", "ARBITER", "AUDIT", "ANSWER")
+
+
 @dataclass
-class PrimeResult:
-    """What `generate_with_prime` returns.
+class PrimeResult(Mapping):
+    """What `generate_with_prime` returns. Read it as an object (`result.text`) or, as the specification
+    does, as a mapping (`result["text"]`, `result["workspace"].summarize()`, `result["verification"]`,
+    `result["stages"]`).
 
     Attributes:
         prompt: the request.
@@ -80,11 +87,44 @@ class PrimeResult:
     stats: dict = field(default_factory=dict)
     enable_prime: bool = True
 
+    def __getitem__(self, key: str) -> Any:
+        if key in _RESULT_KEYS:
+            return getattr(self, key)
+        raise KeyError(f"{key!r}: a PrimeResult has {', '.join(_RESULT_KEYS)}")
+
+    def __iter__(self):
+        return iter(_RESULT_KEYS)
+
+    def __len__(self) -> int:
+        return len(_RESULT_KEYS)
+
+    @property
+    def stages(self) -> dict:
+        """The run under the SRS stage names: MODE (routing), GROUND (what was read from the prompt or
+        retrieved), PLAN (the subgoals), EXECUTE (tool calls), ARGUE (the debate), ARBITER (its synthesis),
+        AUDIT (verification) and ANSWER."""
+        by_kind = {g.get("kind"): g for g in self.graph}
+        argue = by_kind.get("argue", {}).get("outputs", {})
+        return {
+            "MODE": self.routing,
+            "GROUND": {e.key: e.value for e in self.workspace.of_kind("fact")},
+            "PLAN": [{"id": g["id"], "kind": g["kind"], "goal": g["goal"]} for g in self.graph],
+            "EXECUTE": self.tool_calls,
+            "ARGUE": {k: argue[k] for k in ("advocate", "attack", "pragmatist") if k in argue},
+            "ARBITER": by_kind.get("synthesize", {}).get("outputs", {}).get("reason"),
+            "AUDIT": self.verification,
+            "ANSWER": self.answer,
+        }
+
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "answer": self.answer, "text": self.text, "routing": self.routing,
                 "verification": self.verification, "tool_calls": self.tool_calls, "graph": self.graph,
                 "workspace": self.workspace.to_list(), "stats": self.stats, "enable_prime": self.enable_prime,
                 "generated_ids": self.generated_ids}
+
+
+_RESULT_KEYS = ("prompt", "answer", "text", "generated_ids", "workspace", "verification", "routing", "graph",
+                "tool_calls", "stats", "enable_prime", "stages")
 
 
 def default_llm():
@@ -112,13 +152,49 @@ def _registry(tools):
         return default_registry()
     if isinstance(tools, ToolRegistry):
         return tools
+    if isinstance(tools, Mapping):  # the spec's form: {"python_math": PythonMathEngine(), ...}
+        return _registry_of_mapping(tools)
     if isinstance(tools, (list, tuple, set, frozenset)):
         full = default_registry()
         unknown = [t for t in tools if t not in full.names()]
         if unknown:
             raise PrimeError(f"unknown tools {unknown}; known tools: {', '.join(full.names())}")
         return _Subset(full, set(tools))
-    raise PrimeError(f"tools must be None, a ToolRegistry or a list of tool names, got {type(tools).__name__}")
+    raise PrimeError(f"tools must be None, a ToolRegistry, a list of tool names or a mapping of names to tools, "
+                     f"got {type(tools).__name__}")
+
+
+def _registry_of_mapping(tools: Mapping):
+    """A registry for `tools={name: tool}`: havoc's tools named directly or through the spec's names
+    (havoc.spec's PythonMathEngine, DSLExecutor, RAGHelper stand for havoc's statistics + symbolic,
+    dsl_executor and rag_helper), and any other object with an `execute(**args)` method registered as a
+    tool of that name. PRIME routes requests to havoc's tools; the others are there for the calls made
+    through the registry."""
+    from havoc.tools import ToolRegistry, ToolSpec, default_registry, register_builtin
+    from havoc.tools.aliases import covered_tools
+
+    full = default_registry()
+    allowed: set[str] = set()
+    custom: dict[str, Any] = {}
+    for name, tool in tools.items():
+        if not isinstance(name, str):
+            raise PrimeError(f"tool names must be strings, got {name!r}")
+        covered = getattr(tool, "havoc_tools", None) or covered_tools(name)
+        if covered:
+            allowed |= set(covered)
+        elif callable(getattr(tool, "execute", None)):
+            custom[name] = tool
+        else:
+            raise PrimeError(f"tool {name!r}: not one of havoc's tools ({', '.join(full.names())}) and it has no "
+                             "execute(**args) method")
+    if not custom:
+        return _Subset(full, allowed)
+    registry = register_builtin(ToolRegistry())
+    for name, tool in custom.items():
+        registry.register(ToolSpec(name=name, description=str(getattr(tool, "__doc__", "") or name)[:500],
+                                   fn=lambda args, ctx, tool=tool: tool.execute(**args),
+                                   schema=getattr(tool, "schema", None) or {"type": "object"}, in_process=True))
+    return _Subset(registry, allowed | set(custom))
 
 
 class _Subset:

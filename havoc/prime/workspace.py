@@ -63,6 +63,18 @@ class Workspace:
                 results[key] = {"value": e.value, "source": e.source}
         return {"facts": {e.key: e.value for e in self.of_kind("fact")}, "results": results, "flags": self.flags()}
 
+    def summarize(self) -> str:
+        """A few lines a person reads: the facts the prompt gave, each result with its source, the flags."""
+        lines = []
+        for e in self.entries:
+            if e.kind == "constraint":
+                continue
+            value = e.value if isinstance(e.value, str) else json.dumps(e.value, default=str, separators=(",", ":"))
+            if len(value) > 160:
+                value = value[:157] + "..."
+            lines.append(f"{e.kind:7} {e.key}: {value}  [{e.source}]")
+        return "\n".join(lines) if lines else "(empty workspace)"
+
     def to_list(self) -> list[dict]:
         return [asdict(e) for e in self.entries]
 

@@ -14,8 +14,9 @@ capability), symbolic (safe sympy), plots, dsl (the DOE/SPC language), retrieval
 rag_helper), registry (ToolRegistry, extract_tool_calls), builtin (the shipped tools and schemas).
 """
 
+from havoc.spec import DSLExecutor, PythonMathEngine, RAGHelper
 from havoc.tools.builtin import default_registry, register_builtin
 from havoc.tools.registry import ToolCall, ToolContext, ToolRegistry, ToolSpec, extract_tool_calls
 
-__all__ = ["ToolCall", "ToolContext", "ToolRegistry", "ToolSpec", "default_registry", "extract_tool_calls",
-           "register_builtin"]
+__all__ = ["DSLExecutor", "PythonMathEngine", "RAGHelper", "ToolCall", "ToolContext", "ToolRegistry", "ToolSpec",
+           "default_registry", "extract_tool_calls", "register_builtin"]

@@ -30,6 +30,7 @@ from typing import Any
 
 from havoc.errors import ToolError
 from havoc.tools._common import jsonable
+from havoc.tools.aliases import spec_tool_names, translate
 
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 3600.0
@@ -304,10 +305,10 @@ class ToolRegistry:
             {"success": True, "result": {...}} or {"success": False, "error": "one line"}.
         """
         try:
-            if not isinstance(name, str) or name not in self._tools:
+            alias = isinstance(name, str) and name not in self._tools and name in spec_tool_names()
+            if not alias and (not isinstance(name, str) or name not in self._tools):
                 known = ", ".join(self.names())
                 return _fail(f"unknown tool {name!r:.80}; known tools: {known}")
-            spec = self._tools[name]
             if args is None:
                 args = {}
             if isinstance(args, (str, bytes)):
@@ -319,6 +320,11 @@ class ToolRegistry:
                     return _fail(f"arguments are not valid JSON: {e}")
             if not isinstance(args, Mapping):
                 return _fail("args must be a JSON object")
+            if alias:  # the spec's name for a havoc tool (havoc/tools/aliases.py)
+                spec_name, (name, args) = name, translate(name, args)
+                if name not in self._tools:
+                    return _fail(f"{spec_name} maps onto tool {name!r}, which this registry does not have")
+            spec = self._tools[name]
             _check_plain_json(args)
             if len(json.dumps(args)) > MAX_ARG_BYTES:
                 return _fail(f"arguments are larger than {MAX_ARG_BYTES} bytes")
