@@ -16,12 +16,18 @@ import gc
 import os
 import platform
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+
+# `python -m pytest bench` from the repository root: benchmark the installed package, not the source tree
+# (see tests/conftest.py).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -1,6 +1,7 @@
 """Turn `pytest bench --benchmark-only --benchmark-json=FILE` output into the tables of RESULTS.md.
 
-    python bench/report.py FILE
+    python bench/report.py FILE                 # the tables
+    python bench/report.py --compact FILE       # rewrite FILE without per-round timings (what bench/results keeps)
 
 Rows pair havoc with the baseline run in the same process, interleaved round by round (transformers or
 llama.cpp for generation, named in each row); every figure is a median. A run of bench/test_kernels.py gives the kernel table instead.
@@ -118,6 +119,21 @@ def kernel_table(benchmarks: list[dict]) -> list[str]:
     return out
 
 
+_STATS = ("min", "max", "mean", "median", "stddev", "iqr", "rounds", "iterations")
+
+
+def compact(data: dict) -> dict:
+    """A --benchmark-json report without its per-round timings: machine, commit, and per benchmark its
+    name, parameters, summary statistics and extra_info — what the tables are made from."""
+    return {
+        "machine_info": data.get("machine_info", {}), "commit_info": data.get("commit_info", {}),
+        "datetime": data.get("datetime"), "version": data.get("version"),
+        "benchmarks": [{"name": b.get("name"), "group": b.get("group"), "params": b.get("params"),
+                        "stats": {k: b.get("stats", {}).get(k) for k in _STATS},
+                        "extra_info": b.get("extra_info", {})} for b in data.get("benchmarks", [])],
+    }
+
+
 def main(path: str) -> None:
     with open(path) as f:
         data = json.load(f)
@@ -139,6 +155,12 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python bench/report.py BENCHMARK_JSON")
-    main(sys.argv[1])
+    if len(sys.argv) == 3 and sys.argv[1] == "--compact":
+        with open(sys.argv[2]) as f:
+            small = compact(json.load(f))
+        with open(sys.argv[2], "w") as f:
+            json.dump(small, f, indent=1)
+    elif len(sys.argv) == 2:
+        main(sys.argv[1])
+    else:
+        sys.exit("usage: python bench/report.py [--compact] BENCHMARK_JSON")

@@ -5,29 +5,9 @@ below is a pure-Python model of the same design with the same API — the oracle
 and the baseline of the benchmark. Both hold metadata only; `PagedKVCache` (havoc/cache.py) owns the K/V
 pools of shape (num_blocks, block_size, n_kv_heads, head_dim) and follows what the manager hands out.
 
-The design
-----------
-- A pool of `num_blocks` blocks of `block_size` token slots. Token position p of a sequence lives at slot
-  ``table[p // block_size] * block_size + p % block_size``; a sequence of length L owns
-  ceil(L / block_size) blocks.
-- `fork(parent, child)`: the child shares every block, the partial last one included, by reference
-  count. A block is written only while private (one reference, not published); `step`/`append` into a
-  shared or published partial block first moves the sequence onto a fresh block and returns the
-  (src, dst) copy the tensor side must make before writing.
-- Prefix cache: a block that becomes full is published under XXH3(tokens, seed = key of the block before
-  it, or of the namespace for a first block). `add` reuses the longest published prefix of whole blocks
-  in the same namespace — never the whole prompt, so the last token is always computed — and returns how
-  many tokens it may skip. Every hash hit compares tokens, namespace and parent block, so a collision
-  degrades to a miss. Unreferenced published blocks stay until their space is needed, least recently
-  released first and only blocks no other published block extends (leaves before parents).
-- Plan first, then mutate: a call that raises `OutOfBlocksError`, `UnknownSequenceError` or `ValueError`
-  leaves the manager exactly as it was. `can_allocate(n)` is the admission check, keeping
-  `watermark * num_blocks` blocks in reserve for running sequences; `add` and `step` themselves only fail
-  when the pool is truly exhausted.
-- A block becomes published (and may be hit by a later `add`) during the call that fills it, before its
-  K/V exists. The tensor side must write every slot a call hands out before anything attends over those
-  blocks: within one forward, write all of a layer's new K/V before that layer's attention — the order
-  the KVCache protocol's `attend` follows.
+The design — a pool of fixed-size blocks, copy-on-write forks, the chained-hash prefix cache and its
+eviction order, plan-then-mutate, the contract with the tensor side — is written once, beside the data it
+protects and its invariants, in csrc/block_manager.h.
 
 Using it from the tensor side
 -----------------------------

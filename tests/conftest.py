@@ -7,7 +7,15 @@ Tests that need the checkpoint are marked `@pytest.mark.model`; `pytest -m "not 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+# `python -m pytest` puts the working directory first on sys.path; from the repository root that is the
+# source tree, whose havoc/ has neither the compiled extension nor havoc.kernels (both exist only once
+# installed). Test the installed package instead, as plain `pytest` does (an editable install finds the
+# sources through its own import hook, not through sys.path).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
 
 import pytest
 import torch
