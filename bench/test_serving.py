@@ -186,3 +186,38 @@ def test_batch_invariance_cost(benchmark, weights, dtype):
     benchmark.extra_info.update(kind="batch_invariance", dtype=dtype, workload=wl.description,
                                 invariant_s=ours, torch_prefill_s=statistics.median(theirs),
                                 cost=ours / statistics.median(theirs))
+
+
+@pytest.mark.parametrize("chunk", [64, 128, 256, 512, 1024])
+def test_chunk_size(benchmark, chunk):
+    """A 1536-token prompt entering beside a running stream: its prefill rate, and the longest pause the
+    stream sees (the step time), per step budget (`max_batch_tokens`)."""
+    from havoc import hub
+    from havoc.engine import Engine, SamplingParams
+
+    torch.set_num_threads(THREADS)
+    model, tok = hub.load("smollm2")
+    text = (Path(__file__).with_name("data") / "heldout.txt").read_text(encoding="utf-8")
+    long = (tok.encode(text) * 3)[:1536]
+    stalls: list[float] = []
+
+    def run():
+        e = Engine(model, tok, kv_cache_tokens=4096, max_batch_tokens=chunk, speculative=False)
+        stream = e.add_request(tok.encode("Once upon a time"), SamplingParams(max_new_tokens=2000, ignore_eos=True))
+        e.step()
+        r = e.add_request(long, SamplingParams(max_new_tokens=1))
+        t0 = time.perf_counter()
+        worst = 0.0
+        while not r.finished:
+            s = time.perf_counter()
+            e.step()
+            worst = max(worst, time.perf_counter() - s)
+        e.abort(stream)
+        stalls.append(worst)
+        return time.perf_counter() - t0
+
+    run()
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    t = benchmark.stats.stats.median if benchmark.stats else float("nan")
+    benchmark.extra_info.update(kind="chunk_size", chunk=chunk, prompt_tokens=len(long),
+                                prefill_tok_s=len(long) / t, worst_step_s=statistics.median(stalls[1:]))
