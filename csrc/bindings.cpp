@@ -376,9 +376,9 @@ havoc::KVDType kv_dtype(const py::array& a, const std::string& name) {
 using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 // A weight given as (array, dtype, scales, group[, cols]): a C-contiguous 2-D array of float32 ("float32"),
-// of bf16 bits as int16/uint16 ("bfloat16") or of int8 ("int8": rows packed as cpu_decode.h describes, so
-// the array is (rows, cols rounded up to 64) and `cols` gives the real input count; (rows, groups) float32
-// scales).
+// of bf16 bits as int16/uint16 ("bfloat16") or of uint8 ("int8", "int8_weight_only": the bytes q + 128 of
+// rows padded as cpu_decode.h describes, so the array is (rows, cols rounded up to 64) and `cols` gives the
+// real input count; (rows, groups) float32 scales).
 havoc::WeightView weight_view(const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
                               int64_t cols, const std::string& what) {
   if (w.ndim() != 2) throw py::value_error(what + " must be 2-D (out, in), got " + shape_str(w));
@@ -395,9 +395,10 @@ havoc::WeightView weight_view(const py::array& w, const std::string& dtype, cons
     if ((kind != 'i' && kind != 'u') || w.itemsize() != 2)
       throw py::value_error(what + ": dtype bfloat16 needs its bits as an int16/uint16 array");
     v.dtype = havoc::WeightDType::kBFloat16;
-  } else if (dtype == "int8") {
-    if (kind != 'i' || w.itemsize() != 1) throw py::value_error(what + ": dtype int8 needs an int8 array");
-    v.dtype = havoc::WeightDType::kInt8;
+  } else if (dtype == "int8" || dtype == "int8_weight_only") {
+    if (kind != 'u' || w.itemsize() != 1)
+      throw py::value_error(what + ": dtype " + dtype + " needs a uint8 array (the bytes q + 128)");
+    v.dtype = dtype == "int8" ? havoc::WeightDType::kInt8 : havoc::WeightDType::kInt8WeightOnly;
     if (group < 64 || group % 64) throw py::value_error(what + ": the int8 group must be a positive multiple of 64");
     v.group = group;
     v.cols = cols;
@@ -412,7 +413,8 @@ havoc::WeightView weight_view(const py::array& w, const std::string& dtype, cons
                             std::to_string(v.groups()) + "), got " + shape_str(s));
     v.scales = static_cast<const float*>(s.data());
   } else {
-    throw py::value_error(what + ": dtype must be 'float32', 'bfloat16' or 'int8', got '" + dtype + "'");
+    throw py::value_error(what + ": dtype must be 'float32', 'bfloat16', 'int8' or 'int8_weight_only', got '" +
+                          dtype + "'");
   }
   return v;
 }
@@ -481,28 +483,64 @@ PYBIND11_MODULE(_C, m) {
 
   // --- the decode kernels ------------------------------------------------------------------------------
   m.def("linear_isas", &havoc::linear_isas, "Variants of the decode kernels this CPU runs, narrowest first.");
+  m.def("linear_variants", &havoc::linear_variants,
+        "Every variant of the decode kernels, narrowest first, whether or not this CPU runs it.");
+  m.def("linear_variant_missing", &havoc::linear_variant_missing, py::arg("variant"),
+        "Why a variant cannot run here ('' when it can).");
+  m.def("attention_isa_for", &havoc::attention_isa_for, py::arg("variant"),
+        "The paged-attention variant a decode step runs with this decode-kernel variant ('auto' resolves).");
+  m.def(
+      "quantize_rows_int8",
+      [](const py::array& x, int64_t group) {
+        const int64_t ldx = f32_rows(x, "x");
+        const int64_t M = x.shape(0), K = x.shape(1), ld = (K + 63) / 64 * 64, ng = (K + group - 1) / std::max<int64_t>(group, 1);
+        py::array_t<int8_t> q(std::vector<py::ssize_t>{M, ld});
+        py::array_t<float> s(std::vector<py::ssize_t>{M, ng});
+        py::array_t<int32_t> c(std::vector<py::ssize_t>{M, ng});
+        int8_t* qp = q.mutable_data();
+        float* sp = s.mutable_data();
+        int32_t* cp = c.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          havoc::quantize_rows_int8(static_cast<const float*>(x.data()), M, ldx, K, group, qp, sp, cp);
+        }
+        return py::make_tuple(q, s, c);
+      },
+      py::arg("x"), py::arg("group"),
+      "The int8 format's activation quantization of x (M, K) float32, as the kernels compute it: (q (M, K "
+      "rounded up to 64) int8, scales (M, groups) float32, corrections (M, groups) int32 = -128 * sum(q)).");
   m.def(
       "linear",
-      [](py::array out, const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales,
-         int64_t group, int64_t cols, bool accumulate, const std::string& isa) {
+      [](const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
+         int64_t cols, const py::object& out_obj, bool accumulate, const std::string& isa) {
         const havoc::WeightView v = weight_view(w, dtype, scales, group, cols, "weight");
-        const int64_t ldx = f32_rows(x, "x"), ldy = f32_rows(out, "out");
-        require_writeable(out, "out");
+        const int64_t ldx = f32_rows(x, "x");
         if (x.shape(1) != v.cols)
           throw py::value_error("x has " + std::to_string(x.shape(1)) + " features but the weight takes " +
                                 std::to_string(v.cols));
+        py::array out = out_obj.is_none() ? py::array(py::array_t<float>(std::vector<py::ssize_t>{x.shape(0), v.rows}))
+                                          : py::reinterpret_borrow<py::array>(out_obj);
+        if (accumulate && out_obj.is_none()) throw py::value_error("accumulate needs an out array to add to");
+        const int64_t ldy = f32_rows(out, "out");
+        require_writeable(out, "out");
         if (out.shape(0) != x.shape(0) || out.shape(1) != v.rows)
           throw py::value_error("out must be (" + std::to_string(x.shape(0)) + ", " + std::to_string(v.rows) +
                                 "), got " + shape_str(out));
         float* y = static_cast<float*>(out.mutable_data());
-        py::gil_scoped_release nogil;
-        havoc::linear(static_cast<const float*>(x.data()), x.shape(0), ldx, v, y, ldy, accumulate, isa);
+        {
+          py::gil_scoped_release nogil;
+          havoc::linear(static_cast<const float*>(x.data()), x.shape(0), ldx, v, y, ldy, accumulate, isa);
+        }
+        return out;
       },
-      py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("dtype"), py::arg("scales") = py::none(),
-      py::arg("group") = 0, py::arg("cols") = 0, py::arg("accumulate") = false, py::arg("isa") = "auto",
-      "out (=|+=) x @ weight.T with fp32 accumulation: x (M, K) float32 with contiguous rows, weight (N, K) "
-      "float32 / bf16 bits, or int8 packed (N, K rounded up to 64) with cols=K and (N, ceil(K / group)) scales; "
-      "out (M, N) float32. Releases the GIL.");
+      py::arg("x"), py::arg("weight"), py::arg("dtype"), py::arg("scales") = py::none(), py::arg("group") = 0,
+      py::arg("cols") = 0, py::kw_only(), py::arg("out") = py::none(), py::arg("accumulate") = false,
+      py::arg("isa") = "auto",
+      "x @ weight.T with fp32 accumulation, into `out` (M, N) float32 (=, or += with accumulate) or a new "
+      "array, which it returns: x (M, K) float32 with contiguous rows; weight (N, K) float32 / bf16 bits, or "
+      "int8 bytes q + 128 (N, K rounded up to 64) with cols=K and (N, ceil(K / group)) scales ('int8': "
+      "activations quantized to int8 per row and group; 'int8_weight_only': fp32 activations). isa: a "
+      "kernel variant or 'auto'. Releases the GIL.");
   m.def(
       "linear_argmax",
       [](const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,

@@ -34,18 +34,32 @@ import numpy as np
 import torch
 
 from havoc import _C, cpu_ops, ops
+from havoc.kernels import reference
 from havoc.errors import ConfigError
 
 MAX_ROWS = 64  # ops.linear takes the C++ kernel up to this many rows (decode, small batches)
 INT8_GROUP = 64  # inputs per int8 scale (a multiple of 64)
-WEIGHT_FORMATS = ("auto", "int8")  # "auto": the model's own dtype (fp32 or bf16)
+INT8_ACTIVATIONS = ("int8", "fp32")
+# "auto": the model's own dtype (fp32 or bf16); "int8": int8 weights x int8 activations (per row and group of
+# 64, as llama.cpp's Q8_0); "int8_weight_only": int8 weights x fp32 activations.
+WEIGHT_FORMATS = ("auto", "int8", "int8_weight_only")
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 
 def isas() -> list[str]:
-    """Kernel variants this CPU can run, narrowest first ("scalar" always; "avx2", "avx512" where present)."""
+    """Kernel variants this CPU can run, narrowest first ("scalar" always; the last is what "auto" runs)."""
     return list(_C.linear_isas())
+
+
+def variant_status() -> dict[str, str]:
+    """Every kernel variant of the build, narrowest first: "runs" (and which "auto" picks) or why it cannot."""
+    runnable = isas()
+    out = {}
+    for v in _C.linear_variants():
+        why = _C.linear_variant_missing(v)
+        out[v] = ("runs ('auto' picks it)" if v == runnable[-1] else "runs") if not why else f"unavailable: {why}"
+    return out
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -55,42 +69,46 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class Int8Weight:
-    """A weight quantized to int8 with one fp32 scale per `group` consecutive inputs of a row (symmetric:
-    w ~= q * scale, scale = max |w| over the group / 127), stored packed for the kernels: each row padded
-    to a multiple of 64 inputs, and within each block of 64, byte 4 j + c holding input 16 c + j
-    (csrc/cpu_decode.h says why).
+    """A weight quantized to int8 with one fp32 scale per `group` consecutive inputs of a row (symmetric,
+    `reference.quantize_int8`: w ~= q * scale, scale = max |w| over the group / 127), stored for the
+    kernels as the unsigned bytes q + 128 in input order, each row padded to a multiple of 64 inputs with
+    128 (q = 0) — csrc/cpu_decode.h says why.
 
     Attributes:
-        packed: (out, in rounded up to 64) int8, the kernels' layout.
+        packed: (out, in rounded up to 64) uint8, the bytes q + 128.
         scales: (out, ceil(in / group)) fp32.
         group: inputs per scale (a multiple of 64).
         shape: (out, in).
+        activations: what the product multiplies the weight with: "int8" (activations quantized per row
+            and group, llama.cpp's Q8_0 x Q8_0) or "fp32" (weight-only quantization).
     """
 
-    def __init__(self, packed: torch.Tensor, scales: torch.Tensor, group: int, shape: tuple[int, int]) -> None:
-        self.packed, self.scales, self.group, self.shape = packed, scales, group, shape
+    def __init__(
+        self, packed: torch.Tensor, scales: torch.Tensor, group: int, shape: tuple[int, int], activations: str = "int8"
+    ) -> None:
+        if activations not in INT8_ACTIVATIONS:
+            raise ConfigError(f"activations must be one of {INT8_ACTIVATIONS}, got {activations!r}")
+        self.packed, self.scales, self.group, self.shape, self.activations = packed, scales, group, shape, activations
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor, group: int = INT8_GROUP) -> Int8Weight:
+    def quantize(cls, weight: torch.Tensor, group: int = INT8_GROUP, *, activations: str = "int8") -> Int8Weight:
         if group < 64 or group % 64:
             raise ConfigError(f"int8 group size must be a positive multiple of 64, got {group}")
         if weight.dim() != 2:
             raise ConfigError(f"can only quantize 2-D weights, got shape {tuple(weight.shape)}")
-        w = weight.detach().float()
-        N, K = w.shape
-        wp = torch.nn.functional.pad(w, (0, -K % group)).view(N, -1, group)  # (N, G, group)
-        scales = wp.abs().amax(-1) / 127.0  # (N, G)
-        scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-        q = torch.round(wp / scales[..., None]).clamp_(-127, 127).to(torch.int8).view(N, -1)[:, :K]
-        q = torch.nn.functional.pad(q, (0, -K % 64))  # (N, Kp): zeros past K
-        packed = q.view(N, -1, 4, 16).transpose(2, 3).reshape(N, -1)  # block byte 4 j + c = input 16 c + j
-        return cls(packed.contiguous(), scales.contiguous(), group, (N, K))
+        N, K = weight.shape
+        q, scales = reference.quantize_int8(weight.detach(), group)  # (N, K) int8, (N, G) fp32
+        packed = torch.nn.functional.pad(q.to(torch.int16) + 128, (0, -K % 64), value=128).to(torch.uint8)
+        return cls(packed.contiguous(), scales.contiguous(), group, (N, K), activations)
+
+    def with_activations(self, activations: str) -> Int8Weight:
+        """The same weight bytes, multiplied with `activations` ("int8" or "fp32")."""
+        return Int8Weight(self.packed, self.scales, self.group, self.shape, activations)
 
     @property
     def q(self) -> torch.Tensor:
         """The int8 values in input order: (out, in)."""
-        N, K = self.shape
-        return self.packed.view(N, -1, 16, 4).transpose(2, 3).reshape(N, -1)[:, :K]
+        return (self.packed[:, : self.shape[1]].to(torch.int16) - 128).to(torch.int8)
 
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight this int8 weight stands for: (out, in)."""
@@ -98,7 +116,8 @@ class Int8Weight:
         return self.q.float() * s
 
     def spec(self) -> tuple:
-        return (self.packed.numpy(), "int8", self.scales.numpy(), self.group, self.shape[1])
+        dtype = "int8" if self.activations == "int8" else "int8_weight_only"
+        return (self.packed.numpy(), dtype, self.scales.numpy(), self.group, self.shape[1])
 
 
 def _spec(weight: torch.Tensor | Int8Weight) -> tuple:
@@ -132,7 +151,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor | Int8Weight, *, isa: str = "au
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     out = torch.empty(x2d.shape[0], N, dtype=torch.float32)
-    _C.linear(out.numpy(), x2d.numpy(), *spec[:4], cols=K, isa=isa)
+    _C.linear(x2d.numpy(), *spec[:4], cols=K, out=out.numpy(), isa=isa)
     out = out.view(*x.shape[:-1], N)
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
@@ -168,8 +187,9 @@ class CPUDecoder:
 
     Args:
         model: a CPU `HavocModel` in fp32 or bf16.
-        weights: "auto" (the model's own weights) or "int8" (weight-only int8, one fp32 scale per
-            `group` inputs of a row; the embedding lookup reads the int8 table too).
+        weights: "auto" (the model's own weights), "int8" (int8 weights, one fp32 scale per `group` inputs
+            of a row, times activations quantized to int8 per row and group) or "int8_weight_only" (the
+            same weights times fp32 activations). The embedding lookup reads the int8 table too.
         group: int8 inputs per scale.
         isa: kernel variant, "auto" or one of `isas()`.
     """
@@ -187,7 +207,9 @@ class CPUDecoder:
         self.weights, self.group, self.isa, self.dtype = weights, group, isa, p.dtype
 
         def w(t: torch.Tensor):
-            return Int8Weight.quantize(t, group) if weights == "int8" else t.detach()
+            if weights == "auto":
+                return t.detach()
+            return Int8Weight.quantize(t, group, activations="int8" if weights == "int8" else "fp32")
 
         def norm(t: torch.Tensor) -> np.ndarray:
             return t.detach().float().contiguous().numpy()
@@ -311,14 +333,14 @@ def for_model(model, weights: str = "auto") -> CPUDecoder | None:
     the fast path does not apply: not a CPU fp32/bf16 model, or the ops backend says reference/triton.
 
     Raises:
-        ConfigError: weights="int8" where the fast path cannot run (int8 has no reference path here),
+        ConfigError: int8 weights where the fast path cannot run (int8 has no reference path here),
             or HAVOC_OPS=fast where it does not apply.
     """
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"cpu weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
     p = model.tok_embeddings.weight
     if not applies(model):
-        if weights == "int8" or ops.get_backend() == "fast":
+        if weights != "auto" or ops.get_backend() == "fast":
             raise ConfigError(
                 f"the CPU decode fast path needs a CPU model in fp32 or bf16 and HAVOC_OPS auto or fast "
                 f"(got {p.dtype} on {p.device}, HAVOC_OPS={ops.get_backend()})"

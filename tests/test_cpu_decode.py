@@ -1,21 +1,30 @@
 """The whole-step CPU decoder (havoc.cpu_decode.CPUDecoder) against the reference model over the same paged
-cache: logits (fp32 <= 1e-4 relative; bf16 and int8 against the weights they stand for), every ISA variant,
-ragged batches, continuous batching in the generation loop, greedy continuations on SmolLM2, bad input."""
+cache: logits (fp32 <= 1e-4 relative; bf16 and int8 against the formulas of their formats), every kernel
+variant (those this CPU lacks skipped with the reason), ragged batches, continuous batching in the
+generation loop, greedy continuations on SmolLM2, bad input."""
 
 import copy
 
 import pytest
 import torch
 
-from havoc import GenerationError, cpu_decode, ops
+from havoc import GenerationError, _C, cpu_decode, ops
 from havoc.cache import PagedKVCache
 from havoc.config import ModelConfig
 from havoc.cpu_decode import CPUDecoder, Int8Weight
 from havoc.errors import ConfigError
 from havoc.generation import GenerationStats, SamplingParams, generate_ids
+from havoc.kernels import reference
 from havoc.model import HavocModel
 
-ISAS = cpu_decode.isas()
+VARIANTS = _C.linear_variants()
+
+
+def variant(name: str) -> str:
+    why = _C.linear_variant_missing(name)
+    if why:
+        pytest.skip(f"kernel variant {name}: {why}")
+    return name
 
 
 def _rel(got, want):
@@ -67,10 +76,10 @@ def _decode(model, prompts, steps, decoder=None, block_size=16):
     return out
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", VARIANTS)
 def test_fp32_logits_match_the_reference(tiny, isa):
     want = _decode(tiny, PROMPTS, 5)
-    got = _decode(tiny, PROMPTS, 5, CPUDecoder(tiny, isa=isa), block_size=8)  # other block size: same K/V
+    got = _decode(tiny, PROMPTS, 5, CPUDecoder(tiny, isa=variant(isa)), block_size=8)  # other block size: same K/V
     for g, w in zip(got, want):
         assert _rel(g, w) <= 1e-4
 
@@ -97,19 +106,43 @@ def test_bf16_logits_are_close_to_the_fp32_product_of_the_bf16_weights(tiny):
         assert _rel(g, w) <= 5e-2
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_int8_logits_match_the_dequantized_model(tiny, isa):
-    dec = CPUDecoder(tiny, weights="int8", group=64, isa=isa)
-    deq = copy.deepcopy(tiny)
+def _quantized_reference(model, activations):
+    """A copy of `model` whose products are `reference.linear_int8` of int8 weights (group 64) and whose
+    embedding holds the dequantized table: the formula the decoder's int8 formats stand for."""
+    deq = copy.deepcopy(model)
+    q8 = {}
     with torch.no_grad():
-        for name, mod in deq.named_modules():
+        for mod in deq.modules():
             if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)):
-                mod.weight.copy_(Int8Weight.quantize(mod.weight, 64).dequantize())
-    # the prefill (model forward) runs on the dequantized weights as well, so both paths see one model
-    got = _decode(deq, PROMPTS, 4, dec)
-    want = _decode(deq, PROMPTS, 4)
-    for g, w in zip(got, want):
-        assert _rel(g, w) <= 1e-4
+                q = Int8Weight.quantize(mod.weight, 64)
+                mod.weight.copy_(q.dequantize())
+                q8[mod.weight.data_ptr()] = q
+
+    def linear(x, weight):
+        q = q8[weight.data_ptr()]
+        return reference.linear_int8(x, q.q, q.scales, 64, activations=activations).to(x.dtype)
+
+    return deq, linear
+
+
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("weights, activations", [("int8", "int8"), ("int8_weight_only", "fp32")])
+def test_int8_logits_match_the_formula(tiny, isa, weights, activations, monkeypatch):
+    dec = CPUDecoder(tiny, weights=weights, group=64, isa=variant(isa))
+    deq, linear = _quantized_reference(tiny, activations)
+    # the prefill (model forward) runs on the dequantized weights, so both paths start from one cache
+    cache = PagedKVCache.for_model(deq, 64, 16)
+    sids, nxt = _prefill(deq, cache, PROMPTS)
+    twin = PagedKVCache.for_model(deq, 64, 16)
+    assert _prefill(deq, twin, PROMPTS) == (sids, nxt)
+    with torch.inference_mode():
+        for _ in range(4):
+            got = dec.step(cache, sids, nxt)
+            with ops.use_backend("reference"), monkeypatch.context() as m:
+                m.setattr(ops, "linear", linear)
+                want = deq(twin.prepare(sids, nxt), cache=twin, logits_to_keep=1)[:, -1].float()
+            assert _rel(got, want) <= 1e-4
+            nxt = want.argmax(-1).tolist()
 
 
 def test_generation_uses_the_decoder_and_matches_the_reference(tiny, monkeypatch):
