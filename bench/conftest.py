@@ -72,8 +72,8 @@ def memory_read_gb_s() -> float:
 
 @pytest.fixture(scope="session")
 def llamacpp(smollm2, tmp_path_factory):
-    """get(dtype, batch) -> bench.llamacpp.LlamaCppDecoder on SmolLM2's weights as F32/BF16 GGUF (one per
-    dtype, sized for batch 32), on whichever llama.cpp binding loads (`llama_cpp` of llama-cpp-python,
+    """get(dtype, batch) -> bench.llamacpp.LlamaCppDecoder on SmolLM2's weights as F32/BF16/Q8_0 GGUF (one
+    per dtype: "float32", "bfloat16", "int8"; sized for batch 32), on whichever llama.cpp binding loads (`llama_cpp` of llama-cpp-python,
     else `llama_cpp_py_sync`); skips when none does."""
     import importlib.util
 
@@ -93,7 +93,7 @@ def llamacpp(smollm2, tmp_path_factory):
 
     def get(dtype: str, batch: int) -> LlamaCppDecoder:
         if dtype not in made:
-            name = {"float32": "F32", "bfloat16": "BF16"}[dtype]
+            name = {"float32": "F32", "bfloat16": "BF16", "int8": "Q8_0"}[dtype]
             path = export_gguf(hub.pull("smollm2"), tmp_path_factory.getbasetemp() / f"smollm2-{name}.gguf", name)
             # each sequence gets its own n_ctx / n_seq_max KV cells, which llama.cpp pads to 256
             made[dtype] = LlamaCppDecoder(path, max_batch=32, n_ctx=32 * 256, threads=torch.get_num_threads())

@@ -487,6 +487,19 @@ PYBIND11_MODULE(_C, m) {
         "Every variant of the decode kernels, narrowest first, whether or not this CPU runs it.");
   m.def("linear_variant_missing", &havoc::linear_variant_missing, py::arg("variant"),
         "Why a variant cannot run here ('' when it can).");
+  m.def(
+      "linear_kernel",
+      [](const std::string& variant, const std::string& dtype) {
+        const std::vector<std::pair<std::string, havoc::WeightDType>> names = {
+            {"float32", havoc::WeightDType::kFloat32}, {"bfloat16", havoc::WeightDType::kBFloat16},
+            {"int8", havoc::WeightDType::kInt8}, {"int8_weight_only", havoc::WeightDType::kInt8WeightOnly}};
+        for (const auto& n : names)
+          if (n.first == dtype) return havoc::linear_kernel(variant, n.second);
+        throw py::value_error("dtype must be 'float32', 'bfloat16', 'int8' or 'int8_weight_only', got '" + dtype + "'");
+      },
+      py::arg("variant"), py::arg("dtype"), "What a kernel variant runs for a weight format, in words.");
+  m.def("decoder_features", &havoc::decoder_features,
+        "The model features the whole-step Decoder implements (havoc.cpu_decode checks a model against them).");
   m.def("attention_isa_for", &havoc::attention_isa_for, py::arg("variant"),
         "The paged-attention variant a decode step runs with this decode-kernel variant ('auto' resolves).");
   m.def(
@@ -735,9 +748,9 @@ PYBIND11_MODULE(_C, m) {
       "(IndexError, nothing copied); destinations must be distinct and never a source. Releases the GIL.");
   m.def(
       "paged_decode_attention",
-      [](py::array out, const py::array& q, const py::array& k_pool, const py::array& v_pool,
-         const py::object& tables_obj, const py::object& lengths_obj, float scale, const std::string& dtype,
-         int64_t num_splits, const std::string& isa) {
+      [](const py::array& q, const py::array& k_pool, const py::array& v_pool, const py::object& tables_obj,
+         const py::object& lengths_obj, float scale, const std::string& dtype, int64_t num_splits,
+         const std::string& isa, py::array out) {
         havoc::DecodeAttentionArgs a;
         a.shape = pool_shape(k_pool, "k_pool");
         if (!same_shape(a.shape, pool_shape(v_pool, "v_pool")))
@@ -777,12 +790,13 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release nogil;
         havoc::paged_decode_attention(a, num_splits, isa);
       },
-      py::arg("out"), py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("block_tables"),
-      py::arg("lengths"), py::kw_only(), py::arg("scale"), py::arg("dtype"), py::arg("num_splits") = 0,
-      py::arg("isa") = "auto",
+      py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("block_tables"), py::arg("lengths"),
+      py::kw_only(), py::arg("scale"), py::arg("dtype"), py::arg("num_splits") = 0, py::arg("isa") = "auto",
+      py::arg("out"),
       "Decode attention of q (batch, n_heads, head_dim) over each sequence's first lengths[b] cached tokens, "
+      "into out (shaped like q, C-contiguous), "
       "found through block_tables (batch, width) int32; GQA with n_heads / kv_heads query heads per KV head. "
-      "Writes out (batch, n_heads, head_dim). dtype: 'float32', or 'bfloat16' with the buffers as int16 "
+      "dtype: 'float32', or 'bfloat16' with the buffers as int16 "
       "bits. num_splits: split-K chunks per sequence (0: automatic). isa: 'auto', 'scalar', 'avx2', "
       "'avx512'. Block ids and lengths are checked first (IndexError). Releases the GIL.");
   m.def("decode_attention_isas", &havoc::decode_attention_isas,

@@ -782,6 +782,7 @@ using QuantizeFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, in
 // One kernel variant: its products by weight format, its elementwise kernels, and what prepare() gives it.
 struct Variant {
   const char* name;
+  int width;       // fp32 lanes of its vectors
   bool bf16_dot;   // bf16 weights meet bf16 activations (xb) instead of widened pairs (xp)
   bool int8_dot;   // int8 weights meet int8 activations (xq) instead of widened fp32 ones (xd)
   bool amx;        // B tiles of x (xt) from kAmxMinRows rows
@@ -953,9 +954,9 @@ HAVOC_TARGET_AMX void amx_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) {
 #endif
 #undef HAVOC_WIDEN_KERNELS
 
-#define HAVOC_VARIANT(NAME, BF16, INT8, AMX, ROWS_BF16, ROWS_INT8, ATTN)                                     \
+#define HAVOC_VARIANT(NAME, W, BF16, INT8, AMX, ROWS_BF16, ROWS_INT8, ATTN)                                  \
   Variant {                                                                                                   \
-    #NAME, BF16, INT8, AMX, {NAME##_rows_f32, ROWS_BF16, ROWS_INT8, NAME##_rows_int8}, NAME##_rms_norm,       \
+    #NAME, W, BF16, INT8, AMX, {NAME##_rows_f32, ROWS_BF16, ROWS_INT8, NAME##_rows_int8}, NAME##_rms_norm,       \
         NAME##_swiglu, NAME##_prepare, NAME##_quantize, ATTN                                                  \
   }
 
@@ -963,19 +964,19 @@ HAVOC_TARGET_AMX void amx_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) {
 const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = [] {
     std::vector<Variant> out;
-    out.push_back(HAVOC_VARIANT(scalar, false, false, false, scalar_rows_bf16, scalar_rows_int8, "scalar"));
+    out.push_back(HAVOC_VARIANT(scalar, 4, false, false, false, scalar_rows_bf16, scalar_rows_int8, "scalar"));
 #ifdef HAVOC_X86_DISPATCH
-    out.push_back(HAVOC_VARIANT(avx2, false, false, false, avx2_rows_bf16, avx2_rows_int8, "avx2"));
+    out.push_back(HAVOC_VARIANT(avx2, 8, false, false, false, avx2_rows_bf16, avx2_rows_int8, "avx2"));
 #ifdef HAVOC_DOT_VARIANTS
-    out.push_back(HAVOC_VARIANT(avx_vnni, false, true, false, avx_vnni_rows_bf16, avx_vnni_rows_int8_dot, "avx2"));
+    out.push_back(HAVOC_VARIANT(avx_vnni, 8, false, true, false, avx_vnni_rows_bf16, avx_vnni_rows_int8_dot, "avx2"));
 #endif
-    out.push_back(HAVOC_VARIANT(avx512, false, false, false, avx512_rows_bf16, avx512_rows_int8, "avx512"));
+    out.push_back(HAVOC_VARIANT(avx512, 16, false, false, false, avx512_rows_bf16, avx512_rows_int8, "avx512"));
 #ifdef HAVOC_DOT_VARIANTS
-    out.push_back(HAVOC_VARIANT(avx512_vnni, false, true, false, avx512_vnni_rows_bf16, avx512_vnni_rows_int8_dot,
+    out.push_back(HAVOC_VARIANT(avx512_vnni, 16, false, true, false, avx512_vnni_rows_bf16, avx512_vnni_rows_int8_dot,
                                 "avx512"));
-    out.push_back(HAVOC_VARIANT(avx512_bf16, true, true, false, avx512_bf16_rows_bf16_dot,
+    out.push_back(HAVOC_VARIANT(avx512_bf16, 16, true, true, false, avx512_bf16_rows_bf16_dot,
                                 avx512_bf16_rows_int8_dot, "avx512"));
-    Variant amx = HAVOC_VARIANT(avx512_bf16, true, true, true, amx_rows_bf16, amx_rows_int8, "avx512");
+    Variant amx = HAVOC_VARIANT(avx512_bf16, 16, true, true, true, amx_rows_bf16, amx_rows_int8, "avx512");
     amx.name = "amx";
     out.push_back(amx);
 #endif
@@ -1156,6 +1157,33 @@ std::vector<std::string> linear_isas() {
 std::string linear_variant_missing(const std::string& variant) { return missing(variant); }
 
 std::string attention_isa_for(const std::string& variant) { return variant_for(variant).attention; }
+
+std::string linear_kernel(const std::string& variant, WeightDType dtype) {
+  const Variant& v = variant_for(variant);
+  const std::string lanes = std::to_string(v.width) + " fp32 lanes";
+  const std::string tiles = "AMX tiles from " + std::to_string(kAmxMinRows) + " activation rows, ";
+  switch (dtype) {
+    case WeightDType::kFloat32:
+      return "fp32 FMAs, " + lanes;
+    case WeightDType::kBFloat16:
+      if (v.amx) return tiles + "vdpbf16ps below";
+      if (v.bf16_dot) return "vdpbf16ps, " + lanes;
+      return "bf16 widened to fp32 by shifts, FMAs, " + lanes;
+    case WeightDType::kInt8:
+      if (v.amx) return tiles + "vpdpbusd below; activations quantized per row and group";
+      if (v.int8_dot) return "vpdpbusd, " + lanes + "; activations quantized per row and group";
+      return "int8 widened to fp32 times the activations' int8 round trip, " + lanes;
+    case WeightDType::kInt8WeightOnly:
+      return "int8 widened to fp32, FMAs, " + lanes;
+  }
+  return "";
+}
+
+std::vector<std::string> decoder_features() {
+  return {"block:pre_norm",   "norm:rms",        "embedding:lookup", "attention:gqa",   "attention:fused_qkv",
+          "attention:causal", "rope:rotate_half", "rope:partial",    "mlp:swiglu",      "head:tied",
+          "head:untied",      "weights:float32", "weights:bfloat16", "kv:float32",      "kv:bfloat16"};
+}
 
 void linear(const float* x, int64_t M, int64_t ldx, const WeightView& w, float* y, int64_t ldy, bool accumulate,
             const std::string& isa) {

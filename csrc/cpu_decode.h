@@ -67,6 +67,8 @@ std::vector<std::string> linear_variants();
 std::vector<std::string> linear_isas();
 // Why `variant` cannot run here ("" when it can; "unknown kernel variant" for a name that is none).
 std::string linear_variant_missing(const std::string& variant);
+// What `variant` ("auto" resolves) runs for weights of `dtype`, in words (for `havoc env`).
+std::string linear_kernel(const std::string& variant, WeightDType dtype);
 // The paged-attention variant ("scalar", "avx2", "avx512") that the decode step runs with `variant`.
 std::string attention_isa_for(const std::string& variant);
 
@@ -89,6 +91,15 @@ void linear_argmax(const float* x, int64_t M, int64_t ldx, const WeightView& w, 
 // -128 * sum of the group's q.
 void quantize_rows_int8(const float* x, int64_t M, int64_t ldx, int64_t cols, int64_t group, int8_t* q,
                         float* scales, int32_t* corrections);
+
+// The model features the decode step implements (havoc.cpu_decode.missing_features maps a model onto these
+// names): "block:pre_norm" (x + attn(norm(x)), then x + mlp(norm(x))), "norm:rms", "embedding:lookup"
+// (unscaled), "attention:gqa" (n_heads a multiple of n_kv_heads, MHA included), "attention:fused_qkv"
+// (one bias-free projection, q then k then v rows), "attention:causal", "rope:rotate_half" (inv_freq =
+// theta^(-2i / rotary_dim)), "rope:partial" (rotary_dim < head_dim, the rest passed through),
+// "mlp:swiglu" (one bias-free w13, gate rows then up rows; bias-free w2), "head:tied", "head:untied",
+// "weights:float32", "weights:bfloat16", "kv:float32", "kv:bfloat16".
+std::vector<std::string> decoder_features();
 
 struct DecoderConfig {
   int64_t dim = 0;
@@ -118,6 +129,9 @@ struct DecoderLayer {
 // -> wo (+ residual) -> RMSNorm -> w13 -> SwiGLU -> w2 (+ residual), final RMSNorm, LM head. The buffers
 // it works in are kept between steps (no allocation once a batch size has been seen). One step at a time:
 // a mutex serializes concurrent calls.
+//
+// This is a second definition of the architecture; decoder_features() names what it implements, and
+// havoc.cpu_decode runs a model through it only when the model needs nothing else.
 class Decoder {
  public:
   Decoder(const DecoderConfig& config, std::vector<DecoderLayer> layers, const float* final_norm,

@@ -1,29 +1,21 @@
-"""The CPU decode fast path: the C++ decode kernels (`csrc/cpu_decode.cpp`) behind `havoc.ops` and a
-whole-step decoder over the paged KV cache.
+"""The whole-step CPU decoder: one call into the C++ extension (`csrc/cpu_decode.cpp`) per decode step of a
+batch of sequences over the paged KV cache.
 
-Decode on a CPU streams the weights: at batch 1 a step costs (bytes of weights) / (memory bandwidth), at
-batch B each weight must still be read once per step and used B times from cache. torch's CPU
-matrix-vector product reaches ~10-16 GB/s in fp32 on our machines and its batched bf16 products are
-emulated without AVX512-BF16, so the C++ kernels do the products: row-major weight rows streamed in tiles
-of 4 weight rows x 4 (AVX-512) or 2 (AVX2, baseline) activation rows held in registers, fp32 accumulation,
-threads over weight rows (each thread streams its own contiguous part). Weights are fp32, bf16 (widened
-in registers) or int8 with per-group scales (`quantize_int8`).
+`CPUDecoder(model)` runs embedding, every block (RMSNorm, qkv, RoPE, K/V to their slots, paged attention,
+wo and the residual add in the product's epilogue, RMSNorm, w13, SwiGLU, w2 + residual), the final norm and
+the LM head — with the head's argmax fused (`greedy=True`) so the logits are never written. Activations
+stay fp32 between the products; each product multiplies its weight format's formula (csrc/cpu_decode.h:
+bf16 weights x activations rounded to bf16, int8 x int8 activations quantized per row and group, ...) on
+the kernel variant this CPU runs best (`havoc.backends.cpu.variant_status`). K/V go to the cache in its
+dtype. `havoc.generation` uses it for the decode steps of the paged path.
 
-Two entry points:
-
-- `linear(x, weight)`: registered as the CPU fast path of `ops.linear` for decode-sized products (at most
-  `MAX_ROWS` rows, fp32/bf16, no autograd); larger ones go to `havoc.cpu_ops.linear` (torch GEMMs, which
-  win at prefill sizes).
-- `CPUDecoder(model)`: one call into the extension per decode step for a whole batch of sequences of a
-  `PagedKVCache`: embedding, every block (RMSNorm, qkv, RoPE, K/V to their slots, paged attention, wo and
-  the residual add in the product's epilogue, RMSNorm, w13, SwiGLU, w2 + residual), the final norm and
-  the LM head — with the head's argmax fused (`greedy=True`) so the logits are never written. Activations
-  stay fp32 inside (a bf16 model's products are computed from its bf16 weights with fp32 activations);
-  K/V go to the cache in its dtype. `havoc.generation` uses it for the decode steps of the paged path.
+The decoder is a second definition of the architecture: it runs a model only when the model is made of
+what it implements (`missing_features`): `applies()` checks, and tests/test_cpu_decode.py compares it with
+`model(...)` for every preset.
 
 The weights are the model's own tensors, read in place (row-major is already the streaming order for a
-row-dot-product kernel); int8 keeps a quantized copy made once. The reference path stays the oracle:
-tests/test_cpu_decode.py compares both.
+row-dot-product kernel); int8 keeps a quantized copy made once. The products alone (`ops.linear` on CPU)
+are `havoc.backends.cpu.linear`.
 """
 
 from __future__ import annotations
@@ -33,146 +25,11 @@ import weakref
 import numpy as np
 import torch
 
-from havoc import _C, cpu_ops, ops
-from havoc.kernels import reference
+from havoc import _C, ops
+from havoc.backends.cpu import DTYPES, INT8_GROUP, Int8Weight, isas, numpy_view, weight_spec
 from havoc.errors import ConfigError
 
-MAX_ROWS = 64  # ops.linear takes the C++ kernel up to this many rows (decode, small batches)
-INT8_GROUP = 64  # inputs per int8 scale (a multiple of 64)
-INT8_ACTIVATIONS = ("int8", "fp32")
-# "auto": the model's own dtype (fp32 or bf16); "int8": int8 weights x int8 activations (per row and group of
-# 64, as llama.cpp's Q8_0); "int8_weight_only": int8 weights x fp32 activations.
-WEIGHT_FORMATS = ("auto", "int8", "int8_weight_only")
-
-_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
-
-
-def isas() -> list[str]:
-    """Kernel variants this CPU can run, narrowest first ("scalar" always; the last is what "auto" runs)."""
-    return list(_C.linear_isas())
-
-
-def variant_status() -> dict[str, str]:
-    """Every kernel variant of the build, narrowest first: "runs" (and which "auto" picks) or why it cannot."""
-    runnable = isas()
-    out = {}
-    for v in _C.linear_variants():
-        why = _C.linear_variant_missing(v)
-        out[v] = ("runs ('auto' picks it)" if v == runnable[-1] else "runs") if not why else f"unavailable: {why}"
-    return out
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor (bf16 as its int16 bits). No copy."""
-    t = t.detach()
-    return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
-
-
-class Int8Weight:
-    """A weight quantized to int8 with one fp32 scale per `group` consecutive inputs of a row (symmetric,
-    `reference.quantize_int8`: w ~= q * scale, scale = max |w| over the group / 127), stored for the
-    kernels as the unsigned bytes q + 128 in input order, each row padded to a multiple of 64 inputs with
-    128 (q = 0) — csrc/cpu_decode.h says why.
-
-    Attributes:
-        packed: (out, in rounded up to 64) uint8, the bytes q + 128.
-        scales: (out, ceil(in / group)) fp32.
-        group: inputs per scale (a multiple of 64).
-        shape: (out, in).
-        activations: what the product multiplies the weight with: "int8" (activations quantized per row
-            and group, llama.cpp's Q8_0 x Q8_0) or "fp32" (weight-only quantization).
-    """
-
-    def __init__(
-        self, packed: torch.Tensor, scales: torch.Tensor, group: int, shape: tuple[int, int], activations: str = "int8"
-    ) -> None:
-        if activations not in INT8_ACTIVATIONS:
-            raise ConfigError(f"activations must be one of {INT8_ACTIVATIONS}, got {activations!r}")
-        self.packed, self.scales, self.group, self.shape, self.activations = packed, scales, group, shape, activations
-
-    @classmethod
-    def quantize(cls, weight: torch.Tensor, group: int = INT8_GROUP, *, activations: str = "int8") -> Int8Weight:
-        if group < 64 or group % 64:
-            raise ConfigError(f"int8 group size must be a positive multiple of 64, got {group}")
-        if weight.dim() != 2:
-            raise ConfigError(f"can only quantize 2-D weights, got shape {tuple(weight.shape)}")
-        N, K = weight.shape
-        q, scales = reference.quantize_int8(weight.detach(), group)  # (N, K) int8, (N, G) fp32
-        packed = torch.nn.functional.pad(q.to(torch.int16) + 128, (0, -K % 64), value=128).to(torch.uint8)
-        return cls(packed.contiguous(), scales.contiguous(), group, (N, K), activations)
-
-    def with_activations(self, activations: str) -> Int8Weight:
-        """The same weight bytes, multiplied with `activations` ("int8" or "fp32")."""
-        return Int8Weight(self.packed, self.scales, self.group, self.shape, activations)
-
-    @property
-    def q(self) -> torch.Tensor:
-        """The int8 values in input order: (out, in)."""
-        return (self.packed[:, : self.shape[1]].to(torch.int16) - 128).to(torch.int8)
-
-    def dequantize(self) -> torch.Tensor:
-        """The fp32 weight this int8 weight stands for: (out, in)."""
-        s = self.scales.repeat_interleave(self.group, dim=1)[:, : self.shape[1]]
-        return self.q.float() * s
-
-    def spec(self) -> tuple:
-        dtype = "int8" if self.activations == "int8" else "int8_weight_only"
-        return (self.packed.numpy(), dtype, self.scales.numpy(), self.group, self.shape[1])
-
-
-def _spec(weight: torch.Tensor | Int8Weight) -> tuple:
-    """(array, dtype name, scales, group[, cols]): how the extension takes a weight."""
-    if isinstance(weight, Int8Weight):
-        return weight.spec()
-    if weight.dtype not in _DTYPES:
-        raise ConfigError(f"the CPU decode kernels take fp32, bf16 or int8 weights, got {weight.dtype}")
-    if not weight.is_contiguous():
-        raise ConfigError("the CPU decode kernels need contiguous weights")
-    return (_np(weight), _DTYPES[weight.dtype], None, 0)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor | Int8Weight, *, isa: str = "auto") -> torch.Tensor:
-    """x @ weight.T by the C++ kernel, fp32 accumulation; (..., in) -> (..., out) in x's dtype.
-
-    Args:
-        x: (..., in) fp32 or bf16 activations (converted to fp32 for the kernel).
-        weight: (out, in) contiguous fp32 or bf16 tensor, or an `Int8Weight`.
-        isa: kernel variant, "auto" or one of `isas()` (tests force each).
-
-    Raises:
-        ConfigError: a weight dtype or layout the kernels do not take.
-        ValueError: shapes that do not fit.
-    """
-    spec = _spec(weight)
-    N, K = weight.shape
-    if x.shape[-1] != K:
-        raise ValueError(f"x has {x.shape[-1]} features but the weight takes {K}")
-    x2d = x.detach().reshape(-1, K).float()
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
-    out = torch.empty(x2d.shape[0], N, dtype=torch.float32)
-    _C.linear(x2d.numpy(), *spec[:4], cols=K, out=out.numpy(), isa=isa)
-    out = out.view(*x.shape[:-1], N)
-    return out if x.dtype == torch.float32 else out.to(x.dtype)
-
-
-def _fast_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`ops.linear` on CPU: the C++ kernel for decode-sized products, torch's GEMMs (cpu_ops) otherwise."""
-    rows = x.numel() // max(x.shape[-1], 1)
-    if (
-        rows > MAX_ROWS
-        or rows == 0
-        or weight.dtype not in _DTYPES
-        or x.dtype not in _DTYPES
-        or not weight.is_contiguous()
-        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    ):
-        return cpu_ops.linear(x, weight)
-    return linear(x, weight)
-
-
-_fast_linear.description = "havoc.cpu_decode: C++ GEMV/small GEMM up to 64 rows, torch GEMMs above"  # type: ignore[attr-defined]
-ops.register_fast("linear", "cpu", _fast_linear)
+WEIGHT_FORMATS = ("auto", "int8", "int8_weight_only")  # "auto": the model's own dtype (fp32 or bf16)
 
 
 # --- the whole-step decoder -------------------------------------------------------------------------------
@@ -198,10 +55,13 @@ class CPUDecoder:
         if weights not in WEIGHT_FORMATS:
             raise ConfigError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
         p = model.tok_embeddings.weight
-        if p.device.type != "cpu" or p.dtype not in _DTYPES:
+        if p.device.type != "cpu" or p.dtype not in DTYPES:
             raise ConfigError(f"the CPU decoder needs a CPU model in fp32 or bf16, got {p.dtype} on {p.device}")
         if isa != "auto" and isa not in isas():
             raise ConfigError(f"kernel variant {isa!r} is not available here; choose from {isas()} or 'auto'")
+        lacks = missing_features(model)
+        if lacks:
+            raise ConfigError(f"the CPU decoder does not implement what this model needs: {', '.join(lacks)}")
         c = model.config
         self.model_ref = weakref.ref(model)
         self.weights, self.group, self.isa, self.dtype = weights, group, isa, p.dtype
@@ -270,15 +130,15 @@ class CPUDecoder:
                 raise ConfigError(f"the cache holds {cache.dtype} on {cache.device}; the decoder needs {self.dtype} on cpu")
             layers = [
                 dict(
-                    attention_norm=L["attention_norm"], ffn_norm=L["ffn_norm"], wqkv=_spec(L["wqkv"]),
-                    wo=_spec(L["wo"]), w13=_spec(L["w13"]), w2=_spec(L["w2"]),
-                    k_pool=_np(cache.k[i]), v_pool=_np(cache.v[i]),
+                    attention_norm=L["attention_norm"], ffn_norm=L["ffn_norm"], wqkv=weight_spec(L["wqkv"]),
+                    wo=weight_spec(L["wo"]), w13=weight_spec(L["w13"]), w2=weight_spec(L["w2"]),
+                    k_pool=numpy_view(cache.k[i]), v_pool=numpy_view(cache.v[i]),
                 )
                 for i, L in enumerate(self._layers)
             ]
             dec = _C.Decoder(
-                self._config, layers, self._final_norm, _spec(self._embedding), _spec(self._head),
-                _DTYPES[self.dtype], self.isa,
+                self._config, layers, self._final_norm, weight_spec(self._embedding), weight_spec(self._head),
+                DTYPES[self.dtype], self.isa,
             )
             self._bound[cache] = dec
         return dec
@@ -322,10 +182,74 @@ class CPUDecoder:
 _decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {weights: CPUDecoder}
 
 
+# ModelConfig's fields, by what the decoder makes of them: sizes it takes as they are, features they select
+# (in `_config_features`), and fields that do not change the maths of a step. A field added to ModelConfig
+# is in none of these, and the decoder refuses the model until someone says what it means here.
+_SIZES = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "rope_theta",
+          "norm_eps", "max_seq_len")
+_SELECTORS = ("rotary_dim", "tie_embeddings")
+_INERT = ("bos_id", "eos_id", "pad_id", "name", "extra")
+
+# The module tree the decoder implements: each module's exact class and its children's names.
+_TREE = {
+    "HavocModel": {"tok_embeddings", "layers", "norm", "output"},
+    "TransformerBlock": {"attention", "feed_forward", "attention_norm", "ffn_norm"},
+    "Attention": {"wqkv", "wo"},
+    "FeedForward": {"w13", "w2"},
+}
+
+
+def _config_features(config) -> set[str]:
+    out = {"block:pre_norm", "norm:rms", "embedding:lookup", "attention:gqa", "attention:fused_qkv",
+           "attention:causal", "rope:rotate_half", "mlp:swiglu"}
+    if config.rotary_dim < config.head_dim:
+        out.add("rope:partial")
+    out.add("head:tied" if config.tie_embeddings else "head:untied")
+    return out
+
+
+def missing_features(model) -> list[str]:
+    """What `model` needs that the C++ decode step does not implement (empty when it runs the model).
+
+    Compares the model's module tree (exact classes, child names, no biases), its config's fields and the
+    features they select, and its weights' dtype with `_C.decoder_features()`.
+    """
+    import dataclasses
+
+    from havoc import model as model_module
+
+    missing = []
+    if type(model) is not model_module.HavocModel:
+        return [f"model class {type(model).__qualname__} (the decoder implements havoc.model.HavocModel)"]
+    classes = {c: getattr(model_module, c) for c in _TREE}
+    classes.update(RMSNorm=model_module.RMSNorm, Linear=model_module.Linear)
+    for name, mod in model.named_modules():
+        kind = next((k for k, c in classes.items() if type(mod) is c), None)
+        if kind is None and type(mod) not in (torch.nn.Embedding, torch.nn.ModuleList):
+            missing.append(f"module {name or 'model'} of type {type(mod).__qualname__}")
+        elif kind in _TREE:
+            extra = set(dict(mod.named_children())) - _TREE[kind]
+            if extra:
+                missing.append(f"{kind} {name or 'model'} has modules {sorted(extra)}")
+        elif kind == "Linear" and mod.bias is not None:
+            missing.append(f"bias of {name}")
+    fields = {f.name for f in dataclasses.fields(model.config)}
+    unknown = fields - set(_SIZES) - set(_SELECTORS) - set(_INERT)
+    missing += [f"config field {f!r}" for f in sorted(unknown)]
+    supported = set(_C.decoder_features())
+    dtype = model.tok_embeddings.weight.dtype
+    needed = _config_features(model.config) | {f"weights:{str(dtype).removeprefix('torch.')}"}
+    missing += sorted(needed - supported)
+    return missing
+
+
 def applies(model) -> bool:
-    """Whether the CPU decoder runs `model`: a CPU model in fp32 or bf16, with HAVOC_OPS auto or fast."""
+    """Whether the CPU decoder runs `model`: a CPU model in fp32 or bf16 made of what the decoder implements
+    (`missing_features`), with HAVOC_OPS auto or fast."""
     p = model.tok_embeddings.weight
-    return p.device.type == "cpu" and p.dtype in _DTYPES and ops.get_backend() in ("auto", "fast")
+    if p.device.type != "cpu" or p.dtype not in DTYPES or ops.get_backend() not in ("auto", "fast"):
+        return False
+    return not missing_features(model)
 
 
 def for_model(model, weights: str = "auto") -> CPUDecoder | None:
@@ -341,9 +265,11 @@ def for_model(model, weights: str = "auto") -> CPUDecoder | None:
     p = model.tok_embeddings.weight
     if not applies(model):
         if weights != "auto" or ops.get_backend() == "fast":
+            lacks = missing_features(model) if p.device.type == "cpu" and p.dtype in DTYPES else []
             raise ConfigError(
                 f"the CPU decode fast path needs a CPU model in fp32 or bf16 and HAVOC_OPS auto or fast "
                 f"(got {p.dtype} on {p.device}, HAVOC_OPS={ops.get_backend()})"
+                + (f"; the decoder does not implement: {', '.join(lacks)}" if lacks else "")
             )
         return None
     per_model = _decoders.setdefault(model, {})
@@ -353,4 +279,4 @@ def for_model(model, weights: str = "auto") -> CPUDecoder | None:
     return dec
 
 
-__all__ = ["CPUDecoder", "Int8Weight", "applies", "linear", "for_model", "isas"]
+__all__ = ["CPUDecoder", "Int8Weight", "applies", "for_model", "missing_features"]

@@ -290,6 +290,8 @@ def attention_varlen(
     v: torch.Tensor,
     cu_seqlens_q: torch.Tensor,
     cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
     *,
     causal: bool = True,
     scale: float | None = None,
@@ -304,6 +306,8 @@ def attention_varlen(
         q: (total_q, n_heads, head_dim).
         k, v: (total_k, n_kv_heads, head_dim).
         cu_seqlens_q, cu_seqlens_k: (batch + 1,) int cumulative lengths starting at 0.
+        max_seqlen_q, max_seqlen_k: the longest sequences (the op's arguments, which size the Triton grid;
+            the reference reads the lengths from cu_seqlens and ignores them).
         causal: mask keys after each query's position.
         scale: softmax scale, default 1 / sqrt(head_dim).
 

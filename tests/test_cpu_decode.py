@@ -4,18 +4,19 @@ variant (those this CPU lacks skipped with the reason), ragged batches, continuo
 generation loop, greedy continuations on SmolLM2, bad input."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from havoc import GenerationError, _C, cpu_decode, ops
 from havoc.cache import PagedKVCache
-from havoc.config import ModelConfig
+from havoc.config import PRESETS, ModelConfig
 from havoc.cpu_decode import CPUDecoder, Int8Weight
 from havoc.errors import ConfigError
 from havoc.generation import GenerationStats, SamplingParams, generate_ids
 from havoc.kernels import reference
-from havoc.model import HavocModel
+from havoc.model import HavocModel, RMSNorm
 
 VARIANTS = _C.linear_variants()
 
@@ -249,3 +250,69 @@ def test_smollm2_greedy_continuations_match_the_reference(smollm2, dtype):
             assert _rel(g, w) <= 1e-4
     else:  # fp32 activations vs bf16 rounding after every op: the same start, perhaps a late divergence
         assert all(f[:4] == r[:4] for f, r in zip(fast, ref))
+
+
+# --- what the decoder implements ---------------------------------------------------------------------
+
+
+def _preset_model(name):
+    """The preset's architecture at a testable size: at most 2 layers and a 512-token vocabulary, every
+    other dimension (heads, head_dim, ffn, rotary, tying, theta, eps) as the preset has it."""
+    base = PRESETS[name]
+    cfg = ModelConfig.from_preset(
+        name, n_layers=min(base["n_layers"], 2), vocab_size=min(base["vocab_size"], 512), max_seq_len=128
+    )
+    torch.manual_seed(0)
+    m = HavocModel(cfg).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, RMSNorm):
+                mod.weight.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.mark.parametrize(
+    "preset", [pytest.param(p, marks=pytest.mark.slow) if PRESETS[p]["dim"] > 1024 else p for p in sorted(PRESETS)]
+)
+def test_every_preset_decodes_as_the_model_does(preset):
+    m = _preset_model(preset)
+    assert cpu_decode.missing_features(m) == [] and cpu_decode.applies(m)
+    prompts = [[5, 9, 11, 3, 7], [1] * 17]
+    got = _decode(m, prompts, 3, CPUDecoder(m))
+    want = _decode(m, prompts, 3)
+    for g, w in zip(got, want):
+        assert _rel(g, w) <= 1e-4
+
+
+def test_models_the_decoder_does_not_implement_are_refused(tiny):
+    assert set(_C.decoder_features()) >= {"rope:partial", "head:untied", "weights:bfloat16"}
+
+    class Subclass(HavocModel):
+        pass
+
+    sub = Subclass(tiny.config)
+    assert cpu_decode.missing_features(sub) == ["model class " + Subclass.__qualname__ + " (the decoder implements havoc.model.HavocModel)"]
+    qk = copy.deepcopy(tiny)
+    qk.layers[1].attention.q_norm = RMSNorm(16, 1e-5)  # a model variant with a module the decoder lacks
+    assert cpu_decode.missing_features(qk) == ["Attention layers.1.attention has modules ['q_norm']"]
+    biased = copy.deepcopy(tiny)
+    biased.layers[0].feed_forward.w2.bias = torch.nn.Parameter(torch.zeros(96))
+    assert cpu_decode.missing_features(biased) == ["bias of layers.0.feed_forward.w2"]
+    Wider = dataclasses.make_dataclass("Wider", [("qk_norm", bool, False)], bases=(ModelConfig,))
+    wide = copy.deepcopy(tiny)
+    wide.config = Wider(**dataclasses.asdict(tiny.config))
+    assert cpu_decode.missing_features(wide) == ["config field 'qk_norm'"]
+    assert cpu_decode.missing_features(copy.deepcopy(tiny).half()) == ["weights:float16"]
+    for m in (sub, qk, biased, wide):
+        assert not cpu_decode.applies(m) and cpu_decode.for_model(m) is None
+        with pytest.raises(ConfigError, match="does not implement"):
+            CPUDecoder(m)
+        with pytest.raises(ConfigError, match="does not implement"):
+            cpu_decode.for_model(m, "int8")
+    # generation takes the model's own forward for them
+    params = SamplingParams(max_new_tokens=5, ignore_eos=True)
+    stats = GenerationStats()
+    out = generate_ids(qk, PROMPTS, params, stats=stats)
+    assert "paged" not in stats.extra
+    with ops.use_backend("reference"):
+        assert out == generate_ids(qk, PROMPTS, params)

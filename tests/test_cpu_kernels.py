@@ -12,9 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from havoc import _C, cpu_decode, ops
-from havoc.cpu_decode import Int8Weight
+from havoc import _C, ops
+from havoc.backends import cpu
+from havoc.backends.cpu import Int8Weight
 from havoc.kernels import reference
+
+pytestmark = pytest.mark.op("linear", "cpu")  # tests/test_ops_coverage.py
 
 VARIANTS = _C.linear_variants()  # every variant compiled into a build; each test skips the ones this CPU lacks
 FORMATS = ["float32", "bfloat16", "int8", "int8_weight_only"]
@@ -57,7 +60,7 @@ def _rel(got, want):
 def test_linear_matches_the_formula_of_its_format(isa, fmt, M, K, N):
     w, oracle = _weight(fmt, N, K, seed=M + K + N)
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(1))
-    got = cpu_decode.linear(x, w, isa=variant(isa))
+    got = cpu.linear(x, w, isa=variant(isa))
     assert got.shape == (M, N) and got.dtype == torch.float32
     # fp32 accumulation over K terms: relative error ~ sqrt(K) * 2^-24
     assert _rel(got.double(), oracle(x)) < 1e-5 * max(1.0, (K / 576) ** 0.5)
@@ -71,7 +74,7 @@ def test_accumulate_adds_to_out_and_strided_rows_work(isa, fmt):
     x = xbig[:, 5:75]  # rows strided (90), features contiguous
     out = torch.randn(6, 37)
     want = out.double() + oracle(x)
-    spec = cpu_decode._spec(w)
+    spec = cpu.weight_spec(w)
     _C.linear(x.numpy(), *spec[:4], cols=70, out=out.numpy(), accumulate=True, isa=variant(isa))
     torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
 
@@ -83,15 +86,15 @@ def test_linear_argmax_matches_the_full_product(isa, fmt, M, N):
     K = 96
     w, _ = _weight(fmt, N, K, seed=N)
     x = torch.randn(M, K)
-    full = cpu_decode.linear(x, w, isa=variant(isa))
-    spec = cpu_decode._spec(w)
+    full = cpu.linear(x, w, isa=variant(isa))
+    spec = cpu.weight_spec(w)
     idx, val = _C.linear_argmax(x.numpy(), *spec[:4], cols=K, isa=isa)
     assert torch.equal(torch.from_numpy(idx), full.argmax(-1))
     torch.testing.assert_close(torch.from_numpy(val), full.max(-1).values)
 
 
 def test_variants_name_what_they_lack():
-    runnable = cpu_decode.isas()
+    runnable = cpu.isas()
     assert runnable[0] == "scalar" and set(runnable) <= set(VARIANTS)
     for v in VARIANTS:
         why = _C.linear_variant_missing(v)
@@ -99,8 +102,8 @@ def test_variants_name_what_they_lack():
         assert why == "" or why.startswith(("this CPU lacks", "not compiled", "the OS refused")), why
     assert _C.linear_variant_missing("avx9000") == "unknown kernel variant"
     assert _C.attention_isa_for("auto") in _C.decode_attention_isas()
-    status = cpu_decode.variant_status()
-    assert list(status) == VARIANTS and status[cpu_decode.isas()[-1]].startswith("runs")
+    status = cpu.variant_status()
+    assert list(status) == VARIANTS and status[cpu.isas()[-1]].startswith("runs")
 
 
 @pytest.mark.parametrize("K", [1, 63, 64, 100, 576, 11008])
@@ -142,19 +145,23 @@ def test_int8_weights_are_stored_as_offset_bytes_and_their_error_is_bounded_per_
 
 def test_ops_linear_takes_the_kernel_for_decode_sizes(monkeypatch):
     calls = []
-    real = cpu_decode.linear
-    monkeypatch.setattr(cpu_decode, "linear", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = cpu._kernel
+    monkeypatch.setattr(cpu, "_kernel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(cpu, "_plan", {})
     w = torch.randn(40, 24)
     with torch.inference_mode():
         for rows, dtype in ((1, torch.float32), (8, torch.bfloat16), (64, torch.float32)):
             out = ops.linear(torch.randn(rows, 1, 24, dtype=dtype), w.to(dtype))
             assert out.dtype == dtype and out.shape == (rows, 1, 40)
         assert len(calls) == 3
-        ops.linear(torch.randn(65, 24), w)  # prefill-sized: torch's GEMMs
+        monkeypatch.setattr(cpu, "_choose", lambda c: "plain")
+        ops.linear(torch.randn(65, 24), w)  # prefill-sized: the planned product (here torch's)
         assert len(calls) == 3
+        ops.linear(torch.randn(65, 24), Int8Weight.quantize(w))  # int8: always the kernel
+        assert len(calls) == 4
         with ops.use_backend("reference"):
             ops.linear(torch.randn(2, 24), w)
-        assert len(calls) == 3
+        assert len(calls) == 4
 
 
 def test_bad_inputs_are_rejected_clearly():
@@ -200,7 +207,7 @@ def test_bad_inputs_are_rejected_clearly():
     with pytest.raises(Exception, match="multiple of 64"):
         Int8Weight.quantize(w, 96)
     with pytest.raises(Exception, match="fp32, bf16 or int8"):
-        cpu_decode.linear(x.half(), w.half())
+        cpu.linear(x.half(), w.half(), isa="auto")
     with pytest.raises(Exception, match="activations must be"):
         Int8Weight.quantize(w, 64, activations="int4")
 
