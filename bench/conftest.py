@@ -89,15 +89,25 @@ def llamacpp(smollm2, tmp_path_factory):
     except ImportError as e:
         pytest.skip(str(e))
 
-    made: dict[str, LlamaCppDecoder] = {}
+    made: dict[tuple[str, int], LlamaCppDecoder] = {}
 
-    def get(dtype: str, batch: int) -> LlamaCppDecoder:
-        if dtype not in made:
+    def get(dtype: str, batch: int, context: int = 256) -> LlamaCppDecoder:
+        """A decoder for up to 32 sequences of `context` tokens (one of 1024 for a 512-token prefill)."""
+        seqs = 32 if context <= 256 else 1
+        if (dtype, seqs) not in made:
             name = {"float32": "F32", "bfloat16": "BF16", "int8": "Q8_0"}[dtype]
             path = export_gguf(hub.pull("smollm2"), tmp_path_factory.getbasetemp() / f"smollm2-{name}.gguf", name)
-            # each sequence gets its own n_ctx / n_seq_max KV cells, which llama.cpp pads to 256
-            made[dtype] = LlamaCppDecoder(path, max_batch=32, n_ctx=32 * 256, threads=torch.get_num_threads())
-        return made[dtype]
+            # each sequence gets its own n_ctx / n_seq_max KV cells, which llama.cpp pads to 256. Q8_0 runs
+            # without llama.cpp's extra buffer types where its AMX Q8_0 product crashes (LlamaCppDecoder).
+            from havoc import _C
+
+            amx = "amx_int8" in _C.cpu_features()
+            made[dtype, seqs] = LlamaCppDecoder(
+                path, max_batch=seqs, n_ctx=seqs * max(256, context), threads=torch.get_num_threads(),
+                extra_bufts=not (name == "Q8_0" and amx),
+            )
+        assert batch <= seqs
+        return made[dtype, seqs]
 
     yield get
     for d in made.values():

@@ -71,17 +71,17 @@ def main() -> None:
             (f"int8 x int8 activations, group {g}", m16, CPUDecoder(m16, weights="int8", group=g)),
             (f"int8 x fp32 activations, group {g}", m16, CPUDecoder(m16, weights="int8_weight_only", group=g)),
         ]
-    base = None
     print(f"{args.chunks} x {args.length} tokens of {TEXT.name}, {args.chunks * (args.length - 2)} scored")
     print("| weights | decode weight MB | perplexity | vs bf16 |")
     print("|---|---|---|---|")
+    rows.insert(0, rows.pop(1))  # bf16 first: the others are compared with it
+    base = None
     for name, m, dec in rows:
         t0 = time.perf_counter()
         ppl = perplexity(m, dec, chunks)
-        base = ppl if name == "bf16" else base
-        rel = f"{(ppl / base - 1) * 100:+.2f}%" if base is not None and name != "bf16" else "–"
+        base = ppl if base is None else base
+        rel = f"{(ppl / base - 1) * 100:+.2f}%" if name != "bf16" else "–"
         print(f"| {name} | {dec.bytes_per_step() / 1e6:.0f} | {ppl:.3f} | {rel} |  ({time.perf_counter() - t0:.0f} s)")
-
 
 if __name__ == "__main__":
     main()

@@ -113,13 +113,24 @@ class LlamaCppDecoder:
         n_ctx: KV cells of the whole batch; llama.cpp gives each of the max_batch sequences an equal share.
         threads: llama.cpp's thread count.
         flash_attn: llama.cpp's flash attention (its batched bench ran with it on).
+        extra_bufts: llama.cpp's extra weight buffer types (model param use_extra_bufts): its AMX buffer
+            for quantized weights on CPUs with AMX, and the repacked (interleaved) layouts. On the AMX
+            Xeon of bench/RESULTS.md, llama.cpp 0c1e570's AMX Q8_0 product segfaults in
+            ggml_backend_amx_mul_mat from 32 rows on (llama-bench -p 32 too; ggml-org/llama.cpp#20824,
+            open), so its Q8_0 runs with them off there (`llama-bench --repack 0`).
     """
 
-    def __init__(self, path: str | Path, max_batch: int, n_ctx: int, threads: int, flash_attn: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, max_batch: int, n_ctx: int, threads: int, flash_attn: bool = True,
+        extra_bufts: bool = True,
+    ) -> None:
         self.binding, lib = load_llama()
         self.lib = lib
+        self.extra_bufts = extra_bufts
         lib.llama_backend_init()
-        self.model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        mparams = lib.llama_model_default_params()
+        mparams.use_extra_bufts = extra_bufts
+        self.model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:  # NULL: None from ctypes, a false cdata from CFFI
             raise RuntimeError(f"llama.cpp could not load {path}")
         params = lib.llama_context_default_params()

@@ -228,7 +228,8 @@ def test_decode_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, mem
     gb_s = _weight_gb_s(ours, weights, ours_s / NEW_TOKENS)
     benchmark.extra_info.update(
         kind="decode", dtype=dtype, batch=batch, baseline="llama.cpp", baseline_binding=theirs.binding,
-        baseline_format={"float32": "F32", "bfloat16": "BF16", "int8": "Q8_0"}[dtype],
+        baseline_format={"float32": "F32", "bfloat16": "BF16", "int8": "Q8_0"}[dtype]
+        + ("" if theirs.extra_bufts else ", extra buffer types off"),
         tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s,
         ratio=base_s / ours_s, step_ms=ours_s / NEW_TOKENS * 1e3, baseline_step_ms=base_s / NEW_TOKENS * 1e3,
         weight_gb_s=gb_s, baseline_weight_gb_s=gb_s * ours_s / base_s, memory_read_gb_s=memory_read_gb_s,
@@ -253,7 +254,7 @@ def test_prefill_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dt
     the prompt as one batch, same weights, alternating."""
     ours = engines("havoc", dtype)
     ids = _prompts(smollm2[1], sample_text, 1, PREFILL_TOKENS)
-    theirs = llamacpp(dtype, 1)
+    theirs = llamacpp(dtype, 1, context=2 * PREFILL_TOKENS)
     benchmark.group = f"prefill {PREFILL_TOKENS} tokens vs llama.cpp"
     base_times = _interleaved(benchmark, _havoc_prefill(ours, torch.tensor(ids)), _llamacpp_prefill(theirs, ids[0]), 5)
     if benchmark.stats is None:
