@@ -498,6 +498,19 @@ PYBIND11_MODULE(_C, m) {
         throw py::value_error("dtype must be 'float32', 'bfloat16', 'int8' or 'int8_weight_only', got '" + dtype + "'");
       },
       py::arg("variant"), py::arg("dtype"), "What a kernel variant runs for a weight format, in words.");
+  m.def(
+      "collapse_hugepages",
+      [](py::array a) {
+        require_writeable(a, "array");
+        if (!(a.flags() & py::array::c_style)) throw py::value_error("the array must be C-contiguous");
+        void* p = a.mutable_data();
+        const int64_t bytes = a.nbytes();
+        py::gil_scoped_release nogil;
+        return havoc::collapse_hugepages(p, bytes);
+      },
+      py::arg("array"),
+      "Back the whole 2 MiB pages of a C-contiguous array's memory with transparent huge pages "
+      "(madvise MADV_COLLAPSE, Linux 6.1+); returns the bytes collapsed (0 where the OS cannot).");
   m.def("decoder_features", &havoc::decoder_features,
         "The model features the whole-step Decoder implements (havoc.cpu_decode checks a model against them).");
   m.def("attention_isa_for", &havoc::attention_isa_for, py::arg("variant"),

@@ -14,6 +14,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 // The dot-product variants (VNNI, AVX512-BF16, AMX) reach their instructions through GCC's builtins and
 // AMX's through inline assembly; Clang spells the builtins differently, so there they are not compiled
@@ -1203,6 +1206,30 @@ void linear_argmax(const float* x, int64_t M, int64_t ldx, const WeightView& w, 
   const Variant& v = variant_for(isa);
   if (M == 0) return;
   run_linear_argmax(v, x, M, ldx, w, index, value);
+}
+
+int64_t collapse_hugepages(void* p, int64_t bytes) {
+#ifdef __linux__
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  constexpr int kMadvCollapse = 25;  // MADV_COLLAPSE (Linux 6.1); older headers lack the name
+  if (bytes <= 0) return 0;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + static_cast<uintptr_t>(bytes);
+  auto collapse = [](uintptr_t lo, uintptr_t hi) {
+    if (hi <= lo) return false;
+    madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // keep them huge (khugepaged, later faults)
+    return madvise(reinterpret_cast<void*>(lo), hi - lo, kMadvCollapse) == 0;
+  };
+  // The 2 MiB pages that cover the range, where they lie in one mapping (a heap allocation's neighbours
+  // keep their values and addresses: only their page size changes); else the pages inside it.
+  const uintptr_t lo_out = begin & ~(kHuge - 1), hi_out = (end + kHuge - 1) & ~(kHuge - 1);
+  if (collapse(lo_out, hi_out)) return static_cast<int64_t>(hi_out - lo_out);
+  const uintptr_t lo_in = (begin + kHuge - 1) & ~(kHuge - 1), hi_in = end & ~(kHuge - 1);
+  return collapse(lo_in, hi_in) ? static_cast<int64_t>(hi_in - lo_in) : 0;
+#else
+  (void)p;
+  (void)bytes;
+  return 0;
+#endif
 }
 
 void quantize_rows_int8(const float* x, int64_t M, int64_t ldx, int64_t cols, int64_t group, int8_t* q,

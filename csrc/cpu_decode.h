@@ -85,6 +85,12 @@ void linear(const float* x, int64_t M, int64_t ldx, const WeightView& w, float* 
 void linear_argmax(const float* x, int64_t M, int64_t ldx, const WeightView& w, int64_t* index, float* value,
                    const std::string& isa = "auto");
 
+// Backs the whole 2 MiB pages inside [p, p + bytes) with transparent huge pages (Linux 6.1+'s
+// madvise(MADV_COLLAPSE): the kernel migrates the data in place; same addresses, same contents). A stream
+// over the weights then misses the TLB once per 2 MiB instead of once per 4 KiB. Returns the bytes now
+// backed by huge pages (0 where the OS cannot: older kernels, THP off, other systems).
+int64_t collapse_hugepages(void* p, int64_t bytes);
+
 // The activation quantization of the int8 format, for tests: q (M, ld) int8 (zero past cols), scales and
 // corrections (M, groups) as the kernels compute them: scale = max |x| over the group / 127, q =
 // round-half-even(x * (1 / scale)) clamped to [-127, 127] (0 where the group is all zero), correction =

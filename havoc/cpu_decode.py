@@ -35,6 +35,40 @@ WEIGHT_FORMATS = ("auto", "int8", "int8_weight_only")  # "auto": the model's own
 # --- the whole-step decoder -------------------------------------------------------------------------------
 
 
+_HUGE = 1 << 21
+
+
+def _one_arena(weights: list[Int8Weight]) -> None:
+    """Move the packed bytes of `weights` into one 2 MiB-aligned buffer (views of it), so that all of it can
+    sit on huge pages (`_collapse`), not only the 2 MiB pages inside each weight's own allocation."""
+    sizes = [w.packed.numel() for w in weights]
+    arena = torch.empty(sum(sizes) + _HUGE, dtype=torch.uint8)
+    at = -arena.data_ptr() % _HUGE
+    for w, n in zip(weights, sizes):
+        view = arena[at : at + n].view(w.packed.shape)
+        view.copy_(w.packed)
+        w.packed = view
+        at += n
+
+
+def _collapse(weights: list) -> int:
+    """Put the whole 2 MiB pages of the streamed weights' memory on transparent huge pages; the bytes moved.
+
+    A decode step streams every weight once, and on 4 KiB pages it misses the TLB every 4 KiB: on the AMX
+    Xeon of bench/RESULTS.md the step's fp32 products streamed 17.5-17.8 GB/s from 4 KiB pages and
+    19.2-19.6 GB/s from huge pages (THP_MEM_ALLOC_ENABLE=1, alternating processes). The kernel migrates
+    the pages in place (MADV_COLLAPSE): same addresses, same values, nothing copied by havoc.
+    """
+    seen, total = set(), 0
+    for w in weights:
+        t = w.packed if isinstance(w, Int8Weight) else w
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += _C.collapse_hugepages(numpy_view(t))
+    return total
+
+
 class CPUDecoder:
     """One decode step of a `HavocModel` over a `PagedKVCache` per call into the extension.
 
@@ -95,6 +129,9 @@ class CPUDecoder:
         )
         self.vocab_size = c.vocab_size
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> _C.Decoder
+        if weights != "auto":  # the int8 copies are the decoder's own: one arena, all on huge pages
+            _one_arena([L[k] for L in self._layers for k in ("wqkv", "wo", "w13", "w2")] + [self._embedding])
+        self.hugepage_bytes = _collapse(self.decode_weights() + [self._embedding])
 
     def decode_weights(self) -> list[torch.Tensor | Int8Weight]:
         """The weights a decode step streams, in order: each layer's wqkv, wo, w13, w2, then the LM head."""

@@ -7,6 +7,8 @@ activations rounded to bf16; int8 x int8 activations quantized per row and group
 (`reference.linear_int8`); int8 x fp32 activations. The oracles compute those in float64, so the only
 difference left is the kernels' fp32 accumulation."""
 
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -221,3 +223,22 @@ def test_reference_backend_gives_the_same_products():
             ref = ops.linear(x, w)
     torch.testing.assert_close(fast, F.linear(x, w))
     torch.testing.assert_close(ref, F.linear(x, w))
+
+
+def test_collapse_hugepages_keeps_every_value_and_address():
+    x = torch.randn(3 * 1024 * 1024 + 77)  # ~12 MiB: whole 2 MiB pages inside, ragged ends
+    before, ptr = x.clone(), x.data_ptr()
+    got = _C.collapse_hugepages(x.numpy())
+    assert torch.equal(x, before) and x.data_ptr() == ptr
+    assert got >= 0 and got % (1 << 21) == 0 and got <= x.numel() * 4 + (1 << 22)
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        release = tuple(int(p) for p in platform.release().split(".")[:2])
+    except (OSError, ValueError):
+        pytest.skip("no Linux THP settings to say whether MADV_COLLAPSE works here")
+    if "[never]" not in mode and release >= (6, 1):
+        assert got >= 4 << 20  # at least the whole 2 MiB pages inside the 12 MiB
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.zeros(10, np.float32)
+        ro.flags.writeable = False
+        _C.collapse_hugepages(ro)
