@@ -98,7 +98,8 @@ HAVOC_INLINE float wscalar(const uint16_t* p) { return bf16_to_f32(*p); }
 // Software prefetch distance of the bf16 and int8 weight streams, in bytes. Their rows are short (1152 and
 // 576 bytes for K = 576), so the hardware prefetchers barely ramp up before a tile moves on; fetching 4 KiB
 // ahead took the SmolLM2 head (49152 x 576) from 14.4 to 17.6 GB/s in bf16 and from 6.8 to 10.5 GB/s in
-// int8, and left long rows (K = 4096) within noise (interleaved runs, 2-core VM). fp32 gained nothing at one activation row (more rows: below).
+// int8, and left long rows (K = 4096) within noise (interleaved runs, 2-core VM). fp32 gained nothing at one
+// activation row (more rows: below).
 constexpr int64_t kPrefetchBytes = 4096;
 // fp32 weights with more than one activation row: a tile's later activation rows reuse its weights from
 // cache while the memory has nothing to do; fetching 8 KiB ahead keeps it busy. SmolLM2 fp32 decode steps
