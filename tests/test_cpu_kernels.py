@@ -95,6 +95,26 @@ def test_linear_argmax_matches_the_full_product(isa, fmt, M, N):
     torch.testing.assert_close(torch.from_numpy(val), full.max(-1).values)
 
 
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("K, N", [(576, 67), (95, 40), (1536, 33)])
+def test_a_row_gets_the_same_bits_in_any_batch(isa, fmt, K, N):
+    """Batch invariance (the engine relies on it: chunked prefill, preemption by recompute, speculative
+    verification): a row's product never depends on the other rows of the call, in every variant and
+    format, across the batch sizes where the amx variant switches between its tiles and vector kernels."""
+    w, _ = _weight(fmt, N, K, seed=K + N)
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randn(40, K, generator=g)
+    alone = torch.cat([cpu.linear(rows[j : j + 1], w, isa=variant(isa)) for j in range(8)])
+    for M in (2, 3, 4, 5, 16, 17, 33, 40):
+        batch = cpu.linear(rows[:M], w, isa=isa)
+        assert torch.equal(batch[: min(M, 8)], alone[: min(M, 8)]), M
+    spec = cpu.weight_spec(w)
+    idx1, val1 = _C.linear_argmax(rows[:1].numpy(), *spec[:4], cols=K, isa=isa)
+    idx, val = _C.linear_argmax(rows.numpy(), *spec[:4], cols=K, isa=isa)
+    assert idx[0] == idx1[0] and val[0] == val1[0]
+
+
 def test_variants_name_what_they_lack():
     runnable = cpu.isas()
     assert runnable[0] == "scalar" and set(runnable) <= set(VARIANTS)
