@@ -317,6 +317,28 @@ HAVOC_INLINE typename V<W>::i dpbusd(typename V<W>::i acc, typename V<W>::i u8, 
     return __builtin_ia32_vpdpbusd_v8si(acc, u8, s8);  // VEX-encoded (AVX-VNNI) in an avxvnni function
 }
 
+// dot[r][i] += the products of inputs [k0, k1) (one group) of weight row r and activation row i, lane by lane.
+template <int W, int NR, int MR>
+HAVOC_INLINE void group_dots(typename V<W>::i (&dot)[NR][MR], const uint8_t* w, int64_t ld, const int8_t* xq,
+                             int64_t ldxq, int64_t k0, int64_t k1) {
+  using I = typename V<W>::i;
+  for (int64_t k = k0; k < k1; k += 4 * W) {
+    if (k % 64 == 0)
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes, 0, 3);
+    I wv[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) std::memcpy(&wv[r], w + r * ld + k, sizeof(I));
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      I xv;
+      std::memcpy(&xv, xq + i * ldxq + k, sizeof xv);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) dot[r][i] = dpbusd<W>(dot[r][i], wv[r], xv);
+    }
+  }
+}
+
 template <int W, int NR, int MR>
 HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
   using F = typename V<W>::f;
@@ -337,21 +359,7 @@ HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
 #pragma GCC unroll 8
       for (int r = 0; r < NR; ++r) dot[r][i] = init;
     }
-    for (int64_t k = k0; k < k1; k += 4 * W) {
-      if (k % 64 == 0)
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes, 0, 3);
-      I wv[NR];
-#pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) std::memcpy(&wv[r], w + r * ld + k, sizeof(I));
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) {
-        I xv;
-        std::memcpy(&xv, xq + i * a.ldxq + k, sizeof xv);
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; ++r) dot[r][i] = dpbusd<W>(dot[r][i], wv[r], xv);
-      }
-    }
+    group_dots<W, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const float sx = a.xs[(m + i) * a.ldxs + g];
@@ -410,20 +418,7 @@ HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
     for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) dot[r][i] = I{};
-    for (int64_t k = k0; k < k1; k += 64) {
-#pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes, 0, 3);
-      I wv[NR];
-#pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) std::memcpy(&wv[r], w + r * ld + k, sizeof(I));
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) {
-        I xv;
-        std::memcpy(&xv, xq + i * a.ldxq + k, sizeof xv);
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; ++r) dot[r][i] = dpbusd<16>(dot[r][i], wv[r], xv);
-      }
-    }
+    group_dots<16, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const int32_t corr = a.xc[(m + i) * a.ldxs + g];
