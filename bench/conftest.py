@@ -64,10 +64,15 @@ def engines(smollm2):
 
 @pytest.fixture(scope="session")
 def memory_read_gb_s() -> float:
-    """This machine's memory read bandwidth now: the best of 5 sums over a 512 MiB fp32 tensor (GB/s)."""
+    """This machine's memory read bandwidth now: the best of 5 sums over a 512 MiB fp32 tensor (GB/s), on
+    transparent huge pages where the OS collapses them, as the CPU decoder puts its weights (on 4 KiB pages
+    the same sum read 18.6 GB/s against 26.6 on the AMX Xeon of RESULTS.md: the TLB, not the memory)."""
     import time
 
+    from havoc import _C
+
     x = torch.ones(128 * 1024 * 1024)
+    _C.collapse_hugepages(x.numpy())
     best = float("inf")
     for _ in range(5):
         t0 = time.perf_counter()
@@ -78,8 +83,8 @@ def memory_read_gb_s() -> float:
 
 @pytest.fixture(scope="session")
 def llamacpp(smollm2, tmp_path_factory):
-    """get(dtype, batch) -> bench.llamacpp.LlamaCppDecoder on SmolLM2's weights as F32/BF16 GGUF (one per
-    dtype, sized for batch 32), on whichever llama.cpp binding loads (`llama_cpp` of llama-cpp-python,
+    """get(dtype, batch) -> bench.llamacpp.LlamaCppDecoder on SmolLM2's weights as F32/BF16/Q8_0 GGUF (one
+    per dtype: "float32", "bfloat16", "int8"; sized for batch 32), on whichever llama.cpp binding loads (`llama_cpp` of llama-cpp-python,
     else `llama_cpp_py_sync`); skips when none does."""
     import importlib.util
 
@@ -95,15 +100,25 @@ def llamacpp(smollm2, tmp_path_factory):
     except ImportError as e:
         pytest.skip(str(e))
 
-    made: dict[str, LlamaCppDecoder] = {}
+    made: dict[tuple[str, int], LlamaCppDecoder] = {}
 
-    def get(dtype: str, batch: int) -> LlamaCppDecoder:
-        if dtype not in made:
-            name = {"float32": "F32", "bfloat16": "BF16"}[dtype]
+    def get(dtype: str, batch: int, context: int = 256) -> LlamaCppDecoder:
+        """A decoder for up to 32 sequences of `context` tokens (one of 1024 for a 512-token prefill)."""
+        seqs = 32 if context <= 256 else 1
+        if (dtype, seqs) not in made:
+            name = {"float32": "F32", "bfloat16": "BF16", "int8": "Q8_0"}[dtype]
             path = export_gguf(hub.pull("smollm2"), tmp_path_factory.getbasetemp() / f"smollm2-{name}.gguf", name)
-            # each sequence gets its own n_ctx / n_seq_max KV cells, which llama.cpp pads to 256
-            made[dtype] = LlamaCppDecoder(path, max_batch=32, n_ctx=32 * 256, threads=torch.get_num_threads())
-        return made[dtype]
+            # each sequence gets its own n_ctx / n_seq_max KV cells, which llama.cpp pads to 256. Q8_0 runs
+            # without llama.cpp's extra buffer types where its AMX Q8_0 product crashes (LlamaCppDecoder).
+            from havoc import _C
+
+            amx = "amx_int8" in _C.cpu_features()
+            made[dtype, seqs] = LlamaCppDecoder(
+                path, max_batch=seqs, n_ctx=seqs * max(256, context), threads=torch.get_num_threads(),
+                extra_bufts=not (name == "Q8_0" and amx),
+            )
+        assert batch <= seqs
+        return made[dtype, seqs]
 
     yield get
     for d in made.values():

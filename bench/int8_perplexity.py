@@ -1,12 +1,14 @@
-"""Perplexity of SmolLM2 on a held-out text through the CPU decoder: fp32, bf16 and weight-only int8.
+"""Perplexity of SmolLM2 on a held-out text through the CPU decoder: fp32, bf16, and int8 weights times int8
+activations (per row and group, as llama.cpp's Q8_0 x Q8_0) or times fp32 activations (weight-only).
 
-    python bench/int8_perplexity.py [--groups 32 64 128] [--chunks 4] [--length 128]
+    python bench/int8_perplexity.py [--groups 64 128] [--chunks 4] [--length 128]
 
 The text (bench/data/heldout.txt) was written for this benchmark, so no model has seen it. It is cut into
 `chunks` sequences of `length` tokens that decode side by side (one batch), teacher-forced: every step
 feeds each sequence its next true token through `CPUDecoder.step` and scores the logits of the one after.
 Every scored token thus comes from the decoder's own weights (the first prediction, from the prefill of
-the first token by the model's forward, is not scored). int8 rows quantize the bf16 model's weights.
+the first token by the model's forward, is not scored). int8 rows quantize the bf16 model's weights; the
+"int8" ones quantize each product's activations too, with the weights' groups.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def perplexity(model, decoder: CPUDecoder, chunks: list[list[int]]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--groups", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--groups", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--length", type=int, default=128)
     args = ap.parse_args()
@@ -64,18 +66,22 @@ def main() -> None:
     m16 = copy.deepcopy(model).to(torch.bfloat16)
     chunks = token_chunks(tok, args.chunks, args.length)
     rows = [("fp32", model, CPUDecoder(model)), ("bf16", m16, CPUDecoder(m16))]
-    rows += [(f"int8, group {g}", m16, CPUDecoder(m16, weights="int8", group=g)) for g in args.groups]
-    base = None
+    for g in args.groups:
+        rows += [
+            (f"int8 x int8 activations, group {g}", m16, CPUDecoder(m16, weights="int8", group=g)),
+            (f"int8 x fp32 activations, group {g}", m16, CPUDecoder(m16, weights="int8_weight_only", group=g)),
+        ]
     print(f"{args.chunks} x {args.length} tokens of {TEXT.name}, {args.chunks * (args.length - 2)} scored")
     print("| weights | decode weight MB | perplexity | vs bf16 |")
     print("|---|---|---|---|")
+    rows.insert(0, rows.pop(1))  # bf16 first: the others are compared with it
+    base = None
     for name, m, dec in rows:
         t0 = time.perf_counter()
         ppl = perplexity(m, dec, chunks)
-        base = ppl if name == "bf16" else base
-        rel = f"{(ppl / base - 1) * 100:+.2f}%" if base is not None and name != "bf16" else "–"
+        base = ppl if base is None else base
+        rel = f"{(ppl / base - 1) * 100:+.2f}%" if name != "bf16" else "–"
         print(f"| {name} | {dec.bytes_per_step() / 1e6:.0f} | {ppl:.3f} | {rel} |  ({time.perf_counter() - t0:.0f} s)")
-
 
 if __name__ == "__main__":
     main()

@@ -16,10 +16,10 @@ The library comes from whichever Python binding is installed (`load_llama`):
 Both expose the C API under its own names (`llama_decode`, `llama_batch_init`, ...), so one decoder
 serves both.
 
-- `export_gguf(src, dst, "F32" | "BF16")`: the checkpoint havoc loads (SmolLM2's Q4_1 GGUF), dequantized
-  exactly as havoc dequantizes it (`havoc.io.gguf.dequantize`) and written back as an F32 or BF16 GGUF
-  with the same metadata, tokenizer and tensor names, so llama.cpp and havoc run identical weights
-  (norms stay F32, as llama.cpp expects);
+- `export_gguf(src, dst, "F32" | "BF16" | "Q8_0")`: the checkpoint havoc loads (SmolLM2's Q4_1 GGUF),
+  dequantized exactly as havoc dequantizes it (`havoc.io.gguf.dequantize`) and written back as an F32 or
+  BF16 GGUF, or quantized by gguf-py's Q8_0 (llama.cpp's 8-bit format), with the same metadata, tokenizer
+  and tensor names, so llama.cpp and havoc run identical weights (norms stay F32, as llama.cpp expects);
 - `LlamaCppDecoder`: greedy batched decode through llama_decode, one llama_batch per step holding one
   token for each of B sequences (seq ids 0..B-1), the greedy sampler picking each row's token — the
   same work per step as havoc's decode loop.
@@ -33,7 +33,8 @@ import numpy as np
 
 
 def export_gguf(src: str | Path, dst: str | Path, dtype: str) -> Path:
-    """Write `src`'s tensors dequantized to `dtype` ("F32" or "BF16"; 1-D tensors stay F32) into `dst`."""
+    """Write `src`'s tensors dequantized to `dtype` ("F32", "BF16", or "Q8_0": llama.cpp's own 8-bit
+    quantization of the fp32 weights, blocks of 32 with an fp16 scale; 1-D tensors stay F32) into `dst`."""
     import gguf
     import torch
 
@@ -46,7 +47,8 @@ def export_gguf(src: str | Path, dst: str | Path, dtype: str) -> Path:
     arch = reader.fields["general.architecture"].contents()
     tmp = dst.with_suffix(".tmp")
     writer = gguf.GGUFWriter(str(tmp), arch)
-    file_type = {"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16}[dtype]
+    file_type = {"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16,
+                 "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
     for field in reader.fields.values():
         if field.name == "general.architecture" or field.name.startswith("GGUF."):
             continue
@@ -62,6 +64,9 @@ def export_gguf(src: str | Path, dst: str | Path, dtype: str) -> Path:
         if dtype == "BF16" and w.dim() == 2:
             bits = w.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
             writer.add_tensor(t.name, bits, raw_dtype=gguf.GGMLQuantizationType.BF16)
+        elif dtype == "Q8_0" and w.dim() == 2:
+            q8 = gguf.quants.quantize(w.numpy().astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(t.name, q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             writer.add_tensor(t.name, w.numpy().astype(np.float32))
     writer.write_header_to_file()
@@ -108,13 +113,24 @@ class LlamaCppDecoder:
         n_ctx: KV cells of the whole batch; llama.cpp gives each of the max_batch sequences an equal share.
         threads: llama.cpp's thread count.
         flash_attn: llama.cpp's flash attention (its batched bench ran with it on).
+        extra_bufts: llama.cpp's extra weight buffer types (model param use_extra_bufts): its AMX buffer
+            for quantized weights on CPUs with AMX, and the repacked (interleaved) layouts. On the AMX
+            Xeon of bench/RESULTS.md, llama.cpp 0c1e570's AMX Q8_0 product segfaults in
+            ggml_backend_amx_mul_mat from 32 rows on (llama-bench -p 32 too; ggml-org/llama.cpp#20824,
+            open), so its Q8_0 runs with them off there (`llama-bench --repack 0`).
     """
 
-    def __init__(self, path: str | Path, max_batch: int, n_ctx: int, threads: int, flash_attn: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, max_batch: int, n_ctx: int, threads: int, flash_attn: bool = True,
+        extra_bufts: bool = True,
+    ) -> None:
         self.binding, lib = load_llama()
         self.lib = lib
+        self.extra_bufts = extra_bufts
         lib.llama_backend_init()
-        self.model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        mparams = lib.llama_model_default_params()
+        mparams.use_extra_bufts = extra_bufts
+        self.model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:  # NULL: None from ctypes, a false cdata from CFFI
             raise RuntimeError(f"llama.cpp could not load {path}")
         params = lib.llama_context_default_params()

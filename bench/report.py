@@ -23,7 +23,7 @@ def _rows(benchmarks: list[dict], *kinds: str) -> list[dict]:
 
 
 def generation_table(benchmarks: list[dict]) -> list[str]:
-    rows = _rows(benchmarks, "decode", "prefill")
+    rows = [r for r in _rows(benchmarks, "decode", "prefill") if r.get("baseline") != "llama.cpp"]
     out = [
         "| phase | dtype | batch | baseline | havoc tok/s | baseline tok/s | havoc / baseline | overhead ms/step (havoc / base) | matmul floor ms (havoc / base) | weight GB/s (% of read bw) | peak extra MiB (havoc / base) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -45,6 +45,43 @@ def _bandwidth(r: dict) -> str:
         return "–"
     frac = r.get("frac_bandwidth")
     return f"{r['weight_gb_s']:.1f} ({frac * 100:.0f}%)" if frac is not None else f"{r['weight_gb_s']:.1f}"
+
+
+def llamacpp_table(benchmarks: list[dict]) -> list[str]:
+    """havoc against llama.cpp (test_decode_llamacpp, test_prefill_llamacpp): tokens/s and weight GB/s of each."""
+    rows = [r for r in _rows(benchmarks, "decode", "prefill") if r.get("baseline") == "llama.cpp"]
+    out = [
+        "| phase | dtype (llama.cpp format) | batch | havoc tok/s | havoc weight GB/s (% of read bw) | "
+        "llama.cpp tok/s | llama.cpp weight GB/s | havoc / llama.cpp |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    order = {"float32": 0, "bfloat16": 1, "int8": 2}
+    for r in sorted(rows, key=lambda r: (r["kind"] != "prefill", order.get(r["dtype"], 9), r["batch"])):
+        fmt = r.get("baseline_format", {"float32": "F32", "bfloat16": "BF16"}.get(r["dtype"], "?"))
+        out.append(
+            f"| {r['kind']} | {r['dtype']} ({fmt}) | {r['batch']} | {_fmt(r['tokens_per_s'])} | {_bandwidth(r)} | "
+            f"{_fmt(r['baseline_tokens_per_s'])} | {_fmt(r.get('baseline_weight_gb_s'))} | **{_fmt(r['ratio'], '.2f')}×** |"
+        )
+    return out if rows else []
+
+
+def linear_table(benchmarks: list[dict]) -> list[str]:
+    """One decode step's products (test_linear): the C++ kernels' variants against torch's F.linear."""
+    rows = _rows(benchmarks, "linear")
+    if not rows:
+        return []
+    variants = list(rows[0]["variants_ms"])
+    out = [
+        f"| dtype | batch | auto ({rows[0]['variant']}) ms | weight GB/s | torch ms | torch / havoc | "
+        + " | ".join(f"{v} ms" for v in variants) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(variants),
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['dtype']} | {r['batch']} | {r['ms']:.2f} | {r['weight_gb_s']:.1f} | {r['baseline_ms']:.2f} | "
+            f"**{r['ratio']:.2f}×** | " + " | ".join(f"{r['variants_ms'][v]:.2f}" for v in variants) + " |"
+        )
+    return out
 
 
 def chat_table(benchmarks: list[dict]) -> list[str]:
@@ -146,7 +183,10 @@ def main(path: str) -> None:
     print()
     b = data["benchmarks"]
     generation = generation_table(b)
-    tables = [t for t in (kernel_table(b), generation if len(generation) > 2 else [], chat_table(b), generate_table(b), cpp_table(b)) if t]
+    tables = [
+        t for t in (kernel_table(b), generation if len(generation) > 2 else [], llamacpp_table(b), linear_table(b),
+                    chat_table(b), generate_table(b), cpp_table(b)) if t
+    ]
     for i, table in enumerate(tables):
         if i:
             print()

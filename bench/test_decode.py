@@ -40,7 +40,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from havoc import cpu_decode, ops
+from havoc import _C, cpu_decode, ops
+from havoc.backends import cpu
 from havoc.generation import SamplingParams, generate_ids, stream_ids
 
 NEW_TOKENS = 32
@@ -72,7 +73,7 @@ def _havoc_products(model, batch, weights="auto"):
     if weights == "int8":  # the decoder's own int8 weights, through the same kernel
         ws = cpu_decode.for_model(model, weights).decode_weights()
         xs = {w.shape[1]: torch.randn(batch, w.shape[1]) for w in ws}
-        return [lambda w=w: cpu_decode.linear(xs[w.shape[1]], w) for w in ws]
+        return [lambda w=w: cpu.linear(xs[w.shape[1]], w) for w in ws]
     ws = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)] + [model.lm_head_weight]
     xs = {w.shape[1]: torch.randn(batch, 1, w.shape[1], dtype=w.dtype) for w in ws}
     return [lambda w=w: ops.linear(xs[w.shape[1]], w) for w in ws]
@@ -200,21 +201,117 @@ def _llamacpp_decode(decoder, prompts):
     return setup, run
 
 
+def _weight_gb_s(model, weights: str, seconds_per_step: float) -> float:
+    """GB/s of decode weights streamed (every projection and the LM head, int8 scales included)."""
+    return cpu_decode.for_model(model, weights).bytes_per_step() / seconds_per_step / 1e9
+
+
 @pytest.mark.parametrize("batch", [1, 8, 32])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_decode_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dtype, batch):
-    ours = engines("havoc", dtype)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_decode_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, memory_read_gb_s, dtype, batch):
+    """havoc's generation loop against llama.cpp's batched decode on the same weights: F32 and BF16 GGUFs
+    of the fp32 weights, and for int8 havoc's int8 decode weights (of the bf16 model) against llama.cpp's
+    Q8_0 of the fp32 ones. Both stream the same number of weight bytes per step in every dtype (Q8_0:
+    34 bytes per 32 weights; havoc's int8: 64 bytes and a 4-byte scale per 64)."""
+    model_dtype = "bfloat16" if dtype == "int8" else dtype
+    weights = "int8" if dtype == "int8" else "auto"
+    ours = engines("havoc", model_dtype)
     prompts = _prompts(smollm2[1], sample_text, batch, PROMPT_TOKENS)
     theirs = llamacpp(dtype, batch)
     benchmark.group = f"decode {dtype} vs llama.cpp"
-    base_times = _interleaved(benchmark, _havoc_decode(ours, prompts), _llamacpp_decode(theirs, prompts), ROUNDS[batch])
+    base_times = _interleaved(
+        benchmark, _havoc_decode(ours, prompts, weights), _llamacpp_decode(theirs, prompts), ROUNDS[batch]
+    )
     if benchmark.stats is None:  # --benchmark-disable: each engine ran once as a smoke test, nothing was timed
         return
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
+    gb_s = _weight_gb_s(ours, weights, ours_s / NEW_TOKENS)
     benchmark.extra_info.update(
         kind="decode", dtype=dtype, batch=batch, baseline="llama.cpp", baseline_binding=theirs.binding,
+        baseline_format={"float32": "F32", "bfloat16": "BF16", "int8": "Q8_0"}[dtype]
+        + ("" if theirs.extra_bufts else ", extra buffer types off"),
         tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s,
         ratio=base_s / ours_s, step_ms=ours_s / NEW_TOKENS * 1e3, baseline_step_ms=base_s / NEW_TOKENS * 1e3,
+        weight_gb_s=gb_s, baseline_weight_gb_s=gb_s * ours_s / base_s, memory_read_gb_s=memory_read_gb_s,
+        frac_bandwidth=gb_s / memory_read_gb_s, kernel_variant=cpu.isas()[-1],
+    )
+
+
+def _llamacpp_prefill(decoder, ids):
+    def setup():
+        return (), {}
+
+    def run():
+        decoder.prefill([ids])
+
+    return setup, run
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prefill_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dtype):
+    """One 512-token prompt to its next-token logits: havoc's model forward (its CPU linear picks the fastest
+    product per shape: oneDNN's AMX bf16 GEMM here, or the C++ kernel) against llama.cpp's llama_decode of
+    the prompt as one batch, same weights, alternating."""
+    ours = engines("havoc", dtype)
+    ids = _prompts(smollm2[1], sample_text, 1, PREFILL_TOKENS)
+    theirs = llamacpp(dtype, 1, context=2 * PREFILL_TOKENS)
+    benchmark.group = f"prefill {PREFILL_TOKENS} tokens vs llama.cpp"
+    base_times = _interleaved(benchmark, _havoc_prefill(ours, torch.tensor(ids)), _llamacpp_prefill(theirs, ids[0]), 5)
+    if benchmark.stats is None:
+        return
+    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
+    benchmark.extra_info.update(
+        kind="prefill", dtype=dtype, batch=1, baseline="llama.cpp", baseline_binding=theirs.binding,
+        tokens_per_s=PREFILL_TOKENS / ours_s, baseline_tokens_per_s=PREFILL_TOKENS / base_s, ratio=base_s / ours_s,
+    )
+
+
+@pytest.mark.op("linear", "cpu")
+@pytest.mark.parametrize("batch", [1, 8, 32])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_linear(benchmark, engines, memory_read_gb_s, dtype, batch):
+    """One decode step's products alone (every projection and the LM head of SmolLM2, `batch` activation
+    rows): havoc's C++ kernel on the variant "auto" picks, against torch's F.linear on the same weights (in
+    bf16 for int8), alternating; extra_info also has the median of every variant this CPU runs, measured
+    alternating among themselves, and the GB/s of weights each streams."""
+    model = engines("havoc", "bfloat16" if dtype == "int8" else dtype)
+    weights = "int8" if dtype == "int8" else "auto"
+    ws = cpu_decode.for_model(model, weights).decode_weights()
+    tw = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)] + [model.lm_head_weight]
+    xs = {K: torch.randn(batch, K) for K in {w.shape[1] for w in ws}}
+    txs = {K: x.to(tw[0].dtype) for K, x in xs.items()}
+    specs = [(cpu.weight_spec(w), w.shape) for w in ws]
+    outs = {N: np.empty((batch, N), np.float32) for N in {w.shape[0] for w in ws}}
+
+    def step(isa):
+        def run():
+            for spec, (N, K) in specs:
+                _C.linear(xs[K].numpy(), *spec[:4], cols=K, out=outs[N], isa=isa)
+
+        return run
+
+    def torch_step():
+        with torch.inference_mode():
+            for w in tw:
+                F.linear(txs[w.shape[1]], w)
+
+    benchmark.group = f"linear {dtype} batch {batch}"
+    base_times = _interleaved(benchmark, (lambda: ((), {}), step("auto")), (lambda: ((), {}), torch_step), 9)
+    if benchmark.stats is None:
+        return
+    nbytes = cpu_decode.for_model(model, weights).bytes_per_step()
+    variants: dict[str, list[float]] = {v: [] for v in cpu.isas()}
+    for _ in range(7):
+        for v, times in variants.items():
+            t0 = time.perf_counter()
+            step(v)()
+            times.append(time.perf_counter() - t0)
+    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
+    benchmark.extra_info.update(
+        kind="linear", dtype=dtype, batch=batch, baseline="torch F.linear", variant=cpu.isas()[-1],
+        ms=ours_s * 1e3, baseline_ms=base_s * 1e3, ratio=base_s / ours_s, weight_gb_s=nbytes / ours_s / 1e9,
+        memory_read_gb_s=memory_read_gb_s,
+        variants_ms={v: statistics.median(t[1:]) * 1e3 for v, t in variants.items()},
     )
 
 

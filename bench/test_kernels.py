@@ -228,6 +228,7 @@ MODES = ["fwd", "fwd+bwd"]
 
 
 # --------------------------------------------------------------------------------------- rms_norm
+@pytest.mark.op("rms_norm", "triton")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", ["triton", "eager", "compile", "liger"])
 @pytest.mark.parametrize("model", list(MODELS))
@@ -246,6 +247,7 @@ def test_rms_norm(benchmark, device_info, kernel_results, model, provider, mode)
          fn=call, bytes_moved=moved)
 
 
+@pytest.mark.op("add_rms_norm", "triton")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", ["triton", "eager", "compile"])
 @pytest.mark.parametrize("model", list(MODELS))
@@ -265,6 +267,7 @@ def test_add_rms_norm(benchmark, device_info, kernel_results, model, provider, m
 
 
 # ------------------------------------------------------------------------------------------- rope
+@pytest.mark.op("apply_rope", "triton")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", ["triton", "eager", "compile", "liger"])
 @pytest.mark.parametrize("model", list(MODELS))
@@ -303,6 +306,7 @@ def test_rope(benchmark, device_info, kernel_results, model, provider, mode):
 
 
 # ----------------------------------------------------------------------------------------- swiglu
+@pytest.mark.op("swiglu", "triton")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", ["triton", "eager", "compile", "liger"])
 @pytest.mark.parametrize("model", list(MODELS))
@@ -332,6 +336,7 @@ def _attention_cases():
     return [(model, B, T) for model in MODELS for B, T in ATTN_SHAPES[model]]
 
 
+@pytest.mark.op("attention", "triton")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", ["triton", "eager", "compile", "sdpa", "flash_attn"])
 @pytest.mark.parametrize("model, B, T", _attention_cases())
@@ -353,7 +358,7 @@ def test_attention(benchmark, device_info, kernel_results, model, B, T, provider
         def fn(q, k, v):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     else:
-        fn = {"triton": K.flash_attention, "eager": ref.attention, "compile": _compiled(ref.attention)}[provider]
+        fn = {"triton": K.attention, "eager": ref.attention, "compile": _compiled(ref.attention)}[provider]
     flops = 4 * B * H * T * T * D / 2  # causal: half of QK^T and PV
     if mode == "fwd":
         call = _no_grad(fn, (q, k, v))
@@ -368,7 +373,42 @@ def test_attention(benchmark, device_info, kernel_results, model, B, T, provider
          provider=provider, fn=call, flops=flops)
 
 
+@pytest.mark.op("attention_varlen", "triton")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", ["triton", "eager"])
+@pytest.mark.parametrize("model, B, T", _attention_cases())
+def test_attention_varlen(benchmark, device_info, kernel_results, model, B, T, provider, mode):
+    """B documents of T tokens packed into one row (cu_seqlens), causal within each: the same work as the
+    batched causal case, through the varlen entry point training's packed batches use."""
+    from havoc.kernels import flash_attention as K
+
+    m = MODELS[model]
+    H, KV, D = m["n_heads"], m["n_kv_heads"], m["head_dim"]
+    qkv = _rand(B * T, H + 2 * KV, D, grad=True)
+    q, k, v = qkv[:, :H], qkv[:, H : H + KV], qkv[:, H + KV :]
+    cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=DEVICE)
+    if provider == "triton":
+        def fn(q, k, v):
+            return K.attention_varlen(q, k, v, cu, cu, T, T, causal=True)
+    else:
+        def fn(q, k, v):
+            return ref.attention_varlen(q, k, v, cu, cu, causal=True)
+    flops = 4 * B * H * T * T * D / 2
+    if mode == "fwd":
+        call = _no_grad(fn, (q, k, v))
+    else:
+        g = _rand(B * T, H, D)
+
+        def call():
+            torch.autograd.grad(fn(q, k, v), (qkv,), g)
+
+        flops *= 3.5
+    _run(benchmark, device_info, kernel_results, group=f"attention_varlen {model} {B}x{T} packed H{H}/{KV} D{D} {mode}",
+         provider=provider, fn=call, flops=flops)
+
+
 # ----------------------------------------------------------------------------------- paged decode
+@pytest.mark.op("paged_decode_attention", "triton")
 @pytest.mark.parametrize("provider", ["triton", "eager", "sdpa_contiguous"])
 @pytest.mark.parametrize("batch", PAGED_BATCHES)
 @pytest.mark.parametrize("model", list(MODELS))
@@ -379,14 +419,14 @@ def test_paged_decode(benchmark, device_info, kernel_results, model, batch, prov
     H, KV, D, L = m["n_heads"], m["n_kv_heads"], m["head_dim"], PAGED_CONTEXT[model]
     blocks_per_seq = -(-L // PAGED_BLOCK)
     num_blocks = batch * blocks_per_seq
-    k_cache, v_cache = _rand(num_blocks, PAGED_BLOCK, KV, D), _rand(num_blocks, PAGED_BLOCK, KV, D)
+    k_pool, v_pool = _rand(num_blocks, PAGED_BLOCK, KV, D), _rand(num_blocks, PAGED_BLOCK, KV, D)
     tables = torch.randperm(num_blocks, device=DEVICE).int().view(batch, blocks_per_seq)  # scattered blocks
-    seq_lens = torch.full((batch,), L, dtype=torch.int32, device=DEVICE)
+    lengths = torch.full((batch,), L, dtype=torch.int32, device=DEVICE)
     q = _rand(batch, H, D)
     if provider == "triton":
-        call = _no_grad(K.paged_decode_attention, (q, k_cache, v_cache, tables, seq_lens))
+        call = _no_grad(K.paged_decode_attention, (q, k_pool, v_pool, tables, lengths))
     elif provider == "eager":
-        call = _no_grad(ref.paged_decode_attention, (q, k_cache, v_cache, tables, seq_lens))
+        call = _no_grad(ref.paged_decode_attention, (q, k_pool, v_pool, tables, lengths))
     else:  # the same attention over K/V already contiguous: what paging costs, at best
         k, v = _rand(batch, KV, L, D), _rand(batch, KV, L, D)
         call = _no_grad(lambda q, k, v: F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True),
@@ -396,7 +436,29 @@ def test_paged_decode(benchmark, device_info, kernel_results, model, batch, prov
          provider=provider, fn=call, bytes_moved=moved)
 
 
+@pytest.mark.op("write_kv", "triton")
+@pytest.mark.parametrize("provider", ["triton", "eager"])
+@pytest.mark.parametrize("batch", PAGED_BATCHES)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_write_kv(benchmark, device_info, kernel_results, model, batch, provider):
+    """A decode step's K/V writes: one token per sequence into scattered slots of one layer's pools."""
+    from havoc.kernels import paged_attention as K
+
+    m = MODELS[model]
+    KV, D = m["n_kv_heads"], m["head_dim"]
+    num_blocks = batch * -(-PAGED_CONTEXT[model] // PAGED_BLOCK)
+    k_pool, v_pool = _rand(num_blocks, PAGED_BLOCK, KV, D), _rand(num_blocks, PAGED_BLOCK, KV, D)
+    k, v = _rand(batch, KV, D), _rand(batch, KV, D)
+    slots = torch.randperm(num_blocks * PAGED_BLOCK, device=DEVICE)[:batch]
+    fn = K.write_kv if provider == "triton" else ref.write_kv
+    call = _no_grad(fn, (k_pool, v_pool, k, v, slots))
+    moved = 2 * 2 * k.numel() * k.element_size()  # read the rows, write them into the pools
+    _run(benchmark, device_info, kernel_results, group=f"write_kv {model} batch{batch}", provider=provider, fn=call,
+         bytes_moved=moved)
+
+
 # ------------------------------------------------------------------------------ fused cross-entropy
+@pytest.mark.op("linear_cross_entropy", "triton")
 @pytest.mark.parametrize("provider", ["triton", "eager", "compile", "liger"])
 @pytest.mark.parametrize("model", list(MODELS))
 def test_linear_cross_entropy(benchmark, device_info, kernel_results, model, provider):

@@ -1,4 +1,4 @@
-"""The paged KV cache's CPU kernels (C++, `havoc.cpu_paged`) against what torch alone would do on the same
+"""The paged KV cache's CPU kernels (C++, `havoc.backends.cpu`) against what torch alone would do on the same
 data: decode attention vs gathering each sequence's blocks and calling scaled_dot_product_attention (the
 reference `kernels/reference.py` uses), the slot write vs `index_copy_`, the COW block copy vs
 `index_select` + `index_copy_` (`pytest bench --benchmark-only`; the summary table gives the ratios).
@@ -13,8 +13,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from havoc import cpu_paged
+from havoc.backends import cpu
 from havoc.kernels import reference
+
+pytestmark = [  # tests/test_ops_coverage.py
+    pytest.mark.op("write_kv", "cpu"),
+    pytest.mark.op("copy_blocks", "cpu"),
+    pytest.mark.op("paged_decode_attention", "cpu"),
+]
 
 BLOCK = 16
 SHAPES = {"smollm2": (9, 3, 64), "havoc-7b": (32, 8, 128)}
@@ -45,7 +51,7 @@ def paged_batch(batch: int, context: int, shape: str, dtype: torch.dtype, seed: 
 def test_paged_decode_attention(benchmark, record, dtype, shape, context, batch, impl):
     dt = getattr(torch, dtype)
     q, k_pool, v_pool, tables, lengths = paged_batch(batch, context, shape, dt)
-    fn = cpu_paged.paged_decode_attention if impl == "cpp" else reference.paged_decode_attention
+    fn = cpu.paged_decode_attention if impl == "cpp" else reference.paged_decode_attention
     if impl == "cpp":  # the same answer as the baseline, or the timing means nothing
         expected = reference.paged_decode_attention(q.float(), k_pool.float(), v_pool.float(), tables, lengths)
         torch.testing.assert_close(fn(q, k_pool, v_pool, tables, lengths).float(), expected, atol=2e-2, rtol=2e-2)
@@ -62,7 +68,7 @@ def test_write_kv(benchmark, record, batch, impl):
     KV, D = k_pool.shape[2], k_pool.shape[3]
     k, v = torch.randn(batch, KV, D), torch.randn(batch, KV, D)
     slots = torch.randperm(k_pool.shape[0] * BLOCK)[:batch]
-    fn = cpu_paged.write_kv if impl == "cpp" else reference.write_kv
+    fn = cpu.write_kv if impl == "cpp" else reference.write_kv
     benchmark(fn, k_pool, v_pool, k, v, slots)
     record(f"write_kv 7b fp32 {batch} rows", "cpp" if impl == "cpp" else "py", 1, benchmark)
 
@@ -74,6 +80,6 @@ def test_copy_blocks(benchmark, record, impl):
     pools = [k_pool.clone() for _ in range(30)] + [v_pool.clone() for _ in range(30)]
     n = k_pool.shape[0]
     copies = torch.stack([torch.arange(8), torch.arange(n - 8, n)], dim=1)
-    fn = cpu_paged.copy_blocks if impl == "cpp" else reference.copy_blocks
+    fn = cpu.copy_blocks if impl == "cpp" else reference.copy_blocks
     benchmark(fn, pools, copies)
     record("copy_blocks 60 pools x 8", "cpp" if impl == "cpp" else "py", 1, benchmark)

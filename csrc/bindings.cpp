@@ -376,9 +376,9 @@ havoc::KVDType kv_dtype(const py::array& a, const std::string& name) {
 using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 // A weight given as (array, dtype, scales, group[, cols]): a C-contiguous 2-D array of float32 ("float32"),
-// of bf16 bits as int16/uint16 ("bfloat16") or of int8 ("int8": rows packed as cpu_decode.h describes, so
-// the array is (rows, cols rounded up to 64) and `cols` gives the real input count; (rows, groups) float32
-// scales).
+// of bf16 bits as int16/uint16 ("bfloat16") or of uint8 ("int8", "int8_weight_only": the bytes q + 128 of
+// rows padded as cpu_decode.h describes, so the array is (rows, cols rounded up to 64) and `cols` gives the
+// real input count; (rows, groups) float32 scales).
 havoc::WeightView weight_view(const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
                               int64_t cols, const std::string& what) {
   if (w.ndim() != 2) throw py::value_error(what + " must be 2-D (out, in), got " + shape_str(w));
@@ -395,9 +395,10 @@ havoc::WeightView weight_view(const py::array& w, const std::string& dtype, cons
     if ((kind != 'i' && kind != 'u') || w.itemsize() != 2)
       throw py::value_error(what + ": dtype bfloat16 needs its bits as an int16/uint16 array");
     v.dtype = havoc::WeightDType::kBFloat16;
-  } else if (dtype == "int8") {
-    if (kind != 'i' || w.itemsize() != 1) throw py::value_error(what + ": dtype int8 needs an int8 array");
-    v.dtype = havoc::WeightDType::kInt8;
+  } else if (dtype == "int8" || dtype == "int8_weight_only") {
+    if (kind != 'u' || w.itemsize() != 1)
+      throw py::value_error(what + ": dtype " + dtype + " needs a uint8 array (the bytes q + 128)");
+    v.dtype = dtype == "int8" ? havoc::WeightDType::kInt8 : havoc::WeightDType::kInt8WeightOnly;
     if (group < 64 || group % 64) throw py::value_error(what + ": the int8 group must be a positive multiple of 64");
     v.group = group;
     v.cols = cols;
@@ -412,7 +413,8 @@ havoc::WeightView weight_view(const py::array& w, const std::string& dtype, cons
                             std::to_string(v.groups()) + "), got " + shape_str(s));
     v.scales = static_cast<const float*>(s.data());
   } else {
-    throw py::value_error(what + ": dtype must be 'float32', 'bfloat16' or 'int8', got '" + dtype + "'");
+    throw py::value_error(what + ": dtype must be 'float32', 'bfloat16', 'int8' or 'int8_weight_only', got '" +
+                          dtype + "'");
   }
   return v;
 }
@@ -481,28 +483,90 @@ PYBIND11_MODULE(_C, m) {
 
   // --- the decode kernels ------------------------------------------------------------------------------
   m.def("linear_isas", &havoc::linear_isas, "Variants of the decode kernels this CPU runs, narrowest first.");
+  m.def("linear_variants", &havoc::linear_variants,
+        "Every variant of the decode kernels, narrowest first, whether or not this CPU runs it.");
+  m.def("linear_variant_missing", &havoc::linear_variant_missing, py::arg("variant"),
+        "Why a variant cannot run here ('' when it can).");
+  m.def(
+      "linear_kernel",
+      [](const std::string& variant, const std::string& dtype) {
+        const std::vector<std::pair<std::string, havoc::WeightDType>> names = {
+            {"float32", havoc::WeightDType::kFloat32}, {"bfloat16", havoc::WeightDType::kBFloat16},
+            {"int8", havoc::WeightDType::kInt8}, {"int8_weight_only", havoc::WeightDType::kInt8WeightOnly}};
+        for (const auto& n : names)
+          if (n.first == dtype) return havoc::linear_kernel(variant, n.second);
+        throw py::value_error("dtype must be 'float32', 'bfloat16', 'int8' or 'int8_weight_only', got '" + dtype + "'");
+      },
+      py::arg("variant"), py::arg("dtype"), "What a kernel variant runs for a weight format, in words.");
+  m.def(
+      "collapse_hugepages",
+      [](py::array a) {
+        require_writeable(a, "array");
+        if (!(a.flags() & py::array::c_style)) throw py::value_error("the array must be C-contiguous");
+        void* p = a.mutable_data();
+        const int64_t bytes = a.nbytes();
+        py::gil_scoped_release nogil;
+        return havoc::collapse_hugepages(p, bytes);
+      },
+      py::arg("array"),
+      "Back the whole 2 MiB pages of a C-contiguous array's memory with transparent huge pages "
+      "(madvise MADV_COLLAPSE, Linux 6.1+); returns the bytes collapsed (0 where the OS cannot).");
+  m.def("decoder_features", &havoc::decoder_features,
+        "The model features the whole-step Decoder implements (havoc.cpu_decode checks a model against them).");
+  m.def("attention_isa_for", &havoc::attention_isa_for, py::arg("variant"),
+        "The paged-attention variant a decode step runs with this decode-kernel variant ('auto' resolves).");
+  m.def(
+      "quantize_rows_int8",
+      [](const py::array& x, int64_t group) {
+        const int64_t ldx = f32_rows(x, "x");
+        const int64_t M = x.shape(0), K = x.shape(1), ld = (K + 63) / 64 * 64, ng = (K + group - 1) / std::max<int64_t>(group, 1);
+        py::array_t<int8_t> q(std::vector<py::ssize_t>{M, ld});
+        py::array_t<float> s(std::vector<py::ssize_t>{M, ng});
+        py::array_t<int32_t> c(std::vector<py::ssize_t>{M, ng});
+        int8_t* qp = q.mutable_data();
+        float* sp = s.mutable_data();
+        int32_t* cp = c.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          havoc::quantize_rows_int8(static_cast<const float*>(x.data()), M, ldx, K, group, qp, sp, cp);
+        }
+        return py::make_tuple(q, s, c);
+      },
+      py::arg("x"), py::arg("group"),
+      "The int8 format's activation quantization of x (M, K) float32, as the kernels compute it: (q (M, K "
+      "rounded up to 64) int8, scales (M, groups) float32, corrections (M, groups) int32 = -128 * sum(q)).");
   m.def(
       "linear",
-      [](py::array out, const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales,
-         int64_t group, int64_t cols, bool accumulate, const std::string& isa) {
+      [](const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
+         int64_t cols, const py::object& out_obj, bool accumulate, const std::string& isa) {
         const havoc::WeightView v = weight_view(w, dtype, scales, group, cols, "weight");
-        const int64_t ldx = f32_rows(x, "x"), ldy = f32_rows(out, "out");
-        require_writeable(out, "out");
+        const int64_t ldx = f32_rows(x, "x");
         if (x.shape(1) != v.cols)
           throw py::value_error("x has " + std::to_string(x.shape(1)) + " features but the weight takes " +
                                 std::to_string(v.cols));
+        py::array out = out_obj.is_none() ? py::array(py::array_t<float>(std::vector<py::ssize_t>{x.shape(0), v.rows}))
+                                          : py::reinterpret_borrow<py::array>(out_obj);
+        if (accumulate && out_obj.is_none()) throw py::value_error("accumulate needs an out array to add to");
+        const int64_t ldy = f32_rows(out, "out");
+        require_writeable(out, "out");
         if (out.shape(0) != x.shape(0) || out.shape(1) != v.rows)
           throw py::value_error("out must be (" + std::to_string(x.shape(0)) + ", " + std::to_string(v.rows) +
                                 "), got " + shape_str(out));
         float* y = static_cast<float*>(out.mutable_data());
-        py::gil_scoped_release nogil;
-        havoc::linear(static_cast<const float*>(x.data()), x.shape(0), ldx, v, y, ldy, accumulate, isa);
+        {
+          py::gil_scoped_release nogil;
+          havoc::linear(static_cast<const float*>(x.data()), x.shape(0), ldx, v, y, ldy, accumulate, isa);
+        }
+        return out;
       },
-      py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("dtype"), py::arg("scales") = py::none(),
-      py::arg("group") = 0, py::arg("cols") = 0, py::arg("accumulate") = false, py::arg("isa") = "auto",
-      "out (=|+=) x @ weight.T with fp32 accumulation: x (M, K) float32 with contiguous rows, weight (N, K) "
-      "float32 / bf16 bits, or int8 packed (N, K rounded up to 64) with cols=K and (N, ceil(K / group)) scales; "
-      "out (M, N) float32. Releases the GIL.");
+      py::arg("x"), py::arg("weight"), py::arg("dtype"), py::arg("scales") = py::none(), py::arg("group") = 0,
+      py::arg("cols") = 0, py::kw_only(), py::arg("out") = py::none(), py::arg("accumulate") = false,
+      py::arg("isa") = "auto",
+      "x @ weight.T with fp32 accumulation, into `out` (M, N) float32 (=, or += with accumulate) or a new "
+      "array, which it returns: x (M, K) float32 with contiguous rows; weight (N, K) float32 / bf16 bits, or "
+      "int8 bytes q + 128 (N, K rounded up to 64) with cols=K and (N, ceil(K / group)) scales ('int8': "
+      "activations quantized to int8 per row and group; 'int8_weight_only': fp32 activations). isa: a "
+      "kernel variant or 'auto'. Releases the GIL.");
   m.def(
       "linear_argmax",
       [](const py::array& x, const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
@@ -714,9 +778,9 @@ PYBIND11_MODULE(_C, m) {
       "(IndexError, nothing copied); destinations must be distinct and never a source. Releases the GIL.");
   m.def(
       "paged_decode_attention",
-      [](py::array out, const py::array& q, const py::array& k_pool, const py::array& v_pool,
-         const py::object& tables_obj, const py::object& lengths_obj, float scale, const std::string& dtype,
-         int64_t num_splits, const std::string& isa) {
+      [](const py::array& q, const py::array& k_pool, const py::array& v_pool, const py::object& tables_obj,
+         const py::object& lengths_obj, float scale, const std::string& dtype, int64_t num_splits,
+         const std::string& isa, py::array out) {
         havoc::DecodeAttentionArgs a;
         a.shape = pool_shape(k_pool, "k_pool");
         if (!same_shape(a.shape, pool_shape(v_pool, "v_pool")))
@@ -756,12 +820,13 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release nogil;
         havoc::paged_decode_attention(a, num_splits, isa);
       },
-      py::arg("out"), py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("block_tables"),
-      py::arg("lengths"), py::kw_only(), py::arg("scale"), py::arg("dtype"), py::arg("num_splits") = 0,
-      py::arg("isa") = "auto",
+      py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("block_tables"), py::arg("lengths"),
+      py::kw_only(), py::arg("scale"), py::arg("dtype"), py::arg("num_splits") = 0, py::arg("isa") = "auto",
+      py::arg("out"),
       "Decode attention of q (batch, n_heads, head_dim) over each sequence's first lengths[b] cached tokens, "
+      "into out (shaped like q, C-contiguous), "
       "found through block_tables (batch, width) int32; GQA with n_heads / kv_heads query heads per KV head. "
-      "Writes out (batch, n_heads, head_dim). dtype: 'float32', or 'bfloat16' with the buffers as int16 "
+      "dtype: 'float32', or 'bfloat16' with the buffers as int16 "
       "bits. num_splits: split-K chunks per sequence (0: automatic). isa: 'auto', 'scalar', 'avx2', "
       "'avx512'. Block ids and lengths are checked first (IndexError). Releases the GIL.");
   m.def("decode_attention_isas", &havoc::decode_attention_isas,

@@ -61,8 +61,11 @@ std::vector<std::string> cpu_features() {
   if (__builtin_cpu_supports("avx512vl")) out.emplace_back("avx512vl");
   if (__builtin_cpu_supports("avx512vnni")) out.emplace_back("avx512_vnni");
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+  if (__builtin_cpu_supports("avxvnni")) out.emplace_back("avx_vnni");
   if (__builtin_cpu_supports("avx512bf16")) out.emplace_back("avx512_bf16");
+  if (__builtin_cpu_supports("amx-tile")) out.emplace_back("amx_tile");
   if (__builtin_cpu_supports("amx-bf16")) out.emplace_back("amx_bf16");
+  if (__builtin_cpu_supports("amx-int8")) out.emplace_back("amx_int8");
 #endif
 #elif defined(__ARM_NEON)
   out.emplace_back("neon");

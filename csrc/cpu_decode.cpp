@@ -14,7 +14,19 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
+// The dot-product variants (VNNI, AVX512-BF16, AMX) reach their instructions through GCC's builtins and
+// AMX's through inline assembly; Clang spells the builtins differently, so there they are not compiled
+// (linear_variant_missing says so).
+#if defined(HAVOC_X86_DISPATCH) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__linux__)
+#define HAVOC_DOT_VARIANTS 1
+#include <immintrin.h>  // declares the __builtin_ia32_* the kernels call (not its wrappers: see simd.h)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace havoc {
 
@@ -22,20 +34,56 @@ namespace {
 
 using namespace simd;
 
+#define HAVOC_LAMBDA_INLINE __attribute__((always_inline))
+
+// int8 products of fewer activation rows than this run on the amx variant's vpdpbusd tile with the AMX
+// epilogue's arithmetic (tile_int8_dot_exact): a B tile holds 16 rows, and for one row the tiles' per-group
+// epilogue over 16 x 16 outputs cost 18.3 ms a SmolLM2 step's products against 12.6 (vpdpbusd). bf16 takes
+// the tiles at any number of rows (20.4 against 20.2 ms at one row), so that every output of a bf16 weight
+// is the tiles' sum whatever the batch.
+constexpr int64_t kAmxMinRows = 4;
+
 // --- the product: tiles of NR weight rows x MR activation rows ----------------------------------------
 
+// One product y (=|+=) x @ W.T, with x already in the form the chosen variant's kernel for W's format
+// reads (prepare() below fills the fields that apply; the others stay null).
 struct GemmArgs {
-  const float* x;
-  int64_t M, ldx;
+  int64_t M = 0;
   WeightView w;
-  float* y;
-  int64_t ldy;
-  int64_t y_col0;  // y's column 0 is weight row y_col0 (a tile buffer of linear_argmax), else 0
-  bool accumulate;
-  // bf16 weights only, else null: x with each 32-column block split into its even then its odd columns
-  // (pair_columns), so the even and odd bf16 weights of a 64-byte load multiply contiguous x vectors.
+  float* y = nullptr;
+  int64_t ldy = 0;
+  int64_t y_col0 = 0;  // y's column 0 is weight row y_col0 (a tile buffer of linear_argmax), else 0
+  bool accumulate = false;
+  // fp32 weights: x. bf16 weights on the widening variants: x rounded to bf16, kept as fp32 (the scalar
+  // tail of a row reads it).
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  // bf16 weights, widening variants: the rounded x with each 32-column block split into its even then its
+  // odd columns (pair_columns), so the even and odd bf16 weights of a 64-byte load multiply contiguous x
+  // vectors.
   const float* xp = nullptr;
   int64_t ldxp = 0;
+  // bf16 weights, vdpbf16ps: x as bf16 bits, input order.
+  const uint16_t* xb = nullptr;
+  int64_t ldxb = 0;
+  // int8 weights, widening variants: x (int8_weight_only) or its int8 round trip q * scale (int8), zero
+  // past cols and reordered per load of 4W weight bytes starting at k: xd[k + c W + l] = x[k + 4 l + c]
+  // (lane l of such a load holds inputs k + 4l .. k + 4l + 3; byte c of every lane is unpacked together).
+  const float* xd = nullptr;
+  int64_t ldxd = 0;
+  // int8 weights, int8 dot variants: the quantized x in input order, zero past cols (ldxq = w.ld()); per
+  // (row, group) its scale and -128 * the sum of its q (the dot products see the weights' bytes q + 128).
+  const int8_t* xq = nullptr;
+  int64_t ldxq = 0;
+  const float* xs = nullptr;
+  const int32_t* xc = nullptr;
+  int64_t ldxs = 0;
+  // amx: x in the layout of AMX's B tiles (amx_tiles), and for int8 the scales and corrections transposed
+  // to (group, padded rows). Null for int8 below kAmxMinRows rows and for bf16 rows shorter than 32.
+  const void* xt = nullptr;
+  const float* xst = nullptr;
+  const int32_t* xct = nullptr;
+  int64_t ldxst = 0;
 };
 
 template <int W>
@@ -50,134 +98,29 @@ HAVOC_INLINE typename V<W>::f wload(const uint16_t* p) {
 HAVOC_INLINE float wscalar(const float* p) { return *p; }
 HAVOC_INLINE float wscalar(const uint16_t* p) { return bf16_to_f32(*p); }
 
-// Block c (inputs 16 c .. 16 c + 15 of a 64-input block) of W int8 lanes packed as WeightView describes,
-// sign-extended and converted: shift byte c to the top, arithmetic shift back down.
-template <int W, int C>
-HAVOC_INLINE typename V<W>::f unpack8(typename V<W>::u v) {
-  const typename V<W>::i t = (typename V<W>::i)(v << (24 - 8 * C)) >> 24;
-  return __builtin_convertvector(t, typename V<W>::f);
-}
-
-// One 64-input block for NR int8 rows and MR activation rows: 16 / W loads per row, 4 blocks of W each.
-template <int W, int NR, int MR, int C>
-HAVOC_INLINE void int8_quarter(typename V<W>::f (&acc)[NR][MR], const typename V<W>::u (&raw)[NR],
-                               const typename V<W>::f (&s)[NR], const float* x, int64_t ldx, int64_t k) {
-  typename V<W>::f wv[NR];
-#pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) wv[r] = unpack8<W, C>(raw[r]) * s[r];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
-    const typename V<W>::f xv = loadv<W>(x + i * ldx + k + 16 * C);
-#pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) acc[r][i] += wv[r] * xv;
-  }
-}
-
 // Software prefetch distance of the bf16 and int8 weight streams, in bytes. Their rows are short (1152 and
 // 576 bytes for K = 576), so the hardware prefetchers barely ramp up before a tile moves on; fetching 4 KiB
 // ahead took the SmolLM2 head (49152 x 576) from 14.4 to 17.6 GB/s in bf16 and from 6.8 to 10.5 GB/s in
-// int8, and left long rows (K = 4096) within noise (interleaved runs, 2-core VM). fp32 gained nothing.
+// int8, and left long rows (K = 4096) within noise (interleaved runs, 2-core VM). fp32 gained nothing at one
+// activation row (more rows: below).
 constexpr int64_t kPrefetchBytes = 4096;
+// fp32 weights with more than one activation row: a tile's later activation rows reuse its weights from
+// cache while the memory has nothing to do; fetching 8 KiB ahead keeps it busy. SmolLM2 fp32 decode steps
+// on 2 MiB pages (AMX Xeon, medians of 30 alternating): batch 4 36.6 -> 29.4 ms, batch 8 41.9 -> 35.0 ms,
+// batch 32 94.6 -> 92.0 ms (16 KiB ahead: 36.4 and 95.4); at batch 1 it cost 24.7 -> 26.7 ms.
+constexpr int64_t kPrefetchBytesF32 = 8192;
 
-// y[m + i, n + r] for r < NR, i < MR: NR x MR dot products over K, NR x MR vector accumulators in
-// registers. int8 rows are scaled group by group as they are unpacked (one multiply per weight vector,
-// shared by the MR rows), so the accumulation is the same as for fp32.
-template <int W, class T, int NR, int MR>
-HAVOC_INLINE void tile(const GemmArgs& a, int64_t n, int64_t m) {
-  using F = typename V<W>::f;
-  constexpr bool q8 = std::is_same<T, int8_t>::value;
-  const int64_t K = a.w.cols, ld = a.w.ld();
-  const T* w = static_cast<const T*>(a.w.data) + n * ld;
-  const float* x = a.x + m * a.ldx;
-  F acc[NR][MR];
-  float tail[NR][MR];
+template <int W, int NR, int MR>
+HAVOC_INLINE void zero_tile(typename V<W>::f (&acc)[NR][MR], float (&tail)[NR][MR]) {
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) acc[r][i] = F{}, tail[r][i] = 0.0f;
-  if constexpr (q8) {
-    using U = typename V<W>::u;
-    const int64_t G = a.w.group, ng = a.w.groups();
-    for (int64_t g = 0, k0 = 0; g < ng; ++g, k0 += G) {
-      const int64_t k1 = std::min(K, k0 + G);
-      F s[NR];
-      float ss[NR];
-#pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) ss[r] = a.w.scales[(n + r) * ng + g], s[r] = splat<W>(ss[r]);
-      int64_t k = k0;
-      for (; k + 64 <= k1; k += 64) {
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes, 0, 3);
-        for (int h = 0; h < 16 / W; ++h) {  // the lanes j in [h W, h W + W) of the block
-          U raw[NR];
-#pragma GCC unroll 8
-          for (int r = 0; r < NR; ++r) std::memcpy(&raw[r], w + r * ld + k + 4 * W * h, sizeof(U));
-          const int64_t kh = k + W * h;
-          int8_quarter<W, NR, MR, 0>(acc, raw, s, x, a.ldx, kh);
-          int8_quarter<W, NR, MR, 1>(acc, raw, s, x, a.ldx, kh);
-          int8_quarter<W, NR, MR, 2>(acc, raw, s, x, a.ldx, kh);
-          int8_quarter<W, NR, MR, 3>(acc, raw, s, x, a.ldx, kh);
-        }
-      }
-      for (; k < k1; ++k)  // the last, partial block of a row
-        for (int r = 0; r < NR; ++r) {
-          const float wf = static_cast<float>(w[r * ld + int8_offset(k)]) * ss[r];
-          for (int i = 0; i < MR; ++i) tail[r][i] += wf * x[i * a.ldx + k];
-        }
-    }
-  } else {
-    int64_t k = 0;
-    if constexpr (std::is_same<T, uint16_t>::value) {
-      // A vector of W 32-bit words holds 2W bf16 weights: `<< 16` makes the even ones fp32, masking the
-      // low half the odd ones — two ALU operations per 2W weights, against a widen per W (which GCC 12
-      // splits for W = 16 into two 8-lane widens, an extract and an insert); x comes pre-paired to match.
-      using U = typename V<W>::u;
-      if (a.xp != nullptr) {
-        const float* xp = a.xp + m * a.ldxp;
-        for (; k + 32 <= K; k += 32) {
-#pragma GCC unroll 8
-          for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes / 2, 0, 3);
-#pragma GCC unroll 4
-          for (int c = 0; c < 16 / W; ++c) {  // columns k + 2Wc .. k + 2Wc + 2W - 1
-            F we[NR], wo[NR];
-#pragma GCC unroll 8
-            for (int r = 0; r < NR; ++r) {
-              U raw;
-              std::memcpy(&raw, w + r * ld + k + 2 * W * c, sizeof raw);
-              const U e = raw << 16, o = raw & 0xffff0000u;
-              std::memcpy(&we[r], &e, sizeof e);
-              std::memcpy(&wo[r], &o, sizeof o);
-            }
-#pragma GCC unroll 8
-            for (int i = 0; i < MR; ++i) {
-              const F xe = loadv<W>(xp + i * a.ldxp + k + W * c), xo = loadv<W>(xp + i * a.ldxp + k + 16 + W * c);
-#pragma GCC unroll 8
-              for (int r = 0; r < NR; ++r) {
-                acc[r][i] += we[r] * xe;  // two FMAs: a product summed first costs a multiply and an add
-                acc[r][i] += wo[r] * xo;
-              }
-            }
-          }
-        }
-      }
-    }
-    for (; k + W <= K; k += W) {
-      F wv[NR];
-#pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) wv[r] = wload<W>(w + r * ld + k);
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) {
-        const F xv = loadv<W>(x + i * a.ldx + k);
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; ++r) acc[r][i] += wv[r] * xv;
-      }
-    }
-    for (; k < K; ++k)
-      for (int r = 0; r < NR; ++r) {
-        const float wf = wscalar(w + r * ld + k);
-        for (int i = 0; i < MR; ++i) tail[r][i] += wf * x[i * a.ldx + k];
-      }
-  }
+    for (int i = 0; i < MR; ++i) acc[r][i] = typename V<W>::f{}, tail[r][i] = 0.0f;
+}
+
+template <int W, int NR, int MR>
+HAVOC_INLINE void store_tile(const GemmArgs& a, int64_t n, int64_t m, const typename V<W>::f (&acc)[NR][MR],
+                             const float (&tail)[NR][MR]) {
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
@@ -188,31 +131,701 @@ HAVOC_INLINE void tile(const GemmArgs& a, int64_t n, int64_t m) {
     }
 }
 
+// y[m + i, n + r] for r < NR, i < MR over fp32 or bf16 weights, widened to fp32 in registers: NR x MR
+// dot products over K, NR x MR vector accumulators.
+template <int W, class T, int NR, int MR>
+HAVOC_INLINE void tile(const GemmArgs& a, int64_t n, int64_t m) {
+  using F = typename V<W>::f;
+  const int64_t K = a.w.cols, ld = a.w.ld();
+  const T* w = static_cast<const T*>(a.w.data) + n * ld;
+  const float* x = a.x + m * a.ldx;
+  F acc[NR][MR];
+  float tail[NR][MR];
+  zero_tile<W, NR, MR>(acc, tail);
+  int64_t k = 0;
+  if constexpr (std::is_same<T, uint16_t>::value) {
+    // A vector of W 32-bit words holds 2W bf16 weights: `<< 16` makes the even ones fp32, masking the
+    // low half the odd ones — two ALU operations per 2W weights, against a widen per W (which GCC 12
+    // splits for W = 16 into two 8-lane widens, an extract and an insert); x comes pre-paired to match.
+    using U = typename V<W>::u;
+    if (a.xp != nullptr) {
+      const float* xp = a.xp + m * a.ldxp;
+      for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes / 2, 0, 3);
+#pragma GCC unroll 4
+        for (int c = 0; c < 16 / W; ++c) {  // columns k + 2Wc .. k + 2Wc + 2W - 1
+          F we[NR], wo[NR];
+#pragma GCC unroll 8
+          for (int r = 0; r < NR; ++r) {
+            U raw;
+            std::memcpy(&raw, w + r * ld + k + 2 * W * c, sizeof raw);
+            const U e = raw << 16, o = raw & 0xffff0000u;
+            std::memcpy(&we[r], &e, sizeof e);
+            std::memcpy(&wo[r], &o, sizeof o);
+          }
+#pragma GCC unroll 8
+          for (int i = 0; i < MR; ++i) {
+            const F xe = loadv<W>(xp + i * a.ldxp + k + W * c), xo = loadv<W>(xp + i * a.ldxp + k + 16 + W * c);
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; ++r) {
+              acc[r][i] += we[r] * xe;  // two FMAs: a product summed first costs a multiply and an add
+              acc[r][i] += wo[r] * xo;
+            }
+          }
+        }
+      }
+    }
+  }
+  const bool prefetch = std::is_same<T, float>::value && a.M > 1;
+  for (; k + W <= K; k += W) {
+    if (prefetch && k % 16 == 0)  // once per 64-byte line
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytesF32 / 4, 0, 3);
+    F wv[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) wv[r] = wload<W>(w + r * ld + k);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const F xv = loadv<W>(x + i * a.ldx + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) acc[r][i] += wv[r] * xv;
+    }
+  }
+  for (; k < K; ++k)
+    for (int r = 0; r < NR; ++r) {
+      const float wf = wscalar(w + r * ld + k);
+      for (int i = 0; i < MR; ++i) tail[r][i] += wf * x[i * a.ldx + k];
+    }
+  store_tile<W, NR, MR>(a, n, m, acc, tail);
+}
+
+// Byte c of each 32-bit lane, sign-extended and converted: shift it to the top, arithmetic shift back.
+template <int W, int C>
+HAVOC_INLINE typename V<W>::f unpack8(typename V<W>::u v) {
+  const typename V<W>::i t = (typename V<W>::i)(v << (24 - 8 * C)) >> 24;
+  return __builtin_convertvector(t, typename V<W>::f);
+}
+
+// Byte c of a W-lane load of int8 weights for NR rows against the MR activation vectors it pairs with.
+template <int W, int NR, int MR, int C>
+HAVOC_INLINE void int8_quarter(typename V<W>::f (&acc)[NR][MR], const typename V<W>::u (&raw)[NR],
+                               const typename V<W>::f (&s)[NR], const float* xd, int64_t ldxd) {
+  typename V<W>::f wv[NR];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) wv[r] = unpack8<W, C>(raw[r]) * s[r];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    const typename V<W>::f xv = loadv<W>(xd + i * ldxd + C * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) acc[r][i] += wv[r] * xv;
+  }
+}
+
+// int8 weights widened to fp32 (the variants without an int8 dot product, and int8_weight_only): each
+// W-lane load of 4W bytes is sign-restored (xor 0x80), unpacked byte by byte and scaled by its group's
+// scale (one multiply per weight vector, shared by the MR rows); x comes reordered to match (xd).
+template <int W, int NR, int MR>
+HAVOC_INLINE void tile_int8_widen(const GemmArgs& a, int64_t n, int64_t m) {
+  using F = typename V<W>::f;
+  using U = typename V<W>::u;
+  const int64_t ld = a.w.ld(), G = a.w.group, ng = a.w.groups();
+  const uint8_t* w = static_cast<const uint8_t*>(a.w.data) + n * ld;
+  const float* xd = a.xd + m * a.ldxd;
+  F acc[NR][MR];
+  float tail[NR][MR];
+  zero_tile<W, NR, MR>(acc, tail);
+  for (int64_t g = 0; g < ng; ++g) {
+    const int64_t k0 = g * G, k1 = std::min(ld, k0 + G);
+    F s[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) s[r] = splat<W>(a.w.scales[(n + r) * ng + g]);
+    for (int64_t k = k0; k < k1; k += 4 * W) {
+      if (k % 64 == 0)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes, 0, 3);
+      U raw[NR];
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) {
+        std::memcpy(&raw[r], w + r * ld + k, sizeof(U));
+        raw[r] ^= 0x80808080u;  // the stored q + 128 back to q
+      }
+      int8_quarter<W, NR, MR, 0>(acc, raw, s, xd + k, a.ldxd);
+      int8_quarter<W, NR, MR, 1>(acc, raw, s, xd + k, a.ldxd);
+      int8_quarter<W, NR, MR, 2>(acc, raw, s, xd + k, a.ldxd);
+      int8_quarter<W, NR, MR, 3>(acc, raw, s, xd + k, a.ldxd);
+    }
+  }
+  store_tile<W, NR, MR>(a, n, m, acc, tail);
+}
+
 // MR activation rows at a time: 16 zmm accumulators + 4 weight vectors fit AVX-512's 32 registers; AVX2
 // and the SSE baseline have 16, so they take 2.
 template <int W>
 constexpr int kMaxMR = W >= 16 ? 4 : 2;
 
-template <int W, class T, int NR>
-HAVOC_INLINE void tile_rows(const GemmArgs& a, int64_t n) {
-  constexpr int MR = kMaxMR<W>;
+// Every activation row for NR weight rows at n: MR rows at a time, then the remainder.
+template <int NR, int MR, class Tile>
+HAVOC_INLINE void for_rows(const GemmArgs& a, int64_t n, Tile tile_fn) {
   int64_t m = 0;
-  for (; m + MR <= a.M; m += MR) tile<W, T, NR, MR>(a, n, m);
+  for (; m + MR <= a.M; m += MR) tile_fn(std::integral_constant<int, NR>{}, std::integral_constant<int, MR>{}, n, m);
   switch (a.M - m) {
-    case 1: tile<W, T, NR, 1>(a, n, m); break;
-    case 2: if constexpr (MR > 2) tile<W, T, NR, 2>(a, n, m); break;
-    case 3: if constexpr (MR > 3) tile<W, T, NR, 3>(a, n, m); break;
+    case 1: tile_fn(std::integral_constant<int, NR>{}, std::integral_constant<int, 1>{}, n, m); break;
+    case 2: if constexpr (MR > 2) tile_fn(std::integral_constant<int, NR>{}, std::integral_constant<int, 2>{}, n, m); break;
+    case 3: if constexpr (MR > 3) tile_fn(std::integral_constant<int, NR>{}, std::integral_constant<int, 3>{}, n, m); break;
     default: break;
   }
 }
 
-// Weight rows [n0, n1) for every activation row: 4 rows at a time (4 weight streams in flight), then
-// the remainder one by one.
+// Weight rows [n0, n1) for every activation row: NR rows at a time (NR weight streams in flight), then the
+// remainder one by one.
+template <int NR, int MR, class Tile>
+HAVOC_INLINE void for_tiles(const GemmArgs& a, int64_t n0, int64_t n1, Tile tile_fn) {
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR) for_rows<NR, MR>(a, n, tile_fn);
+  for (; n < n1; ++n) for_rows<1, MR>(a, n, tile_fn);
+}
+
 template <int W, class T>
 HAVOC_INLINE void gemm_rows(const GemmArgs& a, int64_t n0, int64_t n1) {
+  for_tiles<4, kMaxMR<W>>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+    tile<W, T, decltype(nr)::value, decltype(mr)::value>(a, n, m);
+  });
+}
+
+template <int W>
+HAVOC_INLINE void gemm_rows_int8_widen(const GemmArgs& a, int64_t n0, int64_t n1) {
+  for_tiles<4, kMaxMR<W>>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+    tile_int8_widen<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
+  });
+}
+
+#ifdef HAVOC_DOT_VARIANTS
+
+// --- int8 x int8: VNNI's vpdpbusd -----------------------------------------------------------------------
+// vpdpbusd adds to each 32-bit lane the four products of its unsigned weight bytes (q + 128) and signed
+// activation bytes; the 128 * sum(q_x) this adds per group starts in lane 0 of the group's accumulator
+// (GemmArgs::xc). Each group's integer sums are then converted and scaled by weight and activation scale.
+
+typedef short v32hi __attribute__((vector_size(64)));
+
+template <int W>
+HAVOC_INLINE typename V<W>::i dpbusd(typename V<W>::i acc, typename V<W>::i u8, typename V<W>::i s8) {
+  if constexpr (W == 16)
+    return __builtin_ia32_vpdpbusd_v16si(acc, u8, s8);
+  else
+    return __builtin_ia32_vpdpbusd_v8si(acc, u8, s8);  // VEX-encoded (AVX-VNNI) in an avxvnni function
+}
+
+// dot[r][i] += the products of inputs [k0, k1) (one group) of weight row r and activation row i, lane by lane.
+template <int W, int NR, int MR>
+HAVOC_INLINE void group_dots(typename V<W>::i (&dot)[NR][MR], const uint8_t* w, int64_t ld, const int8_t* xq,
+                             int64_t ldxq, int64_t k0, int64_t k1) {
+  using I = typename V<W>::i;
+  for (int64_t k = k0; k < k1; k += 4 * W) {
+    if (k % 64 == 0)
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes, 0, 3);
+    I wv[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) std::memcpy(&wv[r], w + r * ld + k, sizeof(I));
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      I xv;
+      std::memcpy(&xv, xq + i * ldxq + k, sizeof xv);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) dot[r][i] = dpbusd<W>(dot[r][i], wv[r], xv);
+    }
+  }
+}
+
+template <int W, int NR, int MR>
+HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
+  using F = typename V<W>::f;
+  using I = typename V<W>::i;
+  const int64_t ld = a.w.ld(), G = a.w.group, ng = a.w.groups();
+  const uint8_t* w = static_cast<const uint8_t*>(a.w.data) + n * ld;
+  const int8_t* xq = a.xq + m * a.ldxq;
+  F acc[NR][MR];
+  float tail[NR][MR];
+  zero_tile<W, NR, MR>(acc, tail);
+  for (int64_t g = 0; g < ng; ++g) {
+    const int64_t k0 = g * G, k1 = std::min(ld, k0 + G);
+    I dot[NR][MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      I init{};
+      init[0] = a.xc[(m + i) * a.ldxs + g];
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) dot[r][i] = init;
+    }
+    group_dots<W, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const float sx = a.xs[(m + i) * a.ldxs + g];
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r)
+        acc[r][i] += __builtin_convertvector(dot[r][i], F) * splat<W>(a.w.scales[(n + r) * ng + g] * sx);
+    }
+  }
+  store_tile<W, NR, MR>(a, n, m, acc, tail);
+}
+
+// Registers: NR x MR int32 sums + NR x MR fp32 accumulators + NR weight vectors + one activation vector:
+// 4 x 3 on AVX-512's 32, 2 x 2 on AVX2's 16.
+template <int W>
+HAVOC_INLINE void gemm_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  constexpr int NR = W >= 16 ? 4 : 2, MR = W >= 16 ? 3 : 2;
+  for_tiles<NR, MR>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+    tile_int8_dot<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
+  });
+}
+
+// Lane sums of four 16-lane integer vectors: {sum a, sum b, sum c, sum d}.
+HAVOC_INLINE V<4>::i reduce4(V<16>::i a, V<16>::i b, V<16>::i c, V<16>::i d) {
+  using I8 = V<8>::i;
+  auto halves = [](V<16>::i v) HAVOC_LAMBDA_INLINE {
+    I8 lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return lo + hi;
+  };
+  auto pairs = [](I8 x, I8 y) HAVOC_LAMBDA_INLINE {  // {x0+x1, x2+x3, y0+y1, y2+y3, x4+x5, x6+x7, y4+y5, y6+y7}
+    return __builtin_shufflevector(x, y, 0, 2, 8, 10, 4, 6, 12, 14) + __builtin_shufflevector(x, y, 1, 3, 9, 11, 5, 7, 13, 15);
+  };
+  const I8 abcd = pairs(pairs(halves(a), halves(b)), pairs(halves(c), halves(d)));  // {a, b, c, d} in two halves
+  V<4>::i lo, hi;
+  std::memcpy(&lo, &abcd, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&abcd) + sizeof lo, sizeof hi);
+  return lo + hi;
+}
+
+// The amx variant's vpdpbusd tile (weight rows past the last 16, and products of fewer than kAmxMinRows
+// activation rows): each group's exact integer sum, then acc = fma(float(sum), w_scale * x_scale, acc) per
+// output in group order — the arithmetic of the AMX epilogue, so that an output is the same bits whichever
+// of the two computes it (batch invariance: a row's result never depends on how many rows share the call).
+template <int NR, int MR>
+HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
+  using I = V<16>::i;
+  const int64_t ld = a.w.ld(), G = a.w.group, ng = a.w.groups();
+  const uint8_t* w = static_cast<const uint8_t*>(a.w.data) + n * ld;
+  const int8_t* xq = a.xq + m * a.ldxq;
+  float acc[NR][MR] = {};
+  for (int64_t g = 0; g < ng; ++g) {
+    const int64_t k0 = g * G, k1 = std::min(ld, k0 + G);
+    I dot[NR][MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) dot[r][i] = I{};
+    group_dots<16, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const int32_t corr = a.xc[(m + i) * a.ldxs + g];
+      const float sx = a.xs[(m + i) * a.ldxs + g];
+      if constexpr (NR == 4) {  // the four rows' sums at once (integer adds: any order is exact)
+        using F4 = V<4>::f;
+        const V<4>::i sum = reduce4(dot[0][i], dot[1][i], dot[2][i], dot[3][i]) + corr;
+        F4 acc4, sw;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) acc4[r] = acc[r][i], sw[r] = a.w.scales[(n + r) * ng + g];
+        acc4 = __builtin_ia32_vfmaddps(__builtin_convertvector(sum, F4), sw * sx, acc4);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) acc[r][i] = acc4[r];
+      } else {
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) {
+          int32_t sum = corr;
+          for (int l = 0; l < 16; ++l) sum += dot[r][i][l];
+          acc[r][i] = std::fma(static_cast<float>(sum), a.w.scales[(n + r) * ng + g] * sx, acc[r][i]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      float* yp = a.y + (m + i) * a.ldy + (n - a.y_col0) + r;
+      *yp = a.accumulate ? *yp + acc[r][i] : acc[r][i];
+    }
+}
+
+HAVOC_INLINE void gemm_rows_int8_dot_exact(const GemmArgs& a, int64_t n0, int64_t n1) {
+  for_tiles<4, 3>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+    tile_int8_dot_exact<decltype(nr)::value, decltype(mr)::value>(a, n, m);
+  });
+}
+
+// --- bf16 x bf16: AVX512-BF16's vdpbf16ps ---------------------------------------------------------------
+// vdpbf16ps adds to each fp32 lane the products of its two bf16 pairs: 32 multiply-adds per instruction
+// against 16 per FMA after widening, and no widening. Rows whose length is no multiple of 32 end in a
+// masked load (masked-off elements read as zero and never fault).
+
+HAVOC_INLINE v32hi load_bf16x32(const uint16_t* p, int64_t n) {
+  if (n >= 32) {
+    v32hi v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  const unsigned mask = (1u << n) - 1u;
+  return __builtin_ia32_loaddquhi512_mask(reinterpret_cast<const short*>(p), v32hi{}, mask);
+}
+
+template <int NR, int MR>
+HAVOC_INLINE void tile_bf16_dot(const GemmArgs& a, int64_t n, int64_t m) {
+  using F = V<16>::f;
+  const int64_t K = a.w.cols, ld = a.w.ld();
+  const uint16_t* w = static_cast<const uint16_t*>(a.w.data) + n * ld;
+  const uint16_t* xb = a.xb + m * a.ldxb;
+  F acc[NR][MR];
+  float tail[NR][MR];
+  zero_tile<16, NR, MR>(acc, tail);
+  for (int64_t k = 0; k < K; k += 32) {
+    const int64_t left = K - k;
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes / 2, 0, 3);
+    v32hi wv[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) wv[r] = load_bf16x32(w + r * ld + k, left);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const v32hi xv = load_bf16x32(xb + i * a.ldxb + k, left);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) acc[r][i] = __builtin_ia32_dpbf16ps_v16sf(acc[r][i], wv[r], xv);
+    }
+  }
+  store_tile<16, NR, MR>(a, n, m, acc, tail);
+}
+
+HAVOC_INLINE void gemm_rows_bf16_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  for_tiles<4, 4>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+    tile_bf16_dot<decltype(nr)::value, decltype(mr)::value>(a, n, m);
+  });
+}
+
+// --- AMX tiles --------------------------------------------------------------------------------------------
+// Eight tile registers of 16 rows x 64 bytes. A product y = x @ W.T is computed transposed, C = W x^T, so
+// that the weights are A tiles straight from their row-major rows (16 weight rows x 64 bytes, loaded with
+// the row stride) and only x is rearranged, into B tiles ("VNNI" layout: for bf16 row p holds inputs 2p and
+// 2p + 1 of each of 16 activation rows; for int8 inputs 4p .. 4p + 3). tmm0/1: two 16-row weight blocks,
+// tmm2/3: two 16-row activation blocks, tmm4-7: their four 16 x 16 products (fp32 for bf16, int32 for
+// int8), stored and added into y transposed. Each thread loads the configuration at the start of a call
+// and releases the tiles at its end (other code in the thread, e.g. oneDNN in torch, configures its own).
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+HAVOC_INLINE void amx_begin() {
+  static const TileConfig cfg = [] {
+    TileConfig c;
+    for (int t = 0; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = 16;
+    return c;
+  }();
+  asm volatile("ldtilecfg %0" ::"m"(cfg));
+}
+HAVOC_INLINE void amx_end() { asm volatile("tilerelease" ::: "memory"); }
+
+#define HAVOC_TILE_LOAD(t, base, stride) \
+  asm volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(base), "r"(static_cast<int64_t>(stride)) : "memory")
+#define HAVOC_TILE_STORE(t, base) \
+  asm volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"(int64_t{64}) : "memory")
+#define HAVOC_TILE_ZERO(t) asm volatile("tilezero %%tmm" #t ::)
+#define HAVOC_TILE_DPBF16PS(c, a, b) asm volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#define HAVOC_TILE_DPBUSD(c, a, b) asm volatile("tdpbusd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+
+// Whether the OS lets this process use the AMX tile data (Linux >= 5.16: arch_prctl(ARCH_REQ_XCOMP_PERM,
+// XFEATURE_XTILEDATA)); asked once.
+bool amx_permitted() {
+  static const bool ok = [] {
+    if (!has_cpu_feature("amx_tile")) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+  }();
+  return ok;
+}
+
+// One step of inputs for the (up to) 2 x 2 blocks: weight rows n.. (tmm0) and n + 16.. (tmm1, if `two`)
+// times activation blocks b (tmm2) and b + 1 (tmm3, if `twob`), into tmm4 (n, b), tmm5 (n, b + 1),
+// tmm6 (n + 16, b), tmm7 (n + 16, b + 1).
+template <bool kInt8>
+HAVOC_INLINE void amx_step(const void* w0, const void* w1, int64_t w_stride, const void* x0, const void* x1, bool two,
+                           bool twob) {
+  HAVOC_TILE_LOAD(0, w0, w_stride);
+  HAVOC_TILE_LOAD(2, x0, 64);
+  if constexpr (kInt8) HAVOC_TILE_DPBUSD(4, 0, 2); else HAVOC_TILE_DPBF16PS(4, 0, 2);
+  if (two) {
+    HAVOC_TILE_LOAD(1, w1, w_stride);
+    if constexpr (kInt8) HAVOC_TILE_DPBUSD(6, 1, 2); else HAVOC_TILE_DPBF16PS(6, 1, 2);
+  }
+  if (twob) {
+    HAVOC_TILE_LOAD(3, x1, 64);
+    if constexpr (kInt8) HAVOC_TILE_DPBUSD(5, 0, 3); else HAVOC_TILE_DPBF16PS(5, 0, 3);
+    if (two) {
+      if constexpr (kInt8) HAVOC_TILE_DPBUSD(7, 1, 3); else HAVOC_TILE_DPBF16PS(7, 1, 3);
+    }
+  }
+}
+
+HAVOC_INLINE void amx_zero_products() {
+  HAVOC_TILE_ZERO(4);
+  HAVOC_TILE_ZERO(5);
+  HAVOC_TILE_ZERO(6);
+  HAVOC_TILE_ZERO(7);
+}
+
+// tmm4-7 into four 16 x 16 blocks of 4-byte elements (c[t] = tmm(4 + t): t / 2 the weight block, t % 2
+// the activation block).
+HAVOC_INLINE void amx_store_products(void* c) {
+  char* p = static_cast<char*>(c);
+  HAVOC_TILE_STORE(4, p);
+  HAVOC_TILE_STORE(5, p + 1024);
+  HAVOC_TILE_STORE(6, p + 2048);
+  HAVOC_TILE_STORE(7, p + 3072);
+}
+
+// One 16 x 16 block of C (weight rows n0 + r, activation rows m0 + j) into y.
+HAVOC_INLINE void amx_store_block(const GemmArgs& a, int64_t n0, int64_t m0, const float (&c)[16][16]) {
+  const int64_t jn = std::min<int64_t>(16, a.M - m0);
+  for (int64_t j = 0; j < jn; ++j) {
+    float* yr = a.y + (m0 + j) * a.ldy + (n0 - a.y_col0);
+    if (a.accumulate)
+      for (int r = 0; r < 16; ++r) yr[r] += c[r][j];
+    else
+      for (int r = 0; r < 16; ++r) yr[r] = c[r][j];
+  }
+}
+
+// bf16: steps of 32 inputs by tiles, the rest of a row (K % 32) added from the vector path's bf16 x.
+HAVOC_INLINE void amx_rows_bf16_impl(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t K = a.w.cols, ld = a.w.ld(), steps = K / 32, mb = (a.M + 15) / 16;
+  const uint16_t* W = static_cast<const uint16_t*>(a.w.data);
+  const uint16_t* xt = static_cast<const uint16_t*>(a.xt);  // [mb][steps][16][32]
+  alignas(64) float c[4][16][16];
+  amx_begin();
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) tile_rows<W, T, 4>(a, n);
-  for (; n < n1; ++n) tile_rows<W, T, 1>(a, n);
+  while (n + 16 <= n1) {
+    const bool two = n + 32 <= n1;  // a second 16-row weight block
+    const uint16_t* w0 = W + n * ld;
+    const uint16_t* w1 = W + (n + 16) * ld;
+    for (int64_t b = 0; b < mb; b += 2) {
+      const bool twob = b + 1 < mb;
+      const uint16_t* x0 = xt + b * steps * 512;
+      const uint16_t* x1 = x0 + steps * 512;
+      amx_zero_products();
+      for (int64_t s = 0; s < steps; ++s)
+        amx_step<false>(w0 + 32 * s, w1 + 32 * s, 2 * ld, x0 + 512 * s, x1 + 512 * s, two, twob);
+      amx_store_products(c);
+      for (int t = 0; t < 4; ++t) {
+        const int64_t nb = n + 16 * (t / 2), m0 = 16 * (b + t % 2);
+        if ((t / 2 == 1 && !two) || (t % 2 == 1 && !twob)) continue;
+        if (K % 32) {  // the inputs past the last whole step
+          const int64_t jn = std::min<int64_t>(16, a.M - m0);
+          for (int r = 0; r < 16; ++r)
+            for (int64_t j = 0; j < jn; ++j) {
+              float s = 0.0f;
+              for (int64_t k = steps * 32; k < K; ++k)
+                s += bf16_to_f32(W[(nb + r) * ld + k]) * bf16_to_f32(a.xb[(m0 + j) * a.ldxb + k]);
+              c[t][r][j] += s;
+            }
+        }
+        amx_store_block(a, nb, m0, c[t]);
+      }
+    }
+    n += two ? 32 : 16;
+  }
+  amx_end();
+  if (n < n1) gemm_rows_bf16_dot(a, n, n1);  // fewer than 16 rows left
+}
+
+// int8: one tile step per 64 inputs; per group the int32 sums are stored, corrected, scaled by the weight
+// row's and the activation row's scales and added to fp32 accumulators.
+HAVOC_INLINE void amx_rows_int8_impl(const GemmArgs& a, int64_t n0, int64_t n1) {
+  using F = V<16>::f;
+  using I = V<16>::i;
+  const int64_t ld = a.w.ld(), G = a.w.group, ng = a.w.groups(), steps = ld / 64, mb = (a.M + 15) / 16;
+  const uint8_t* W = static_cast<const uint8_t*>(a.w.data);
+  const int8_t* xt = static_cast<const int8_t*>(a.xt);  // [mb][steps][16][64]
+  alignas(64) int32_t ci[4][16][16];
+  alignas(64) float acc[4][16][16];
+  amx_begin();
+  int64_t n = n0;
+  while (n + 16 <= n1) {
+    const bool two = n + 32 <= n1;  // a second 16-row weight block
+    const uint8_t* w0 = W + n * ld;
+    const uint8_t* w1 = W + (n + 16) * ld;
+    for (int64_t b = 0; b < mb; b += 2) {
+      const bool twob = b + 1 < mb;
+      const int8_t* x0 = xt + b * steps * 1024;
+      const int8_t* x1 = x0 + steps * 1024;
+      std::memset(acc, 0, sizeof acc);
+      for (int64_t g = 0; g < ng; ++g) {
+        amx_zero_products();
+        for (int64_t s = g * G / 64, s1 = std::min(steps, (g + 1) * G / 64); s < s1; ++s)
+          amx_step<true>(w0 + 64 * s, w1 + 64 * s, ld, x0 + 1024 * s, x1 + 1024 * s, two, twob);
+        amx_store_products(ci);
+        for (int t = 0; t < 4; ++t) {
+          if ((t / 2 == 1 && !two) || (t % 2 == 1 && !twob)) continue;
+          const int64_t nb = n + 16 * (t / 2), m0 = 16 * (b + t % 2);
+          I corr;
+          std::memcpy(&corr, a.xct + g * a.ldxst + m0, sizeof corr);
+          const F sx = loadv<16>(a.xst + g * a.ldxst + m0);
+          for (int r = 0; r < 16; ++r) {
+            I row;
+            std::memcpy(&row, &ci[t][r][0], sizeof row);
+            row += corr;
+            const F s = sx * a.w.scales[(nb + r) * ng + g];  // the exact tile's x_scale * w_scale, per lane
+            storev<16>(&acc[t][r][0],
+                       __builtin_ia32_vfmaddps512_mask(__builtin_convertvector(row, F), s, loadv<16>(&acc[t][r][0]),
+                                                       static_cast<__mmask16>(-1), 4));  // 4: current rounding
+          }
+        }
+      }
+      for (int t = 0; t < 4; ++t) {
+        if ((t / 2 == 1 && !two) || (t % 2 == 1 && !twob)) continue;
+        amx_store_block(a, n + 16 * (t / 2), 16 * (b + t % 2), acc[t]);
+      }
+    }
+    n += two ? 32 : 16;
+  }
+  amx_end();
+  if (n < n1) gemm_rows_int8_dot_exact(a, n, n1);
+}
+
+#endif  // HAVOC_DOT_VARIANTS
+
+// --- activations, prepared once per product ---------------------------------------------------------------
+// Per product, x is put once into the form the variant's kernel for the weight format reads (GemmArgs);
+// these loops are compiled per variant like the kernels (a decode step prepares ~120 products).
+
+// Per-thread buffers of prepare(): a product's activations in the form its kernel reads.
+struct Workspace {
+  std::vector<float> f0, f1;
+  std::vector<uint16_t> h;
+  std::vector<int8_t> q;
+  std::vector<float> s, st;
+  std::vector<int32_t> c, ct;
+  std::vector<uint8_t> t;
+};
+
+template <class T>
+T* grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+// bf16 bits of W floats, rounded to nearest even (a NaN stays a quiet NaN), as f32_to_bf16.
+template <int W>
+HAVOC_INLINE typename V<W>::u bf16_bits(typename V<W>::f v) {
+  using U = typename V<W>::u;
+  U u;
+  std::memcpy(&u, &v, sizeof u);
+  const U nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const U r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return nan ? ((u >> 16) | 0x40u) : r;
+}
+
+// xb[m, k] = bf16 bits of x[m, k] (K columns, row stride K).
+template <int W>
+HAVOC_INLINE void to_bf16_rows(const float* x, int64_t M, int64_t ldx, int64_t K, uint16_t* xb) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    uint16_t* o = xb + m * K;
+    int64_t k = 0;
+    for (; k + W <= K; k += W) {
+      const typename V<W>::h h = __builtin_convertvector(bf16_bits<W>(loadv<W>(xm + k)), typename V<W>::h);
+      std::memcpy(o + k, &h, sizeof h);
+    }
+    for (; k < K; ++k) o[k] = f32_to_bf16(xm[k]);
+  }
+}
+
+// xr[m, k] = x[m, k] rounded to bf16, as fp32 (row stride K).
+template <int W>
+HAVOC_INLINE void round_bf16_rows(const float* x, int64_t M, int64_t ldx, int64_t K, float* xr) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    float* o = xr + m * K;
+    int64_t k = 0;
+    for (; k + W <= K; k += W) {
+      const typename V<W>::u u = bf16_bits<W>(loadv<W>(xm + k)) << 16;
+      std::memcpy(o + k, &u, sizeof u);
+    }
+    for (; k < K; ++k) o[k] = bf16_to_f32(f32_to_bf16(xm[k]));
+  }
+}
+
+// The int8 format's activation quantization (cpu_decode.h), per row and group of `group` inputs (a
+// multiple of 64, so whole vectors but for the last group of a row). Rounding to nearest even by adding and
+// subtracting 1.5 * 2^23 (|x * inv| <= 127.5 here), which is what nearbyint does in the default mode.
+template <int W>
+HAVOC_INLINE void quantize_rows_impl(const float* x, int64_t M, int64_t ldx, int64_t cols, int64_t group,
+                                     int64_t ldq, int8_t* q, float* scales, int32_t* corr) {
+  using F = typename V<W>::f;
+  using I = typename V<W>::i;
+  const int64_t ng = (cols + group - 1) / group;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    int8_t* qm = q + m * ldq;
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t k0 = g * group, k1 = std::min(cols, k0 + group);
+      F vmax{};
+      int64_t k = k0;
+      for (; k + W <= k1; k += W) {
+        const F v = loadv<W>(xm + k);
+        const F a = v < 0.0f ? -v : v;
+        vmax = a > vmax ? a : vmax;
+      }
+      float amax = hmax<W>(vmax);
+      for (; k < k1; ++k) amax = std::max(amax, std::fabs(xm[k]));
+      const float s = amax / 127.0f;
+      const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+      I vsum{};
+      k = k0;
+      for (; k + W <= k1; k += W) {
+        F r = (loadv<W>(xm + k) * inv + 12582912.0f) - 12582912.0f;
+        r = r > 127.0f ? splat<W>(127.0f) : r;
+        r = r < -127.0f ? splat<W>(-127.0f) : r;
+        const I qi = __builtin_convertvector(r, I);
+        vsum += qi;
+        typedef int8_t B __attribute__((vector_size(W)));
+        const B qb = __builtin_convertvector(qi, B);
+        std::memcpy(qm + k, &qb, sizeof qb);
+      }
+      int32_t sum = 0;
+      for (int l = 0; l < W; ++l) sum += vsum[l];
+      for (; k < k1; ++k) {
+        const float r = std::min(127.0f, std::max(-127.0f, (xm[k] * inv + 12582912.0f) - 12582912.0f));
+        qm[k] = static_cast<int8_t>(r);
+        sum += qm[k];
+      }
+      scales[m * ng + g] = s;
+      corr[m * ng + g] = -128 * sum;
+    }
+    for (int64_t k = cols; k < ldq; ++k) qm[k] = 0;
+  }
+}
+
+// One row of xd (GemmArgs) for W lanes from `src` (cols values, natural order; zero past cols).
+template <int W>
+HAVOC_INLINE void order_row(const float* src, int64_t cols, int64_t ld, float* xd) {
+  for (int64_t k = 0; k < ld; k += 4 * W) {
+    if (k + 4 * W <= cols) {
+      for (int c = 0; c < 4; ++c)
+        for (int l = 0; l < W; ++l) xd[k + c * W + l] = src[k + 4 * l + c];
+    } else {
+      for (int c = 0; c < 4; ++c)
+        for (int l = 0; l < W; ++l) {
+          const int64_t j = k + 4 * l + c;
+          xd[k + c * W + l] = j < cols ? src[j] : 0.0f;
+        }
+    }
+  }
 }
 
 // --- small elementwise kernels of the decode step ---------------------------------------------------------
@@ -261,49 +874,277 @@ HAVOC_INLINE void swiglu_impl(const float* gu, float* out, int64_t M, int64_t Fh
   }
 }
 
+struct Variant;
 using RowsFn = void (*)(const GemmArgs&, int64_t, int64_t);
 using NormFn = void (*)(const float*, const float*, float*, int64_t, int64_t, float);
 using SwigluFn = void (*)(const float*, float*, int64_t, int64_t);
+using PrepareFn = void (*)(const Variant&, GemmArgs&, const float*, int64_t, Workspace&);
+using QuantizeFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int8_t*, float*, int32_t*);
 
-struct IsaKernels {
-  RowsFn rows[3];  // by WeightDType
+// One kernel variant: its products by weight format, its elementwise kernels, and what prepare() gives it.
+struct Variant {
+  const char* name;
+  int width;       // fp32 lanes of its vectors
+  bool bf16_dot;   // bf16 weights meet bf16 activations (xb) instead of widened pairs (xp)
+  bool int8_dot;   // int8 weights meet int8 activations (xq) instead of widened fp32 ones (xd)
+  bool amx;        // B tiles of x (xt) from kAmxMinRows rows
+  RowsFn rows[4];  // by WeightDType
   NormFn rms_norm;
   SwigluFn swiglu;
+  PrepareFn prepare;
+  QuantizeFn quantize;
+  const char* attention;  // the paged-attention variant of the same vector width
 };
 
-// One set per ISA, the bodies compiled for that target with its native vector width.
-#define HAVOC_ISA_KERNELS(NAME, W, ATTR)                                                                     \
-  ATTR void NAME##_rows_f32(const GemmArgs& a, int64_t n0, int64_t n1) { gemm_rows<W, float>(a, n0, n1); }   \
-  ATTR void NAME##_rows_bf16(const GemmArgs& a, int64_t n0, int64_t n1) { gemm_rows<W, uint16_t>(a, n0, n1); } \
-  ATTR void NAME##_rows_i8(const GemmArgs& a, int64_t n0, int64_t n1) { gemm_rows<W, int8_t>(a, n0, n1); }   \
-  ATTR void NAME##_rms_norm(const float* x, const float* g, float* y, int64_t M, int64_t D, float eps) {     \
-    rms_norm_impl<W>(x, g, y, M, D, eps);                                                                    \
-  }                                                                                                          \
+// For bf16 weights on the widening variants: x's 32-column blocks with the even columns first, then the
+// odd ones (xp[k0 + j] = x[k0 + 2j], xp[k0 + 16 + j] = x[k0 + 2j + 1]); columns past the last whole block
+// are left out (the kernel reads those from x). One layout for every vector width W: the 2W columns of a
+// W-lane weight load starting at k0 + 2Wc have their even columns at xp[k0 + Wc ...] and odd ones 16 further.
+HAVOC_INLINE void pair_columns(GemmArgs& a, std::vector<float>& buf) {
+  const int64_t K = a.w.cols, blocks = K / 32;
+  if (blocks == 0) return;
+  a.ldxp = blocks * 32;
+  float* out = grow(buf, a.M * a.ldxp);
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* x = a.x + m * a.ldx;
+    float* xp = out + m * a.ldxp;
+    for (int64_t k0 = 0; k0 < a.ldxp; k0 += 32)
+      for (int j = 0; j < 16; ++j) xp[k0 + j] = x[k0 + 2 * j], xp[k0 + 16 + j] = x[k0 + 2 * j + 1];
+  }
+  a.xp = out;
+}
+
+// AMX B tiles of 32-bit words (a bf16 pair or an int8 quad): word p of row j of a block of 16 activation
+// rows for step s of 16 words: xt[((b * steps + s) * 16 + p) * 16 + j] = src[(16 b + j) * ld_words + 16 s + p],
+// zero past row M.
+HAVOC_INLINE void amx_tiles(const void* src, int64_t M, int64_t ld_words, int64_t steps, uint32_t* xt) {
+  const int64_t mb = (M + 15) / 16;
+  std::memset(xt, 0, static_cast<size_t>(mb * steps * 1024));
+  for (int64_t m = 0; m < M; ++m) {
+    const char* row = static_cast<const char*>(src) + 4 * m * ld_words;
+    uint32_t* out = xt + (m / 16) * steps * 256 + m % 16;
+    for (int64_t w = 0; w < steps * 16; ++w) std::memcpy(&out[(w / 16) * 256 + (w % 16) * 16], row + 4 * w, 4);
+  }
+}
+
+// x (M rows, stride ldx) into the fields of `a` that v's kernel for a.w's format reads.
+template <int W>
+HAVOC_INLINE void prepare_impl(const Variant& v, GemmArgs& a, const float* x, int64_t ldx, Workspace& ws) {
+  const int64_t M = a.M, K = a.w.cols;
+  switch (a.w.dtype) {
+    case WeightDType::kFloat32:
+      a.x = x, a.ldx = ldx;
+      return;
+    case WeightDType::kBFloat16: {
+      if (v.bf16_dot) {
+        const int64_t Kp = (K + 1) / 2 * 2;  // rows of whole pairs (32-bit words) for the AMX tiles
+        uint16_t* xb = grow(ws.h, M * Kp);
+        to_bf16_rows<W>(x, M, ldx, K, xb);
+        a.xb = xb, a.ldxb = K;
+        if (v.amx && K >= 32) {  // every M: an output's sum is the tiles' whatever the batch (int8 below)
+          if (Kp != K) {  // odd K: re-lay rows with stride Kp (the words of the whole steps never read the pad)
+            for (int64_t m = M - 1; m > 0; --m) std::memmove(xb + m * Kp, xb + m * K, sizeof(uint16_t) * K);
+            a.ldxb = Kp;
+          }
+          const int64_t steps = K / 32;
+          uint32_t* xt = reinterpret_cast<uint32_t*>(grow(ws.t, (M + 15) / 16 * steps * 1024));
+          amx_tiles(xb, M, Kp / 2, steps, xt);
+          a.xt = xt;
+        }
+      } else {
+        float* xr = grow(ws.f0, M * K);
+        round_bf16_rows<W>(x, M, ldx, K, xr);
+        a.x = xr, a.ldx = K;
+        pair_columns(a, ws.f1);
+      }
+      return;
+    }
+    case WeightDType::kInt8:
+    case WeightDType::kInt8WeightOnly: {
+      const int64_t ld = a.w.ld(), ng = a.w.groups(), G = a.w.group;
+      float* xd = nullptr;
+      if (a.w.dtype == WeightDType::kInt8) {
+        int8_t* q = grow(ws.q, M * ld);
+        float* s = grow(ws.s, M * ng);
+        int32_t* c = grow(ws.c, M * ng);
+        quantize_rows_impl<W>(x, M, ldx, K, G, ld, q, s, c);
+        if (v.int8_dot) {
+          a.xq = q, a.ldxq = ld, a.xs = s, a.xc = c, a.ldxs = ng;
+          if (v.amx && M >= kAmxMinRows) {
+            const int64_t steps = ld / 64, Mp = (M + 15) / 16 * 16;
+            uint32_t* xt = reinterpret_cast<uint32_t*>(grow(ws.t, Mp / 16 * steps * 1024));
+            amx_tiles(q, M, ld / 4, steps, xt);
+            float* xst = grow(ws.st, ng * Mp);
+            int32_t* xct = grow(ws.ct, ng * Mp);
+            for (int64_t g = 0; g < ng; ++g)
+              for (int64_t m = 0; m < Mp; ++m) {
+                xst[g * Mp + m] = m < M ? s[m * ng + g] : 0.0f;
+                xct[g * Mp + m] = m < M ? c[m * ng + g] : 0;
+              }
+            a.xt = xt, a.xst = xst, a.xct = xct, a.ldxst = Mp;
+          }
+          return;
+        }
+        // the widening kernel multiplies the round trip q * scale
+        float* deq = grow(ws.f1, K);
+        xd = grow(ws.f0, M * ld);
+        for (int64_t m = 0; m < M; ++m) {
+          for (int64_t g = 0; g < ng; ++g) {
+            const float sg = s[m * ng + g];
+            for (int64_t k = g * G, k1 = std::min(K, k + G); k < k1; ++k) deq[k] = static_cast<float>(q[m * ld + k]) * sg;
+          }
+          order_row<W>(deq, K, ld, xd + m * ld);
+        }
+      } else {
+        xd = grow(ws.f0, M * ld);
+        for (int64_t m = 0; m < M; ++m) order_row<W>(x + m * ldx, K, ld, xd + m * ld);
+      }
+      a.xd = xd, a.ldxd = ld;
+      return;
+    }
+  }
+}
+
+// The functions of one variant, compiled for its target with its vector width.
+#define HAVOC_WIDEN_KERNELS(NAME, W, ATTR)                                                                     \
+  ATTR void NAME##_rows_f32(const GemmArgs& a, int64_t n0, int64_t n1) { gemm_rows<W, float>(a, n0, n1); }     \
+  [[maybe_unused]] ATTR void NAME##_rows_bf16(const GemmArgs& a, int64_t n0, int64_t n1) {                     \
+    gemm_rows<W, uint16_t>(a, n0, n1);                                                                         \
+  }                                                                                                            \
+  ATTR void NAME##_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) { gemm_rows_int8_widen<W>(a, n0, n1); } \
+  ATTR void NAME##_rms_norm(const float* x, const float* g, float* y, int64_t M, int64_t D, float eps) {       \
+    rms_norm_impl<W>(x, g, y, M, D, eps);                                                                      \
+  }                                                                                                            \
   ATTR void NAME##_swiglu(const float* gu, float* out, int64_t M, int64_t Fh) { swiglu_impl<W>(gu, out, M, Fh); } \
-  const IsaKernels NAME##_kernels = {{NAME##_rows_f32, NAME##_rows_bf16, NAME##_rows_i8}, NAME##_rms_norm,   \
-                                     NAME##_swiglu};
+  ATTR void NAME##_prepare(const Variant& v, GemmArgs& a, const float* x, int64_t ldx, Workspace& ws) {        \
+    prepare_impl<W>(v, a, x, ldx, ws);                                                                         \
+  }                                                                                                            \
+  ATTR void NAME##_quantize(const float* x, int64_t M, int64_t ldx, int64_t cols, int64_t group, int64_t ldq,   \
+                            int8_t* q, float* s, int32_t* c) {                                                 \
+    quantize_rows_impl<W>(x, M, ldx, cols, group, ldq, q, s, c);                                               \
+  }
 
-HAVOC_ISA_KERNELS(scalar, 4, )
+HAVOC_WIDEN_KERNELS(scalar, 4, )
 #ifdef HAVOC_X86_DISPATCH
-HAVOC_ISA_KERNELS(avx2, 8, HAVOC_TARGET_AVX2)
-HAVOC_ISA_KERNELS(avx512, 16, HAVOC_TARGET_AVX512)
+HAVOC_WIDEN_KERNELS(avx2, 8, HAVOC_TARGET_AVX2)
+HAVOC_WIDEN_KERNELS(avx512, 16, HAVOC_TARGET_AVX512)
 #endif
-#undef HAVOC_ISA_KERNELS
+#ifdef HAVOC_DOT_VARIANTS
+HAVOC_WIDEN_KERNELS(avx_vnni, 8, HAVOC_TARGET_AVX_VNNI)
+HAVOC_WIDEN_KERNELS(avx512_vnni, 16, HAVOC_TARGET_AVX512_VNNI)
+HAVOC_WIDEN_KERNELS(avx512_bf16, 16, HAVOC_TARGET_AVX512_BF16)
+HAVOC_TARGET_AVX_VNNI void avx_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  gemm_rows_int8_dot<8>(a, n0, n1);
+}
+HAVOC_TARGET_AVX512_VNNI void avx512_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  gemm_rows_int8_dot<16>(a, n0, n1);
+}
+HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  gemm_rows_int8_dot<16>(a, n0, n1);
+}
+HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_bf16_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  gemm_rows_bf16_dot(a, n0, n1);
+}
+HAVOC_TARGET_AMX void amx_rows_bf16(const GemmArgs& a, int64_t n0, int64_t n1) {
+  if (a.xt == nullptr) return gemm_rows_bf16_dot(a, n0, n1);
+  amx_rows_bf16_impl(a, n0, n1);
+}
+HAVOC_TARGET_AMX void amx_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) {
+  if (a.xt == nullptr) return gemm_rows_int8_dot_exact(a, n0, n1);
+  amx_rows_int8_impl(a, n0, n1);
+}
+#endif
+#undef HAVOC_WIDEN_KERNELS
 
-const IsaKernels& kernels_for(const std::string& isa) {
-  const std::string level = simd::resolve_isa(isa);
+#define HAVOC_VARIANT(NAME, W, BF16, INT8, AMX, ROWS_BF16, ROWS_INT8, ATTN)                                  \
+  Variant {                                                                                                   \
+    #NAME, W, BF16, INT8, AMX, {NAME##_rows_f32, ROWS_BF16, ROWS_INT8, NAME##_rows_int8}, NAME##_rms_norm,       \
+        NAME##_swiglu, NAME##_prepare, NAME##_quantize, ATTN                                                  \
+  }
+
+// Narrowest first; "auto" takes the last this CPU runs. The amx variant's vector parts are avx512_bf16's.
+const std::vector<Variant>& variants() {
+  static const std::vector<Variant> v = [] {
+    std::vector<Variant> out;
+    out.push_back(HAVOC_VARIANT(scalar, 4, false, false, false, scalar_rows_bf16, scalar_rows_int8, "scalar"));
 #ifdef HAVOC_X86_DISPATCH
-  if (level == "avx2") return avx2_kernels;
-  if (level == "avx512") return avx512_kernels;
+    out.push_back(HAVOC_VARIANT(avx2, 8, false, false, false, avx2_rows_bf16, avx2_rows_int8, "avx2"));
+#ifdef HAVOC_DOT_VARIANTS
+    out.push_back(HAVOC_VARIANT(avx_vnni, 8, false, true, false, avx_vnni_rows_bf16, avx_vnni_rows_int8_dot, "avx2"));
 #endif
-  return scalar_kernels;
+    out.push_back(HAVOC_VARIANT(avx512, 16, false, false, false, avx512_rows_bf16, avx512_rows_int8, "avx512"));
+#ifdef HAVOC_DOT_VARIANTS
+    out.push_back(HAVOC_VARIANT(avx512_vnni, 16, false, true, false, avx512_vnni_rows_bf16, avx512_vnni_rows_int8_dot,
+                                "avx512"));
+    out.push_back(HAVOC_VARIANT(avx512_bf16, 16, true, true, false, avx512_bf16_rows_bf16_dot,
+                                avx512_bf16_rows_int8_dot, "avx512"));
+    Variant amx = HAVOC_VARIANT(avx512_bf16, 16, true, true, true, amx_rows_bf16, amx_rows_int8, "avx512");
+    amx.name = "amx";
+    out.push_back(amx);
+#endif
+#endif
+    return out;
+  }();
+  return v;
+}
+#undef HAVOC_VARIANT
+
+// Every variant name, compiled or not, with the CPU features it needs (as cpu_features() names them).
+struct VariantNeeds {
+  const char* name;
+  std::vector<const char*> features;
+};
+const std::vector<VariantNeeds>& variant_needs() {
+  static const std::vector<VariantNeeds> v = {
+      {"scalar", {}},
+      {"avx2", {"avx2", "fma"}},
+      {"avx_vnni", {"avx2", "fma", "avx_vnni"}},
+      {"avx512", {"avx512f", "avx512bw", "avx512vl"}},
+      {"avx512_vnni", {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}},
+      {"avx512_bf16", {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"}},
+      {"amx", {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}},
+  };
+  return v;
+}
+
+std::string missing(const std::string& name) {
+  const auto& needs = variant_needs();
+  const auto it = std::find_if(needs.begin(), needs.end(), [&](const VariantNeeds& n) { return name == n.name; });
+  if (it == needs.end()) return "unknown kernel variant";
+  const auto& vs = variants();
+  if (std::none_of(vs.begin(), vs.end(), [&](const Variant& v) { return name == v.name; }))
+    return "not compiled into this build (the x86-64 dot-product variants need GCC 12 or newer on Linux)";
+  std::string lacks;
+  for (const char* f : it->features)
+    if (!has_cpu_feature(f)) lacks += (lacks.empty() ? "" : ", ") + std::string(f);
+  if (!lacks.empty()) return "this CPU lacks " + lacks;
+#ifdef HAVOC_DOT_VARIANTS
+  if (name == "amx" && !amx_permitted()) return "the OS refused this process the AMX tile state (arch_prctl)";
+#endif
+  return "";
+}
+
+const Variant& variant_for(const std::string& isa) {
+  const auto& vs = variants();
+  if (isa == "auto") {  // the widest this CPU runs, found once
+    static const Variant* best = [&vs] {
+      for (auto it = vs.rbegin(); it != vs.rend(); ++it)
+        if (missing(it->name).empty()) return &*it;
+      return &vs.front();
+    }();
+    return *best;
+  }
+  const std::string name = isa == "neon" ? "scalar" : isa;
+  const std::string why = missing(name);
+  if (!why.empty()) throw std::invalid_argument("kernel variant '" + isa + "' is not available: " + why);
+  return *std::find_if(vs.begin(), vs.end(), [&](const Variant& v) { return name == v.name; });
 }
 
 void check_weight(const WeightView& w, const char* what) {
   const std::string name(what);
   if (w.data == nullptr || w.rows < 1 || w.cols < 1)
     throw std::invalid_argument(name + ": a weight needs at least one row and one column");
-  if (w.dtype == WeightDType::kInt8) {
+  if (w.int8()) {
     if (w.group < 64 || w.group % 64 != 0)
       throw std::invalid_argument(name + ": int8 group size must be a positive multiple of 64, got " +
                                   std::to_string(w.group));
@@ -315,44 +1156,33 @@ void check_weight(const WeightView& w, const char* what) {
 // inputs = 144 KB), many enough to balance 2-16 threads.
 constexpr int64_t kChunk = 64;
 
-// For bf16 weights: x's 32-column blocks with the even columns first, then the odd ones (xp[k0 + j] =
-// x[k0 + 2j], xp[k0 + 16 + j] = x[k0 + 2j + 1]); columns past the last whole block are left out (the
-// kernel reads those from x). One layout for every vector width W: the 2W columns of a W-lane weight
-// load starting at k0 + 2Wc have their even columns at xp[k0 + Wc ...] and odd ones 16 further.
-void pair_columns(GemmArgs& a, std::vector<float>& buf) {
-  const int64_t K = a.w.cols, blocks = K / 32;
-  if (a.w.dtype != WeightDType::kBFloat16 || blocks == 0) return;
-  a.ldxp = blocks * 32;
-  if (buf.size() < static_cast<size_t>(a.M * a.ldxp)) buf.resize(static_cast<size_t>(a.M * a.ldxp));
-  for (int64_t m = 0; m < a.M; ++m) {
-    const float* x = a.x + m * a.ldx;
-    float* xp = buf.data() + m * a.ldxp;
-    for (int64_t k0 = 0; k0 < a.ldxp; k0 += 32)
-      for (int j = 0; j < 16; ++j) xp[k0 + j] = x[k0 + 2 * j], xp[k0 + 16 + j] = x[k0 + 2 * j + 1];
-  }
-  a.xp = buf.data();
-}
-
-void run_linear(const IsaKernels& k, GemmArgs a) {
-  thread_local std::vector<float> paired;
-  pair_columns(a, paired);
-  const RowsFn rows = k.rows[static_cast<int>(a.w.dtype)];
-  const int64_t N = a.w.rows;
+// The product y (=|+=) x @ W.T: prepares x for the variant's kernel, then splits W's rows over threads.
+void run_linear(const Variant& v, const float* x, int64_t M, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
+                bool accumulate) {
+  thread_local Workspace ws;
+  GemmArgs a;
+  a.M = M, a.w = w, a.y = y, a.ldy = ldy, a.accumulate = accumulate;
+  v.prepare(v, a, x, ldx, ws);
+  const RowsFn rows = v.rows[static_cast<int>(w.dtype)];
+  const int64_t N = w.rows;
   const int64_t chunks = (N + kChunk - 1) / kChunk;
   // NOTE: below ~64K multiply-adds (the tiny test model) one thread beats waking the team.
-  const bool parallel = chunks > 1 && N * a.w.cols * a.M >= (int64_t{1} << 16);
+  const bool parallel = chunks > 1 && N * w.cols * M >= (int64_t{1} << 16);
   if (!parallel) return rows(a, 0, N);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t c = 0; c < chunks; ++c) rows(a, c * kChunk, std::min(N, (c + 1) * kChunk));
 }
 
-void run_linear_argmax(const IsaKernels& k, GemmArgs a, int64_t* index, float* value) {
-  thread_local std::vector<float> paired;
-  pair_columns(a, paired);
-  const RowsFn rows = k.rows[static_cast<int>(a.w.dtype)];
-  const int64_t N = a.w.rows, M = a.M;
+void run_linear_argmax(const Variant& v, const float* x, int64_t M, int64_t ldx, const WeightView& w, int64_t* index,
+                       float* value) {
+  thread_local Workspace ws;
+  GemmArgs a;
+  a.M = M, a.w = w;
+  v.prepare(v, a, x, ldx, ws);
+  const RowsFn rows = v.rows[static_cast<int>(w.dtype)];
+  const int64_t N = w.rows;
   const int64_t chunks = (N + kChunk - 1) / kChunk;
-  const bool parallel = chunks > 1 && N * a.w.cols * M >= (int64_t{1} << 16);
+  const bool parallel = chunks > 1 && N * w.cols * M >= (int64_t{1} << 16);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   for (int64_t m = 0; m < M; ++m) index[m] = -1, value[m] = kNegInf;
 #pragma omp parallel if (parallel)
@@ -401,10 +1231,11 @@ void embed_row(const WeightView& e, int64_t id, float* out) {
       for (int64_t d = 0; d < D; ++d) out[d] = bf16_to_f32(r[d]);
       break;
     }
-    case WeightDType::kInt8: {
-      const int8_t* r = static_cast<const int8_t*>(e.data) + id * e.ld();
+    case WeightDType::kInt8:
+    case WeightDType::kInt8WeightOnly: {
+      const uint8_t* r = static_cast<const uint8_t*>(e.data) + id * e.ld();
       const float* s = e.scales + id * e.groups();
-      for (int64_t d = 0; d < D; ++d) out[d] = static_cast<float>(r[int8_offset(d)]) * s[d / e.group];
+      for (int64_t d = 0; d < D; ++d) out[d] = static_cast<float>(static_cast<int>(r[d]) - 128) * s[d / e.group];
       break;
     }
   }
@@ -412,16 +1243,58 @@ void embed_row(const WeightView& e, int64_t id, float* out) {
 
 }  // namespace
 
-std::vector<std::string> linear_isas() { return simd::runnable_isas(); }
+std::vector<std::string> linear_variants() {
+  std::vector<std::string> out;
+  for (const auto& n : variant_needs()) out.emplace_back(n.name);
+  return out;
+}
+
+std::vector<std::string> linear_isas() {
+  std::vector<std::string> out;
+  for (const auto& v : variants())
+    if (missing(v.name).empty()) out.emplace_back(v.name);
+  return out;
+}
+
+std::string linear_variant_missing(const std::string& variant) { return missing(variant); }
+
+std::string attention_isa_for(const std::string& variant) { return variant_for(variant).attention; }
+
+std::string linear_kernel(const std::string& variant, WeightDType dtype) {
+  const Variant& v = variant_for(variant);
+  const std::string lanes = std::to_string(v.width) + " fp32 lanes";
+  const std::string tiles = "AMX tiles from " + std::to_string(kAmxMinRows) + " activation rows, ";
+  switch (dtype) {
+    case WeightDType::kFloat32:
+      return "fp32 FMAs, " + lanes;
+    case WeightDType::kBFloat16:
+      if (v.amx) return "AMX tiles (tdpbf16ps)";
+      if (v.bf16_dot) return "vdpbf16ps, " + lanes;
+      return "bf16 widened to fp32 by shifts, FMAs, " + lanes;
+    case WeightDType::kInt8:
+      if (v.amx) return tiles + "vpdpbusd below (same sums); activations quantized per row and group";
+      if (v.int8_dot) return "vpdpbusd, " + lanes + "; activations quantized per row and group";
+      return "int8 widened to fp32 times the activations' int8 round trip, " + lanes;
+    case WeightDType::kInt8WeightOnly:
+      return "int8 widened to fp32, FMAs, " + lanes;
+  }
+  return "";
+}
+
+std::vector<std::string> decoder_features() {
+  return {"block:pre_norm",   "norm:rms",        "embedding:lookup", "attention:gqa",   "attention:fused_qkv",
+          "attention:causal", "rope:rotate_half", "rope:partial",    "mlp:swiglu",      "head:tied",
+          "head:untied",      "weights:float32", "weights:bfloat16", "kv:float32",      "kv:bfloat16"};
+}
 
 void linear(const float* x, int64_t M, int64_t ldx, const WeightView& w, float* y, int64_t ldy, bool accumulate,
             const std::string& isa) {
   check_weight(w, "weight");
   if (M < 0) throw std::invalid_argument("negative number of rows");
   if (ldx < w.cols || ldy < w.rows) throw std::invalid_argument("row strides shorter than the rows");
-  const IsaKernels& k = kernels_for(isa);
+  const Variant& v = variant_for(isa);
   if (M == 0) return;
-  run_linear(k, GemmArgs{x, M, ldx, w, y, ldy, 0, accumulate});
+  run_linear(v, x, M, ldx, w, y, ldy, accumulate);
 }
 
 void linear_argmax(const float* x, int64_t M, int64_t ldx, const WeightView& w, int64_t* index, float* value,
@@ -429,9 +1302,39 @@ void linear_argmax(const float* x, int64_t M, int64_t ldx, const WeightView& w, 
   check_weight(w, "weight");
   if (M < 0) throw std::invalid_argument("negative number of rows");
   if (ldx < w.cols) throw std::invalid_argument("row stride shorter than the rows");
-  const IsaKernels& k = kernels_for(isa);
+  const Variant& v = variant_for(isa);
   if (M == 0) return;
-  run_linear_argmax(k, GemmArgs{x, M, ldx, w, nullptr, 0, 0, false}, index, value);
+  run_linear_argmax(v, x, M, ldx, w, index, value);
+}
+
+int64_t collapse_hugepages(void* p, int64_t bytes) {
+#ifdef __linux__
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  constexpr int kMadvCollapse = 25;  // MADV_COLLAPSE (Linux 6.1); older headers lack the name
+  if (bytes <= 0) return 0;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + static_cast<uintptr_t>(bytes);
+  auto collapse = [](uintptr_t lo, uintptr_t hi) {
+    if (hi <= lo) return false;
+    madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // keep them huge (khugepaged, later faults)
+    return madvise(reinterpret_cast<void*>(lo), hi - lo, kMadvCollapse) == 0;
+  };
+  // The 2 MiB pages that cover the range, where they lie in one mapping (a heap allocation's neighbours
+  // keep their values and addresses: only their page size changes); else the pages inside it.
+  const uintptr_t lo_out = begin & ~(kHuge - 1), hi_out = (end + kHuge - 1) & ~(kHuge - 1);
+  if (collapse(lo_out, hi_out)) return static_cast<int64_t>(hi_out - lo_out);
+  const uintptr_t lo_in = (begin + kHuge - 1) & ~(kHuge - 1), hi_in = end & ~(kHuge - 1);
+  return collapse(lo_in, hi_in) ? static_cast<int64_t>(hi_in - lo_in) : 0;
+#else
+  (void)p;
+  (void)bytes;
+  return 0;
+#endif
+}
+
+void quantize_rows_int8(const float* x, int64_t M, int64_t ldx, int64_t cols, int64_t group, int8_t* q,
+                        float* scales, int32_t* corrections) {
+  if (group < 64 || group % 64) throw std::invalid_argument("int8 group size must be a positive multiple of 64");
+  variant_for("auto").quantize(x, M, ldx, cols, group, (cols + 63) / 64 * 64, q, scales, corrections);
 }
 
 // --- Decoder -------------------------------------------------------------------------------------------
@@ -477,7 +1380,7 @@ Decoder::Decoder(const DecoderConfig& config, std::vector<DecoderLayer> layers, 
   expect(embedding_, c.vocab_size, c.dim, "embedding");
   expect(head_, c.vocab_size, c.dim, "head");
   if (!final_norm_) throw std::invalid_argument("missing the final norm weight");
-  kernels_for(isa_);  // throws for an unknown isa now rather than at the first step
+  variant_for(isa_);  // throws for an unknown or unavailable variant now rather than at the first step
   // inv_freq as havoc.kernels.reference.rope_cos_sin computes it: 1 / theta ** (2i / rotary_dim) in fp32.
   for (int64_t i = 0; i < c.rotary_dim / 2; ++i) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(c.rotary_dim);
@@ -523,7 +1426,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
                                 ") is outside the pool's [0, " + std::to_string(pool_.num_blocks) + ") blocks");
     }
   }
-  const IsaKernels& k = kernels_for(isa_);
+  const Variant& k = variant_for(isa_);
   const int64_t D = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, Fh = c.ffn_hidden;
   const int64_t ldq = (H + 2 * KV) * hd, rot = c.rotary_dim, half = rot / 2;
   // Work space: h, xn (n x D); qkv (n x ldq); attn (n x H hd); gu (n x 2F); act (n x F); cos, sin (n x rot/2).
@@ -556,7 +1459,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
   const size_t es = dtype_size(kv_dtype_);
   for (const DecoderLayer& L : layers_) {
     k.rms_norm(h, L.attention_norm, xn, n, D, c.norm_eps);
-    run_linear(k, GemmArgs{xn, n, D, L.wqkv, qkv, ldq, 0, false});
+    run_linear(k, xn, n, D, L.wqkv, qkv, ldq, false);
     // RoPE (rotate-half) on the q and k heads, in place: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin.
     for (int64_t i = 0; i < n; ++i)
       for (int64_t hh = 0; hh < H + KV; ++hh) {
@@ -606,14 +1509,14 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
       a.out = attn;
     }
     a.q_head_stride = hd;
-    paged_decode_attention(a, 0, isa_ == "auto" ? "auto" : isa_);
+    paged_decode_attention(a, 0, k.attention);
     if (bf16)
       for (int64_t i = 0; i < n * H * hd; ++i) attn[i] = bf16_to_f32(ob[i]);
-    run_linear(k, GemmArgs{attn, n, H * hd, L.wo, h, D, 0, true});  // h += attn @ wo.T
+    run_linear(k, attn, n, H * hd, L.wo, h, D, true);  // h += attn @ wo.T
     k.rms_norm(h, L.ffn_norm, xn, n, D, c.norm_eps);
-    run_linear(k, GemmArgs{xn, n, D, L.w13, gu, 2 * Fh, 0, false});
+    run_linear(k, xn, n, D, L.w13, gu, 2 * Fh, false);
     k.swiglu(gu, act, n, Fh);
-    run_linear(k, GemmArgs{act, n, Fh, L.w2, h, D, 0, true});  // h += act @ w2.T
+    run_linear(k, act, n, Fh, L.w2, h, D, true);  // h += act @ w2.T
   }
   k.rms_norm(h, final_norm_, xn, n, D, c.norm_eps);
   // The LM head reads only the rows asked for, gathered into one block (a prompt chunk wants its last).
@@ -624,7 +1527,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
     return head_rows_.data();
   };
   if (logits && n_logit_rows > 0)
-    run_linear(k, GemmArgs{gather(logit_rows, n_logit_rows), n_logit_rows, D, head_, logits, c.vocab_size, 0, false});
+    run_linear(k, gather(logit_rows, n_logit_rows), n_logit_rows, D, head_, logits, c.vocab_size, false);
   if (next_tokens && n_argmax_rows > 0) {
     const bool same = logits && n_logit_rows == n_argmax_rows &&
                       (logit_rows == argmax_rows ||
@@ -639,8 +1542,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
       }
     } else {
       std::vector<float> value(static_cast<size_t>(n_argmax_rows));
-      run_linear_argmax(k, GemmArgs{gather(argmax_rows, n_argmax_rows), n_argmax_rows, D, head_, nullptr, 0, 0, false},
-                        next_tokens, value.data());
+      run_linear_argmax(k, gather(argmax_rows, n_argmax_rows), n_argmax_rows, D, head_, next_tokens, value.data());
     }
   }
 }

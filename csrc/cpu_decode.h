@@ -4,13 +4,20 @@
 //
 // Decode is a stream over the weights: at batch 1 each weight is used once per token, so a step costs
 // (bytes of weights) / (memory bandwidth); at batch B each weight must still be read from memory once per
-// step and used B times from cache. The product here reads a weight matrix row-major — rows are
-// contiguous, so the whole matrix is one forward stream that the hardware prefetchers follow — and works
-// on tiles of NR weight rows x MR activation rows held in registers: each weight vector loaded feeds MR
-// fused multiply-adds, each activation vector NR. Activations stay fp32 throughout (they are a few KB per
-// sequence and live in L1/L2); only the weights' format varies:
-//   fp32, bf16 (widened to fp32 by a shift in registers: this CPU family may lack AVX512-BF16),
-//   int8 with one fp32 scale per `group` consecutive inputs of a row (symmetric: w = q * scale).
+// step and used B times from cache, and the step becomes bound by the multiply-adds. The product reads a
+// weight matrix row-major (rows contiguous: one forward stream the prefetchers follow) in tiles of weight
+// rows x activation rows held in registers (or AMX tiles). What each weight format multiplies:
+//   fp32:  fp32 weights x fp32 activations;
+//   bf16:  bf16 weights x activations rounded to bf16 (round to nearest even), fp32 accumulation. Every
+//          product of two bf16 values is exact in fp32, so on every variant this is the fp32 sum of the
+//          same products (llama.cpp's BF16 path rounds its activations the same way);
+//   int8:  int8 weights (one fp32 scale per `group` inputs of a row) x activations quantized to int8 with
+//          one fp32 scale per the same group of each activation row (symmetric, like llama.cpp's Q8_0 x
+//          Q8_0 with its 32-input blocks): per group an exact integer dot product, scaled by both scales;
+//   int8_weight_only: the same int8 weights x fp32 activations.
+// Each format means the same numbers on every kernel variant (up to the order of fp32 additions): the
+// variants differ in the instructions, never in what is computed. Tests compare each variant with the
+// formula above.
 // No libtorch: every pointer is a raw buffer (the bindings get them from NumPy views of CPU tensors).
 #pragma once
 
@@ -24,14 +31,14 @@
 
 namespace havoc {
 
-enum class WeightDType { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2 };
+enum class WeightDType { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2, kInt8WeightOnly = 3 };
 
 // A (rows, cols) weight matrix, row-major and contiguous: y = x @ W.T reads row n for output n.
-// int8: W[n, k] = q[n, k] * scales[n * groups() + k / group], group a positive multiple of 64. Rows are
-// stored packed for the kernels (`ld` = cols rounded up to 64 bytes, zero-padded): within each block of 64
-// inputs, byte 4 j + c holds q[64 b + 16 c + j] (j < 16, c < 4). A 32-bit lane j of a vector load then
-// carries inputs j, j + 16, j + 32, j + 48, and two shifts sign-extend block c in place — GCC 12 turns a
-// plain int8 -> int32 vector conversion into 16 scalar moves (measured: int8 4x slower than bf16).
+// int8 (both formats): W[n, k] = q[n, k] * scales[n * groups() + k / group], group a positive multiple of
+// 64, stored as unsigned bytes q + 128 in input order, rows padded to `ld` = cols rounded up to 64 with the
+// byte 128 (q = 0). Offset bytes because the dot-product instructions (VNNI's vpdpbusd, AMX's tdpbusd)
+// multiply unsigned by signed bytes; the activations are the signed side, and their sum (times 128) is
+// subtracted once per group.
 struct WeightView {
   WeightDType dtype = WeightDType::kFloat32;
   const void* data = nullptr;
@@ -39,21 +46,36 @@ struct WeightView {
   int64_t cols = 0;
   const float* scales = nullptr;  // int8 only: (rows, groups()) fp32
   int64_t group = 0;              // int8 only
+  bool int8() const { return dtype == WeightDType::kInt8 || dtype == WeightDType::kInt8WeightOnly; }
   int64_t groups() const { return group > 0 ? (cols + group - 1) / group : 1; }
-  int64_t ld() const { return dtype == WeightDType::kInt8 ? (cols + 63) / 64 * 64 : cols; }  // row stride
+  int64_t ld() const { return int8() ? (cols + 63) / 64 * 64 : cols; }  // row stride in elements
 };
 
-// The int8 packing of input k within a row: its byte offset.
-inline int64_t int8_offset(int64_t k) { return k / 64 * 64 + 4 * (k % 16) + (k % 64) / 16; }
-
-// Kernel variants compiled into the module that this CPU can run, narrowest first ("scalar" — the
-// compiler's baseline — always; "avx2", "avx512" on x86-64 where the CPU has them). "auto" picks the last.
+// Kernel variants, narrowest first. Each is compiled into the module on x86-64 (the baseline everywhere)
+// and runs where the CPU has its instructions:
+//   scalar       the compiler's baseline target (SSE2 on x86-64), 4 fp32 lanes;
+//   avx2         AVX2 + FMA, 8 lanes; bf16 widened to fp32 by shifts, int8 by shifts and a convert;
+//   avx_vnni     avx2 plus AVX-VNNI's vpdpbusd (ymm) for int8 x int8;
+//   avx512       AVX-512 F/BW/VL/DQ, 16 lanes, widening like avx2;
+//   avx512_vnni  avx512 plus vpdpbusd (zmm) for int8 x int8;
+//   avx512_bf16  avx512_vnni plus vdpbf16ps for bf16 x bf16;
+//   amx          avx512_bf16 plus AMX tiles (tdpbf16ps, tdpbusd) for products of several activation rows
+//                (and the OS's permission to use the tile registers).
+// "auto" picks the last one this CPU runs.
+std::vector<std::string> linear_variants();
+// Those this CPU (and OS) can run, narrowest first.
 std::vector<std::string> linear_isas();
+// Why `variant` cannot run here ("" when it can; "unknown kernel variant" for a name that is none).
+std::string linear_variant_missing(const std::string& variant);
+// What `variant` ("auto" resolves) runs for weights of `dtype`, in words (for `havoc env`).
+std::string linear_kernel(const std::string& variant, WeightDType dtype);
+// The paged-attention variant ("scalar", "avx2", "avx512") that the decode step runs with `variant`.
+std::string attention_isa_for(const std::string& variant);
 
 // y[m, :] (=|+=) x[m, :] @ W.T for m < M. x is (M, W.cols) fp32 with row stride ldx, y (M, W.rows) fp32
 // with row stride ldy; `accumulate` adds to y (a residual add fused into the product). OpenMP threads
 // split W's rows (each thread streams its own contiguous part of W). Throws std::invalid_argument for a
-// bad weight description or isa.
+// bad weight description or variant.
 void linear(const float* x, int64_t M, int64_t ldx, const WeightView& w, float* y, int64_t ldy, bool accumulate,
             const std::string& isa = "auto");
 
@@ -62,6 +84,28 @@ void linear(const float* x, int64_t M, int64_t ldx, const WeightView& w, float* 
 // lowest index, as torch.argmax; NaN logits are never chosen.
 void linear_argmax(const float* x, int64_t M, int64_t ldx, const WeightView& w, int64_t* index, float* value,
                    const std::string& isa = "auto");
+
+// Backs the whole 2 MiB pages inside [p, p + bytes) with transparent huge pages (Linux 6.1+'s
+// madvise(MADV_COLLAPSE): the kernel migrates the data in place; same addresses, same contents). A stream
+// over the weights then misses the TLB once per 2 MiB instead of once per 4 KiB. Returns the bytes now
+// backed by huge pages (0 where the OS cannot: older kernels, THP off, other systems).
+int64_t collapse_hugepages(void* p, int64_t bytes);
+
+// The activation quantization of the int8 format, for tests: q (M, ld) int8 (zero past cols), scales and
+// corrections (M, groups) as the kernels compute them: scale = max |x| over the group / 127, q =
+// round-half-even(x * (1 / scale)) clamped to [-127, 127] (0 where the group is all zero), correction =
+// -128 * sum of the group's q.
+void quantize_rows_int8(const float* x, int64_t M, int64_t ldx, int64_t cols, int64_t group, int8_t* q,
+                        float* scales, int32_t* corrections);
+
+// The model features the decode step implements (havoc.cpu_decode.missing_features maps a model onto these
+// names): "block:pre_norm" (x + attn(norm(x)), then x + mlp(norm(x))), "norm:rms", "embedding:lookup"
+// (unscaled), "attention:gqa" (n_heads a multiple of n_kv_heads, MHA included), "attention:fused_qkv"
+// (one bias-free projection, q then k then v rows), "attention:causal", "rope:rotate_half" (inv_freq =
+// theta^(-2i / rotary_dim)), "rope:partial" (rotary_dim < head_dim, the rest passed through),
+// "mlp:swiglu" (one bias-free w13, gate rows then up rows; bias-free w2), "head:tied", "head:untied",
+// "weights:float32", "weights:bfloat16", "kv:float32", "kv:bfloat16".
+std::vector<std::string> decoder_features();
 
 struct DecoderConfig {
   int64_t dim = 0;
@@ -91,6 +135,9 @@ struct DecoderLayer {
 // -> wo (+ residual) -> RMSNorm -> w13 -> SwiGLU -> w2 (+ residual), final RMSNorm, LM head. The buffers
 // it works in are kept between steps (no allocation once a batch size has been seen). One step at a time:
 // a mutex serializes concurrent calls.
+//
+// This is a second definition of the architecture; decoder_features() names what it implements, and
+// havoc.cpu_decode runs a model through it only when the model needs nothing else.
 class Decoder {
  public:
   Decoder(const DecoderConfig& config, std::vector<DecoderLayer> layers, const float* final_norm,

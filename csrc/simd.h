@@ -23,6 +23,17 @@
 // The targets the run-time dispatchers compile their kernels for (besides the compiler's baseline).
 #define HAVOC_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi2")))
 #define HAVOC_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2")))
+// The decode kernels' dot-product variants (csrc/cpu_decode.cpp). Their instructions are reached through
+// GCC's __builtin_ia32_* builtins, which (unlike the <immintrin.h> wrappers) inline into the always_inline
+// templates and are checked against the target of the function they end up in.
+#define HAVOC_TARGET_AVX_VNNI __attribute__((target("avx2,fma,f16c,bmi2,avxvnni")))
+#define HAVOC_TARGET_AVX512_VNNI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2,avx512vnni")))
+#define HAVOC_TARGET_AVX512_BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2,avx512vnni,avx512bf16")))
+#define HAVOC_TARGET_AMX                                                                              \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2,avx512vnni,avx512bf16," \
+                        "amx-tile,amx-bf16,amx-int8")))
 #endif
 
 namespace havoc {
@@ -44,6 +55,12 @@ inline const std::vector<std::string>& runnable_isas() {
     return out;
   }();
   return isas;
+}
+
+// Whether this CPU has `feature` (a name of cpu_features(), as /proc/cpuinfo spells it).
+inline bool has_cpu_feature(const char* feature) {
+  static const std::vector<std::string> f = cpu_features();
+  return std::find(f.begin(), f.end(), feature) != f.end();
 }
 
 // The variant to run for `isa` ("auto", or a name from runnable_isas(); "neon" runs the portable code).

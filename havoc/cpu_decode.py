@@ -1,29 +1,21 @@
-"""The CPU decode fast path: the C++ decode kernels (`csrc/cpu_decode.cpp`) behind `havoc.ops` and a
-whole-step decoder over the paged KV cache.
+"""The whole-step CPU decoder: one call into the C++ extension (`csrc/cpu_decode.cpp`) per decode step of a
+batch of sequences over the paged KV cache.
 
-Decode on a CPU streams the weights: at batch 1 a step costs (bytes of weights) / (memory bandwidth), at
-batch B each weight must still be read once per step and used B times from cache. torch's CPU
-matrix-vector product reaches ~10-16 GB/s in fp32 on our machines and its batched bf16 products are
-emulated without AVX512-BF16, so the C++ kernels do the products: row-major weight rows streamed in tiles
-of 4 weight rows x 4 (AVX-512) or 2 (AVX2, baseline) activation rows held in registers, fp32 accumulation,
-threads over weight rows (each thread streams its own contiguous part). Weights are fp32, bf16 (widened
-in registers) or int8 with per-group scales (`quantize_int8`).
+`CPUDecoder(model)` runs embedding, every block (RMSNorm, qkv, RoPE, K/V to their slots, paged attention,
+wo and the residual add in the product's epilogue, RMSNorm, w13, SwiGLU, w2 + residual), the final norm and
+the LM head — with the head's argmax fused (`greedy=True`) so the logits are never written. Activations
+stay fp32 between the products; each product multiplies its weight format's formula (csrc/cpu_decode.h:
+bf16 weights x activations rounded to bf16, int8 x int8 activations quantized per row and group, ...) on
+the kernel variant this CPU runs best (`havoc.backends.cpu.variant_status`). K/V go to the cache in its
+dtype. `havoc.generation` uses it for the decode steps of the paged path.
 
-Two entry points:
-
-- `linear(x, weight)`: registered as the CPU fast path of `ops.linear` for decode-sized products (at most
-  `MAX_ROWS` rows, fp32/bf16, no autograd); larger ones go to `havoc.cpu_ops.linear` (torch GEMMs, which
-  win at prefill sizes).
-- `CPUDecoder(model)`: one call into the extension per decode step for a whole batch of sequences of a
-  `PagedKVCache`: embedding, every block (RMSNorm, qkv, RoPE, K/V to their slots, paged attention, wo and
-  the residual add in the product's epilogue, RMSNorm, w13, SwiGLU, w2 + residual), the final norm and
-  the LM head — with the head's argmax fused (`greedy=True`) so the logits are never written. Activations
-  stay fp32 inside (a bf16 model's products are computed from its bf16 weights with fp32 activations);
-  K/V go to the cache in its dtype. `havoc.generation` uses it for the decode steps of the paged path.
+The decoder is a second definition of the architecture: it runs a model only when the model is made of
+what it implements (`missing_features`): `applies()` checks, and tests/test_cpu_decode.py compares it with
+`model(...)` for every preset.
 
 The weights are the model's own tensors, read in place (row-major is already the streaming order for a
-row-dot-product kernel); int8 keeps a quantized copy made once. The reference path stays the oracle:
-tests/test_cpu_decode.py compares both.
+row-dot-product kernel); int8 keeps a quantized copy made once. The products alone (`ops.linear` on CPU)
+are `havoc.backends.cpu.linear`.
 """
 
 from __future__ import annotations
@@ -33,130 +25,48 @@ import weakref
 import numpy as np
 import torch
 
-from havoc import _C, cpu_ops, ops
+from havoc import _C, ops
+from havoc.backends.cpu import DTYPES, INT8_GROUP, Int8Weight, isas, numpy_view, weight_spec
 from havoc.errors import ConfigError
 
-MAX_ROWS = 64  # ops.linear takes the C++ kernel up to this many rows (decode, small batches)
-INT8_GROUP = 64  # inputs per int8 scale (a multiple of 64)
-WEIGHT_FORMATS = ("auto", "int8")  # "auto": the model's own dtype (fp32 or bf16)
-
-_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
-
-
-def isas() -> list[str]:
-    """Kernel variants this CPU can run, narrowest first ("scalar" always; "avx2", "avx512" where present)."""
-    return list(_C.linear_isas())
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor (bf16 as its int16 bits). No copy."""
-    t = t.detach()
-    return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
-
-
-class Int8Weight:
-    """A weight quantized to int8 with one fp32 scale per `group` consecutive inputs of a row (symmetric:
-    w ~= q * scale, scale = max |w| over the group / 127), stored packed for the kernels: each row padded
-    to a multiple of 64 inputs, and within each block of 64, byte 4 j + c holding input 16 c + j
-    (csrc/cpu_decode.h says why).
-
-    Attributes:
-        packed: (out, in rounded up to 64) int8, the kernels' layout.
-        scales: (out, ceil(in / group)) fp32.
-        group: inputs per scale (a multiple of 64).
-        shape: (out, in).
-    """
-
-    def __init__(self, packed: torch.Tensor, scales: torch.Tensor, group: int, shape: tuple[int, int]) -> None:
-        self.packed, self.scales, self.group, self.shape = packed, scales, group, shape
-
-    @classmethod
-    def quantize(cls, weight: torch.Tensor, group: int = INT8_GROUP) -> Int8Weight:
-        if group < 64 or group % 64:
-            raise ConfigError(f"int8 group size must be a positive multiple of 64, got {group}")
-        if weight.dim() != 2:
-            raise ConfigError(f"can only quantize 2-D weights, got shape {tuple(weight.shape)}")
-        w = weight.detach().float()
-        N, K = w.shape
-        wp = torch.nn.functional.pad(w, (0, -K % group)).view(N, -1, group)  # (N, G, group)
-        scales = wp.abs().amax(-1) / 127.0  # (N, G)
-        scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-        q = torch.round(wp / scales[..., None]).clamp_(-127, 127).to(torch.int8).view(N, -1)[:, :K]
-        q = torch.nn.functional.pad(q, (0, -K % 64))  # (N, Kp): zeros past K
-        packed = q.view(N, -1, 4, 16).transpose(2, 3).reshape(N, -1)  # block byte 4 j + c = input 16 c + j
-        return cls(packed.contiguous(), scales.contiguous(), group, (N, K))
-
-    @property
-    def q(self) -> torch.Tensor:
-        """The int8 values in input order: (out, in)."""
-        N, K = self.shape
-        return self.packed.view(N, -1, 16, 4).transpose(2, 3).reshape(N, -1)[:, :K]
-
-    def dequantize(self) -> torch.Tensor:
-        """The fp32 weight this int8 weight stands for: (out, in)."""
-        s = self.scales.repeat_interleave(self.group, dim=1)[:, : self.shape[1]]
-        return self.q.float() * s
-
-    def spec(self) -> tuple:
-        return (self.packed.numpy(), "int8", self.scales.numpy(), self.group, self.shape[1])
-
-
-def _spec(weight: torch.Tensor | Int8Weight) -> tuple:
-    """(array, dtype name, scales, group[, cols]): how the extension takes a weight."""
-    if isinstance(weight, Int8Weight):
-        return weight.spec()
-    if weight.dtype not in _DTYPES:
-        raise ConfigError(f"the CPU decode kernels take fp32, bf16 or int8 weights, got {weight.dtype}")
-    if not weight.is_contiguous():
-        raise ConfigError("the CPU decode kernels need contiguous weights")
-    return (_np(weight), _DTYPES[weight.dtype], None, 0)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor | Int8Weight, *, isa: str = "auto") -> torch.Tensor:
-    """x @ weight.T by the C++ kernel, fp32 accumulation; (..., in) -> (..., out) in x's dtype.
-
-    Args:
-        x: (..., in) fp32 or bf16 activations (converted to fp32 for the kernel).
-        weight: (out, in) contiguous fp32 or bf16 tensor, or an `Int8Weight`.
-        isa: kernel variant, "auto" or one of `isas()` (tests force each).
-
-    Raises:
-        ConfigError: a weight dtype or layout the kernels do not take.
-        ValueError: shapes that do not fit.
-    """
-    spec = _spec(weight)
-    N, K = weight.shape
-    if x.shape[-1] != K:
-        raise ValueError(f"x has {x.shape[-1]} features but the weight takes {K}")
-    x2d = x.detach().reshape(-1, K).float()
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
-    out = torch.empty(x2d.shape[0], N, dtype=torch.float32)
-    _C.linear(out.numpy(), x2d.numpy(), *spec[:4], cols=K, isa=isa)
-    out = out.view(*x.shape[:-1], N)
-    return out if x.dtype == torch.float32 else out.to(x.dtype)
-
-
-def _fast_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`ops.linear` on CPU: the C++ kernel for decode-sized products, torch's GEMMs (cpu_ops) otherwise."""
-    rows = x.numel() // max(x.shape[-1], 1)
-    if (
-        rows > MAX_ROWS
-        or rows == 0
-        or weight.dtype not in _DTYPES
-        or x.dtype not in _DTYPES
-        or not weight.is_contiguous()
-        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    ):
-        return cpu_ops.linear(x, weight)
-    return linear(x, weight)
-
-
-_fast_linear.description = "havoc.cpu_decode: C++ GEMV/small GEMM up to 64 rows, torch GEMMs above"  # type: ignore[attr-defined]
-ops.register_fast("linear", "cpu", _fast_linear)
+WEIGHT_FORMATS = ("auto", "int8", "int8_weight_only")  # "auto": the model's own dtype (fp32 or bf16)
 
 
 # --- the whole-step decoder -------------------------------------------------------------------------------
+
+
+_HUGE = 1 << 21
+
+
+def _one_arena(weights: list[Int8Weight]) -> None:
+    """Move the packed bytes of `weights` into one 2 MiB-aligned buffer (views of it), so that all of it can
+    sit on huge pages (`_collapse`), not only the 2 MiB pages inside each weight's own allocation."""
+    sizes = [w.packed.numel() for w in weights]
+    arena = torch.empty(sum(sizes) + _HUGE, dtype=torch.uint8)
+    at = -arena.data_ptr() % _HUGE
+    for w, n in zip(weights, sizes):
+        view = arena[at : at + n].view(w.packed.shape)
+        view.copy_(w.packed)
+        w.packed = view
+        at += n
+
+
+def _collapse(weights: list) -> int:
+    """Put the whole 2 MiB pages of the streamed weights' memory on transparent huge pages; the bytes moved.
+
+    A decode step streams every weight once, and on 4 KiB pages it misses the TLB every 4 KiB: on the AMX
+    Xeon of bench/RESULTS.md the step's fp32 products streamed 17.5-17.8 GB/s from 4 KiB pages and
+    19.2-19.6 GB/s from huge pages (THP_MEM_ALLOC_ENABLE=1, alternating processes). The kernel migrates
+    the pages in place (MADV_COLLAPSE): same addresses, same values, nothing copied by havoc.
+    """
+    seen, total = set(), 0
+    for w in weights:
+        t = w.packed if isinstance(w, Int8Weight) else w
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += _C.collapse_hugepages(numpy_view(t))
+    return total
 
 
 class CPUDecoder:
@@ -168,8 +78,9 @@ class CPUDecoder:
 
     Args:
         model: a CPU `HavocModel` in fp32 or bf16.
-        weights: "auto" (the model's own weights) or "int8" (weight-only int8, one fp32 scale per
-            `group` inputs of a row; the embedding lookup reads the int8 table too).
+        weights: "auto" (the model's own weights), "int8" (int8 weights, one fp32 scale per `group` inputs
+            of a row, times activations quantized to int8 per row and group) or "int8_weight_only" (the
+            same weights times fp32 activations). The embedding lookup reads the int8 table too.
         group: int8 inputs per scale.
         isa: kernel variant, "auto" or one of `isas()`.
     """
@@ -178,16 +89,21 @@ class CPUDecoder:
         if weights not in WEIGHT_FORMATS:
             raise ConfigError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
         p = model.tok_embeddings.weight
-        if p.device.type != "cpu" or p.dtype not in _DTYPES:
+        if p.device.type != "cpu" or p.dtype not in DTYPES:
             raise ConfigError(f"the CPU decoder needs a CPU model in fp32 or bf16, got {p.dtype} on {p.device}")
         if isa != "auto" and isa not in isas():
             raise ConfigError(f"kernel variant {isa!r} is not available here; choose from {isas()} or 'auto'")
+        lacks = missing_features(model)
+        if lacks:
+            raise ConfigError(f"the CPU decoder does not implement what this model needs: {', '.join(lacks)}")
         c = model.config
         self.model_ref = weakref.ref(model)
         self.weights, self.group, self.isa, self.dtype = weights, group, isa, p.dtype
 
         def w(t: torch.Tensor):
-            return Int8Weight.quantize(t, group) if weights == "int8" else t.detach()
+            if weights == "auto":
+                return t.detach()
+            return Int8Weight.quantize(t, group, activations="int8" if weights == "int8" else "fp32")
 
         def norm(t: torch.Tensor) -> np.ndarray:
             return t.detach().float().contiguous().numpy()
@@ -213,6 +129,9 @@ class CPUDecoder:
         )
         self.vocab_size = c.vocab_size
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> _C.Decoder
+        if weights != "auto":  # the int8 copies are the decoder's own: one arena, all on huge pages
+            _one_arena([L[k] for L in self._layers for k in ("wqkv", "wo", "w13", "w2")] + [self._embedding])
+        self.hugepage_bytes = _collapse(self.decode_weights() + [self._embedding])
 
     def decode_weights(self) -> list[torch.Tensor | Int8Weight]:
         """The weights a decode step streams, in order: each layer's wqkv, wo, w13, w2, then the LM head."""
@@ -248,15 +167,15 @@ class CPUDecoder:
                 raise ConfigError(f"the cache holds {cache.dtype} on {cache.device}; the decoder needs {self.dtype} on cpu")
             layers = [
                 dict(
-                    attention_norm=L["attention_norm"], ffn_norm=L["ffn_norm"], wqkv=_spec(L["wqkv"]),
-                    wo=_spec(L["wo"]), w13=_spec(L["w13"]), w2=_spec(L["w2"]),
-                    k_pool=_np(cache.k[i]), v_pool=_np(cache.v[i]),
+                    attention_norm=L["attention_norm"], ffn_norm=L["ffn_norm"], wqkv=weight_spec(L["wqkv"]),
+                    wo=weight_spec(L["wo"]), w13=weight_spec(L["w13"]), w2=weight_spec(L["w2"]),
+                    k_pool=numpy_view(cache.k[i]), v_pool=numpy_view(cache.v[i]),
                 )
                 for i, L in enumerate(self._layers)
             ]
             dec = _C.Decoder(
-                self._config, layers, self._final_norm, _spec(self._embedding), _spec(self._head),
-                _DTYPES[self.dtype], self.isa,
+                self._config, layers, self._final_norm, weight_spec(self._embedding), weight_spec(self._head),
+                DTYPES[self.dtype], self.isa,
             )
             self._bound[cache] = dec
         return dec
@@ -300,10 +219,74 @@ class CPUDecoder:
 _decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {weights: CPUDecoder}
 
 
+# ModelConfig's fields, by what the decoder makes of them: sizes it takes as they are, features they select
+# (in `_config_features`), and fields that do not change the maths of a step. A field added to ModelConfig
+# is in none of these, and the decoder refuses the model until someone says what it means here.
+_SIZES = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "rope_theta",
+          "norm_eps", "max_seq_len")
+_SELECTORS = ("rotary_dim", "tie_embeddings")
+_INERT = ("bos_id", "eos_id", "pad_id", "name", "extra")
+
+# The module tree the decoder implements: each module's exact class and its children's names.
+_TREE = {
+    "HavocModel": {"tok_embeddings", "layers", "norm", "output"},
+    "TransformerBlock": {"attention", "feed_forward", "attention_norm", "ffn_norm"},
+    "Attention": {"wqkv", "wo"},
+    "FeedForward": {"w13", "w2"},
+}
+
+
+def _config_features(config) -> set[str]:
+    out = {"block:pre_norm", "norm:rms", "embedding:lookup", "attention:gqa", "attention:fused_qkv",
+           "attention:causal", "rope:rotate_half", "mlp:swiglu"}
+    if config.rotary_dim < config.head_dim:
+        out.add("rope:partial")
+    out.add("head:tied" if config.tie_embeddings else "head:untied")
+    return out
+
+
+def missing_features(model) -> list[str]:
+    """What `model` needs that the C++ decode step does not implement (empty when it runs the model).
+
+    Compares the model's module tree (exact classes, child names, no biases), its config's fields and the
+    features they select, and its weights' dtype with `_C.decoder_features()`.
+    """
+    import dataclasses
+
+    from havoc import model as model_module
+
+    missing = []
+    if type(model) is not model_module.HavocModel:
+        return [f"model class {type(model).__qualname__} (the decoder implements havoc.model.HavocModel)"]
+    classes = {c: getattr(model_module, c) for c in _TREE}
+    classes.update(RMSNorm=model_module.RMSNorm, Linear=model_module.Linear)
+    for name, mod in model.named_modules():
+        kind = next((k for k, c in classes.items() if type(mod) is c), None)
+        if kind is None and type(mod) not in (torch.nn.Embedding, torch.nn.ModuleList):
+            missing.append(f"module {name or 'model'} of type {type(mod).__qualname__}")
+        elif kind in _TREE:
+            extra = set(dict(mod.named_children())) - _TREE[kind]
+            if extra:
+                missing.append(f"{kind} {name or 'model'} has modules {sorted(extra)}")
+        elif kind == "Linear" and mod.bias is not None:
+            missing.append(f"bias of {name}")
+    fields = {f.name for f in dataclasses.fields(model.config)}
+    unknown = fields - set(_SIZES) - set(_SELECTORS) - set(_INERT)
+    missing += [f"config field {f!r}" for f in sorted(unknown)]
+    supported = set(_C.decoder_features())
+    dtype = model.tok_embeddings.weight.dtype
+    needed = _config_features(model.config) | {f"weights:{str(dtype).removeprefix('torch.')}"}
+    missing += sorted(needed - supported)
+    return missing
+
+
 def applies(model) -> bool:
-    """Whether the CPU decoder runs `model`: a CPU model in fp32 or bf16, with HAVOC_OPS auto or fast."""
+    """Whether the CPU decoder runs `model`: a CPU model in fp32 or bf16 made of what the decoder implements
+    (`missing_features`), with HAVOC_OPS auto or fast."""
     p = model.tok_embeddings.weight
-    return p.device.type == "cpu" and p.dtype in _DTYPES and ops.get_backend() in ("auto", "fast")
+    if p.device.type != "cpu" or p.dtype not in DTYPES or ops.get_backend() not in ("auto", "fast"):
+        return False
+    return not missing_features(model)
 
 
 def for_model(model, weights: str = "auto") -> CPUDecoder | None:
@@ -311,17 +294,19 @@ def for_model(model, weights: str = "auto") -> CPUDecoder | None:
     the fast path does not apply: not a CPU fp32/bf16 model, or the ops backend says reference/triton.
 
     Raises:
-        ConfigError: weights="int8" where the fast path cannot run (int8 has no reference path here),
+        ConfigError: int8 weights where the fast path cannot run (int8 has no reference path here),
             or HAVOC_OPS=fast where it does not apply.
     """
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"cpu weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
     p = model.tok_embeddings.weight
     if not applies(model):
-        if weights == "int8" or ops.get_backend() == "fast":
+        if weights != "auto" or ops.get_backend() == "fast":
+            lacks = missing_features(model) if p.device.type == "cpu" and p.dtype in DTYPES else []
             raise ConfigError(
                 f"the CPU decode fast path needs a CPU model in fp32 or bf16 and HAVOC_OPS auto or fast "
                 f"(got {p.dtype} on {p.device}, HAVOC_OPS={ops.get_backend()})"
+                + (f"; the decoder does not implement: {', '.join(lacks)}" if lacks else "")
             )
         return None
     per_model = _decoders.setdefault(model, {})
@@ -331,4 +316,4 @@ def for_model(model, weights: str = "auto") -> CPUDecoder | None:
     return dec
 
 
-__all__ = ["CPUDecoder", "Int8Weight", "applies", "linear", "for_model", "isas"]
+__all__ = ["CPUDecoder", "Int8Weight", "applies", "for_model", "missing_features"]

@@ -31,6 +31,24 @@ def _extension() -> dict[str, Any]:
     return info
 
 
+def _cpu_kernels() -> dict[str, Any]:
+    """The decode kernels' variants (which runs, and why the others cannot) and what the running one does
+    per weight format."""
+    try:
+        from havoc import _C
+        from havoc.backends import cpu
+    except ImportError as e:
+        return {"error": str(e)}
+    auto = cpu.isas()[-1]
+    out: dict[str, Any] = {"variant": f"{auto} (the widest of the variants below this CPU and OS run)"}
+    for v, status in cpu.variant_status().items():
+        out[f"  {v}"] = status
+    for fmt in ("float32", "bfloat16", "int8", "int8_weight_only"):
+        out[f"{fmt} weights"] = _C.linear_kernel(auto, fmt)
+    out["decode attention"] = _C.attention_isa_for(auto)
+    return out
+
+
 def _cuda() -> dict[str, Any]:
     import torch
 
@@ -68,6 +86,7 @@ def collect() -> dict[str, Any]:
         },
         "torch": {"threads": torch.get_num_threads(), "cuda": cuda},
         "extension": _extension(),
+        "cpu_kernels": _cpu_kernels(),
         "ops_backend": ops.get_backend(),
         "ops_cpu": ops.describe("cpu"),
         # Shown even without a device: which kernel each op would run on CUDA and how far it is verified.
@@ -98,6 +117,7 @@ def format_report(info: dict[str, Any]) -> str:
         **({"devices": cuda["devices"]} if "devices" in cuda else {}),
     })
     section("C++ extension (havoc._C)", {k: v for k, v in info["extension"].items()})
+    section("CPU decode kernels (csrc/cpu_decode.cpp: linear and the whole decode step)", info["cpu_kernels"])
     section(f"Ops on CPU tensors (backend: {info['ops_backend']})", info["ops_cpu"])
     cuda_title = "Ops on CUDA tensors" + ("" if cuda["available"] else " (no CUDA device on this machine)")
     section(cuda_title, info["ops_cuda"])

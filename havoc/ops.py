@@ -1,27 +1,29 @@
 """The one place that decides which implementation of an op runs.
 
-Every op has a reference implementation (`havoc.kernels.reference`, plain PyTorch) and may have fast
-ones registered by device type ("cuda" for the Triton kernels, "cpu" for the C++ extension's kernels).
-Per call, the dispatcher takes the fast implementation for the tensor's device when one is registered
-and the backend allows it, else the reference.
+Every op has a reference implementation (`havoc.kernels.reference`, plain PyTorch) and may have one fast
+implementation per device type, registered in `havoc.backends` ("cuda": the Triton kernels; "cpu": the C++
+extension's kernels). Per call, the dispatcher takes the fast implementation for the tensor's device when
+one is registered and the backend allows it, else the reference. An op has the same name and argument
+order here, in the reference and in every backend.
 
 The switch: the environment variable ``HAVOC_OPS`` (read at import) or `set_backend` / `use_backend`:
 
 - ``auto`` (default): fast where registered, reference elsewhere (so the Triton kernels on CUDA tensors,
-  the reference on CPU tensors for the ops without a CPU fast path);
+  the C++ kernels on CPU tensors for the ops that have them, the reference for the others);
 - ``reference``: always the reference;
 - ``fast``: the fast path, and an error naming the op and device where none exists;
 - ``triton``: the Triton kernel of every op that has one, on any device; the reference for the ops that
-  have none (linear). On CUDA tensors this is what ``auto`` picks too. On CPU tensors it runs the kernels
-  through Triton's interpreter, which needs ``TRITON_INTERPRET=1`` in the environment before the first
-  kernel is called (Triton reads it when a kernel module is imported); without it the call raises a
-  ConfigError that says so. This is how the kernel tests run the Triton path on a machine without a GPU:
+  have none (linear, copy_blocks). On CUDA tensors this is what ``auto`` picks too. On CPU tensors it runs
+  the kernels through Triton's interpreter, which needs ``TRITON_INTERPRET=1`` in the environment before
+  the first kernel is called (Triton reads it when a kernel module is imported); without it the call
+  raises a ConfigError that says so. This is how the kernel tests run the Triton path on a machine
+  without a GPU:
 
       TRITON_INTERPRET=1 HAVOC_OPS=triton pytest ...        # or, in code:
       with ops.use_backend("triton"): model(tokens)
 
-The Triton kernels register themselves through `havoc.triton_ops` (lazily: Triton and the kernel modules
-are imported on the first call that needs them, so `import havoc` stays light on machines without it).
+The Triton kernels are registered lazily (Triton and the kernel modules are imported on the first call
+that needs them, so `import havoc` stays light on machines without it).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from havoc import backends
 from havoc.errors import ConfigError
 from havoc.kernels import reference
+from havoc.kernels._interpreter import interpreting
 
 OPS = (
     "linear",
@@ -49,13 +53,6 @@ OPS = (
     "linear_cross_entropy",
 )
 BACKENDS = ("auto", "reference", "fast", "triton")
-
-# op name -> device type -> implementation. Filled by the fast-path modules when they import.
-_FAST: dict[str, dict[str, Callable]] = {name: {} for name in OPS}
-# op name -> why there is no fast implementation on a device type (for `havoc env`).
-_WHY_NOT: dict[str, dict[str, str]] = {name: {} for name in OPS}
-# op name -> its Triton implementation (any device the Triton backend may run it on).
-_TRITON: dict[str, Callable] = {}
 
 
 def _check_backend(name: str) -> str:
@@ -88,67 +85,40 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-def register_fast(op: str, device_type: str, fn: Callable) -> None:
-    """Register `fn` as the fast implementation of `op` for tensors on `device_type`."""
-    if op not in _FAST:
-        raise ConfigError(f"unknown op {op!r}; ops are {list(OPS)}")
-    _FAST[op][device_type] = fn
-    _WHY_NOT[op].pop(device_type, None)
-
-
-def register_triton(op: str, fn: Callable) -> None:
-    """Register `fn` as the Triton implementation of `op`: the fast path on CUDA, the "triton" backend anywhere."""
-    register_fast(op, "cuda", fn)
-    _TRITON[op] = fn
-
-
-def note_unavailable(op: str, device_type: str, reason: str) -> None:
-    """Record why `op` has no fast implementation on `device_type` (shown by `havoc env`)."""
-    _WHY_NOT[op][device_type] = reason
-
-
-def _describe_fn(fn: Callable) -> str:
-    return getattr(fn, "description", None) or getattr(fn, "__module__", "?")
-
-
 def describe(device_type: str) -> dict[str, str]:
     """For each op, the implementation a tensor on `device_type` gets now, and why."""
     out = {}
     for op in OPS:
-        fast = _FAST[op].get(device_type)
+        fast = backends.fast(op, device_type)
         if _backend == "reference":
             out[op] = "reference (forced by HAVOC_OPS=reference)"
         elif _backend == "triton":
-            fn = _TRITON.get(op)
-            out[op] = f"triton ({_describe_fn(fn)})" if fn is not None else "reference (no Triton kernel for this op)"
+            impl = backends.of_backend(op, "triton")
+            out[op] = f"triton ({impl.description})" if impl is not None else "reference (no Triton kernel for this op)"
         elif fast is not None:
-            out[op] = f"fast ({_describe_fn(fast)})"
+            out[op] = f"fast ({fast.description})"
         else:
-            why = _WHY_NOT[op].get(device_type, "no fast implementation for this device in this version")
+            why = backends.why_not(op, device_type) or "no fast implementation for this device in this version"
             out[op] = f"reference ({why})"
     return out
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def _pick(op: str, x: torch.Tensor) -> Callable | None:
     if _backend == "reference":
         return None
     if _backend == "triton":
-        fn = _TRITON.get(op)
-        if fn is not None and x.device.type != "cuda" and not _interpreting():
+        impl = backends.of_backend(op, "triton")
+        if impl is not None and x.device.type != "cuda" and not interpreting():
             raise ConfigError(
                 f"HAVOC_OPS=triton on {x.device.type} tensors runs the Triton kernels through Triton's interpreter: "
                 "set TRITON_INTERPRET=1 before the first kernel call (or use a CUDA device)"
             )
-        return fn
-    fast = _FAST[op].get(x.device.type)
+        return impl.fn if impl is not None else None
+    fast = backends.fast(op, x.device.type)
     if fast is None and _backend == "fast":
-        why = _WHY_NOT[op].get(x.device.type, "none is registered")
+        why = backends.why_not(op, x.device.type) or "none is registered"
         raise ConfigError(f"HAVOC_OPS=fast but op {op!r} has no fast implementation on {x.device.type}: {why}")
-    return fast
+    return fast.fn if fast is not None else None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -210,10 +180,8 @@ def attention_varlen(
     causal: bool = True,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Attention over a packed batch: see `reference.attention_varlen` (which needs no max lengths)."""
-    fast = _pick("attention_varlen", q)
-    if fast is None:
-        return reference.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal, scale=scale)
+    """Attention over a packed batch: see `reference.attention_varlen`."""
+    fast = _pick("attention_varlen", q) or reference.attention_varlen
     return fast(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale)
 
 
@@ -246,7 +214,4 @@ def linear_cross_entropy(
 
 rope_cos_sin = reference.rope_cos_sin
 
-from havoc import cpu_ops  # noqa: E402,F401  (registers the CPU fast paths)
-from havoc import cpu_decode  # noqa: E402,F401  (the C++ decode kernels: ops.linear on CPU up to 64 rows)
-from havoc import cpu_paged  # noqa: E402,F401  (registers the paged cache's C++ kernels for CPU)
-from havoc import triton_ops  # noqa: E402,F401  (registers the Triton kernels)
+backends.load()  # the backend modules register their fast paths (they need OPS, defined above)

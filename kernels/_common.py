@@ -13,14 +13,13 @@ each launcher.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 
-def interpreting() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+from havoc.kernels._interpreter import interpreting
+
+__all__ = ["interpreting", "sm_count", "next_pow2", "check_device", "check_float", "check_last_dim_contiguous"]
 
 
 @functools.lru_cache(maxsize=None)

@@ -97,7 +97,7 @@ def recording(sms: int) -> Iterator[list[Launch]]:
 
 
 def _interpreting() -> bool:
-    from havoc.kernels._common import interpreting
+    from havoc.kernels._interpreter import interpreting
 
     return interpreting()
 
@@ -119,7 +119,8 @@ def _dtypes():
 def _scenarios(full: bool = True) -> list[tuple[str, Callable[[], None]]]:
     """(name, thunk) pairs; each thunk runs launchers whose kernel launches are recorded.
 
-    Names read "<family> <case> <model> <dtype>". Without `full`, only the cases `QUICK` keeps.
+    Names read "<op> <case> <model> <dtype>", the op as havoc.ops names it (tests/test_ops_coverage.py
+    checks that every op with a Triton kernel has one). Without `full`, only the cases `QUICK` keeps.
     """
     import torch
 
@@ -135,16 +136,17 @@ def _scenarios(full: bool = True) -> list[tuple[str, Callable[[], None]]]:
     for dn, dt in _dtypes().items():
         for mn, m in MODELS.items():
             dim, H, KV, D, F, V = m["dim"], m["H"], m["KV"], m["D"], m["F"], m["V"]
-            # rms_norm: plain and residual forward, backward with and without the residual's gradient
+            # rms_norm and add_rms_norm: forward, backward without and with the residual's gradient
             x = E(2048, dim, dtype=dt)
             w = E(dim, dtype=dt)
             add(f"rms_norm all {mn} {dn}", lambda x=x, w=w: (
-                rms_norm._forward(x, None, w, 1e-5), rms_norm._forward(x, x, w, 1e-5),
-                rms_norm._backward(x, x, w, 1e-5, None), rms_norm._backward(x, x, w, 1e-5, x)))
+                rms_norm._forward(x, None, w, 1e-5), rms_norm._backward(x, x, w, 1e-5, None)))
+            add(f"add_rms_norm all {mn} {dn}", lambda x=x, w=w: (
+                rms_norm._forward(x, x, w, 1e-5), rms_norm._backward(x, x, w, 1e-5, x)))
             # rope over the q|k heads of a fused qkv output, forward and backward
             qkv = E(2, 16, H + 2 * KV, D, dtype=dt)[:, :, : H + KV]
             cs = E(1, 16, D, dtype=torch.float32).expand(2, 16, D)
-            add(f"rope all {mn} {dn}", lambda qkv=qkv, cs=cs: (
+            add(f"apply_rope all {mn} {dn}", lambda qkv=qkv, cs=cs: (
                 rope._launch(qkv, cs, cs, False), rope._launch(qkv, cs, cs, True)))
             # swiglu on the halves of a fused w13 output
             w13 = E(8, 2 * F, dtype=dt)
@@ -152,25 +154,27 @@ def _scenarios(full: bool = True) -> list[tuple[str, Callable[[], None]]]:
             add(f"swiglu all {mn} {dn}", lambda g=g, u=u: (swiglu._forward(g, u), swiglu._backward(g.contiguous(), g, u)))
             # flash attention, forward and backward
             for case in ATTENTION_CASES:
-                add(f"attention {case} {mn} {dn}",
+                family = "attention_varlen" if case == "varlen" else "attention"
+                add(f"{family} {case} {mn} {dn}",
                     lambda case=case, dt=dt, H=H, KV=KV, D=D: _attention(flash_attention, case, dt, H, KV, D))
             # paged decode (split-K and not) and the cache write
             for case in PAGED_CASES:
-                add(f"paged {case} {mn} {dn}",
+                family = "write_kv" if case == "write" else "paged_decode_attention"
+                add(f"{family} {case} {mn} {dn}",
                     lambda case=case, dt=dt, H=H, KV=KV, D=D: _paged(paged_attention, case, dt, H, KV, D))
             # fused linear cross-entropy: mean with gradients, sum, loss only (eval)
-            add(f"cross_entropy all {mn} {dn}", lambda dt=dt, V=V: _cross_entropy(cross_entropy, dt, V))
+            add(f"linear_cross_entropy all {mn} {dn}", lambda dt=dt, V=V: _cross_entropy(cross_entropy, dt, V))
     # the widest row rms_norm takes (MAX_FEATURES: 32 warps, at most 64 registers a thread), once
     x = E(256, rms_norm.MAX_FEATURES, dtype=torch.bfloat16)
     w = E(rms_norm.MAX_FEATURES, dtype=torch.bfloat16)
-    add("rms_norm max-features 7b bf16", lambda x=x, w=w: (
+    add("add_rms_norm max-features 7b bf16", lambda x=x, w=w: (
         rms_norm._forward(x, x, w, 1e-5), rms_norm._backward(x, x, w, 1e-5, x)))
     # partial rotary (a tail copied through) and odd paged block sizes, once
     x = E(1, 4, 12, 64, dtype=torch.bfloat16)
     cs = E(1, 4, 32, dtype=torch.float32)
-    add("rope partial-rotary smol bf16", lambda x=x, cs=cs: rope._launch(x, cs, cs, False))
+    add("apply_rope partial-rotary smol bf16", lambda x=x, cs=cs: rope._launch(x, cs, cs, False))
     for bs in (17, 1):
-        add(f"paged block_size={bs} 7b bf16",
+        add(f"paged_decode_attention block_size={bs} 7b bf16",
             lambda bs=bs: _paged(paged_attention, "split-k", torch.bfloat16, 32, 8, 128, block_size=bs))
     return out
 
@@ -186,7 +190,7 @@ PAGED_CASES = {
     "split-k": "batch 1, 4096-token table: split-K and the merge",
     "one-split": "batch 64: as many (sequence, KV head) pairs as SMs, no split",
     "most-splits": "batch 1, 131072-token table: MAX_SPLITS",
-    "write": "paged_kv_write, int32 and int64 slots",
+    "write": "write_kv, int32 and int64 slots",
 }
 
 
@@ -200,12 +204,12 @@ QUICK = {
     "attention decode": {("7b", "fp16"), ("7b", "bf16"), ("smol", "bf16")},
     "attention bidirectional": {("7b", "bf16")},
     "attention prefill-key-mask": {("7b", "bf16")},
-    "attention varlen": {("7b", "bf16")},
-    "paged split-k": _ALL_7B | {("smol", "bf16")},
-    "paged one-split": {("7b", "bf16"), ("smol", "bf16")},
-    "paged most-splits": set(),
-    "paged block_size=17": set(),
-    "paged block_size=1": set(),
+    "attention_varlen varlen": {("7b", "bf16")},
+    "paged_decode_attention split-k": _ALL_7B | {("smol", "bf16")},
+    "paged_decode_attention one-split": {("7b", "bf16"), ("smol", "bf16")},
+    "paged_decode_attention most-splits": set(),
+    "paged_decode_attention block_size=17": set(),
+    "paged_decode_attention block_size=1": set(),
 }
 
 
@@ -254,7 +258,7 @@ def _paged(pa, case: str, dt, H: int, KV: int, D: int, block_size: int = 16) -> 
         cache = E(64, block_size, KV, D, dtype=dt)
         for T, slot_dtype in ((4, torch.int32), (300, torch.int64)):
             kv = E(T, KV, D, dtype=dt)
-            pa._write(kv, kv, cache, cache, torch.zeros(T, dtype=slot_dtype))
+            pa._write(cache, cache, kv, kv, torch.zeros(T, dtype=slot_dtype))
         return
     B, max_tokens = {"split-k": (1, 4096), "one-split": (64, 4096), "most-splits": (1, 131072)}[case]
     max_blocks = -(-max_tokens // block_size)

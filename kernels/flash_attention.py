@@ -25,7 +25,7 @@ the saved lse instead of storing it:
           so dk/dv are summed over the G query heads in registers (no G x buffer, no atomics);
     dq:   a program per (KV head, row tile) walks the key tiles: dq += ds k * scale.
 
-Ragged batches: with cumulative sequence lengths (`flash_attention_varlen`, flash-attn's layout:
+Ragged batches: with cumulative sequence lengths (`attention_varlen`, flash-attn's layout:
 (total, heads, head_dim) with cu_seqlens (B+1,) int32) each program reads its sequence's bounds, so packed
 training sequences never attend across documents; causal masking is bottom-right aligned per sequence.
 The batched form takes a q_offset instead (prefill against an existing cache: query t sits at key
@@ -53,7 +53,7 @@ import triton.language as tl
 
 from havoc.kernels._common import check_device, check_float, check_last_dim_contiguous, interpreting, next_pow2
 
-__all__ = ["flash_attention", "flash_attention_varlen"]
+__all__ = ["attention", "attention_varlen"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -429,7 +429,7 @@ def _check(
     cu_seqlens_k: torch.Tensor | None,
     key_mask: torch.Tensor | None,
 ) -> None:
-    op = "flash_attention"
+    op = "attention"
     varlen = cu_seqlens_q is not None
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_float(op, name, t)
@@ -567,8 +567,8 @@ def _backward(do, q, k, v, o, lse, cu_q, cu_k, key_mask, max_q, max_k, causal, q
 
 
 # ---------------------------------------------------------------------------------------- torch ops
-@torch.library.custom_op("havoc::flash_attention", mutates_args=())
-def _flash_attention_op(
+@torch.library.custom_op("havoc::attention", mutates_args=())
+def _attention_op(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -583,11 +583,11 @@ def _flash_attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask)
     extra = [t for t in (cu_seqlens_q, cu_seqlens_k, key_mask) if t is not None]
-    check_device("flash_attention", q, k, v, *extra)
+    check_device("attention", q, k, v, *extra)
     return _forward(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, causal, q_offset, scale)
 
 
-@_flash_attention_op.register_fake
+@_attention_op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, causal, q_offset, scale):
     _check(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask)
     varlen = cu_seqlens_q is not None
@@ -597,8 +597,8 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k,
     return q.new_empty((B, T, H, D)).transpose(1, 2), q.new_empty((B, H, T), dtype=torch.float32)
 
 
-@torch.library.custom_op("havoc::flash_attention_backward", mutates_args=())
-def _flash_attention_backward_op(
+@torch.library.custom_op("havoc::attention_backward", mutates_args=())
+def _attention_backward_op(
     do: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -619,7 +619,7 @@ def _flash_attention_backward_op(
     )
 
 
-@_flash_attention_backward_op.register_fake
+@_attention_backward_op.register_fake
 def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, key_mask, max_seqlen_q, max_seqlen_k, causal, q_offset, scale):
     varlen = cu_seqlens_q is not None
     return _out_like(q, varlen), _out_like(k, varlen), _out_like(v, varlen)
@@ -635,15 +635,15 @@ def _setup(ctx, inputs, output):
 
 def _grad(ctx, do, dlse):
     q, k, v, o, lse, cu_q, cu_k, key_mask = ctx.saved_tensors
-    dq, dk, dv = _flash_attention_backward_op(do, q, k, v, o, lse, cu_q, cu_k, key_mask, *ctx.args)
+    dq, dk, dv = _attention_backward_op(do, q, k, v, o, lse, cu_q, cu_k, key_mask, *ctx.args)
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
-_flash_attention_op.register_autograd(_grad, setup_context=_setup)
+_attention_op.register_autograd(_grad, setup_context=_setup)
 
 
 # ------------------------------------------------------------------------------------- functional
-def flash_attention(
+def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -674,11 +674,11 @@ def flash_attention(
     T, S = q.shape[-2], k.shape[-2]
     offset = S - T if q_offset is None else int(q_offset)
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    o, lse = _flash_attention_op(q, k, v, None, None, key_mask, 0, 0, causal, offset, sm_scale)
+    o, lse = _attention_op(q, k, v, None, None, key_mask, 0, 0, causal, offset, sm_scale)
     return (o, lse) if return_lse else o
 
 
-def flash_attention_varlen(
+def attention_varlen(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -707,9 +707,9 @@ def flash_attention_varlen(
         (total_q, n_heads, head_dim) in q's dtype, and the lse when asked.
     """
     if max_seqlen_q < 0 or max_seqlen_k < 0:
-        raise ValueError("flash_attention_varlen: max_seqlen_q and max_seqlen_k must be >= 0")
+        raise ValueError("attention_varlen: max_seqlen_q and max_seqlen_k must be >= 0")
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    o, lse = _flash_attention_op(
+    o, lse = _attention_op(
         q, k, v, cu_seqlens_q, cu_seqlens_k, None, int(max_seqlen_q), int(max_seqlen_k), causal, 0, sm_scale
     )
     return (o, lse) if return_lse else o

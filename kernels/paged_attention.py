@@ -1,9 +1,12 @@
 """Paged decode attention in Triton (split-K with a log-sum-exp merge), and the paged K/V write, as torch ops.
 
+The ops keep havoc.ops' names and argument orders: `paged_decode_attention(q, k_pool, v_pool, block_tables,
+lengths)` and `write_kv(k_pool, v_pool, k, v, slots)`.
+
 Formula (as `reference.paged_decode_attention`): one query token per sequence b, n_heads = G * n_kv_heads,
 
     token j of b lives at pool[block_tables[b, j // block_size], j % block_size, kv_head]
-    o_bh = softmax_j(scale * q_bh . k_j) @ v_j  over j < seq_lens[b]     (0 when seq_lens[b] = 0)
+    o_bh = softmax_j(scale * q_bh . k_j) @ v_j  over j < lengths[b]     (0 when lengths[b] = 0)
 
 The layout is the paged cache's: per layer K and V pools of shape [num_blocks, block_size, n_kv_heads,
 head_dim], an int32 block table (batch, max_blocks) padded past each sequence's last block, and int32
@@ -23,10 +26,10 @@ its partial (o_s normalised, lse_s) in fp32, and a merge kernel combines them,
 The number of splits comes from the block table's shape and the SM count, never from the lengths on the
 device, so the op has no host synchronisation and CUDA graphs can capture it.
 
-Memory traffic: every cached K and V element once (2 * sum_b seq_lens[b] * n_kv_heads * head_dim * e),
+Memory traffic: every cached K and V element once (2 * sum_b lengths[b] * n_kv_heads * head_dim * e),
 plus q and o; with splits, 2 * (batch * n_heads * NUM_SPLITS * (head_dim + 1)) * 4 bytes of partials.
 
-`paged_kv_write` stores a step's new keys and values into their slots (a flat slot index per token,
+`write_kv` stores a step's new keys and values into their slots (a flat slot index per token,
 block * block_size + offset, negative to skip): the cache update of a decode step as an op that declares
 its in-place writes (mutates_args), so torch.compile orders it correctly and a CUDA graph can capture it.
 
@@ -51,7 +54,7 @@ from havoc.kernels._common import (
     sm_count,
 )
 
-__all__ = ["paged_decode_attention", "paged_kv_write"]
+__all__ = ["paged_decode_attention", "write_kv"]
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
@@ -144,7 +147,7 @@ def _paged_merge_kernel(
 
 
 @triton.jit
-def _paged_kv_write_kernel(
+def _write_kv_kernel(
     K, V, K_CACHE, V_CACHE, SLOTS,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kblk, stride_kslot, stride_kch,
@@ -167,30 +170,30 @@ def _paged_kv_write_kernel(
 
 
 # ----------------------------------------------------------------------------------------- launchers
-def _check(q, k_cache, v_cache, block_tables, seq_lens) -> None:
+def _check(q, k_pool, v_pool, block_tables, lengths) -> None:
     op = "paged_decode_attention"
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+    for name, t in (("q", q), ("k_pool", k_pool), ("v_pool", v_pool)):
         check_float(op, name, t)
         check_last_dim_contiguous(op, name, t)
-    if not (q.dtype == k_cache.dtype == v_cache.dtype):
-        raise TypeError(f"{op}: q, k_cache and v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if not (q.dtype == k_pool.dtype == v_pool.dtype):
+        raise TypeError(f"{op}: q, k_pool and v_pool must share a dtype, got {q.dtype}, {k_pool.dtype}, {v_pool.dtype}")
     if q.dim() != 3:
         raise ValueError(f"{op}: q must be (batch, n_heads, head_dim) (one token per sequence), got {tuple(q.shape)}")
-    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+    if k_pool.dim() != 4 or k_pool.shape != v_pool.shape:
         raise ValueError(
-            f"{op}: k_cache and v_cache must both be (num_blocks, block_size, n_kv_heads, head_dim), "
-            f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+            f"{op}: k_pool and v_pool must both be (num_blocks, block_size, n_kv_heads, head_dim), "
+            f"got {tuple(k_pool.shape)} and {tuple(v_pool.shape)}"
         )
     B, H, D = q.shape
-    _, block_size, KV, Dk = k_cache.shape
+    _, block_size, KV, Dk = k_pool.shape
     if Dk != D:
         raise ValueError(f"{op}: q has head_dim {D} but the cache has {Dk}")
     if block_size == 0 or KV == 0 or H % KV:
         raise ValueError(f"{op}: n_heads ({H}) must be a multiple of the cache's n_kv_heads ({KV}), block_size > 0")
     if block_tables.dtype != torch.int32 or block_tables.dim() != 2 or block_tables.shape[0] != B:
         raise ValueError(f"{op}: block_tables must be int32 (batch={B}, max_blocks), got {block_tables.dtype} {tuple(block_tables.shape)}")
-    if seq_lens.dtype != torch.int32 or tuple(seq_lens.shape) != (B,):
-        raise ValueError(f"{op}: seq_lens must be int32 of shape ({B},), got {seq_lens.dtype} {tuple(seq_lens.shape)}")
+    if lengths.dtype != torch.int32 or tuple(lengths.shape) != (B,):
+        raise ValueError(f"{op}: lengths must be int32 of shape ({B},), got {lengths.dtype} {tuple(lengths.shape)}")
     check_last_dim_contiguous(op, "block_tables", block_tables)
 
 
@@ -204,9 +207,9 @@ def _num_splits(device: torch.device, pairs: int, capacity: int, block_n: int) -
     return max(1, min(want, most, MAX_SPLITS))
 
 
-def _forward(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits):
+def _forward(q, k_pool, v_pool, block_tables, lengths, scale, num_splits):
     B, H, D = q.shape
-    _, block_size, KV, _ = k_cache.shape
+    _, block_size, KV, _ = k_pool.shape
     G = H // KV
     out = torch.empty((B, H, D), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
@@ -224,10 +227,10 @@ def _forward(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits):
     else:
         o_part = lse_part = out  # unused
     _paged_decode_kernel[(B * KV, splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, o_part, lse_part,
+        q, k_pool, v_pool, block_tables, lengths, out, o_part, lse_part,
         q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        k_pool.stride(0), k_pool.stride(1), k_pool.stride(2),
+        v_pool.stride(0), v_pool.stride(1), v_pool.stride(2),
         block_tables.stride(0),
         out.stride(0), out.stride(1),
         KV, D, block_size, max_blocks, tokens_per_split, scale * LOG2E,
@@ -247,101 +250,99 @@ def _forward(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits):
 @torch.library.custom_op("havoc::paged_decode_attention", mutates_args=())
 def _paged_decode_op(
     q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
     block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
+    lengths: torch.Tensor,
     scale: float,
     num_splits: int,
 ) -> torch.Tensor:
-    _check(q, k_cache, v_cache, block_tables, seq_lens)
-    check_device("paged_decode_attention", q, k_cache, v_cache, block_tables, seq_lens)
-    return _forward(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits)
+    _check(q, k_pool, v_pool, block_tables, lengths)
+    check_device("paged_decode_attention", q, k_pool, v_pool, block_tables, lengths)
+    return _forward(q, k_pool, v_pool, block_tables, lengths, scale, num_splits)
 
 
 @_paged_decode_op.register_fake
-def _(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits):
-    _check(q, k_cache, v_cache, block_tables, seq_lens)
+def _(q, k_pool, v_pool, block_tables, lengths, scale, num_splits):
+    _check(q, k_pool, v_pool, block_tables, lengths)
     return q.new_empty(q.shape)
 
 
-@torch.library.custom_op("havoc::paged_kv_write", mutates_args=("k_cache", "v_cache"))
-def _paged_kv_write_op(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+@torch.library.custom_op("havoc::write_kv", mutates_args=("k_pool", "v_pool"))
+def _write_kv_op(
+    k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor
 ) -> None:
-    op = "paged_kv_write"
+    op = "write_kv"
     if k.dim() != 3 or k.shape != v.shape:
         raise ValueError(f"{op}: k and v must both be (tokens, n_kv_heads, head_dim), got {tuple(k.shape)}, {tuple(v.shape)}")
-    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or tuple(k_cache.shape[2:]) != tuple(k.shape[1:]):
-        raise ValueError(f"{op}: caches {tuple(k_cache.shape)} must be (num_blocks, block_size, {k.shape[1]}, {k.shape[2]})")
-    if not (k.dtype == v.dtype == k_cache.dtype == v_cache.dtype):
+    if k_pool.dim() != 4 or k_pool.shape != v_pool.shape or tuple(k_pool.shape[2:]) != tuple(k.shape[1:]):
+        raise ValueError(f"{op}: caches {tuple(k_pool.shape)} must be (num_blocks, block_size, {k.shape[1]}, {k.shape[2]})")
+    if not (k.dtype == v.dtype == k_pool.dtype == v_pool.dtype):
         raise TypeError(f"{op}: k, v and the caches must share a dtype")
     if slots.dim() != 1 or slots.shape[0] != k.shape[0] or slots.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{op}: slots must be int32/int64 of shape ({k.shape[0]},), got {slots.dtype} {tuple(slots.shape)}")
-    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+    for name, t in (("k", k), ("v", v), ("k_pool", k_pool), ("v_pool", v_pool)):
         check_last_dim_contiguous(op, name, t)
-    check_device(op, k, v, k_cache, v_cache, slots)
-    _write(k, v, k_cache, v_cache, slots)
+    check_device(op, k_pool, v_pool, k, v, slots)
+    _write(k_pool, v_pool, k, v, slots)
 
 
-def _write(k, v, k_cache, v_cache, slots) -> None:
+def _write(k_pool, v_pool, k, v, slots) -> None:
     if k.shape[0] == 0 or k.numel() == 0:
         return
-    _paged_kv_write_kernel[(k.shape[0],)](
-        k, v, k_cache, v_cache, slots,
+    _write_kv_kernel[(k.shape[0],)](
+        k, v, k_pool, v_pool, slots,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        k.shape[1], k.shape[2], k_cache.shape[1],
+        k_pool.stride(0), k_pool.stride(1), k_pool.stride(2),
+        v_pool.stride(0), v_pool.stride(1), v_pool.stride(2),
+        k.shape[1], k.shape[2], k_pool.shape[1],
         BLOCK_H=next_pow2(k.shape[1]), BLOCK_D=next_pow2(k.shape[2]), num_warps=4,
     )
 
 
-@_paged_kv_write_op.register_fake
-def _(k, v, k_cache, v_cache, slots):
+@_write_kv_op.register_fake
+def _(k_pool, v_pool, k, v, slots):
     return None
 
 
 # ------------------------------------------------------------------------------------- functional
 def paged_decode_attention(
     q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
     block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
+    lengths: torch.Tensor,
     *,
     scale: float | None = None,
-    num_splits: int | None = None,
+    num_splits: int = 0,
 ) -> torch.Tensor:
     """One query token per sequence against a paged KV cache (Triton; inference only, no autograd).
 
     Args:
         q: (batch, n_heads, head_dim).
-        k_cache, v_cache: (num_blocks, block_size, n_kv_heads, head_dim), one layer's pools.
+        k_pool, v_pool: (num_blocks, block_size, n_kv_heads, head_dim), one layer's pools.
         block_tables: (batch, max_blocks) int32, padded past each sequence's blocks.
-        seq_lens: (batch,) int32 tokens per sequence, each <= max_blocks * block_size (longer lengths
+        lengths: (batch,) int32 tokens per sequence, each <= max_blocks * block_size (longer lengths
             are clamped to the table's capacity; the op does not read them back to check).
         scale: softmax scale, default 1 / sqrt(head_dim).
-        num_splits: force the split-K factor (tests and benchmarks); default: chosen from the batch, the
-            KV heads, the table's capacity and the SM count.
+        num_splits: force the split-K factor (tests and benchmarks); 0 (the default): chosen from the batch,
+            the KV heads, the table's capacity and the SM count.
 
     Returns:
         (batch, n_heads, head_dim) in q's dtype.
     """
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if num_splits is not None and num_splits < 1:
-        raise ValueError(f"paged_decode_attention: num_splits must be >= 1, got {num_splits}")
-    return _paged_decode_op(q, k_cache, v_cache, block_tables, seq_lens, sm_scale, num_splits or 0)
+    if num_splits < 0:
+        raise ValueError(f"paged_decode_attention: num_splits must be >= 0, got {num_splits}")
+    return _paged_decode_op(q, k_pool, v_pool, block_tables, lengths, sm_scale, num_splits)
 
 
-def paged_kv_write(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
-) -> None:
-    """Store new keys and values into their cache slots, in place (Triton).
+def write_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+    """Store new keys and values into their pool slots, in place (Triton).
 
     Args:
+        k_pool, v_pool: (num_blocks, block_size, n_kv_heads, head_dim) pools, written in place.
         k, v: (tokens, n_kv_heads, head_dim) this step's keys and values.
-        k_cache, v_cache: (num_blocks, block_size, n_kv_heads, head_dim) pools, written in place.
         slots: (tokens,) int32/int64 flat slot per token, block * block_size + offset; < 0 skips it.
     """
-    _paged_kv_write_op(k, v, k_cache, v_cache, slots)
+    _write_kv_op(k_pool, v_pool, k, v, slots)

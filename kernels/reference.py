@@ -4,7 +4,8 @@ The oracle for the kernel tests, the baseline of the benchmarks and the path tak
 kernel applies (CPU tensors, forced with HAVOC_OPS=reference). Short and obviously correct first; the
 numerics follow Hugging Face's Llama so that the parity tests compare like with like:
 
-- linear:    y = x @ W.T (no bias).
+- linear:    y = x @ W.T (no bias); linear_int8 the same for int8 weights with one scale per group of
+             inputs, with the activations quantized alike (quantize_int8) or kept in fp32.
 - rms_norm:  y = w * (x / sqrt(mean(x^2) + eps)), the normalisation in fp32, cast to x's dtype before
              the weight multiply (Llama's convention).
 - rope:      rotate-half convention over the first `rotary_dim` features of each head (queries and
@@ -38,6 +39,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "linear",
+    "quantize_int8",
+    "linear_int8",
     "rms_norm",
     "add_rms_norm",
     "rope_cos_sin",
@@ -64,6 +67,60 @@ def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T: (..., in) x (out, in) -> (..., out)."""
     return F.linear(x, weight)
+
+
+def quantize_int8(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization of each run of `group` features of the last dimension.
+
+    scale = max |x| over the group / 127; q = round-half-even(x * (1 / scale)) clamped to [-127, 127];
+    a group of zeros gets scale 0 and q 0. In fp32, in this order, so the C++ kernels (which quantize
+    activations per call) reproduce it exactly.
+
+    Args:
+        x: (..., K) float tensor.
+        group: features per scale; the last group of a row may be shorter.
+
+    Returns:
+        (q, scales): (..., K) int8 and (..., ceil(K / group)) fp32.
+    """
+    K = x.shape[-1]
+    xg = F.pad(_f32(x), (0, -K % group)).unflatten(-1, (-1, group))  # (..., G, group)
+    scales = xg.abs().amax(-1) / 127.0  # (..., G)
+    inv = torch.where(scales > 0, 1.0 / scales, torch.zeros_like(scales))
+    q = torch.round(xg * inv[..., None]).clamp_(-127, 127).to(torch.int8).flatten(-2)[..., :K]
+    return q, scales
+
+
+def linear_int8(
+    x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, group: int, *, activations: str = "int8"
+) -> torch.Tensor:
+    """x @ W.T for int8 weights W = q * scale (one scale per `group` inputs of a row), in fp32.
+
+    activations="int8" quantizes x the same way (`quantize_int8`, the same groups) and sums per group the
+    exact integer products times both scales, as llama.cpp's Q8_0 x Q8_0 dot product does; "fp32" keeps x
+    as it is (weight-only quantization).
+
+    Args:
+        x: (..., in) activations.
+        q: (out, in) int8 weight values.
+        scales: (out, ceil(in / group)) fp32.
+        group: inputs per scale.
+        activations: "int8" or "fp32".
+
+    Returns:
+        (..., out) fp32.
+    """
+    K = q.shape[-1]
+    wg = F.pad(q.double(), (0, -K % group)).unflatten(-1, (-1, group))  # (out, G, group)
+    if activations == "fp32":
+        w = (wg * scales.double()[..., None]).flatten(-2)[:, :K]
+        return (_f32(x).double() @ w.T).float()
+    if activations != "int8":
+        raise ValueError(f"activations must be 'int8' or 'fp32', got {activations!r}")
+    xq, xs = quantize_int8(x, group)
+    xg = F.pad(xq.double(), (0, -K % group)).unflatten(-1, (-1, group))  # (..., G, group)
+    dots = torch.einsum("...gk,ngk->...ng", xg, wg)  # exact: integers below 2^53
+    return (dots * xs.double()[..., None, :] * scales.double()).sum(-1).float()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -233,6 +290,8 @@ def attention_varlen(
     v: torch.Tensor,
     cu_seqlens_q: torch.Tensor,
     cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
     *,
     causal: bool = True,
     scale: float | None = None,
@@ -247,6 +306,8 @@ def attention_varlen(
         q: (total_q, n_heads, head_dim).
         k, v: (total_k, n_kv_heads, head_dim).
         cu_seqlens_q, cu_seqlens_k: (batch + 1,) int cumulative lengths starting at 0.
+        max_seqlen_q, max_seqlen_k: the longest sequences (the op's arguments, which size the Triton grid;
+            the reference reads the lengths from cu_seqlens and ignores them).
         causal: mask keys after each query's position.
         scale: softmax scale, default 1 / sqrt(head_dim).
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from havoc import ops
+from havoc import _C, ops
 from havoc.cli import main
 
 
@@ -19,11 +19,17 @@ def test_env_reports_versions_build_and_fast_paths(capsys):
     ext = info["extension"]
     assert ext["loaded"] and ext["compiler"] and "openmp" in ext and ext["simd_runtime"]
     assert set(info["ops_cpu"]) == set(ops.OPS)  # every op, with the implementation CPU tensors get
-    assert info["ops_cpu"]["paged_decode_attention"].startswith("fast (havoc.cpu_paged")
+    assert info["ops_cpu"]["paged_decode_attention"].startswith("fast (havoc.backends.cpu")
     assert info["ops_cpu"]["linear"].startswith("fast")
+    # which decode-kernel variant runs and why; every other variant runs too or says what it lacks
+    kernels = info["cpu_kernels"]
+    auto = _C.linear_isas()[-1]
+    assert kernels["variant"].startswith(auto) and kernels[f"  {auto}"] == "runs ('auto' picks it)"
+    assert all(kernels[f"  {v}"].startswith(("runs", "unavailable: ")) for v in _C.linear_variants())
+    assert kernels["bfloat16 weights"] == _C.linear_kernel(auto, "bfloat16")
     assert main(["env"]) == 0
     text = capsys.readouterr().out
-    assert "C++ extension (havoc._C)" in text and "Ops on CPU tensors" in text
+    assert "C++ extension (havoc._C)" in text and "Ops on CPU tensors" in text and "CPU decode kernels" in text
 
 
 @pytest.mark.parametrize(

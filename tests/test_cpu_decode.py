@@ -1,21 +1,31 @@
 """The whole-step CPU decoder (havoc.cpu_decode.CPUDecoder) against the reference model over the same paged
-cache: logits (fp32 <= 1e-4 relative; bf16 and int8 against the weights they stand for), every ISA variant,
-ragged batches, continuous batching in the generation loop, greedy continuations on SmolLM2, bad input."""
+cache: logits (fp32 <= 1e-4 relative; bf16 and int8 against the formulas of their formats), every kernel
+variant (those this CPU lacks skipped with the reason), ragged batches, continuous batching in the
+generation loop, greedy continuations on SmolLM2, bad input."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
-from havoc import GenerationError, cpu_decode, ops
+from havoc import GenerationError, _C, cpu_decode, ops
 from havoc.cache import PagedKVCache
-from havoc.config import ModelConfig
+from havoc.config import PRESETS, ModelConfig
 from havoc.cpu_decode import CPUDecoder, Int8Weight
 from havoc.errors import ConfigError
 from havoc.generation import GenerationStats, SamplingParams, generate_ids
-from havoc.model import HavocModel
+from havoc.kernels import reference
+from havoc.model import HavocModel, RMSNorm
 
-ISAS = cpu_decode.isas()
+VARIANTS = _C.linear_variants()
+
+
+def variant(name: str) -> str:
+    why = _C.linear_variant_missing(name)
+    if why:
+        pytest.skip(f"kernel variant {name}: {why}")
+    return name
 
 
 def _rel(got, want):
@@ -67,10 +77,10 @@ def _decode(model, prompts, steps, decoder=None, block_size=16):
     return out
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", VARIANTS)
 def test_fp32_logits_match_the_reference(tiny, isa):
     want = _decode(tiny, PROMPTS, 5)
-    got = _decode(tiny, PROMPTS, 5, CPUDecoder(tiny, isa=isa), block_size=8)  # other block size: same K/V
+    got = _decode(tiny, PROMPTS, 5, CPUDecoder(tiny, isa=variant(isa)), block_size=8)  # other block size: same K/V
     for g, w in zip(got, want):
         assert _rel(g, w) <= 1e-4
 
@@ -97,19 +107,43 @@ def test_bf16_logits_are_close_to_the_fp32_product_of_the_bf16_weights(tiny):
         assert _rel(g, w) <= 5e-2
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_int8_logits_match_the_dequantized_model(tiny, isa):
-    dec = CPUDecoder(tiny, weights="int8", group=64, isa=isa)
-    deq = copy.deepcopy(tiny)
+def _quantized_reference(model, activations):
+    """A copy of `model` whose products are `reference.linear_int8` of int8 weights (group 64) and whose
+    embedding holds the dequantized table: the formula the decoder's int8 formats stand for."""
+    deq = copy.deepcopy(model)
+    q8 = {}
     with torch.no_grad():
-        for name, mod in deq.named_modules():
+        for mod in deq.modules():
             if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)):
-                mod.weight.copy_(Int8Weight.quantize(mod.weight, 64).dequantize())
-    # the prefill (model forward) runs on the dequantized weights as well, so both paths see one model
-    got = _decode(deq, PROMPTS, 4, dec)
-    want = _decode(deq, PROMPTS, 4)
-    for g, w in zip(got, want):
-        assert _rel(g, w) <= 1e-4
+                q = Int8Weight.quantize(mod.weight, 64)
+                mod.weight.copy_(q.dequantize())
+                q8[mod.weight.data_ptr()] = q
+
+    def linear(x, weight):
+        q = q8[weight.data_ptr()]
+        return reference.linear_int8(x, q.q, q.scales, 64, activations=activations).to(x.dtype)
+
+    return deq, linear
+
+
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("weights, activations", [("int8", "int8"), ("int8_weight_only", "fp32")])
+def test_int8_logits_match_the_formula(tiny, isa, weights, activations, monkeypatch):
+    dec = CPUDecoder(tiny, weights=weights, group=64, isa=variant(isa))
+    deq, linear = _quantized_reference(tiny, activations)
+    # the prefill (model forward) runs on the dequantized weights, so both paths start from one cache
+    cache = PagedKVCache.for_model(deq, 64, 16)
+    sids, nxt = _prefill(deq, cache, PROMPTS)
+    twin = PagedKVCache.for_model(deq, 64, 16)
+    assert _prefill(deq, twin, PROMPTS) == (sids, nxt)
+    with torch.inference_mode():
+        for _ in range(4):
+            got = dec.step(cache, sids, nxt)
+            with ops.use_backend("reference"), monkeypatch.context() as m:
+                m.setattr(ops, "linear", linear)
+                want = deq(twin.prepare(sids, nxt), cache=twin, logits_to_keep=1)[:, -1].float()
+            assert _rel(got, want) <= 1e-4
+            nxt = want.argmax(-1).tolist()
 
 
 def test_generation_uses_the_decoder_and_matches_the_reference(tiny, monkeypatch):
@@ -218,3 +252,69 @@ def test_smollm2_greedy_continuations_match_the_reference(smollm2, dtype):
             assert _rel(g, w) <= 1e-4
     else:  # fp32 activations vs bf16 rounding after every op: the same start, perhaps a late divergence
         assert all(f[:4] == r[:4] for f, r in zip(fast, ref))
+
+
+# --- what the decoder implements ---------------------------------------------------------------------
+
+
+def _preset_model(name):
+    """The preset's architecture at a testable size: at most 2 layers and a 512-token vocabulary, every
+    other dimension (heads, head_dim, ffn, rotary, tying, theta, eps) as the preset has it."""
+    base = PRESETS[name]
+    cfg = ModelConfig.from_preset(
+        name, n_layers=min(base["n_layers"], 2), vocab_size=min(base["vocab_size"], 512), max_seq_len=128
+    )
+    torch.manual_seed(0)
+    m = HavocModel(cfg).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, RMSNorm):
+                mod.weight.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.mark.parametrize(
+    "preset", [pytest.param(p, marks=pytest.mark.slow) if PRESETS[p]["dim"] > 1024 else p for p in sorted(PRESETS)]
+)
+def test_every_preset_decodes_as_the_model_does(preset):
+    m = _preset_model(preset)
+    assert cpu_decode.missing_features(m) == [] and cpu_decode.applies(m)
+    prompts = [[5, 9, 11, 3, 7], [1] * 17]
+    got = _decode(m, prompts, 3, CPUDecoder(m))
+    want = _decode(m, prompts, 3)
+    for g, w in zip(got, want):
+        assert _rel(g, w) <= 1e-4
+
+
+def test_models_the_decoder_does_not_implement_are_refused(tiny):
+    assert set(_C.decoder_features()) >= {"rope:partial", "head:untied", "weights:bfloat16"}
+
+    class Subclass(HavocModel):
+        pass
+
+    sub = Subclass(tiny.config)
+    assert cpu_decode.missing_features(sub) == ["model class " + Subclass.__qualname__ + " (the decoder implements havoc.model.HavocModel)"]
+    qk = copy.deepcopy(tiny)
+    qk.layers[1].attention.q_norm = RMSNorm(16, 1e-5)  # a model variant with a module the decoder lacks
+    assert cpu_decode.missing_features(qk) == ["Attention layers.1.attention has modules ['q_norm']"]
+    biased = copy.deepcopy(tiny)
+    biased.layers[0].feed_forward.w2.bias = torch.nn.Parameter(torch.zeros(96))
+    assert cpu_decode.missing_features(biased) == ["bias of layers.0.feed_forward.w2"]
+    Wider = dataclasses.make_dataclass("Wider", [("qk_norm", bool, False)], bases=(ModelConfig,))
+    wide = copy.deepcopy(tiny)
+    wide.config = Wider(**dataclasses.asdict(tiny.config))
+    assert cpu_decode.missing_features(wide) == ["config field 'qk_norm'"]
+    assert cpu_decode.missing_features(copy.deepcopy(tiny).half()) == ["weights:float16"]
+    for m in (sub, qk, biased, wide):
+        assert not cpu_decode.applies(m) and cpu_decode.for_model(m) is None
+        with pytest.raises(ConfigError, match="does not implement"):
+            CPUDecoder(m)
+        with pytest.raises(ConfigError, match="does not implement"):
+            cpu_decode.for_model(m, "int8")
+    # generation takes the model's own forward for them
+    params = SamplingParams(max_new_tokens=5, ignore_eos=True)
+    stats = GenerationStats()
+    out = generate_ids(qk, PROMPTS, params, stats=stats)
+    assert "paged" not in stats.extra
+    with ops.use_backend("reference"):
+        assert out == generate_ids(qk, PROMPTS, params)

@@ -1,73 +1,148 @@
-"""The C++ decode kernels (csrc/cpu_decode.cpp) against torch: the product over fp32, bf16 and int8 weights,
-its argmax-only LM head, every ISA variant forced, awkward shapes, bad inputs rejected."""
+"""The C++ decode kernels (csrc/cpu_decode.cpp) against exact oracles: the product over fp32, bf16 and int8
+weights (int8 activations or fp32 ones), its argmax-only LM head, the int8 activation quantization, every
+kernel variant (those this CPU lacks are skipped, saying why), awkward shapes, bad inputs rejected.
+
+Each weight format means one formula on every variant (csrc/cpu_decode.h): fp32 x fp32; bf16 weights x
+activations rounded to bf16; int8 x int8 activations quantized per row and group
+(`reference.linear_int8`); int8 x fp32 activations. The oracles compute those in float64, so the only
+difference left is the kernels' fp32 accumulation."""
+
+import platform
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from havoc import _C, cpu_decode, ops
-from havoc.cpu_decode import Int8Weight
+from havoc import _C, ops
+from havoc.backends import cpu
+from havoc.backends.cpu import Int8Weight
+from havoc.kernels import reference
 
-ISAS = cpu_decode.isas()  # "scalar" always; "avx2"/"avx512" where this CPU has them
+pytestmark = pytest.mark.op("linear", "cpu")  # tests/test_ops_coverage.py
+
+VARIANTS = _C.linear_variants()  # every variant compiled into a build; each test skips the ones this CPU lacks
+FORMATS = ["float32", "bfloat16", "int8", "int8_weight_only"]
 # (rows M, in K, out N): 1 row, not multiples of any vector width, SmolLM2's K (576, 1536), a 7B-sized K.
-# K: under one 32-column bf16 pair block (17), blocks plus a vector and/or scalar tail (33, 47, 80, 100)
+# K: under one 32-column bf16 block (17), blocks plus a vector and/or scalar tail (33, 47, 80, 100), odd K
+# under AMX tiles (95: two 32-input steps and 31 left). M from 4 up runs the amx variant's tiles: N not a
+# multiple of 16 (67, 35) leaves rows to its vector kernel, M = 33 and 20 partial 16-row activation blocks.
 SHAPES = [(1, 576, 960), (1, 1, 1), (3, 17, 5), (5, 1536, 576), (4, 33, 9), (2, 47, 7), (3, 80, 19), (9, 576, 67),
-          (2, 11008, 20), (33, 100, 21)]
+          (2, 11008, 20), (33, 100, 21), (6, 95, 35), (20, 64, 33), (17, 11008, 40), (1, 11008, 3), (32, 576, 96)]
 
 
-def _weight(dtype, N, K, seed=0):
+def variant(name: str) -> str:
+    """`name`, or a skip saying why this CPU (or build) cannot run it."""
+    why = _C.linear_variant_missing(name)
+    if why:
+        pytest.skip(f"kernel variant {name}: {why}")
+    return name
+
+
+def _weight(fmt, N, K, seed=0):
+    """(weight as the kernel takes it, the fp64 oracle of x @ W.T)."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(N, K, generator=g)
-    if dtype == "int8":
-        q = Int8Weight.quantize(w, 64)
-        return q, q.dequantize()
-    wt = w.to(torch.bfloat16) if dtype == "bfloat16" else w
-    return wt, wt.float()
+    if fmt in ("int8", "int8_weight_only"):
+        q = Int8Weight.quantize(w, 64, activations="int8" if fmt == "int8" else "fp32")
+        return q, lambda x: reference.linear_int8(x, q.q, q.scales, 64, activations=q.activations).double()
+    if fmt == "bfloat16":
+        wb = w.to(torch.bfloat16)
+        return wb, lambda x: x.to(torch.bfloat16).double() @ wb.double().T
+    return w, lambda x: x.double() @ w.double().T
 
 
 def _rel(got, want):
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
 
 
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("M, K, N", SHAPES)
-def test_linear_matches_torch(isa, dtype, M, K, N):
-    w, wf = _weight(dtype, N, K, seed=M + K + N)
+def test_linear_matches_the_formula_of_its_format(isa, fmt, M, K, N):
+    w, oracle = _weight(fmt, N, K, seed=M + K + N)
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(1))
-    want = x.double() @ wf.double().T  # the weight the kernel stands for, exactly
-    got = cpu_decode.linear(x, w, isa=isa)
+    got = cpu.linear(x, w, isa=variant(isa))
     assert got.shape == (M, N) and got.dtype == torch.float32
     # fp32 accumulation over K terms: relative error ~ sqrt(K) * 2^-24
-    assert _rel(got.double(), want) < 1e-5 * max(1.0, (K / 576) ** 0.5)
+    assert _rel(got.double(), oracle(x)) < 1e-5 * max(1.0, (K / 576) ** 0.5)
 
 
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
-def test_accumulate_adds_to_out_and_strided_rows_work(isa, dtype):
-    w, wf = _weight(dtype, 37, 70)
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_accumulate_adds_to_out_and_strided_rows_work(isa, fmt):
+    w, oracle = _weight(fmt, 37, 70)
     xbig = torch.randn(6, 90)
     x = xbig[:, 5:75]  # rows strided (90), features contiguous
     out = torch.randn(6, 37)
-    want = out + x @ wf.T
-    spec = cpu_decode._spec(w)
-    _C.linear(out.numpy(), x.numpy(), *spec[:4], cols=70, accumulate=True, isa=isa)
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    want = out.double() + oracle(x)
+    spec = cpu.weight_spec(w)
+    _C.linear(x.numpy(), *spec[:4], cols=70, out=out.numpy(), accumulate=True, isa=variant(isa))
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
-@pytest.mark.parametrize("M, N", [(1, 49152 // 64), (5, 1000), (32, 130), (3, 1)])
-def test_linear_argmax_matches_the_full_product(isa, dtype, M, N):
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("M, N", [(1, 49152 // 64), (5, 1000), (32, 130), (3, 1), (16, 67)])
+def test_linear_argmax_matches_the_full_product(isa, fmt, M, N):
     K = 96
-    w, wf = _weight(dtype, N, K, seed=N)
+    w, _ = _weight(fmt, N, K, seed=N)
     x = torch.randn(M, K)
-    full = cpu_decode.linear(x, w, isa=isa)
-    spec = cpu_decode._spec(w)
+    full = cpu.linear(x, w, isa=variant(isa))
+    spec = cpu.weight_spec(w)
     idx, val = _C.linear_argmax(x.numpy(), *spec[:4], cols=K, isa=isa)
     assert torch.equal(torch.from_numpy(idx), full.argmax(-1))
     torch.testing.assert_close(torch.from_numpy(val), full.max(-1).values)
+
+
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("K, N", [(576, 67), (95, 40), (1536, 33)])
+def test_a_row_gets_the_same_bits_in_any_batch(isa, fmt, K, N):
+    """Batch invariance (the engine relies on it: chunked prefill, preemption by recompute, speculative
+    verification): a row's product never depends on the other rows of the call, in every variant and
+    format, across the batch sizes where the amx variant switches between its tiles and vector kernels."""
+    w, _ = _weight(fmt, N, K, seed=K + N)
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randn(40, K, generator=g)
+    alone = torch.cat([cpu.linear(rows[j : j + 1], w, isa=variant(isa)) for j in range(8)])
+    for M in (2, 3, 4, 5, 16, 17, 33, 40):
+        batch = cpu.linear(rows[:M], w, isa=isa)
+        assert torch.equal(batch[: min(M, 8)], alone[: min(M, 8)]), M
+    spec = cpu.weight_spec(w)
+    idx1, val1 = _C.linear_argmax(rows[:1].numpy(), *spec[:4], cols=K, isa=isa)
+    idx, val = _C.linear_argmax(rows.numpy(), *spec[:4], cols=K, isa=isa)
+    assert idx[0] == idx1[0] and val[0] == val1[0]
+
+
+def test_variants_name_what_they_lack():
+    runnable = cpu.isas()
+    assert runnable[0] == "scalar" and set(runnable) <= set(VARIANTS)
+    for v in VARIANTS:
+        why = _C.linear_variant_missing(v)
+        assert (why == "") == (v in runnable), (v, why)
+        assert why == "" or why.startswith(("this CPU lacks", "not compiled", "the OS refused")), why
+    assert _C.linear_variant_missing("avx9000") == "unknown kernel variant"
+    assert _C.attention_isa_for("auto") in _C.decode_attention_isas()
+    status = cpu.variant_status()
+    assert list(status) == VARIANTS and status[cpu.isas()[-1]].startswith("runs")
+
+
+@pytest.mark.parametrize("K", [1, 63, 64, 100, 576, 11008])
+def test_activation_quantization_is_the_reference_bit_for_bit(K):
+    g = torch.Generator().manual_seed(K)
+    x = torch.randn(7, K, generator=g) * torch.logspace(-3, 3, 7)[:, None]
+    x[1] = 0.0  # all-zero groups: scale 0, q 0
+    x[2, : min(K, 64)] = torch.tensor([0.5, -0.5, 1.5, 2.5, 127.0] * 13)[: min(K, 64)]  # ties at .5 of a step
+    q, s, c = _C.quantize_rows_int8(x.numpy(), 64)
+    want_q, want_s = reference.quantize_int8(x, 64)
+    assert q.shape == (7, -(-K // 64) * 64) and (q[:, K:] == 0).all()
+    assert torch.equal(torch.from_numpy(q[:, :K]), want_q)
+    assert torch.equal(torch.from_numpy(s), want_s)
+    sums = torch.nn.functional.pad(want_q.int(), (0, -K % 64)).view(7, -1, 64).sum(-1)
+    assert torch.equal(torch.from_numpy(c), -128 * sums)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        _C.quantize_rows_int8(x.numpy(), 32)
 
 
 def test_linear_argmax_ties_go_to_the_lowest_index():
@@ -77,32 +152,38 @@ def test_linear_argmax_ties_go_to_the_lowest_index():
     assert idx.tolist() == [7, 7] and val.tolist() == [1.0, 1.0]
 
 
-def test_int8_quantization_error_is_bounded_per_group():
+def test_int8_weights_are_stored_as_offset_bytes_and_their_error_is_bounded_per_group():
     w = torch.randn(64, 200) * torch.linspace(0.01, 10, 200)  # very different scales along a row
     q = Int8Weight.quantize(w, 64)
-    assert q.q.dtype == torch.int8 and q.scales.shape == (64, 4) and q.packed.shape == (64, 256)
-    assert torch.equal(q.q, torch.round(w / q.scales.repeat_interleave(64, 1)[:, :200]).to(torch.int8))
+    assert q.packed.dtype == torch.uint8 and q.scales.shape == (64, 4) and q.packed.shape == (64, 256)
+    assert torch.equal(q.packed[:, :200].int() - 128, q.q.int()) and (q.packed[:, 200:] == 128).all()
+    assert torch.equal(q.q, torch.round(w * (1.0 / q.scales).repeat_interleave(64, 1)[:, :200]).to(torch.int8))
     err = (q.dequantize() - w).abs()
     # each element is within half a step of its group's scale
     step = q.scales.repeat_interleave(64, dim=1)[:, :200]
     assert bool((err <= 0.5 * step + 1e-6).all())
+    assert q.activations == "int8" and q.with_activations("fp32").spec()[1] == "int8_weight_only"
 
 
 def test_ops_linear_takes_the_kernel_for_decode_sizes(monkeypatch):
     calls = []
-    real = cpu_decode.linear
-    monkeypatch.setattr(cpu_decode, "linear", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = cpu._kernel
+    monkeypatch.setattr(cpu, "_kernel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(cpu, "_plan", {})
     w = torch.randn(40, 24)
     with torch.inference_mode():
         for rows, dtype in ((1, torch.float32), (8, torch.bfloat16), (64, torch.float32)):
             out = ops.linear(torch.randn(rows, 1, 24, dtype=dtype), w.to(dtype))
             assert out.dtype == dtype and out.shape == (rows, 1, 40)
         assert len(calls) == 3
-        ops.linear(torch.randn(65, 24), w)  # prefill-sized: torch's GEMMs
+        monkeypatch.setattr(cpu, "_choose", lambda c: "plain")
+        ops.linear(torch.randn(65, 24), w)  # prefill-sized: the planned product (here torch's)
         assert len(calls) == 3
+        ops.linear(torch.randn(65, 24), Int8Weight.quantize(w))  # int8: always the kernel
+        assert len(calls) == 4
         with ops.use_backend("reference"):
             ops.linear(torch.randn(2, 24), w)
-        assert len(calls) == 3
+        assert len(calls) == 4
 
 
 def test_bad_inputs_are_rejected_clearly():
@@ -110,39 +191,47 @@ def test_bad_inputs_are_rejected_clearly():
     x = torch.randn(2, 16)
     out = np.zeros((2, 8), np.float32)
     with pytest.raises(ValueError, match="features but the weight takes"):
-        _C.linear(out, torch.randn(2, 15).numpy(), w.numpy(), "float32")
+        _C.linear(torch.randn(2, 15).numpy(), w.numpy(), "float32")
     with pytest.raises(ValueError, match="out must be"):
-        _C.linear(np.zeros((2, 7), np.float32), x.numpy(), w.numpy(), "float32")
+        _C.linear(x.numpy(), w.numpy(), "float32", out=np.zeros((2, 7), np.float32))
     with pytest.raises(ValueError, match="dtype bfloat16 needs"):
-        _C.linear(out, x.numpy(), w.numpy(), "bfloat16")
+        _C.linear(x.numpy(), w.numpy(), "bfloat16", out=out)
     with pytest.raises(ValueError, match="dtype must be"):
-        _C.linear(out, x.numpy(), w.numpy(), "float16")
+        _C.linear(x.numpy(), w.numpy(), "float16", out=out)
     with pytest.raises(ValueError, match="C-contiguous"):
-        _C.linear(out, x.numpy(), w.t().contiguous().t().numpy(), "float32")
+        _C.linear(x.numpy(), w.t().contiguous().t().numpy(), "float32", out=out)
     with pytest.raises(ValueError, match="2-D float32"):
-        _C.linear(out, x.double().numpy(), w.numpy(), "float32")
+        _C.linear(x.double().numpy(), w.numpy(), "float32", out=out)
     with pytest.raises(ValueError, match="contiguous along its last"):
-        _C.linear(out, torch.randn(16, 2).t().numpy(), w.numpy(), "float32")
+        _C.linear(torch.randn(16, 2).t().numpy(), w.numpy(), "float32", out=out)
     with pytest.raises(ValueError, match="read-only"):
         ro = np.zeros((2, 8), np.float32)
         ro.flags.writeable = False
-        _C.linear(ro, x.numpy(), w.numpy(), "float32")
+        _C.linear(x.numpy(), w.numpy(), "float32", out=ro)
     q = Int8Weight.quantize(w, 64)
     p, s = q.packed.numpy(), q.scales.numpy()
     with pytest.raises(ValueError, match="group must be a positive multiple of 64"):
-        _C.linear(out, x.numpy(), p, "int8", s, 32, cols=16)
+        _C.linear(x.numpy(), p, "int8", s, 32, cols=16)
     with pytest.raises(ValueError, match="need scales"):
-        _C.linear(out, x.numpy(), p, "int8", None, 64, cols=16)
+        _C.linear(x.numpy(), p, "int8", None, 64, cols=16)
     with pytest.raises(ValueError, match="scales must be"):
-        _C.linear(out, x.numpy(), p, "int8", q.scales[:, :0].contiguous().numpy(), 64, cols=16)
+        _C.linear(x.numpy(), p, "int8", q.scales[:, :0].contiguous().numpy(), 64, cols=16)
     with pytest.raises(ValueError, match="do not hold"):
-        _C.linear(out, x.numpy(), p, "int8", s, 64, cols=100)
-    with pytest.raises(ValueError, match="not available"):
-        _C.linear(out, x.numpy(), w.numpy(), "float32", isa="avx9000")
+        _C.linear(x.numpy(), p, "int8", s, 64, cols=100)
+    with pytest.raises(ValueError, match="uint8 array"):
+        _C.linear(x.numpy(), p.view(np.int8), "int8", s, 64, cols=16)
+    with pytest.raises(ValueError, match="not available: unknown kernel variant"):
+        _C.linear(x.numpy(), w.numpy(), "float32", isa="avx9000")
+    unavailable = [v for v in VARIANTS if _C.linear_variant_missing(v)]
+    for v in unavailable:  # a variant this CPU lacks is refused with its reason, never run
+        with pytest.raises(ValueError, match="is not available: "):
+            _C.linear(x.numpy(), w.numpy(), "float32", isa=v)
     with pytest.raises(Exception, match="multiple of 64"):
         Int8Weight.quantize(w, 96)
     with pytest.raises(Exception, match="fp32, bf16 or int8"):
-        cpu_decode.linear(x.half(), w.half())
+        cpu.linear(x.half(), w.half(), isa="auto")
+    with pytest.raises(Exception, match="activations must be"):
+        Int8Weight.quantize(w, 64, activations="int4")
 
 
 def test_reference_backend_gives_the_same_products():
@@ -154,3 +243,22 @@ def test_reference_backend_gives_the_same_products():
             ref = ops.linear(x, w)
     torch.testing.assert_close(fast, F.linear(x, w))
     torch.testing.assert_close(ref, F.linear(x, w))
+
+
+def test_collapse_hugepages_keeps_every_value_and_address():
+    x = torch.randn(3 * 1024 * 1024 + 77)  # ~12 MiB: whole 2 MiB pages inside, ragged ends
+    before, ptr = x.clone(), x.data_ptr()
+    got = _C.collapse_hugepages(x.numpy())
+    assert torch.equal(x, before) and x.data_ptr() == ptr
+    assert got >= 0 and got % (1 << 21) == 0 and got <= x.numel() * 4 + (1 << 22)
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        release = tuple(int(p) for p in platform.release().split(".")[:2])
+    except (OSError, ValueError):
+        pytest.skip("no Linux THP settings to say whether MADV_COLLAPSE works here")
+    if "[never]" not in mode and release >= (6, 1):
+        assert got >= 4 << 20  # at least the whole 2 MiB pages inside the 12 MiB
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.zeros(10, np.float32)
+        ro.flags.writeable = False
+        _C.collapse_hugepages(ro)

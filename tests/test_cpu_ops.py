@@ -1,14 +1,15 @@
-"""CPU fast paths registered with havoc.ops: same results as the reference, used where they should be.
-
-ops.linear takes the C++ kernel (havoc.cpu_decode) up to 64 rows and cpu_ops' planned torch products above;
-the planner tests call cpu_ops.linear directly."""
+"""ops.linear on CPU tensors (havoc.backends.cpu.linear): the same products as the reference, taken where
+they should be. Up to 64 rows (and for int8 weights) the C++ decode kernel; above, the formulation planned
+fastest for the shape (torch's GEMMs or the C++ kernel), timed once per (shape, row bucket, dtype)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from havoc import ConfigError, ops
-from havoc import cpu_ops
+from havoc.backends import cpu
+
+pytestmark = pytest.mark.op("linear", "cpu")  # tests/test_ops_coverage.py
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -26,49 +27,47 @@ def test_linear_matches_f_linear(rows, shape, dtype, tol):
 
 def test_the_product_is_planned_once_per_shape_and_row_bucket(monkeypatch):
     planned = []
-    real = cpu_ops._choose
-    monkeypatch.setattr(cpu_ops, "_plan", {})
-    monkeypatch.setattr(cpu_ops, "_choose", lambda c: planned.append(sorted(c)) or real(c))
+    real = cpu._choose
+    monkeypatch.setattr(cpu, "_plan", {})
+    monkeypatch.setattr(cpu, "_choose", lambda c: planned.append(sorted(c)) or real(c))
     w = torch.randn(48, 32)
     with torch.inference_mode():
         for _ in range(3):
-            cpu_ops.linear(torch.randn(8, 1, 32), w)
-        cpu_ops.linear(torch.randn(4, 1, 32), w)
-        cpu_ops.linear(torch.randn(1, 1, 32), w)  # one row: plain GEMV, never timed
-        cpu_ops.linear(torch.randn(100, 32), w)  # prefill-sized: bucket 128
-        cpu_ops.linear(torch.randn(120, 32), w)  # same bucket: no new timing
-        cpu_ops.linear(torch.randn(300, 32).bfloat16(), w.bfloat16())  # bf16 may upcast
-    assert planned == [["plain", "transposed"], ["plain", "transposed"], ["plain"], ["fp32", "plain"]]
-    assert set(cpu_ops._plan) == {
-        (48, 32, 8, torch.float32), (48, 32, 4, torch.float32), (48, 32, 128, torch.float32),
-        (48, 32, 512, torch.bfloat16),
-    }
+            cpu.linear(torch.randn(8, 1, 32), w)  # decode-sized: the C++ kernel, never timed
+        cpu.linear(torch.randn(1, 1, 32), w)
+        cpu.linear(torch.randn(100, 32), w)  # prefill-sized: bucket 128
+        cpu.linear(torch.randn(120, 32), w)  # same bucket: no new timing
+        cpu.linear(torch.randn(300, 32).bfloat16(), w.bfloat16())  # bf16 may upcast
+        cpu.linear(torch.randn(8, 32).half(), w.half())  # float16: no C++ kernel, planned even when small
+    assert planned == [["cpp", "plain"], ["cpp", "fp32", "plain"], ["fp32", "plain", "transposed"]]
+    assert set(cpu._plan) == {(48, 32, 128, torch.float32), (48, 32, 512, torch.bfloat16), (48, 32, 8, torch.float16)}
 
 
 @pytest.mark.parametrize("dtype, rows, names", [
-    (torch.float32, 8, ["plain", "transposed"]),
-    (torch.bfloat16, 8, ["plain", "transposed", "fp32"]),
-    (torch.bfloat16, 300, ["plain", "fp32"]),
+    (torch.float32, 8, ["plain", "transposed", "cpp"]),
+    (torch.bfloat16, 8, ["plain", "transposed", "fp32", "cpp"]),
+    (torch.bfloat16, 300, ["plain", "fp32", "cpp"]),
 ])
 def test_every_candidate_gives_the_same_values(monkeypatch, dtype, rows, names):
-    monkeypatch.setattr(cpu_ops, "_plan", {})
+    monkeypatch.setattr(cpu, "_plan", {})
     torch.manual_seed(0)
     w, x = torch.randn(960, 576, dtype=dtype), torch.randn(rows, 1, 576, dtype=dtype)
     expected = F.linear(x.float(), w.float())
     tol = 1e-4 if dtype == torch.float32 else 0.15
     for name in names:
-        cpu_ops._plan[(960, 576, cpu_ops._bucket(rows), dtype)] = name
+        cpu._plan[(960, 576, cpu._bucket(rows), dtype)] = name
         with torch.inference_mode():
-            out = cpu_ops.linear(x, w)
+            out = cpu._planned(x, w, rows)
         assert out.dtype == dtype and out.shape == (rows, 1, 960)
         torch.testing.assert_close(out.float(), expected, atol=tol, rtol=1e-2), name
 
 
 def test_autograd_and_reference_backend_bypass_the_fast_path(monkeypatch):
-    monkeypatch.setattr(cpu_ops, "_choose", lambda c: pytest.fail("timed a product"))
-    monkeypatch.setattr(cpu_ops, "_plan", {})
+    monkeypatch.setattr(cpu, "_choose", lambda c: pytest.fail("timed a product"))
+    monkeypatch.setattr(cpu, "_kernel", lambda *a: pytest.fail("ran the C++ kernel"))
+    monkeypatch.setattr(cpu, "_plan", {})
     w = torch.randn(16, 8, requires_grad=True)
-    ops.linear(torch.randn(8, 8), w).sum().backward()  # training: F.linear, differentiable
+    ops.linear(torch.randn(80, 8), w).sum().backward()  # training: F.linear, differentiable
     assert w.grad is not None
     with ops.use_backend("reference"), torch.inference_mode():
         ops.linear(torch.randn(8, 8), w.detach())

@@ -156,18 +156,23 @@ def _capture(store):
     return hook
 
 
-def test_batch_invariance_logits_are_the_same_bits_under_load(model):
+@pytest.mark.parametrize("dtype, weights", [(torch.float32, "auto"), (torch.bfloat16, "auto"), (torch.float32, "int8")])
+def test_batch_invariance_logits_are_the_same_bits_under_load(model, dtype, weights):
     """A request's logits at every step equal, bit for bit, those it gets alone — whatever runs beside it,
-    however its prompt is chunked, after a preemption."""
+    however its prompt is chunked, after a preemption (fp32, and bf16 on whichever bf16 kernel this CPU
+    runs: AMX tiles, AVX512-BF16 or widening)."""
+    import copy
+
+    model = copy.deepcopy(model).to(dtype)
     target = tokens(70, 30)
     solo: list[torch.Tensor] = []
-    e = Engine(model, None, kv_cache_tokens=1024)
+    e = Engine(model, None, kv_cache_tokens=1024, cpu_weights=weights)
     e.add_request(target, SamplingParams(max_new_tokens=10, ignore_eos=True), logits_hook=_capture(solo))
     run(e)
     for kwargs in (dict(kv_cache_tokens=1024), dict(kv_cache_tokens=1024, max_batch_tokens=13),
                    dict(kv_cache_tokens=240, max_batch_tokens=48)):  # (block size stays 16: attention's tiles follow it)
         got: list[torch.Tensor] = []
-        e = Engine(model, None, **kwargs)
+        e = Engine(model, None, cpu_weights=weights, **kwargs)
         others = [e.add_request(tokens(10 + 9 * i, 40 + i), SamplingParams(max_new_tokens=12, ignore_eos=True))
                   for i in range(5)]
         r = e.add_request(target, SamplingParams(max_new_tokens=10, ignore_eos=True), logits_hook=_capture(got))

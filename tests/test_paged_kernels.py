@@ -5,11 +5,20 @@ and lengths rejected before any memory is touched.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from havoc import _C, cpu_paged, ops
+from havoc import _C, backends, ops
+from havoc.backends import cpu
 from havoc.kernels import reference
+
+pytestmark = [  # tests/test_ops_coverage.py
+    pytest.mark.op("write_kv", "cpu"),
+    pytest.mark.op("copy_blocks", "cpu"),
+    pytest.mark.op("paged_decode_attention", "cpu"),
+]
 
 ISAS = _C.decode_attention_isas()  # "scalar" always; "avx2"/"avx512" where this CPU has them
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
@@ -50,7 +59,7 @@ def test_decode_matches_reference(n_heads, kv_heads, head_dim, block_size, dtype
         want = expected(*case)
         for isa in ISAS:
             for splits in (0, 1, 3):
-                got = cpu_paged.paged_decode_attention(*case, isa=isa, num_splits=splits)
+                got = cpu.paged_decode_attention(*case, isa=isa, num_splits=splits)
                 assert got.dtype == dtype and got.shape == case[0].shape
                 torch.testing.assert_close(got.float(), want, **TOL[dtype], msg=f"isa={isa} splits={splits}")
 
@@ -60,14 +69,14 @@ def test_decode_odd_head_dims(head_dim):
     case = make_case([1, 7, 40], 6, 2, head_dim, 4, seed=head_dim)
     want = expected(*case)
     for isa in ISAS:
-        torch.testing.assert_close(cpu_paged.paged_decode_attention(*case, isa=isa), want, **TOL[torch.float32])
+        torch.testing.assert_close(cpu.paged_decode_attention(*case, isa=isa), want, **TOL[torch.float32])
 
 
 def test_decode_long_context_and_big_batch():
     # 2048 tokens (split-K engages at batch 1) and 48 sequences (it does not)
     for lengths in ([2048], [300 + 13 * i for i in range(48)]):
         case = make_case(lengths, 9, 3, 64, 16, seed=len(lengths))
-        torch.testing.assert_close(cpu_paged.paged_decode_attention(*case), expected(*case), **TOL[torch.float32])
+        torch.testing.assert_close(cpu.paged_decode_attention(*case), expected(*case), **TOL[torch.float32])
 
 
 def test_decode_large_scores_stay_finite():
@@ -79,17 +88,17 @@ def test_decode_large_scores_stay_finite():
     q.mul_(8.0)
     want = expected(q, k_pool, v_pool, tables, lengths)
     for isa in ISAS:
-        got = cpu_paged.paged_decode_attention(q, k_pool, v_pool, tables, lengths, isa=isa, num_splits=2)
+        got = cpu.paged_decode_attention(q, k_pool, v_pool, tables, lengths, isa=isa, num_splits=2)
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_decode_empty_sequence_gives_zeros_and_custom_scale():
     q, k_pool, v_pool, tables, lengths = make_case([0, 9], 4, 2, 64, 4, seed=5)
-    out = cpu_paged.paged_decode_attention(q, k_pool, v_pool, tables, lengths)
+    out = cpu.paged_decode_attention(q, k_pool, v_pool, tables, lengths)
     assert out[0].abs().max() == 0
     want = reference.paged_decode_attention(q, k_pool, v_pool, tables, lengths, scale=0.3)
-    torch.testing.assert_close(cpu_paged.paged_decode_attention(q, k_pool, v_pool, tables, lengths, scale=0.3), want)
+    torch.testing.assert_close(cpu.paged_decode_attention(q, k_pool, v_pool, tables, lengths, scale=0.3), want)
 
 
 def test_decode_takes_the_models_strided_query():
@@ -99,13 +108,15 @@ def test_decode_takes_the_models_strided_query():
     qkv = torch.randn(B, 1, H + 2 * KV, D)
     case[0] = qkv[:, :, :H].transpose(1, 2)[:, :, 0]  # (B, H, D), not contiguous
     assert not case[0].is_contiguous()
-    torch.testing.assert_close(cpu_paged.paged_decode_attention(*case), expected(*case), **TOL[torch.float32])
+    torch.testing.assert_close(cpu.paged_decode_attention(*case), expected(*case), **TOL[torch.float32])
 
 
 def test_ops_dispatch_picks_the_kernel_on_cpu(monkeypatch):
     case = make_case([3, 20], 4, 2, 64, 16, seed=11)
     calls = []
-    monkeypatch.setitem(ops._FAST["paged_decode_attention"], "cpu", lambda *a, **k: calls.append(1) or cpu_paged.paged_decode_attention(*a, **k))
+    impl = backends.fast("paged_decode_attention", "cpu")
+    spy = dataclasses.replace(impl, fn=lambda *a, **k: calls.append(1) or impl.fn(*a, **k))
+    monkeypatch.setitem(backends._IMPLS, ("paged_decode_attention", "cpu"), spy)
     ops.paged_decode_attention(*case)
     assert calls == [1]
     with ops.use_backend("reference"):
@@ -113,7 +124,7 @@ def test_ops_dispatch_picks_the_kernel_on_cpu(monkeypatch):
     assert calls == [1]
     # float16 has no C++ path: the fast entry point hands it to the reference
     half = [t.half() if t.is_floating_point() else t for t in case]
-    torch.testing.assert_close(cpu_paged.paged_decode_attention(*half).float(), expected(*half), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(cpu.paged_decode_attention(*half).float(), expected(*half), atol=2e-3, rtol=2e-3)
 
 
 # --- write / copy ------------------------------------------------------------------------------------------
@@ -130,7 +141,7 @@ def test_write_kv_is_exact(dtype):
     proj = torch.randn(11, 2 * KV + 1, D, generator=g).to(dtype)
     k, v = proj[:, :KV], proj[:, KV + 1 :]
     assert not k.is_contiguous()
-    cpu_paged.write_kv(k_pool, v_pool, k, v, slots)
+    cpu.write_kv(k_pool, v_pool, k, v, slots)
     reference.write_kv(k_ref, v_ref, k, v, slots)
     assert torch.equal(k_pool, k_ref) and torch.equal(v_pool, v_ref)
     assert torch.equal(k_pool.view(-1, KV, D)[slots], k)
@@ -141,7 +152,7 @@ def test_write_kv_large_parallel_chunk():
     k_pool, v_pool = torch.zeros(2, NB, BS, KV, D)
     slots = torch.randperm(NB * BS)
     k, v = torch.randn(2, NB * BS, KV, D)
-    cpu_paged.write_kv(k_pool, v_pool, k, v, slots)
+    cpu.write_kv(k_pool, v_pool, k, v, slots)
     assert torch.equal(k_pool.view(-1, KV, D)[slots], k) and torch.equal(v_pool.view(-1, KV, D)[slots], v)
 
 
@@ -151,7 +162,7 @@ def test_copy_blocks_is_exact(dtype):
     pools = [torch.randn(9, 4, 2, 16, generator=g).to(dtype) for _ in range(4)]  # 2 layers x (K, V)
     refs = [p.clone() for p in pools]
     copies = torch.tensor([[0, 5], [3, 1], [3, 8]], dtype=torch.int64)  # one source twice is fine
-    cpu_paged.copy_blocks(pools, copies)
+    cpu.copy_blocks(pools, copies)
     reference.copy_blocks(refs, copies)
     for p, r in zip(pools, refs):
         assert torch.equal(p, r)
@@ -166,14 +177,14 @@ def test_write_kv_rejects_out_of_bounds_slots_and_writes_nothing():
     rows = torch.ones(3, 2, 16)
     for bad in (32, -1, 2**40):
         with pytest.raises(IndexError, match="outside the pool"):
-            cpu_paged.write_kv(k_pool, v_pool, rows, rows, torch.tensor([0, bad, 5]))
+            cpu.write_kv(k_pool, v_pool, rows, rows, torch.tensor([0, bad, 5]))
         assert k_pool.abs().sum() == 0 and v_pool.abs().sum() == 0  # not even the valid first slot
     with pytest.raises(ValueError, match="int64"):
-        cpu_paged.write_kv(k_pool, v_pool, rows, rows, torch.tensor([0, 1, 2], dtype=torch.int32))
+        cpu.write_kv(k_pool, v_pool, rows, rows, torch.tensor([0, 1, 2], dtype=torch.int32))
     with pytest.raises(ValueError, match=r"must be \(3, 2, 16\)"):
-        cpu_paged.write_kv(k_pool, v_pool, torch.ones(3, 2, 8), rows, torch.tensor([0, 1, 2]))
+        cpu.write_kv(k_pool, v_pool, torch.ones(3, 2, 8), rows, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="must be torch.float32 like the pools"):
-        cpu_paged.write_kv(k_pool, v_pool, rows.double(), rows, torch.tensor([0, 1, 2]))
+        cpu.write_kv(k_pool, v_pool, rows.double(), rows, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="different dtypes"):  # the extension checks on its own too
         _C.write_kv(k_pool.numpy(), v_pool.numpy(), rows.double().numpy(), rows.numpy(), torch.tensor([0, 1, 2]).numpy())
     with pytest.raises(ValueError, match="read-only"):
@@ -196,10 +207,10 @@ def test_copy_blocks_rejects_bad_ids_and_conflicting_copies():
         ([[1, 2], [2, 3]], ValueError, "both a copy's source and a destination"),
     ]:
         with pytest.raises(error, match=match):
-            cpu_paged.copy_blocks(pools, torch.tensor(copies))
+            cpu.copy_blocks(pools, torch.tensor(copies))
         assert all(torch.equal(p, b) for p, b in zip(pools, before))
     with pytest.raises(ValueError, match="one shape"):
-        cpu_paged.copy_blocks([pools[0], torch.zeros(5, 2, 1, 8)], torch.tensor([[0, 1]]))
+        cpu.copy_blocks([pools[0], torch.zeros(5, 2, 1, 8)], torch.tensor([[0, 1]]))
 
 
 def test_decode_rejects_bad_block_ids_and_lengths():
@@ -209,24 +220,24 @@ def test_decode_rejects_bad_block_ids_and_lengths():
         t = tables.clone()
         t[1, 2] = bad  # the third block of a 20-token sequence: read
         with pytest.raises(IndexError, match=f"block id {bad}"):
-            cpu_paged.paged_decode_attention(q, k_pool, v_pool, t, lengths)
+            cpu.paged_decode_attention(q, k_pool, v_pool, t, lengths)
     t = tables.clone()
     t[0, 1] = nb + 100  # past the 5-token sequence's one block: never read, so accepted
-    torch.testing.assert_close(cpu_paged.paged_decode_attention(q, k_pool, v_pool, t, lengths), expected(q, k_pool, v_pool, tables, lengths))
+    torch.testing.assert_close(cpu.paged_decode_attention(q, k_pool, v_pool, t, lengths), expected(q, k_pool, v_pool, tables, lengths))
     with pytest.raises(IndexError, match="does not fit its block table"):
-        cpu_paged.paged_decode_attention(q, k_pool, v_pool, tables, torch.tensor([5, tables.shape[1] * 8 + 1], dtype=torch.int32))
+        cpu.paged_decode_attention(q, k_pool, v_pool, tables, torch.tensor([5, tables.shape[1] * 8 + 1], dtype=torch.int32))
     with pytest.raises(IndexError, match="does not fit"):
-        cpu_paged.paged_decode_attention(q, k_pool, v_pool, tables, torch.tensor([-1, 3], dtype=torch.int32))
+        cpu.paged_decode_attention(q, k_pool, v_pool, tables, torch.tensor([-1, 3], dtype=torch.int32))
     with pytest.raises(ValueError, match="multiple of"):
-        cpu_paged.paged_decode_attention(q[:, :3], k_pool, v_pool, tables, lengths)
+        cpu.paged_decode_attention(q[:, :3], k_pool, v_pool, tables, lengths)
     with pytest.raises(ValueError, match="int32"):
-        cpu_paged.paged_decode_attention(q, k_pool, v_pool, tables.long(), lengths)
+        cpu.paged_decode_attention(q, k_pool, v_pool, tables.long(), lengths)
     with pytest.raises(ValueError, match="batch"):
-        cpu_paged.paged_decode_attention(q, k_pool, v_pool, tables[:1], lengths)
+        cpu.paged_decode_attention(q, k_pool, v_pool, tables[:1], lengths)
     with pytest.raises(ValueError, match="q is torch.bfloat16"):
-        cpu_paged.paged_decode_attention(q.bfloat16(), k_pool, v_pool, tables, lengths)
+        cpu.paged_decode_attention(q.bfloat16(), k_pool, v_pool, tables, lengths)
     with pytest.raises(ValueError, match="not available|kernel variant"):
-        cpu_paged.paged_decode_attention(q, k_pool, v_pool, tables, lengths, isa="sve")
+        cpu.paged_decode_attention(q, k_pool, v_pool, tables, lengths, isa="sve")
 
 
 def test_split_count_heuristic():

@@ -15,6 +15,11 @@ from havoc.kernels import reference as ref
 
 from .triton_support import DEVICE, DTYPES, assert_close, leaf32, randn
 
+pytestmark = [  # tests/test_ops_coverage.py
+    pytest.mark.op("attention", "triton"),
+    pytest.mark.op("attention_varlen", "triton"),
+]
+
 K = pytest.importorskip("havoc.kernels.flash_attention")
 
 
@@ -61,7 +66,7 @@ def _naive(q, k, v, causal, q_offset, key_mask, scale=None):
 def _check(B, H, KV, T, S, D, dtype, *, causal=True, q_offset=None, key_mask=None, oracle="reference"):
     """Kernel vs oracle (the reference, or the float64 naive one) in `dtype`: output and every gradient."""
     leaves, views = _qkv(B, H, KV, T, S, D, dtype)
-    out = K.flash_attention(*views(leaves), causal=causal, q_offset=q_offset, key_mask=key_mask)
+    out = K.attention(*views(leaves), causal=causal, q_offset=q_offset, key_mask=key_mask)
     assert out.shape == (B, H, T, D) and out.dtype == dtype
     assert out.transpose(1, 2).is_contiguous()  # token-major, so the decoder's flatten is free
     leaves32 = tuple(leaf32(t) for t in leaves)
@@ -140,7 +145,7 @@ def test_lse_is_the_log_sum_exp_of_the_scores():
     torch.manual_seed(9)
     B, H, KV, T, S, D = 2, 6, 2, 11, 20, 64
     q, k, v = randn(B, H, T, D), randn(B, KV, S, D), randn(B, KV, S, D)
-    _, lse = K.flash_attention(q, k, v, q_offset=-3, return_lse=True)
+    _, lse = K.attention(q, k, v, q_offset=-3, return_lse=True)
     scores = q.double() @ k.double().repeat_interleave(H // KV, 1).transpose(-1, -2) / math.sqrt(D)
     allowed = torch.arange(S, device=DEVICE)[None, :] <= torch.arange(T, device=DEVICE)[:, None] - 3
     expected = torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), -1)  # -inf for queries 0..2
@@ -152,14 +157,14 @@ def test_lse_is_the_log_sum_exp_of_the_scores():
 
 def test_empty_inputs():
     q, k, v = randn(2, 4, 0, 64), randn(2, 2, 5, 64), randn(2, 2, 5, 64)
-    assert K.flash_attention(q, k, v).shape == (2, 4, 0, 64)
+    assert K.attention(q, k, v).shape == (2, 4, 0, 64)
     q = randn(2, 4, 3, 64, requires_grad=True)
     k, v = randn(2, 2, 0, 64, requires_grad=True), randn(2, 2, 0, 64, requires_grad=True)
-    out = K.flash_attention(q, k, v, q_offset=0)  # no keys at all: zeros
+    out = K.attention(q, k, v, q_offset=0)  # no keys at all: zeros
     assert out.shape == (2, 4, 3, 64) and (out == 0).all()
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
     assert (dq == 0).all() and dk.shape == k.shape and dv.shape == v.shape
-    assert K.flash_attention(randn(0, 4, 3, 64), randn(0, 2, 3, 64), randn(0, 2, 3, 64)).shape == (0, 4, 3, 64)
+    assert K.attention(randn(0, 4, 3, 64), randn(0, 2, 3, 64), randn(0, 2, 3, 64)).shape == (0, 4, 3, 64)
 
 
 def _varlen(lens_q, lens_k, H, KV, D, causal, dtype=torch.float32):
@@ -168,7 +173,7 @@ def _varlen(lens_q, lens_k, H, KV, D, causal, dtype=torch.float32):
     q = randn(sum(lens_q), H, D, dtype=dtype, requires_grad=True)
     k = randn(sum(lens_k), KV, D, dtype=dtype, requires_grad=True)
     v = randn(sum(lens_k), KV, D, dtype=dtype, requires_grad=True)
-    out = K.flash_attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal)
+    out = K.attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal)
     q32, k32, v32 = leaf32(q), leaf32(k), leaf32(v)
     expected = ref.attention_varlen(q32, k32, v32, cu_q, cu_k, causal=causal)
     assert_close(out, expected, dtype, "out")
@@ -201,7 +206,7 @@ def test_varlen_equals_each_sequence_alone():
     q, k, v, cu, out = _varlen(lens, lens, 8, 2, 64, True)
     for b, n in enumerate(lens):
         s = slice(cu[b].item(), cu[b + 1].item())
-        alone = K.flash_attention(q[s].transpose(0, 1)[None], k[s].transpose(0, 1)[None], v[s].transpose(0, 1)[None])
+        alone = K.attention(q[s].transpose(0, 1)[None], k[s].transpose(0, 1)[None], v[s].transpose(0, 1)[None])
         assert_close(out[s], alone[0].transpose(0, 1), torch.float32, f"sequence {b}")
 
 
@@ -241,19 +246,19 @@ def test_any_shape(B, KV, G, T, extra, D, causal, seed):
 def test_bad_inputs(make, error, message):
     q, k, v = make()
     with pytest.raises(error, match=message):
-        K.flash_attention(q, k, v)
+        K.attention(q, k, v)
 
 
 def test_bad_key_mask_and_offsets():
     q, k, v = randn(2, 4, 3, 16), randn(2, 2, 5, 16), randn(2, 2, 5, 16)
     with pytest.raises(ValueError, match=r"key_mask must be bool of shape \(batch, keys\)"):
-        K.flash_attention(q, k, v, key_mask=torch.ones(2, 4, dtype=torch.bool, device=DEVICE))
+        K.attention(q, k, v, key_mask=torch.ones(2, 4, dtype=torch.bool, device=DEVICE))
     with pytest.raises(ValueError, match="key_mask must be bool"):
-        K.flash_attention(q, k, v, key_mask=torch.ones(2, 5, device=DEVICE))
+        K.attention(q, k, v, key_mask=torch.ones(2, 5, device=DEVICE))
     qv, kv = randn(5, 4, 16), randn(5, 2, 16)
     cu = torch.tensor([0, 5], device=DEVICE)
     with pytest.raises(ValueError, match="cu_seqlens_q must be a 1-D int32"):
-        K.flash_attention_varlen(qv, kv, kv, cu, cu.int(), 5, 5)
+        K.attention_varlen(qv, kv, kv, cu, cu.int(), 5, 5)
 
 
 @pytest.mark.parametrize("block_m, block_n", [(16, 16), (16, 32), (32, 16), (64, 32)])

@@ -49,7 +49,7 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     assert kernels >= {
         "_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rope_kernel", "_swiglu_fwd_kernel", "_swiglu_bwd_kernel",
         "_attn_fwd_kernel", "_attn_bwd_delta_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel",
-        "_paged_decode_kernel", "_paged_merge_kernel", "_paged_kv_write_kernel", "_ce_rows_kernel",
+        "_paged_decode_kernel", "_paged_merge_kernel", "_write_kv_kernel", "_ce_rows_kernel",
     }, kernels
     failed = [f"{r['kernel']} [{r['label']}] ({', '.join(r['scenarios'])}): {r['error']}" for r in results if not r["ok"]]
     assert not failed, "kernels that do not compile for sm_90:\n" + "\n\n".join(failed)

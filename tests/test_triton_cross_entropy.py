@@ -9,6 +9,8 @@ from havoc.kernels import reference as ref
 
 from .triton_support import DEVICE, DTYPES, ON_GPU, assert_close, leaf32, randn
 
+pytestmark = pytest.mark.op("linear_cross_entropy", "triton")  # tests/test_ops_coverage.py
+
 K = pytest.importorskip("havoc.kernels.cross_entropy")
 
 

@@ -3,18 +3,20 @@ on both paths, and a few training steps where the Triton and reference paths mus
 """
 
 import copy
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from havoc import HavocModel, ModelConfig, ops
+from havoc import HavocModel, ModelConfig, backends, ops
 from havoc.errors import ConfigError
 from havoc.kernels import reference as ref
 
 from .triton_support import DEVICE, ON_GPU, TOL, assert_close, randn
 
-triton_ops = pytest.importorskip("havoc.triton_ops")
+pytest.importorskip("triton", reason="the Triton kernels need the triton package (pip install '.[test]')")
+from havoc.backends import triton as triton_backend  # noqa: E402
 
 
 def tiny(**overrides) -> HavocModel:
@@ -25,8 +27,9 @@ def tiny(**overrides) -> HavocModel:
 # ------------------------------------------------------------------------------------------ dispatch
 def test_triton_backend_runs_the_kernels_and_auto_keeps_cpu_on_the_reference(monkeypatch):
     calls = []
-    real = ops._TRITON["rms_norm"]
-    monkeypatch.setitem(ops._TRITON, "rms_norm", lambda *a: calls.append(1) or real(*a))
+    impl = backends.of_backend("rms_norm", "triton")
+    spy = dataclasses.replace(impl, fn=lambda *a: calls.append(1) or impl.fn(*a))
+    monkeypatch.setitem(backends._IMPLS, (impl.op, impl.device), spy)
     x, w = randn(2, 8), randn(8)
     with ops.use_backend("triton"):
         ops.rms_norm(x, w, 1e-5)
@@ -39,10 +42,12 @@ def test_triton_backend_runs_the_kernels_and_auto_keeps_cpu_on_the_reference(mon
 
 def test_every_op_but_linear_and_copy_blocks_has_a_triton_kernel_registered_for_cuda():
     # linear is cuBLAS's; copy_blocks is one index_copy_ per pool (a gather-scatter torch does at bandwidth)
-    assert set(triton_ops.KERNELS) == set(ops.OPS) - {"linear", "copy_blocks"}
+    assert set(triton_backend.KERNELS) == set(ops.OPS) - {"linear", "copy_blocks"}
     cuda = ops.describe("cuda")
-    for op in triton_ops.KERNELS:
-        assert cuda[op].startswith("fast (Triton kernel havoc.kernels.") and triton_ops.KERNEL_STATUS in cuda[op]
+    for op in triton_backend.KERNELS:
+        assert cuda[op].startswith("fast (Triton kernel havoc.kernels.") and triton_backend.KERNEL_STATUS in cuda[op]
+        assert backends.fast(op, "cuda").fn.__name__ == op  # one name from ops to the kernel
+    assert backends.why_not("linear", "cuda").startswith("no Triton kernel")
 
 
 @pytest.mark.skipif(ON_GPU, reason="the interpreter switch matters on CPU tensors only")
@@ -58,7 +63,7 @@ def test_havoc_env_names_the_cuda_kernels_and_their_status(capsys):
     assert main(["env", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert set(info["ops_cuda"]) == set(ops.OPS)
-    assert "Triton kernel havoc.kernels.flash_attention.flash_attention" in info["ops_cuda"]["attention"]
+    assert "Triton kernel havoc.kernels.flash_attention.attention;" in info["ops_cuda"]["attention"]
     assert "not yet run on a GPU" in info["ops_cuda"]["rms_norm"]
     assert main(["env"]) == 0
     assert "Ops on CUDA tensors" in capsys.readouterr().out
@@ -66,7 +71,7 @@ def test_havoc_env_names_the_cuda_kernels_and_their_status(capsys):
 
 # --------------------------------------------------------------------------------- torch.library
 def _op_cases():
-    for module in {m for m, _, _ in triton_ops.KERNELS.values()}:  # the ops exist once their modules load
+    for module in {m for m, _ in triton_backend.KERNELS.values()}:  # the ops exist once their modules load
         __import__(f"havoc.kernels.{module}")
     x = randn(3, 40, requires_grad=True)
     w = randn(40, requires_grad=True)
@@ -85,21 +90,21 @@ def _op_cases():
         "add_rms_norm": (hv.add_rms_norm.default, (x, randn(3, 40, requires_grad=True), w, 1e-5)),
         "apply_rope": (hv.apply_rope.default, (qkv[:, :, :6], cos, sin)),
         "swiglu": (hv.swiglu.default, (x[:, :20], x[:, 20:])),
-        "flash_attention": (hv.flash_attention.default, (q, k, v, None, None, None, 0, 0, True, 2, 0.25)),
-        "flash_attention_varlen": (
-            hv.flash_attention.default,
+        "attention": (hv.attention.default, (q, k, v, None, None, None, 0, 0, True, 2, 0.25)),
+        "attention_varlen": (
+            hv.attention.default,
             (randn(7, 4, 16, requires_grad=True), randn(7, 2, 16, requires_grad=True), randn(7, 2, 16, requires_grad=True),
              cu, cu, None, 4, 4, True, 0, 0.25),
         ),
         "paged_decode_attention": (hv.paged_decode_attention.default, (randn(2, 4, 16), kc, vc, tables, lens, 0.25, 2)),
-        "paged_kv_write": (hv.paged_kv_write.default, (randn(3, 2, 16), randn(3, 2, 16), kc.clone(), vc.clone(), torch.tensor([0, 5, -1], device=DEVICE))),
+        "write_kv": (hv.write_kv.default, (kc.clone(), vc.clone(), randn(3, 2, 16), randn(3, 2, 16), torch.tensor([0, 5, -1], device=DEVICE))),
         "linear_cross_entropy": (hv.linear_cross_entropy.default, (h, wv, t, -100, "mean", 4, True, True)),
     }
 
 
 OP_CASES = [
-    "rms_norm", "add_rms_norm", "apply_rope", "swiglu", "flash_attention", "flash_attention_varlen",
-    "paged_decode_attention", "paged_kv_write", "linear_cross_entropy",
+    "rms_norm", "add_rms_norm", "apply_rope", "swiglu", "attention", "attention_varlen",
+    "paged_decode_attention", "write_kv", "linear_cross_entropy",
 ]
 
 
@@ -145,7 +150,7 @@ def test_gpu_tile_configs_compute_the_same(monkeypatch):
     g, u = randn(3, 1500), randn(3, 1500)
     assert_close(sw.swiglu(g, u), ref.swiglu(g, u), torch.float32, "swiglu")
     q, k, v = randn(1, 8, 150, 64, requires_grad=True), randn(1, 2, 150, 64, requires_grad=True), randn(1, 2, 150, 64, requires_grad=True)
-    out = fa.flash_attention(q, k, v)
+    out = fa.attention(q, k, v)
     expected = ref.attention(q, k, v)
     assert_close(out, expected, torch.float32, "attention")
     gout = randn(*out.shape)

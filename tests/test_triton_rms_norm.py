@@ -9,6 +9,11 @@ from havoc.kernels import reference as ref
 
 from .triton_support import DEVICE, DTYPES, ON_GPU, assert_close, leaf32, randn
 
+pytestmark = [  # tests/test_ops_coverage.py
+    pytest.mark.op("rms_norm", "triton"),
+    pytest.mark.op("add_rms_norm", "triton"),
+]
+
 K = pytest.importorskip("havoc.kernels.rms_norm")
 
 EPS = 1e-5

@@ -9,6 +9,8 @@ from havoc.kernels import reference as ref
 
 from .triton_support import DEVICE, DTYPES, assert_close, leaf32, randn
 
+pytestmark = pytest.mark.op("apply_rope", "triton")  # tests/test_ops_coverage.py
+
 K = pytest.importorskip("havoc.kernels.rope")
 
 

@@ -1,18 +1,19 @@
-"""Registers the Triton kernels of `havoc.kernels` with `havoc.ops`: the fast path on CUDA tensors, and the
-implementations the "triton" backend runs anywhere (CPU tensors through TRITON_INTERPRET=1).
+"""The Triton backend: registers the kernels of `havoc.kernels` with `havoc.backends` as the fast path on CUDA
+tensors; HAVOC_OPS=triton runs them on any device (CPU tensors through TRITON_INTERPRET=1).
 
 Registration is lazy: each op is a two-line function that imports its kernel module when first called.
 Importing Triton and defining the kernels costs a second, and Triton reads the interpreter switch
 (TRITON_INTERPRET) when a kernel module is imported, so deferring the import to the first call keeps
 `import havoc` light and lets a test set the switch after importing havoc. The imports are plain import
-statements, which torch.compile traces (importlib.import_module would be a graph break).
+statements, which torch.compile traces (importlib.import_module would be a graph break). Each function
+has its op's name and argument order, as does the kernel function it calls.
 """
 
 from __future__ import annotations
 
 import importlib.util
 
-from havoc import ops
+from havoc import backends
 
 # What has been verified of the kernels, shown by `havoc env` next to every Triton op. The GPU session that
 # passes the kernel tests on CUDA (bf16 included) updates this line. The sm_90 compile is
@@ -48,27 +49,27 @@ def swiglu(gate, up):
 
 
 def attention(q, k, v, **kwargs):
-    from havoc.kernels.flash_attention import flash_attention
+    from havoc.kernels.flash_attention import attention
 
-    return flash_attention(q, k, v, **kwargs)
+    return attention(q, k, v, **kwargs)
 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kwargs):
-    from havoc.kernels.flash_attention import flash_attention_varlen
+    from havoc.kernels.flash_attention import attention_varlen
 
-    return flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kwargs)
+    return attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kwargs)
 
 
-def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, **kwargs):
+def paged_decode_attention(q, k_pool, v_pool, block_tables, lengths, **kwargs):
     from havoc.kernels.paged_attention import paged_decode_attention
 
-    return paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, **kwargs)
+    return paged_decode_attention(q, k_pool, v_pool, block_tables, lengths, **kwargs)
 
 
 def write_kv(k_pool, v_pool, k, v, slots):
-    from havoc.kernels.paged_attention import paged_kv_write
+    from havoc.kernels.paged_attention import write_kv
 
-    paged_kv_write(k, v, k_pool, v_pool, slots)
+    write_kv(k_pool, v_pool, k, v, slots)
 
 
 def linear_cross_entropy(h, weight, targets, **kwargs):
@@ -77,23 +78,26 @@ def linear_cross_entropy(h, weight, targets, **kwargs):
     return linear_cross_entropy(h, weight, targets, **kwargs)
 
 
-# op -> (module in havoc.kernels, function there, the wrapper above)
+# op -> (module in havoc.kernels, the wrapper above); the kernel function has the op's name
 KERNELS = {
-    "rms_norm": ("rms_norm", "rms_norm", rms_norm),
-    "add_rms_norm": ("rms_norm", "add_rms_norm", add_rms_norm),
-    "apply_rope": ("rope", "apply_rope", apply_rope),
-    "swiglu": ("swiglu", "swiglu", swiglu),
-    "attention": ("flash_attention", "flash_attention", attention),
-    "attention_varlen": ("flash_attention", "flash_attention_varlen", attention_varlen),
-    "write_kv": ("paged_attention", "paged_kv_write", write_kv),
-    "paged_decode_attention": ("paged_attention", "paged_decode_attention", paged_decode_attention),
-    "linear_cross_entropy": ("cross_entropy", "linear_cross_entropy", linear_cross_entropy),
+    "rms_norm": ("rms_norm", rms_norm),
+    "add_rms_norm": ("rms_norm", add_rms_norm),
+    "apply_rope": ("rope", apply_rope),
+    "swiglu": ("swiglu", swiglu),
+    "attention": ("flash_attention", attention),
+    "attention_varlen": ("flash_attention", attention_varlen),
+    "write_kv": ("paged_attention", write_kv),
+    "paged_decode_attention": ("paged_attention", paged_decode_attention),
+    "linear_cross_entropy": ("cross_entropy", linear_cross_entropy),
 }
 
 if importlib.util.find_spec("triton") is None:
     for _op in KERNELS:
-        ops.note_unavailable(_op, "cuda", "Triton is not installed (pip install triton)")
+        backends.unavailable(_op, "cuda", "Triton is not installed (pip install triton)")
 else:
-    for _op, (_module, _name, _fn) in KERNELS.items():
-        _fn.description = f"Triton kernel havoc.kernels.{_module}.{_name}; {KERNEL_STATUS}"  # for `havoc env`
-        ops.register_triton(_op, _fn)
+    for _op, (_module, _fn) in KERNELS.items():
+        backends.register(
+            _op, "cuda", "triton", _fn, f"Triton kernel havoc.kernels.{_module}.{_op}; {KERNEL_STATUS}"
+        )
+for _op in ("linear", "copy_blocks"):
+    backends.unavailable(_op, "cuda", "no Triton kernel: torch's own (cuBLAS, copies) is the CUDA path")
