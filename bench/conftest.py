@@ -28,6 +28,9 @@ import torch
 # (see tests/conftest.py).
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
+# The same holds for the children tests start (`python -m havoc.cli serve`, `python -m havoc ...`) with the
+# repository root as working directory: PYTHONSAFEPATH (3.11+) keeps it off their sys.path.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

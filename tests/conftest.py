@@ -16,6 +16,9 @@ from pathlib import Path
 # sources through its own import hook, not through sys.path).
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
+# The same holds for the children tests start (`python -m havoc.cli serve`, `python -m havoc ...`) with the
+# repository root as working directory: PYTHONSAFEPATH (3.11+) keeps it off their sys.path.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 import pytest
 import torch
