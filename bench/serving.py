@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -72,6 +73,7 @@ class Result:
     tpot: list[float] = field(default_factory=list)
     e2e: list[float] = field(default_factory=list)
     output_tokens: int = 0
+    reconnects: int = 0
     errors: int = 0
 
     @staticmethod
@@ -88,17 +90,30 @@ class Result:
             "output_tok_s": self.output_tokens / self.duration_s,
             "ttft_p50_s": self._pct(self.ttft, 50), "ttft_p99_s": self._pct(self.ttft, 99),
             "tpot_p50_s": self._pct(self.tpot, 50), "tpot_p99_s": self._pct(self.tpot, 99),
-            "e2e_p50_s": self._pct(self.e2e, 50),
+            "e2e_p50_s": self._pct(self.e2e, 50), "reconnects": self.reconnects,
         }
 
 
 async def _one(client, url: str, model: str, prompt: list[int], max_tokens: int, res: Result) -> None:
+    import httpx
+
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     first = None
     tokens = 0
-    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+    async with contextlib.AsyncExitStack() as stack:
+        for attempt in range(2):
+            try:
+                r = await stack.enter_async_context(client.stream("POST", url + "/v1/completions", json=body))
+                break
+            except httpx.RemoteProtocolError:
+                # llama-server (cpp-httplib) closes a kept-alive connection after its fifth request without
+                # saying so; the request never reached it, so send it again on a new connection, as the
+                # openai client does.
+                if attempt:
+                    raise
+                res.reconnects += 1
         if r.status_code != 200:
             await r.aread()
             res.errors += 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,11 +30,13 @@ import torch
 
 _spec = importlib.util.spec_from_file_location("havoc_bench_serving", Path(__file__).with_name("serving.py"))
 serving = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = serving  # dataclasses look their module up there
 _spec.loader.exec_module(serving)
 
 LLAMA_SERVER = os.environ.get("HAVOC_LLAMA_SERVER", "/work/llama/server-build/bin/llama-server")
 THREADS = int(os.environ.get("HAVOC_BENCH_THREADS", "2"))
 ROUNDS = 3
+CTX_PER_SLOT = 512
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +54,9 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def havoc_server(weights):
-    s = serving.HavocServer(weights[0], threads=THREADS)
+    # The same KV memory as the largest llama-server below (32 slots x 512 tokens); havoc's default pool
+    # (8192 tokens) preempts at 32 clients where llama-server would not have to.
+    s = serving.HavocServer(weights[0], threads=THREADS, extra=["--kv-cache-tokens", str(32 * CTX_PER_SLOT)])
     yield s
     s.stop()
 
@@ -59,7 +64,7 @@ def havoc_server(weights):
 def _llama(weights, slots: int):
     if not os.path.exists(LLAMA_SERVER):
         pytest.skip(f"no llama-server at {LLAMA_SERVER} (set HAVOC_LLAMA_SERVER)")
-    return serving.LlamaServer(LLAMA_SERVER, weights[0], slots=slots, ctx_per_slot=512, threads=THREADS)
+    return serving.LlamaServer(LLAMA_SERVER, weights[0], slots=slots, ctx_per_slot=CTX_PER_SLOT, threads=THREADS)
 
 
 def _median_summary(results) -> dict[str, float]:
