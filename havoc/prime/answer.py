@@ -9,13 +9,28 @@ from __future__ import annotations
 from typing import Any
 
 
+NO_TOOL = "No tool fits this request"
+
+
+def refusal(why: str) -> str:
+    """What PRIME answers when no tool fits (or the prompt's data cannot be read): no figures of its own."""
+    return f"{NO_TOOL}: {why}. PRIME gives no figures it cannot compute with a tool."
+
+
+def is_refusal(answer: str) -> bool:
+    """Whether an answer is PRIME saying no tool fits (or that no tool result could be had)."""
+    return answer.startswith((NO_TOOL, "No answer"))
+
+
 def fmt(v: Any) -> str:
-    """A number to 4 significant digits (-1.0 -> "-1", 0.346593 -> "0.3466"); other values as str."""
+    """A number to 4 significant digits (-1.0 -> "-1", 0.346593 -> "0.3466", -6.5004 -> "-6.500"); other values as str."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
     if float(v).is_integer() and abs(v) < 1e15:
         return str(int(v))
-    return f"{v:.4g}"
+    # "#" keeps trailing zeros: -6.500353 is "-6.500" (four digits shown, four traced), not "-6.5"
+    s = f"{v:#.4g}"
+    return s[:-1] if s.endswith(".") else s
 
 
 def summarize(tool: str, operation: str | None, result: dict, args: dict | None = None) -> str:
@@ -43,6 +58,10 @@ def summarize(tool: str, operation: str | None, result: dict, args: dict | None 
     elif tool == "dsl_executor" and "n_runs" in r:
         names = ", ".join(f["name"] for f in r.get("factors", []))
         head = f"{r['design'].replace('_', ' ')} design: {fmt(r['n_runs'])} runs for factors {names}"
+    elif tool == "dsl_executor" and operation == "capability" and "cpk" in r:
+        # the tool's own line rounds to 3 digits and drops zeros ("Cp = 1.1"); the answer shows 4
+        head = ", ".join(f"{name} = {fmt(r[key])}" for name, key in (("Cp", "cp"), ("Cpk", "cpk"), ("Pp", "pp"),
+                                                                      ("Ppk", "ppk")) if r.get(key) is not None)
     elif tool == "dsl_executor" and "charts" in r:
         head = "; ".join(f"{c['chart']} chart: center {fmt(c['center'])}, UCL {fmt(c['ucl'])}, LCL {fmt(c['lcl'])}"
                          for c in r["charts"])
