@@ -229,15 +229,14 @@ def read_row(task: Task, reader: Callable | None = None, registry=None, want: di
         row["outcome"] = ("right" if "refuse" in want else "refused") if why else "model_alone"
         row["answer"] = refusal(why) if why else ""
         return row
-    if "refuse" in want or spec.tool != gold["tool"]:
-        row["outcome"] = "wrong_tool"
-        return row
     out = registry.execute(spec.tool, spec.args)
     if not out["success"]:
         row.update(outcome="tool_error", error=out["error"])
         return row
     row["answer"] = summarize(spec.tool, spec.args.get("operation"), out["result"], spec.args)
-    if is_correct(row["answer"], want):
+    if "refuse" in want or spec.tool != gold["tool"]:  # a retrieval with no relevant passage says so
+        row["outcome"] = "right" if "refuse" in want and is_correct(row["answer"], want) else "wrong_tool"
+    elif is_correct(row["answer"], want):
         row["outcome"] = "right"
     elif any(str(spec.args.get(k, "")).lower() != str(gold["args"].get(k, "")).lower() for k in _CHOICES
              if isinstance(gold["args"].get(k, ""), str)):

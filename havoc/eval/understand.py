@@ -438,6 +438,67 @@ FAMILIES: list[tuple[str, str, list[tuple[str, dict]]]] = [
         ("Our moving range chart needs the individuals too: coating thickness 2.1, 2.3, 2.2, 2.5, 2.4, 2.2, 2.6, 2.3 "
          "microns. Give the I-MR limits.", _chart("imr", [2.1, 2.3, 2.2, 2.5, 2.4, 2.2, 2.6, 2.3])),
     ]),
+    # written after the reader was tuned, and scored once before any change
+    ("exam-style", "heldout", [
+        ("A sample of 8 bolts had lengths 50.1, 49.8, 50.3, 50.0, 49.9, 50.2, 50.4, 49.7 mm. Test if the mean length "
+         "differs from 50 mm at α = 0.05.", _t("one_sample", [50.1, 49.8, 50.3, 50.0, 49.9, 50.2, 50.4, 49.7], mu=50,
+                                                 alpha=0.05)),
+        ("Two machines fill bottles. Machine A: 502, 498, 501, 499, 500. Machine B: 505, 507, 503, 506, 504. Is there "
+         "a significant difference in mean fill? (assume equal variances)",
+         _t("two_sample", [502, 498, 501, 499, 500], [505, 507, 503, 506, 504])),
+        ("Calculate a 99% confidence interval for the mean: 23, 25, 21, 24, 26, 22.", _ci([23, 25, 21, 24, 26, 22], 0.01)),
+        ("The following are tensile strengths (MPa) for three alloys. Alloy 1: 410, 415, 408; Alloy 2: 420, 425, 423; "
+         "Alloy 3: 412, 409, 414. Perform a one-way ANOVA.", _anova([410, 415, 408], [420, 425, 423], [412, 409, 414])),
+        ("Find the mean, median and standard deviation of the following dataset: 5, 7, 3, 9, 11, 6.",
+         _describe([5, 7, 3, 9, 11, 6], "mean", "median", "sd")),
+        ("A paired study measured reaction times (ms) under caffeine and placebo for 6 subjects: caffeine 245, 232, 260, "
+         "251, 238, 244; placebo 262, 250, 271, 266, 249, 258. Test for a difference.",
+         _t("paired", [245, 232, 260, 251, 238, 244], [262, 250, 271, 266, 249, 258])),
+        ("Determine Cp and Cpk given USL=10.5, LSL=9.5, mean=10.1 and std dev=0.12.",
+         _capability(None, 9.5, 10.5, mean=10.1, sigma=0.12)),
+        ("Data were collected on the diameter of 10 pistons: 74.01, 74.00, 74.02, 73.99, 74.01, 74.03, 73.98, 74.00, "
+         "74.02, 74.01. The specification is 74.00 ± 0.05 mm. Compute the process capability indices.",
+         _capability([74.01, 74.00, 74.02, 73.99, 74.01, 74.03, 73.98, 74.00, 74.02, 74.01], 73.95, 74.05)),
+    ]),
+    ("mixed-format", "heldout", [
+        ("Run a simple linear regression where x = 1,2,3,4,5,6 and y = 3,5,7,10,11,13.",
+         _regression([1, 2, 3, 4, 5, 6], [3, 5, 7, 10, 11, 13])),
+        ("Construct an X-bar and R chart from five subgroups of size 3: 12, 13, 11; 14, 12, 13; 13, 13, 12; 12, 11, 13; "
+         "14, 13, 12.", _chart("xbar_r", subgroups=[[12, 13, 11], [14, 12, 13], [13, 13, 12], [12, 11, 13], [14, 13, 12]])),
+        ("Find A2, D3 and D4 for a subgroup size of five.", _constants(5)),
+        ("Box–Behnken design, three factors (A, B, C), 5 centre points: how many runs?",
+         _design("box_behnken", ["A", "B", "C"], center=5)),
+        ("What's 7.5% of 1,240?", _arith("7.5/100*1240")),
+        ("Welch's t-test on the following two samples. Sample 1: 23.4, 25.1, 22.8, 24.9. Sample 2: 27.5, 30.2, 26.8, "
+         "31.0, 28.4.", _t("welch", [23.4, 25.1, 22.8, 24.9], [27.5, 30.2, 26.8, 31.0, 28.4])),
+        ("Give me an I-MR chart analysis for: 98, 102, 100, 97, 103, 101, 99, 104.",
+         _chart("imr", [98, 102, 100, 97, 103, 101, 99, 104])),
+        ("Correlation coefficient between advertising spend ($k) 10, 15, 20, 25, 30 and sales ($k) 120, 150, 185, 210, "
+         "240?", _correlation([10, 15, 20, 25, 30], [120, 150, 185, 210, 240])),
+    ]),
+    ("paraphrase-ops", "heldout", [
+        ("How many runs are in a full factorial design with 6 factors at 2 levels?", _design("full_factorial", list("ABCDEF"))),
+        ("Evaluate the expression 45 * 3 - 12 / 4.", _arith("45 * 3 - 12 / 4")),
+        ("Check whether these three shifts differ in output using analysis of variance: morning 52, 55, 53, 54; "
+         "afternoon 50, 49, 51, 52; night 47, 45, 48, 46.", _anova([52, 55, 53, 54], [50, 49, 51, 52], [47, 45, 48, 46])),
+        ("Is there a linear relationship between dose (1, 2, 4, 8, 16 mg) and response (3.1, 4.0, 6.2, 9.8, 17.5)? Fit "
+         "a regression line.", _regression([1, 2, 4, 8, 16], [3.1, 4.0, 6.2, 9.8, 17.5])),
+        ("What is the standard deviation of the sample 2.5, 3.5, 2.0, 4.0, 3.0?", _describe([2.5, 3.5, 2.0, 4.0, 3.0], "sd")),
+        ("The number of scratches per panel was 4, 2, 5, 3, 6, 2, 4, 3, 5, 4. Set up an appropriate attribute control "
+         "chart (c chart).", _chart("c", [4, 2, 5, 3, 6, 2, 4, 3, 5, 4])),
+        ("Calculate the power of a two-sample t-test with 15 subjects per group to detect a difference of 3 when the "
+         "standard deviation is 4.", _power("two_sample_t", "power", n=15, effect=3, sd=4)),
+        ("Design a 3-factor central composite experiment for time, temperature and pressure.",
+         _design("central_composite", ["time", "temperature", "pressure"])),
+    ]),
+    ("refusal-2", "heldout", [
+        ("What's the weather going to be tomorrow in Boston?", _refuse("no tool knows the weather")),
+        ("Compute the eigenvalues of the matrix [[2, 1], [1, 2]].", _refuse("no linear-algebra tool")),
+        ("Fit an exponential smoothing model to 12, 14, 13, 15, 16 and give the smoothed values.",
+         _refuse("no smoothing tool")),
+        ("Perform a principal component analysis on my 12-variable dataset.", _refuse("no PCA tool")),
+        ("What's the net present value of 1000 per year for 5 years at 7%?", _refuse("no finance tool")),
+    ]),
 ]
 
 
