@@ -10,11 +10,21 @@ from typing import Any
 
 
 NO_TOOL = "No tool fits this request"
+# Cosine score below which a retrieved passage is not about the question. MiniLM: the shipped definitions
+# score 0.66-0.76 and "What's the weather tomorrow?" 0.085, "What is the capital of France?" 0.18. The hashing
+# embedder scores both kinds near 0.3, so it has no floor.
+RELEVANCE_FLOOR = {"all-MiniLM-L6-v2": 0.3}
 
 
 def refusal(why: str) -> str:
     """What PRIME answers when no tool fits (or the prompt's data cannot be read): no figures of its own."""
     return f"{NO_TOOL}: {why}. PRIME gives no figures it cannot compute with a tool."
+
+
+def withheld() -> str:
+    """The answer in place of a model's reply whose figures trace to no tool and not to the prompt."""
+    return ("No answer: the model's reply (shown above, unverified) gives figures that no tool computed and the "
+            "prompt does not state, so it is not presented as the answer.")
 
 
 def is_refusal(answer: str) -> bool:
@@ -70,9 +80,10 @@ def summarize(tool: str, operation: str | None, result: dict, args: dict | None 
             return f"{(args or {}).get('expression', r.get('expression'))} = {r.get('result')}."
         head = ""
     elif tool == "rag_helper":
-        hits = r.get("results", [])
+        floor = RELEVANCE_FLOOR.get(r.get("embedder"), 0.0)
+        hits = [h for h in r.get("results", []) if h.get("score", 1.0) >= floor]
         if not hits:
-            return "The knowledge corpus has no passage on this."
+            return f"{NO_TOOL}: the knowledge corpus has no passage on it."
         top = hits[0]
         return f"{top['text']} (source: {top['source']}, \"{top['heading']}\")"
     else:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from havoc.errors import PrimeError
-from havoc.prime.answer import summarize
+from havoc.prime.answer import refusal, summarize, withheld
 from havoc.prime.engine import Context, Engine, Generated
 from havoc.prime.graph import OperatorGraph, Subgoal, build_graph
 from havoc.prime.router import Route, RouterConfig, route
@@ -323,6 +323,8 @@ class _Run:
         self.results: list[tuple[str, str | None, dict, str]] = []  # (tool, operation, result, source)
         self.generated = 0
         self.ctx: Context | None = None
+        self.refused = False
+        self.withheld: list[str] = []  # the untraced numbers of a direct reply that was therefore not the answer
         self.contexts: list[Context] = []
 
     # -------------------------------------------------------------------------------------------- helpers
@@ -385,18 +387,25 @@ class _Run:
         computed0 = self.engine.computed_tokens
         direct = not self.enable_prime or self.route.budget == "MICRO" or self.task.tool is None \
             or self.task.tool not in self.registry.names()
+        # No tool fits a request that asks for figures: PRIME says so, and the model writes none (issue 15: the
+        # 135M model's own Cp = 6.23 for a process whose Cp is 1.03 was the answer).
+        self.refused = self.enable_prime and self.task.refusal is not None
         self.notify("routing", self.routing(direct))
         try:
-            if direct:
-                answer, graph, prefix = self.run_direct()
+            if self.refused:
+                answer, graph = self.run_refusal()
+                ids = []
             else:
-                answer, graph, prefix = self.run_prime()
-            ids = list(self.ctx.ids[prefix:])
+                if direct:
+                    answer, graph, prefix = self.run_direct()
+                else:
+                    answer, graph, prefix = self.run_prime()
+                ids = list(self.ctx.ids[prefix:])
         finally:
             self.free_all()
         verification = self.verify(answer, direct)
         text = "".join(self.pieces)
-        if not direct:
+        if not direct or self.refused or self.withheld:
             text += f"\nAnswer: {answer}\n"
         stats = {"generated_tokens": self.generated, "computed_tokens": self.engine.computed_tokens - computed0,
                  "seconds": round(time.perf_counter() - t0, 3), "budget_left": self.left}
@@ -407,7 +416,8 @@ class _Run:
         routing = self.route.to_dict()
         if not self.enable_prime:
             routing["reasons"] = routing["reasons"] + ["PRIME disabled: generated directly"]
-        routing["direct"] = direct
+        routing["direct"] = direct and not self.refused
+        routing["refused"] = self.refused
         return routing
 
     def start(self, system: str | None) -> int:
@@ -428,7 +438,23 @@ class _Run:
         graph.subgoals[0].outputs = {"text": answer}
         graph.subgoals[0].status = "done"
         self.workspace.add("partial", "answer", answer, "model:s1", "s1")
+        if self.enable_prime:
+            # Figures no tool computed and the prompt does not state are the model's guesses: shown, never the answer.
+            self.withheld = untraced_numbers(answer, self.task.numbers)
+            if self.withheld:
+                self.workspace.add("flag", "untraced", f"the model's reply has numbers no tool or prompt gives: "
+                                   f"{', '.join(self.withheld[:8])}", "verification", "s1")
+                answer = withheld()
         return answer, graph, prefix
+
+    def run_refusal(self) -> tuple[str, OperatorGraph]:
+        graph = build_graph(Route("MICRO", self.route.task_type, self.route.score, [], self.task))
+        answer = refusal(self.task.refusal)
+        graph.subgoals[0].outputs = {"text": answer}
+        graph.subgoals[0].status = "done"
+        self.workspace.add("flag", "no_tool", self.task.refusal, "router", "s1")
+        self.emit(f"<reason>{answer}</reason>\n")
+        return answer, graph
 
     def run_prime(self) -> tuple[str, OperatorGraph, int]:
         graph = build_graph(self.route)
@@ -665,10 +691,15 @@ class _Run:
         recovered = [f"call {c['index']} ({c['tool']} {c['operation'] or ''}): {c['resolution']}" for c in self.calls
                      if c["resolution"] != "model"]
         delivered = all(c["resolution"] != "failed" and "error" not in c for c in self.calls)
-        passed = bool(answer) and not untraced and (direct or (delivered and bool(self.calls)))
+        if self.withheld:
+            checks.append({"name": "model_reply_traceable", "passed": False,
+                           "detail": f"the model's reply had numbers no tool or prompt gives ({', '.join(self.withheld[:8])}): "
+                                     "it is not the answer"})
+        passed = bool(answer) and not untraced and not self.withheld and \
+            (self.refused or direct or (delivered and bool(self.calls)))
         return {"passed": passed, "checks": checks, "recovered": recovered, "untraced_numbers": untraced,
                 "tool_calls": len(self.calls),
                 "model_calls_valid": sum(1 for c in self.calls if c["resolution"] in ("model", "regenerated")),
                 "model_attempts": len(model_attempts),
                 "model_attempts_valid": sum(1 for a in model_attempts if not a["problems"]),
-                "mode": "direct" if direct else "prime"}
+                "mode": "refused" if self.refused else "direct" if direct else "prime"}
