@@ -499,6 +499,73 @@ FAMILIES: list[tuple[str, str, list[tuple[str, dict]]]] = [
         ("Perform a principal component analysis on my 12-variable dataset.", _refuse("no PCA tool")),
         ("What's the net present value of 1000 per year for 5 years at 7%?", _refuse("no finance tool")),
     ]),
+    # a third batch, written after the second was fixed and scored once, untouched afterwards
+    ("fresh-stats", "heldout", [
+        ("Here's my data for two independent samples. A: 7.2 7.9 8.1 7.5 7.7 and B: 8.4 8.8 8.2 9.0 8.6. Can you run a t "
+         "test to see if the means are equal?", _t("two_sample", [7.2, 7.9, 8.1, 7.5, 7.7], [8.4, 8.8, 8.2, 9.0, 8.6])),
+        ("I measured the thickness of 12 coated panels (µm): 41, 44, 39, 42, 45, 40, 43, 41, 44, 42, 40, 43. Is the "
+         "average thickness significantly greater than 40 µm?",
+         _t("one_sample", [41, 44, 39, 42, 45, 40, 43, 41, 44, 42, 40, 43], mu=40, alternative="greater")),
+        ("Compute the sample variance of 3.1, 2.8, 3.6, 3.3, 2.9.", _describe([3.1, 2.8, 3.6, 3.3, 2.9], "variance")),
+        ("Three fertilizers were tested. Yields for F1: 20.1, 21.4, 19.8, 20.6; F2: 22.3, 23.0, 22.8, 21.9; F3: 19.5, "
+         "20.2, 19.9, 20.4. Are the mean yields the same?",
+         _anova([20.1, 21.4, 19.8, 20.6], [22.3, 23.0, 22.8, 21.9], [19.5, 20.2, 19.9, 20.4])),
+        ("Using least squares, estimate the relationship between temperature (x) 20, 25, 30, 35, 40 and viscosity (y) "
+         "8.1, 7.2, 6.4, 5.5, 4.9.", _regression([20, 25, 30, 35, 40], [8.1, 7.2, 6.4, 5.5, 4.9])),
+        ("What's the Pearson correlation for these pairs: (1, 2.1), (2, 3.9), (3, 6.2), (4, 8.1), (5, 9.8)?",
+         _correlation([1, 2, 3, 4, 5], [2.1, 3.9, 6.2, 8.1, 9.8])),
+        ("95% CI for mean of 101, 99, 104, 98, 102, 100?", _ci([101, 99, 104, 98, 102, 100])),
+        ("Do these two methods give different results on the same 5 specimens? Method 1: 14.1, 15.3, 13.9, 14.8, 15.0. "
+         "Method 2: 14.5, 15.6, 14.2, 15.3, 15.1.",
+         _t("paired", [14.1, 15.3, 13.9, 14.8, 15.0], [14.5, 15.6, 14.2, 15.3, 15.1])),
+        ("Is machine B faster? Times for A: 12.3, 11.8, 12.9, 12.4 and for B: 11.1, 10.9, 11.5, 11.2, 10.8. One-sided "
+         "t-test, unequal variances.", _t("welch", [12.3, 11.8, 12.9, 12.4], [11.1, 10.9, 11.5, 11.2, 10.8],
+                                         alternative="greater")),
+    ]),
+    ("fresh-spc", "heldout", [
+        ("Create a control chart for the following individual measurements and tell me if anything is out of control: "
+         "0.52, 0.49, 0.51, 0.55, 0.48, 0.50, 0.53, 0.47, 0.51, 0.50",
+         _chart("imr", [0.52, 0.49, 0.51, 0.55, 0.48, 0.50, 0.53, 0.47, 0.51, 0.50])),
+        ("The count of nonconformities per inspection unit over 10 units was 5, 7, 3, 6, 8, 4, 5, 6, 7, 5. What are the "
+         "c-chart limits?", _chart("c", [5, 7, 3, 6, 8, 4, 5, 6, 7, 5])),
+        ("Our specification for shaft diameter is 25.00 +/- 0.10 mm. The process mean is 25.03 mm and sigma is 0.025 mm. "
+         "Calculate Cpk.", _capability(None, 24.9, 25.1, mean=25.03, sigma=0.025)),
+        ("For an X-bar chart with subgroups of size 4, what is the value of A2?", _constants(4, "A2")),
+        ("Give the d2 and D4 constants for n = 2.", _constants(2, "d2", "D4")),
+        ("Subgroup data (3 per subgroup): [9.8, 10.1, 10.0], [10.2, 9.9, 10.1], [10.0, 10.3, 9.7], [9.9, 10.0, 10.2], "
+         "[10.1, 9.8, 10.0]. Calculate X-bar and R chart limits.",
+         _chart("xbar_r", subgroups=[[9.8, 10.1, 10.0], [10.2, 9.9, 10.1], [10.0, 10.3, 9.7], [9.9, 10.0, 10.2],
+                                     [10.1, 9.8, 10.0]])),
+        ("np chart for the number of defective items in samples of 50: 3, 1, 4, 2, 5, 2, 3, 1.",
+         _chart("np", [3, 1, 4, 2, 5, 2, 3, 1], n=50)),
+        ("What are Pp and Ppk if the LSL is 4.5, the USL is 5.5 and the measurements are 5.02, 4.97, 5.10, 4.88, 5.05, "
+         "4.95, 5.12, 4.93?", {**_capability([5.02, 4.97, 5.10, 4.88, 5.05, 4.95, 5.12, 4.93], 4.5, 5.5),
+                               "fields": ["pp", "ppk"]}),
+    ]),
+    ("fresh-doe", "heldout", [
+        ("Design a two-level full factorial experiment for the factors temperature (60-80 °C), time (10-20 min), and "
+         "catalyst concentration (1-3%).", _design("full_factorial", [_f("temperature", 60, 80), _f("time", 10, 20),
+                                                                      _f("concentration", 1, 3)])),
+        ("I want to screen 15 factors with as few runs as possible. Generate a Plackett-Burman design with 16 runs.",
+         _design("plackett_burman", list("ABCDEFGHIJKLMNO"), runs=16)),
+        ("Build a central composite design (rotatable) for pressure 1–3 bar and flow 10–30 L/min.",
+         _design("central_composite", [_f("pressure", 1, 3), _f("flow", 10, 30)])),
+        ("Give me a half-fraction of a 2^4 design.", _design("fractional_factorial", list("ABCD"), runs=8)),
+        ("How many experimental runs does a Box-Behnken design with 5 factors and 6 center points need?",
+         _design("box_behnken", list("ABCDE"), center=6)),
+    ]),
+    ("fresh-arith", "heldout", [
+        ("What is 3.75 multiplied by 16?", _arith("3.75*16")),
+        ("Compute 2 + 3 * (7 - 4) / 2.", _arith("2 + 3 * (7 - 4) / 2")),
+        ("What's 12.5% of 880?", _arith("12.5/100*880")),
+        ("Calculate 7 cubed.", _arith("7^3")),
+    ]),
+    ("fresh-refuse", "heldout", [
+        ("Can you predict the yield of my next batch based on the last five batches?", _refuse("no forecasting tool")),
+        ("Compute a Bayesian posterior for p with a Beta(2,2) prior after 7 successes in 10 trials.",
+         _refuse("no Bayesian tool")),
+        ("Simulate 1000 Monte Carlo draws of the tolerance stack-up for 3 parts.", _refuse("no simulation tool")),
+    ]),
 ]
 
 

@@ -64,7 +64,8 @@ def summarize(tool: str, operation: str | None, result: dict, args: dict | None 
         terms = ", ".join(f"{c['name']} {fmt(c['estimate'])}" for c in r.get("coefficients", []))
         head = f"OLS fit: coefficients {terms}; R² = {fmt(r['r_squared'])}"
     elif tool == "statistics" and operation == "describe":
-        head = f"n = {fmt(r['n'])}, mean = {fmt(r['mean'])}, sd = {fmt(r['sd'])}, median = {fmt(r['median'])}"
+        head = (f"n = {fmt(r['n'])}, mean = {fmt(r['mean'])}, sd = {fmt(r['sd'])}, variance = {fmt(r['variance'])}, "
+                f"median = {fmt(r['median'])}, min = {fmt(r['min'])}, max = {fmt(r['max'])}")
     elif tool == "dsl_executor" and "n_runs" in r:
         names = ", ".join(f["name"] for f in r.get("factors", []))
         head = f"{r['design'].replace('_', ' ')} design: {fmt(r['n_runs'])} runs for factors {names}"

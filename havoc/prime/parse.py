@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from havoc.prime.prose import Numbers, read_numbers
+from havoc.prime.prose import Numbers, Series, read_numbers
 
 NUMBER = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
 NUMBER_RE = re.compile(rf"(?<![A-Za-z_\d.]){NUMBER}")
@@ -26,7 +26,8 @@ _NAMED_LIST_RE = re.compile(rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*[=:]\s*[\[(]\s
 _RANGE_SEP = r"\s*(?:,|–|-|to|\.\.)\s*"
 _FACTOR_RANGE_RE = re.compile(
     rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*\(\s*({NUMBER}){_RANGE_SEP}({NUMBER})\s*[^()0-9,]{{0,12}}\)"
-    rf"|\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s+(?:from|between|ranging from)\s+({NUMBER})\s*(?:to|and|-)\s*({NUMBER})")
+    rf"|\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s+(?:from|between|ranging from)\s+({NUMBER})\s*(?:to|and|-)\s*({NUMBER})"
+    rf"|\b([A-Za-z][A-Za-z0-9_]{{1,23}})\s+({NUMBER})\s*(?:-|–|to)\s*({NUMBER})\b")
 _WORD_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
                  "eleven": 11}
 _ARITH_RE = re.compile(rf"\(*\s*{NUMBER}(?:[\s()]*(?:\*\*|[-+*/^×÷])[\s()]*{NUMBER})+(?:\s*\))*")
@@ -97,8 +98,11 @@ def _has(text: str, *words: str) -> str | None:
 
 
 def _factor_names(prompt: str, low: str) -> list[dict]:
-    found = [(m[0], m[1], m[2]) if m[0] else (m[3], m[4], m[5]) for m in _FACTOR_RANGE_RE.findall(prompt)]
-    ranges = [(n, float(a), float(b)) for n, a, b in found if n.lower() not in {"center", "centre", "runs"}]
+    found = [(m[0], m[1], m[2]) if m[0] else (m[3], m[4], m[5]) if m[3] else (m[6], m[7], m[8])
+             for m in _FACTOR_RANGE_RE.findall(prompt)]
+    ranges = [(n, float(a), float(b)) for n, a, b in found
+              if n.lower() not in {"center", "centre", "runs", "factors", "between", "from", "with", "and", "for", "in", "of",
+                                   "design", "points", "levels", "the", "at", "is", "are", "a", "an"} and float(a) != float(b)]
     if ranges:
         return [{"name": n, "low": _num(a), "high": _num(b)} for n, a, b in ranges]
     m = re.search(r"\bfactors?\b\s*(?:named|called|:)?\s*((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,|and)\s*)+[A-Za-z][A-Za-z0-9_]*)", prompt)
@@ -637,6 +641,10 @@ def _read_core(prompt: str, low: str, nums: Numbers) -> tuple | None:
                 if mu is None:
                     continue
                 args = {"operation": "t_test", "kind": "one_sample", "x": data[0], "mu": _num(mu)}
+                if re.search(rf"(?:greater|more|larger|higher|bigger) than\s*{NUMBER}|exceeds?\s*{NUMBER}|above\s*{NUMBER}", low):
+                    args["alternative"] = "greater"
+                elif re.search(rf"(?:less|lower|smaller|fewer) than\s*{NUMBER}|below\s*{NUMBER}|under\s*{NUMBER}", low):
+                    args["alternative"] = "less"
             else:
                 continue
             if (a := _alpha(low)) is not None:
@@ -656,7 +664,8 @@ def _read_core(prompt: str, low: str, nums: Numbers) -> tuple | None:
 
 
 # Requests no tool answers: PRIME says so instead of letting the model write figures.
-UNSUPPORTED = ((r"\bforecast|\barima\b|predict\w* (?:next|the future|tomorrow)|next (?:week|month|quarter|year)|"
+UNSUPPORTED = ((r"\bforecast|\barima\b|predict\w*\b[^.?]{0,40}\b(?:next|future|tomorrow)\b|"
+                r"\bnext (?:batch|lot|week|month|quarter|year)|"
                 r"in 20[3-9]\d|tomorrow|weather|exponential smoothing",
                 "forecasting is not something any of PRIME's tools does"),
                (r"neural network|machine learning|random forest|deep learning|classifier|principal component|\bpca\b|"
@@ -670,6 +679,8 @@ UNSUPPORTED = ((r"\bforecast|\barima\b|predict\w* (?:next|the future|tomorrow)|n
                (r"probability of (?:getting|rolling|drawing|exactly|at least)|\bcoins?\b|\bdice\b|\bdie\b|"
                 r"deck of cards", "PRIME has no probability-distribution tool for this"),
                (r"who will win|stock price|lottery", "no tool can know this"),
+               (r"simulat|monte carlo|bootstrap", "PRIME has no simulation or resampling tool"),
+               (r"bayes|posterior|prior\b", "PRIME has no Bayesian tool"),
                (r"how many \w+ (?:tuners|people|cars|trees|balls)|estimate the number of", "a guess (Fermi estimate), not a "
                                                                                           "computation"))
 _QUANT_RE = re.compile(r"\b(?:compute|calculate|estimate|how many|how much|what is the (?:value|number)|test|analy[sz]e|"
@@ -713,6 +724,12 @@ def read_task(prompt: str) -> TaskSpec:
     """
     low = re.sub(r"[–—‐]", "-", prompt.lower())
     nums = read_numbers(prompt)
+    if len(nums.series) >= 3 and all(len(s.values) == 2 for s in nums.series) and \
+            re.search(CUES["regression"][0][0] + "|" + CUES["correlation"][0][0], low):
+        # pairs written as (x, y), (x, y), ...: the x values and the y values
+        pairs = nums.series
+        nums.series = [Series([p.values[i] for p in pairs], name, pairs[0].start, pairs[-1].end, True,
+                              [p.items[i] for p in pairs]) for i, name in ((0, "x"), (1, "y"))]
     lists = [s.values for s in nums.series]
     named: dict[str, list[float]] = {}
     for s in nums.series:
