@@ -634,10 +634,9 @@ def _read_core(prompt: str, low: str, nums: Numbers) -> tuple | None:
                     kind = "welch"
                 args = {"operation": "t_test", "kind": kind, "x": data[0], "y": data[1]}
             elif len(data) == 1 and op == "t_test":
-                mus = [m for m in _MU_RE.finditer(low)]
-                listed = {float(v) for v in series[0]}
-                mu = next((float(m.group(1) or m.group(2)) for m in mus
-                           if float(m.group(1) or m.group(2)) not in listed or m.start() > nums.series[0].end), None)
+                spans = [(x.start, x.end) for x in nums.series]
+                mu = next((float(m.group(1) or m.group(2)) for m in _MU_RE.finditer(low)
+                           if not any(a <= m.start(m.lastindex) < b for a, b in spans)), None)
                 if mu is None:
                     continue
                 args = {"operation": "t_test", "kind": "one_sample", "x": data[0], "mu": _num(mu)}
