@@ -209,3 +209,39 @@ def test_eval_reading_on_the_command_line(capsys):
 def test_figures_keep_their_fourth_digit():
     assert (fmt(-6.500353), fmt(1.10004), fmt(-1.0), fmt(0.346593), fmt(1234.4)) == ("-6.500", "1.100", "-1", "0.3466",
                                                                                     "1234")
+
+
+# ------------------------------------------------------------------------------------ records and the chrono-loop
+def test_the_chrono_loops_perturbed_sampling_stays_in_its_runs(tiny_llm, monkeypatch):
+    from havoc.prime import pipeline
+    from havoc.prime.graph import Subgoal
+    from havoc.prime.records import ToolCall
+
+    seen = []
+
+    def step(self, sub, *args, **kwargs):  # three runs that never agree
+        seen.append((self.temperature, self.seed))
+        return ToolCall(len(seen), sub.id, "statistics", "t_test", resolution="model", summary=f"run {len(seen)}")
+
+    monkeypatch.setattr(pipeline._Run, "tool_step", step)
+    prompt = "Compare two groups using t-test: [1,2,3,4,5] vs [2,3,4,5,6]"
+    run = pipeline._Run(pipeline.engine_for(tiny_llm), default_registry(), prompt, route(prompt, budget="HEAVY"), 64,
+                        0.0, 7, None, True)
+    run.start(None)
+    try:
+        chosen = run.chrono(Subgoal("s2", "compute", "compute", chrono=True))
+    finally:
+        run.free_all()
+    assert seen == [(0.0, 7), (0.7, 108), (0.7, 209)]  # each run perturbs from the caller's seed
+    assert (run.temperature, run.seed) == (0.0, 7)  # and later steps sample as the caller asked
+    assert chosen.summary == "run 3" and chosen.to_dict()["summary"] == "run 3"
+
+
+def test_tool_call_records_keep_their_public_form(tiny_llm):
+    out = generate_with_prime("Compare two groups using t-test: [1,2,3,4,5] vs [2,3,4,5,6]", llm=tiny_llm,
+                              budget="LIGHT", max_new_tokens=40)
+    call = out.tool_calls[0]
+    assert {"index", "subgoal", "tool", "operation", "label", "attempts", "args", "resolution", "result", "summary",
+            "source"} <= set(call)
+    assert all(set(a) == {"text", "tokens", "forced", "json_valid", "executed", "problems"} for a in call["attempts"])
+    assert all(set(c) == {"name", "passed", "detail"} for c in out.verification["checks"])
