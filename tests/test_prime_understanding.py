@@ -245,3 +245,17 @@ def test_tool_call_records_keep_their_public_form(tiny_llm):
             "source"} <= set(call)
     assert all(set(a) == {"text", "tokens", "forced", "json_valid", "executed", "problems"} for a in call["attempts"])
     assert all(set(c) == {"name", "passed", "detail"} for c in out.verification["checks"])
+
+
+def test_a_tool_owns_its_answer_line():
+    from havoc.tools import ToolRegistry, ToolSpec
+
+    reg = ToolRegistry()
+    reg.register(ToolSpec("echo", "echo", lambda a, c: {}, {"type": "object"}, summarize=lambda op, r, a: f"v is {r['v']}"))
+    reg.register(ToolSpec("plain", "plain", lambda a, c: {}, {"type": "object"}))
+    assert summarize("echo", None, {"v": 1.5}, registry=reg) == "v is 1.5"
+    assert summarize("plain", None, {"v": 1.5, "interpretation": "fine"}, registry=reg) == "fine."
+    builtin = default_registry()
+    line = summarize("statistics", "describe", builtin.execute("statistics", {"operation": "describe",
+                                                                            "data": [3.1, 2.8, 3.6]})["result"])
+    assert line.startswith("n = 3, mean = 3.167, sd = 0.4041, variance = 0.1633")

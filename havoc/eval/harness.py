@@ -233,7 +233,7 @@ def read_row(task: Task, reader: Callable | None = None, registry=None, want: di
     if not out["success"]:
         row.update(outcome="tool_error", error=out["error"])
         return row
-    row["answer"] = summarize(spec.tool, spec.args.get("operation"), out["result"], spec.args)
+    row["answer"] = summarize(spec.tool, spec.args.get("operation"), out["result"], spec.args, registry=registry)
     if "refuse" in want or spec.tool != gold["tool"]:  # a retrieval with no relevant passage says so
         row["outcome"] = "right" if "refuse" in want and is_correct(row["answer"], want) else "wrong_tool"
     elif is_correct(row["answer"], want):

@@ -215,6 +215,9 @@ class _Subset:
     def arguments_schema(self, name, variant=None):
         return self.registry.arguments_schema(name, variant)
 
+    def summarize(self, name, operation, result, args=None):
+        return self.registry.summarize(name, operation, result, args)
+
     def describe(self):
         return [d for d in self.registry.describe() if d["name"] in self.allowed]
 
@@ -595,7 +598,7 @@ class _Run:
             kind = (record.args or {}).get("plot_kind") or DRAWN.get((tool, operation), "plot")
             record.plot = {**plot, "kind": kind}
         record.result, record.source = result, f"tool:{tool}#{record.index}"
-        record.summary = summarize(tool, operation, result, record.args)
+        record.summary = summarize(tool, operation, result, record.args, registry=self.registry)
         self.record_call(record)
         self.results.append((tool, operation, result, record.source))
         self.workspace.add("partial", f"{sub.id}.{record.index}", result, record.source, sub.id)
