@@ -566,6 +566,47 @@ FAMILIES: list[tuple[str, str, list[tuple[str, dict]]]] = [
          _refuse("no Bayesian tool")),
         ("Simulate 1000 Monte Carlo draws of the tolerance stack-up for 3 parts.", _refuse("no simulation tool")),
     ]),
+    # a fourth batch, written after the third was fixed and scored once, untouched afterwards
+    ("fresh2-stats", "heldout", [
+        ("Ten bottles were weighed (g): 498.2, 501.1, 499.5, 500.8, 497.9, 502.3, 500.0, 499.1, 501.7, 498.8. What is "
+         "the standard deviation?", _describe([498.2, 501.1, 499.5, 500.8, 497.9, 502.3, 500.0, 499.1, 501.7, 498.8],
+                                              "sd")),
+        ("Our two suppliers' resistor values: supplier one 99.8, 100.4, 100.1, 99.6, 100.2; supplier two 101.0, 100.7, "
+         "101.3, 100.9, 101.2. Student's t-test.",
+         _t("two_sample", [99.8, 100.4, 100.1, 99.6, 100.2], [101.0, 100.7, 101.3, 100.9, 101.2])),
+        ("Compare yields of four reactor settings using ANOVA: low 61 63 60, mid 66 68 67, high 70 71 69, max 65 64 66",
+         _anova([61, 63, 60], [66, 68, 67], [70, 71, 69], [65, 64, 66])),
+        ("Correlate x = [2, 4, 6, 8, 10] with y = [1.9, 4.2, 5.8, 8.1, 9.9] using Spearman.",
+         _correlation([2, 4, 6, 8, 10], [1.9, 4.2, 5.8, 8.1, 9.9], "spearman")),
+        ("Just fit the regression: y 3.2 4.1 5.3 6.2 7.4 against x 1 2 3 4 5.",
+         _regression([1, 2, 3, 4, 5], [3.2, 4.1, 5.3, 6.2, 7.4])),
+        ("What is the 95% confidence interval of the mean for 8.2, 8.5, 7.9, 8.4, 8.1?", _ci([8.2, 8.5, 7.9, 8.4, 8.1])),
+        ("Paired data (before, after): (20, 18), (22, 21), (19, 17), (24, 22), (21, 20). Paired t-test.",
+         _t("paired", [20, 22, 19, 24, 21], [18, 21, 17, 22, 20])),
+        ("How large a sample do I need per group to detect a 10% difference in mean (sd 15%, power 80%)?",
+         _power("two_sample_t", effect=10, sd=15, power=0.8)),
+        ("Compute the skewness of 2, 4, 4, 5, 7, 9, 15.", _describe([2, 4, 4, 5, 7, 9, 15], "skewness")),
+        ("Standard deviation of 5 numbers: 10, 12, 23, 23, 16", _describe([10, 12, 23, 23, 16], "sd")),
+        ("Is there a significant difference between the two line speeds? Line A (m/min): 12.1, 12.4, 12.2, 12.5; "
+         "Line B (m/min): 12.9, 13.1, 12.8, 13.0, 13.2",
+         _t("two_sample", [12.1, 12.4, 12.2, 12.5], [12.9, 13.1, 12.8, 13.0, 13.2])),
+    ]),
+    ("fresh2-spc-doe-arith", "heldout", [
+        ("Individuals chart, please: 47.2, 48.1, 46.9, 47.5, 48.3, 47.0, 46.8, 47.7, 48.0",
+         _chart("imr", [47.2, 48.1, 46.9, 47.5, 48.3, 47.0, 46.8, 47.7, 48.0])),
+        ("Calculate process capability. LSL: 2.95, USL: 3.05. Sample: 3.01, 2.99, 3.02, 3.00, 2.98, 3.01, 3.03, 2.99.",
+         _capability([3.01, 2.99, 3.02, 3.00, 2.98, 3.01, 3.03, 2.99], 2.95, 3.05)),
+        ("A2 constant for subgroup size 10?", _constants(10, "A2")),
+        ("Give me a fractional factorial design for 6 factors in 16 runs.",
+         _design("fractional_factorial", list("ABCDEF"), runs=16)),
+        ("Full factorial: 3 factors, 2 replicates. How many runs?", _design("full_factorial", list("ABC"), replicates=2)),
+        ("What's 1,024 divided by 32?", _arith("1024/32")),
+        ("What is sqrt(2) * 10?", _arith("sqrt(2) * 10")),
+    ]),
+    ("fresh2-refuse", "heldout", [
+        ("Estimate tomorrow's defect rate from today's 3, 5, 4, 6 defects.", _refuse("no forecasting tool")),
+        ("Calculate the Weibull hazard function at t = 100 for beta 2 and eta 500.", _refuse("no hazard-function tool")),
+    ]),
 ]
 
 

@@ -210,6 +210,8 @@ def _read_power(low: str) -> dict | None:
             test = "two_sample_t"
         args = {"operation": "power", "test": test}
         effect = _value(low, r"difference|delta|δ|shift|effect(?: size)?|change")
+        if effect is None and (m := re.search(rf"({NUMBER})\s*%?\s*(?:difference|shift|change|effect)", low)):
+            effect = _num(float(m.group(1)))  # "a 10% difference", "a 2-unit shift"
         if effect is not None:
             args["effect"] = effect
         sd = _value(low, SIGMA)
@@ -453,7 +455,7 @@ CUES: dict[str, tuple[tuple[str, float], ...]] = {
     "correlation": ((r"correlat|pearson|spearman|kendall", 5.0), (r"related|relationship|association|\br\b", 1.5)),
     "confidence_interval": ((r"confidence interval|\bci\b|interval (?:for|of|estimate)|margin of error", 5.0),),
     "describe": ((r"\bmean\b|average|standard deviation|\bsd\b|\bstd\b|median|variance|spread|summar|descriptive|"
-                  r"describe|statistics", 1.5),),
+                  r"describe|statistics|skew|kurtosis|quartile|\biqr\b|percentile", 1.5),),
     "control_chart": ((r"control chart|control limits|\bucl\b|\blcl\b|\bin control\b|out of control|centre line|"
                        r"center line|\blimits\b|\bchart", 3.0),
                       (r"individuals?\b|\bi-?mr\b|moving range|x-?bar|x̄|\b[cpu][- ]?charts?\b|\bnp[- ]?charts?\b", 3.0)),
@@ -723,8 +725,8 @@ def read_task(prompt: str) -> TaskSpec:
     """
     low = re.sub(r"[–—‐]", "-", prompt.lower())
     nums = read_numbers(prompt)
-    if len(nums.series) >= 3 and all(len(s.values) == 2 for s in nums.series) and \
-            re.search(CUES["regression"][0][0] + "|" + CUES["correlation"][0][0], low):
+    if len(nums.series) >= 3 and all(len(s.values) == 2 and s.bracketed for s in nums.series) and \
+            re.search(CUES["regression"][0][0] + "|" + CUES["correlation"][0][0] + r"|\bpairs?\b|paired", low):
         # pairs written as (x, y), (x, y), ...: the x values and the y values
         pairs = nums.series
         nums.series = [Series([p.values[i] for p in pairs], name, pairs[0].start, pairs[-1].end, True,
@@ -773,6 +775,9 @@ def read_task(prompt: str) -> TaskSpec:
             if center is not None and operation != "plackett_burman":
                 args["center"] = center
             runs = _int_after(low, r"runs")
+            replicates = _int_after(_digits(low), r"replicates?|replications?")
+            if replicates and operation != "plackett_burman" and replicates > 1:
+                args["replicates"] = replicates
             if operation == "plackett_burman" and runs in (8, 12, 16, 20, 24):
                 args["runs"] = runs
             if operation == "fractional_factorial" and runs:

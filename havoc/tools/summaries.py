@@ -51,6 +51,8 @@ def statistics(operation: str | None, r: dict, args: dict | None = None) -> str:
     elif operation == "describe":
         head = (f"n = {f(r['n'])}, mean = {f(r['mean'])}, sd = {f(r['sd'])}, variance = {f(r['variance'])}, "
                 f"median = {f(r['median'])}, min = {f(r['min'])}, max = {f(r['max'])}")
+        if r.get("skewness") is not None:
+            head += f", skewness = {f(r['skewness'])}"
     return _with_interpretation(head, r)
 
 
@@ -72,7 +74,11 @@ def dsl_executor(operation: str | None, r: dict, args: dict | None = None) -> st
 
 def symbolic(operation: str | None, r: dict, args: dict | None = None) -> str:
     if r.get("operation") == "evaluate":
-        return f"{(args or {}).get('expression', r.get('expression'))} = {r.get('result')}."
+        shown = f"{(args or {}).get('expression', r.get('expression'))} = {r.get('result')}"
+        numeric = r.get("numeric")
+        if isinstance(numeric, (int, float)) and str(r.get("result")) != figure(numeric):
+            shown += f" ≈ {figure(numeric)}"  # "10*sqrt(2)" and "2/3" are exact; the answer gives the number too
+        return f"{shown}."
     return _with_interpretation("", r)
 
 
