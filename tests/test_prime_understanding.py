@@ -133,6 +133,17 @@ def test_requests_no_tool_fits_are_refused_with_a_reason(prompt):
     assert r.budget == "MICRO" and any("no tool fits" in x for x in r.reasons)
 
 
+@pytest.mark.parametrize("prompt,operation", [
+    ("Show the design matrix of a full factorial with factors A, B, C.", "full_factorial"),
+    ("Prior to the fix: 12, 13, 11, 14. After the fix: 10, 11, 10, 12. Paired t-test.", "t_test"),
+    ("Die casting porosity 2.1, 2.3, 2.2, 2.5, 2.4: individuals chart.", "control_chart"),
+    ("Simulated data 5.1, 5.3, 5.2, 5.4: mean and sd?", "describe"),
+])
+def test_words_of_unsupported_requests_do_not_refuse_supported_ones(prompt, operation):
+    task = read_task(prompt)
+    assert task.refusal is None and task.args["operation"] == operation
+
+
 def test_a_refusal_runs_no_model_and_gives_no_figures(tiny_llm):
     out = generate_with_prime("Compute the Gini coefficient of incomes 20, 35, 50, 80, 150.", llm=tiny_llm,
                               max_new_tokens=32)

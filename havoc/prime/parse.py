@@ -665,25 +665,24 @@ def _read_core(prompt: str, low: str, nums: Numbers) -> tuple | None:
 
 
 # Requests no tool answers: PRIME says so instead of letting the model write figures.
-UNSUPPORTED = ((r"\bforecast|\barima\b|predict\w*\b[^.?]{0,40}\b(?:next|future|tomorrow)\b|"
-                r"\bnext (?:batch|lot|week|month|quarter|year)|"
-                r"in 20[3-9]\d|tomorrow|weather|exponential smoothing",
-                "forecasting is not something any of PRIME's tools does"),
+UNSUPPORTED = ((r"\bforecast|\barima\b|predict\w*\b[^.?]{0,40}\b(?:next|future|tomorrow)\b|tomorrow|weather|"
+                r"in 20[3-9]\d|exponential smoothing", "forecasting is not something any of PRIME's tools does"),
                (r"neural network|machine learning|random forest|deep learning|classifier|principal component|\bpca\b|"
-                r"cluster", "PRIME has no machine-learning or multivariate tool"),
+                r"cluster analysis|clustering|k-means", "PRIME has no machine-learning or multivariate tool"),
                (r"log[- ]rank|survival curve|kaplan", "PRIME has no survival-analysis tool (life_data fits Weibull and "
                                                       "lognormal only)"),
                (r"\bgini\b|inequality index", "PRIME has no inequality-index tool"),
-               (r"eigen|determinant|matrix|inverse of", "PRIME has no linear-algebra tool"),
+               # not "matrix" alone: a design matrix is DOE
+               (r"eigen|determinant|inverse of (?:the |a |this )?matrix|matrix (?:inverse|product|multiplication)|"
+                r"(?:of|for) (?:the|this) matrix", "PRIME has no linear-algebra tool"),
                (r"present value|\bnpv\b|\birr\b|compound interest|interest rate|mortgage|annuity",
                 "PRIME has no finance tool"),
-               (r"probability of (?:getting|rolling|drawing|exactly|at least)|\bcoins?\b|\bdice\b|\bdie\b|"
-                r"deck of cards", "PRIME has no probability-distribution tool for this"),
+               (r"probability of (?:getting|rolling|drawing|exactly|at least)|\bcoins?\b|\bdice\b|deck of cards",
+                "PRIME has no probability-distribution tool for this"),
                (r"who will win|stock price|lottery", "no tool can know this"),
-               (r"simulat|monte carlo|bootstrap", "PRIME has no simulation or resampling tool"),
-               (r"bayes|posterior|prior\b", "PRIME has no Bayesian tool"),
-               (r"how many \w+ (?:tuners|people|cars|trees|balls)|estimate the number of", "a guess (Fermi estimate), not a "
-                                                                                          "computation"))
+               # not "simulated" (data can be) or "prior" (prior to the change): the requests themselves
+               (r"\bsimulate\b|simulation of|monte carlo|bootstrap", "PRIME has no simulation or resampling tool"),
+               (r"bayes|posterior|prior distribution", "PRIME has no Bayesian tool"))
 _QUANT_RE = re.compile(r"\b(?:compute|calculate|estimate|how many|how much|what is the (?:value|number)|test|analy[sz]e|"
                        r"analysis|fit|model|predict|probability|perform|run|value|rate|percent\w*|average|total)\b")
 
@@ -806,7 +805,7 @@ def read_task(prompt: str) -> TaskSpec:
         return done("definition", "rag_helper", {"query": prompt.strip(), "top_k": 1}, ("query",), m.group(0).split()[0])
 
     # --- nothing fits ----------------------------------------------------------------------------------
-    if lists or (nums.numbers and _QUANT_RE.search(low)):
+    if lists or _QUANT_RE.search(low):
         spec.task_type = "unsupported"
         spec.refusal = ("the request has figures to compute, but PRIME could not tell which of its tools (statistics, "
                         "DOE, SPC, arithmetic) it asks for, or could not read all the inputs that tool needs")
