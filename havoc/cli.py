@@ -407,6 +407,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from havoc.io.atomic import check_destination
 
         check_destination(args.output, "--output")
+    if args.reading:  # the prompt reader alone: no model is loaded
+        from havoc.eval.harness import format_reading, run_reading
+
+        report = run_reading(task_set)
+        if args.output:
+            from havoc.io.atomic import atomic_write_text
+
+            atomic_write_text(args.output, json.dumps(report, indent=2, ensure_ascii=False))
+        print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_reading(report))
+        return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "self_consistency" in methods:
         from havoc.eval.harness import check_samples
@@ -459,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="measure PRIME against plain generation and self-consistency on a task set")
     p.add_argument("set", nargs="?", help="a task set: ttest, anova, regression, doe, spc, definitions, arithmetic, "
-                                          "smoke (all), or a .json/.jsonl file")
+                                          "smoke (all), toolbox, understand(-dev/-heldout), or a .json/.jsonl file")
     _add_model_args(p)
     p.add_argument("--methods", default="prime,plain,self_consistency", help="comma-separated (default: all three)")
     p.add_argument("--max-new-tokens", "-n", type=int, default=256, help="token budget per task and method (default 256)")
@@ -471,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full report as JSON instead of the table")
     p.add_argument("--output", "-o", default=None, help="also write the JSON report to this file")
     p.add_argument("--list", action="store_true", help="list the task sets")
+    p.add_argument("--reading", action="store_true",
+                   help="score the prompt reader alone, without a model: read each prompt, run the call read, compare")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, PRIME as havoc-prime)")

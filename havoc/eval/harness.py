@@ -32,7 +32,12 @@ def _sig_digits(shown: str) -> int:
 
 
 def is_correct(answer: str, want: dict) -> bool:
-    """Whether `answer` carries the expected figures (each to >= 3 significant digits, or exactly) or keywords."""
+    """Whether `answer` carries the expected figures (each to >= 3 significant digits, or exactly) or keywords;
+    for a task no tool fits, whether PRIME said so (and gave no figures)."""
+    if "refuse" in want:
+        from havoc.prime.answer import is_refusal
+
+        return is_refusal(answer)
     if "keywords" in want:
         low = answer.lower()
         return all(k.lower() in low for k in want["keywords"])
@@ -194,4 +199,87 @@ def format_table(report: dict) -> str:
         cells = (m, pct(s["accuracy"]), pct(s["tool_call_validity"]), pct(s["verification_pass_rate"]),
                  f"{s['tokens_per_task']:.0f}", f"{s['seconds_per_task']:.1f}")
         lines.append("  ".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ the reading alone
+# What a reading of a prompt leads to, without a model: the call PRIME would recover from the prompt is run
+# and its summary (the answer's figures) scored. "model_alone" is the old failure of issue 15: no tool was
+# read, so the model's own figures would have been the answer.
+OUTCOMES = ("right", "wrong_tool", "wrong_operation", "wrong_data", "tool_error", "refused", "model_alone")
+_CHOICES = ("operation", "kind", "chart", "test")
+
+
+def read_row(task: Task, reader: Callable | None = None, registry=None, want: dict | None = None) -> dict:
+    """One task scored on the prompt's reading alone (see `run_reading`)."""
+    from havoc.prime.answer import refusal, summarize
+    from havoc.prime.parse import read_task
+    from havoc.tools import default_registry
+
+    reader = reader or read_task
+    registry = registry or default_registry()
+    want = want if want is not None else expected(task)
+    spec = reader(task.prompt)
+    gold = task.check
+    row = {"id": task.id, "family": task.id.split("/", 1)[0], "gold_tool": gold.get("tool"),
+           "gold_operation": (gold.get("args") or {}).get("operation"), "tool": spec.tool,
+           "operation": spec.args.get("operation") if spec.tool else None, "answer": ""}
+    why = getattr(spec, "refusal", None)
+    if spec.tool is None:
+        row["outcome"] = ("right" if "refuse" in want else "refused") if why else "model_alone"
+        row["answer"] = refusal(why) if why else ""
+        return row
+    out = registry.execute(spec.tool, spec.args)
+    if not out["success"]:
+        row.update(outcome="tool_error", error=out["error"])
+        return row
+    row["answer"] = summarize(spec.tool, spec.args.get("operation"), out["result"], spec.args, registry=registry)
+    if "refuse" in want or spec.tool != gold["tool"]:  # a retrieval with no relevant passage says so
+        row["outcome"] = "right" if "refuse" in want and is_correct(row["answer"], want) else "wrong_tool"
+    elif is_correct(row["answer"], want):
+        row["outcome"] = "right"
+    elif any(str(spec.args.get(k, "")).lower() != str(gold["args"].get(k, "")).lower() for k in _CHOICES
+             if isinstance(gold["args"].get(k, ""), str)):
+        row["outcome"] = "wrong_operation"
+    else:
+        row["outcome"] = "wrong_data"
+    return row
+
+
+def run_reading(task_set: str | TaskSet, reader: Callable | None = None) -> dict:
+    """Score a task set on the prompt reading alone: read each prompt, run the call read, compare.
+
+    Args:
+        task_set: a `TaskSet` or a registered name.
+        reader: the prompt reader (default `havoc.prime.read_task`; any function returning a `TaskSpec`).
+
+    Returns:
+        {"set", "tasks", "summary": {...}, "families": {family: {"tasks", "right"}}, "rows": [...]}; the
+        summary counts each outcome and gives accuracy, the share of tool tasks where a tool was read
+        (tool_when_needed) and the rows where the model's own figures would have been the answer.
+    """
+    ts = get_set(task_set) if isinstance(task_set, str) else task_set
+    rows = [read_row(t, reader) for t in ts.tasks]
+    needed = [r for r in rows if r["gold_tool"] is not None]
+    counts = Counter(r["outcome"] for r in rows)
+    summary = {"tasks": len(rows), **{k: counts.get(k, 0) for k in OUTCOMES},
+               "accuracy": round(counts.get("right", 0) / len(rows), 4) if rows else None,
+               "tool_when_needed": round(sum(r["tool"] is not None for r in needed) / len(needed), 4) if needed else None}
+    families: dict[str, dict] = {}
+    for r in rows:
+        f = families.setdefault(r["family"], {"tasks": 0, "right": 0})
+        f["tasks"] += 1
+        f["right"] += r["outcome"] == "right"
+    return {"set": ts.name, "tasks": len(rows), "summary": summary, "families": families, "rows": rows}
+
+
+def format_reading(report: dict) -> str:
+    """`run_reading`'s report as text: the outcome counts, then right/total per family."""
+    s = report["summary"]
+    lines = [f"set {report['set']}: {s['tasks']} tasks read without a model",
+             f"  right {s['right']}/{s['tasks']} ({100 * (s['accuracy'] or 0):.0f}%), tool read when needed "
+             f"{100 * (s['tool_when_needed'] or 0):.0f}%",
+             "  " + ", ".join(f"{k} {s[k]}" for k in OUTCOMES[1:])]
+    for name, f in report["families"].items():
+        lines.append(f"  {name:24} {f['right']:3}/{f['tasks']}")
     return "\n".join(lines)

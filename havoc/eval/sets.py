@@ -4,6 +4,7 @@ A task is {"id", "prompt", "check"}; its check names a tool call whose result ho
 
     {"tool": "statistics", "args": {...}, "fields": ["statistic", "p_value"]}   # figures the answer must show
     {"tool": "rag_helper", "args": {...}, "keywords": ["probability"]}          # words the answer must use
+    {"refuse": "no tool forecasts"}                                             # no tool fits: PRIME must say so
 
 The expected figures are computed by running the check's call (`expected`), so they are the tools' values,
 never numbers copied into this file; keywords must occur in the tool's own result, or the task is refused.
@@ -32,6 +33,10 @@ class Task:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise PrimeError(f"task {self.id}: the prompt is empty")
         c = self.check
+        if isinstance(c, dict) and set(c) == {"refuse"}:
+            if not isinstance(c["refuse"], str) or not c["refuse"]:
+                raise PrimeError(f'task {self.id}: a refusal check is {{"refuse": "why no tool fits"}}')
+            return
         if not isinstance(c, dict) or not isinstance(c.get("tool"), str) or not isinstance(c.get("args"), dict):
             raise PrimeError(f'task {self.id}: check must be {{"tool": NAME, "args": {{...}}, "fields" or "keywords"}}')
         if bool(c.get("fields")) == bool(c.get("keywords")):
@@ -65,15 +70,17 @@ def expected(task: Task, registry=None) -> dict:
     """The task's expected answer, from its check's tool call.
 
     Returns:
-        {"figures": {path: number}} or {"keywords": [...]}.
+        {"figures": {path: number}}, {"keywords": [...]} or {"refuse": why}.
 
     Raises:
         PrimeError: the call fails, a field is missing or not a number, or a keyword is not in the result.
     """
     from havoc.tools import default_registry
 
-    registry = registry or default_registry()
     c = task.check
+    if "refuse" in c:
+        return {"refuse": c["refuse"]}
+    registry = registry or default_registry()
     out = registry.execute(c["tool"], c["args"])
     if not out["success"]:
         raise PrimeError(f"task {task.id}: the check's call failed: {out['error']}")
@@ -215,6 +222,16 @@ _TOOLBOX = [
          _dsl({"operation": "sampling_plan", "n": 89, "c": 2, "lot_size": 10000, "p": [0.01, 0.02]}, "oc[0].pa")),
 ]
 _REGISTRY["toolbox"] = TaskSet("toolbox", "issue 22's operations asked in plain words (not in smoke)", _TOOLBOX)
+
+
+def _register_understand() -> None:
+    from havoc.eval.understand import understand_sets
+
+    for ts in understand_sets():
+        _REGISTRY[ts.name] = ts
+
+
+_register_understand()
 
 
 def register_set(task_set: TaskSet, *, replace: bool = False) -> None:

@@ -1,63 +1,45 @@
 """The answer's wording, built from tool results: every figure in it is a tool's, never the model's.
 
 `summarize(tool, operation, result)` gives the line fed back into the model's context after a call and
-the final answer's figures; `fmt` writes numbers to four significant digits (what verification traces).
+the final answer's figures, as each tool words them (havoc/tools/summaries.py); `fmt` writes numbers to four
+significant digits (what verification traces). `refusal` and `withheld` are what PRIME answers instead of
+figures no tool computed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from havoc.tools.summaries import NO_TOOL
+from havoc.tools.summaries import figure as fmt  # noqa: F401  (PRIME's name for it)
 
 
-def fmt(v: Any) -> str:
-    """A number to 4 significant digits (-1.0 -> "-1", 0.346593 -> "0.3466"); other values as str."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
-    if float(v).is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    return f"{v:.4g}"
+def refusal(why: str) -> str:
+    """What PRIME answers when no tool fits (or the prompt's data cannot be read): no figures of its own."""
+    return f"{NO_TOOL}: {why}. PRIME gives no figures it cannot compute with a tool."
 
 
-def summarize(tool: str, operation: str | None, result: dict, args: dict | None = None) -> str:
-    """One or two sentences with the result's key figures and the tool's own interpretation.
+def withheld() -> str:
+    """The answer in place of a model's reply whose figures trace to no tool and not to the prompt."""
+    return ("No answer: the model's reply (shown above, unverified) gives figures that no tool computed and the "
+            "prompt does not state, so it is not presented as the answer.")
+
+
+def is_refusal(answer: str) -> bool:
+    """Whether an answer is PRIME saying no tool fits (or that no tool result could be had)."""
+    return answer.startswith((NO_TOOL, "No answer"))
+
+
+def summarize(tool: str, operation: str | None, result: dict, args: dict | None = None, registry=None) -> str:
+    """One or two sentences with the result's key figures and the tool's own interpretation, as the tool words
+    them (`ToolSpec.summarize`, havoc/tools/summaries.py).
 
     Args:
         tool, operation: the call's tool and operation.
         result: the tool's result.
         args: the call's arguments (an evaluated expression is shown as written).
+        registry: the registry the tool is in (default: the built-in one).
     """
-    r = result
-    interp = r.get("interpretation", "")
-    if tool == "statistics" and operation == "t_test":
-        head = f"{r.get('test', 't-test')}: t = {fmt(r['statistic'])}, df = {fmt(r['df'])}, p = {fmt(r['p_value'])}"
-    elif tool == "statistics" and operation in ("anova", "tukey_hsd") and "f" in r:
-        within = next((row for row in r.get("table", []) if row.get("source") == "within"), {})
-        between = next((row for row in r.get("table", []) if row.get("source") == "between"), {})
-        head = (f"one-way ANOVA: F({fmt(between.get('df'))}, {fmt(within.get('df'))}) = {fmt(r['f'])}, "
-                f"p = {fmt(r['p_value'])}")
-    elif tool == "statistics" and operation == "regression":
-        terms = ", ".join(f"{c['name']} {fmt(c['estimate'])}" for c in r.get("coefficients", []))
-        head = f"OLS fit: coefficients {terms}; R² = {fmt(r['r_squared'])}"
-    elif tool == "statistics" and operation == "describe":
-        head = f"n = {fmt(r['n'])}, mean = {fmt(r['mean'])}, sd = {fmt(r['sd'])}, median = {fmt(r['median'])}"
-    elif tool == "dsl_executor" and "n_runs" in r:
-        names = ", ".join(f["name"] for f in r.get("factors", []))
-        head = f"{r['design'].replace('_', ' ')} design: {fmt(r['n_runs'])} runs for factors {names}"
-    elif tool == "dsl_executor" and "charts" in r:
-        head = "; ".join(f"{c['chart']} chart: center {fmt(c['center'])}, UCL {fmt(c['ucl'])}, LCL {fmt(c['lcl'])}"
-                         for c in r["charts"])
-    elif tool == "symbolic":
-        if r.get("operation") == "evaluate":
-            return f"{(args or {}).get('expression', r.get('expression'))} = {r.get('result')}."
-        head = ""
-    elif tool == "rag_helper":
-        hits = r.get("results", [])
-        if not hits:
-            return "The knowledge corpus has no passage on this."
-        top = hits[0]
-        return f"{top['text']} (source: {top['source']}, \"{top['heading']}\")"
-    else:
-        head = ""
-    if head and interp:
-        return f"{head}. {interp}."
-    return f"{head or interp}."
+    if registry is None:
+        from havoc.tools import default_registry
+
+        registry = default_registry()
+    return registry.summarize(tool, operation, result, args)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from havoc.prime.prose import Numbers, Series, read_numbers
+
 NUMBER = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
 NUMBER_RE = re.compile(rf"(?<![A-Za-z_\d.]){NUMBER}")
 _LIST_RE = re.compile(rf"[\[(]\s*({NUMBER}(?:\s*[,;]\s*{NUMBER})+)\s*[\])]")
@@ -24,7 +26,8 @@ _NAMED_LIST_RE = re.compile(rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*[=:]\s*[\[(]\s
 _RANGE_SEP = r"\s*(?:,|–|-|to|\.\.)\s*"
 _FACTOR_RANGE_RE = re.compile(
     rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*\(\s*({NUMBER}){_RANGE_SEP}({NUMBER})\s*[^()0-9,]{{0,12}}\)"
-    rf"|\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s+(?:from|between|ranging from)\s+({NUMBER})\s*(?:to|and|-)\s*({NUMBER})")
+    rf"|\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s+(?:from|between|ranging from)\s+({NUMBER})\s*(?:to|and|-)\s*({NUMBER})"
+    rf"|\b([A-Za-z][A-Za-z0-9_]{{1,23}})\s+({NUMBER})\s*(?:-|–|to)\s*({NUMBER})\b")
 _WORD_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
                  "eleven": 11}
 _ARITH_RE = re.compile(rf"\(*\s*{NUMBER}(?:[\s()]*(?:\*\*|[-+*/^×÷])[\s()]*{NUMBER})+(?:\s*\))*")
@@ -69,6 +72,8 @@ class TaskSpec:
         matched: the words that decided the reading (for the router's reasons).
         lists: the number lists written in the prompt, in order.
         numbers: every number in the prompt.
+        refusal: why no tool answers a request that asks for figures (None: a tool fits, or the request
+            asks for no figures and the model may answer it alone).
     """
 
     task_type: str
@@ -78,6 +83,7 @@ class TaskSpec:
     matched: list[str] = field(default_factory=list)
     lists: list[list[float]] = field(default_factory=list)
     numbers: list[float] = field(default_factory=list)
+    refusal: str | None = None
 
     @property
     def operation(self) -> str | None:
@@ -92,11 +98,14 @@ def _has(text: str, *words: str) -> str | None:
 
 
 def _factor_names(prompt: str, low: str) -> list[dict]:
-    found = [(m[0], m[1], m[2]) if m[0] else (m[3], m[4], m[5]) for m in _FACTOR_RANGE_RE.findall(prompt)]
-    ranges = [(n, float(a), float(b)) for n, a, b in found if n.lower() not in {"center", "centre", "runs"}]
+    found = [(m[0], m[1], m[2]) if m[0] else (m[3], m[4], m[5]) if m[3] else (m[6], m[7], m[8])
+             for m in _FACTOR_RANGE_RE.findall(prompt)]
+    ranges = [(n, float(a), float(b)) for n, a, b in found
+              if n.lower() not in {"center", "centre", "runs", "factors", "between", "from", "with", "and", "for", "in", "of",
+                                   "design", "points", "levels", "the", "at", "is", "are", "a", "an"} and float(a) != float(b)]
     if ranges:
         return [{"name": n, "low": _num(a), "high": _num(b)} for n, a, b in ranges]
-    m = re.search(r"factors?\s*(?:named|called|:)?\s*((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,|and)\s*)+[A-Za-z][A-Za-z0-9_]*)", prompt)
+    m = re.search(r"\bfactors?\b\s*(?:named|called|:)?\s*((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,|and)\s*)+[A-Za-z][A-Za-z0-9_]*)", prompt)
     if m:
         names = [n for n in re.split(r"\s*(?:,|\band\b)\s*", m.group(1)) if n]
         if len(names) >= 2:
@@ -201,9 +210,13 @@ def _read_power(low: str) -> dict | None:
             test = "two_sample_t"
         args = {"operation": "power", "test": test}
         effect = _value(low, r"difference|delta|δ|shift|effect(?: size)?|change")
+        if effect is None and (m := re.search(rf"({NUMBER})\s*%?\s*(?:difference|shift|change|effect)", low)):
+            effect = _num(float(m.group(1)))  # "a 10% difference", "a 2-unit shift"
         if effect is not None:
             args["effect"] = effect
         sd = _value(low, SIGMA)
+        if sd is None and (m := re.search(rf"(?:sd|standard deviation|sigma) of the \w+ (?:is|=|of)\s*({NUMBER})", low)):
+            sd = _num(float(m.group(1)))
         if sd is not None:
             args["sd"] = sd
         if test == "anova":
@@ -355,7 +368,8 @@ def _read_toolbox(prompt: str, low: str, lists: list[list[float]], named: dict) 
     if (w := _has(low, "f-test", "f test", "bartlett", "levene", "brown-forsythe", "equal variances", "equality of variances",
                   "variances differ", "variances are equal", "compare variances", "compare the variances",
                   "homogeneity of variance", "variance test", "test of variance", "test the variance",
-                  "standard deviations differ", "chi-square test for the variance", "chi-square test of the variance")):
+                  "standard deviations differ", "chi-square test for the variance", "chi-square test of the variance")) \
+            and not re.search(r"welch|t[- ]?test|(?:compare|comparing) the means|assum|difference in mean", low):
         kind = "bartlett" if "bartlett" in low else "brown_forsythe" if "brown" in low else \
             "levene" if "levene" in low else None
         if lists and (len(lists) >= 3 or kind):
@@ -421,6 +435,283 @@ def _read_toolbox(prompt: str, low: str, lists: list[list[float]], named: dict) 
     return None
 
 
+# ------------------------------------------------------------------------------------ the core operations
+# Which operation a request asks for is scored, not matched: each operation has cue phrases with weights
+# (the test's name weighs most, words that only suggest it less), and an operation is chosen only when the
+# prompt's data has the shape it needs (two lists for a two-sample test, three or more for ANOVA, none for
+# SPC constants). Issue 15: the first-match rules sent "Machine 1: 10.2, 10.4, ... Use a two-sample t-test."
+# and "What are Cp and Cpk?" to the model alone, because their data was not in brackets or their test was
+# named last; the cues below do not care where in the prompt they are.
+CUES: dict[str, tuple[tuple[str, float], ...]] = {
+    "t_test": ((r"t[- ]?tests?\b|\bttest|student'?s?\b|welch|\bt[- ]statistic", 4.0),
+               (r"paired|matched[- ]pairs?|one[- ]sample|two[- ]sample|compare (?:the )?means|mean difference", 2.0),
+               (r"\btest (?:if|whether|that|for a)|hypothes|significan|differs? from|different from", 2.5),
+               (r"differ|difference|compare|comparison|better|reduce|improve|help|drop|versus|\bvs\b|higher|lower|"
+                r"same mean", 1.0)),
+    "anova": ((r"\banova\b|analysis of variance", 5.0), (r"one[- ]way", 2.0),
+              (r"differ|difference|compare|matter|same for|the same|effect of", 1.0)),
+    "regression": ((r"regress|regression|least[- ]squares|(?:fit|draw)\b[^.?]{0,20}\bline|slope|intercept|trend ?line|"
+                    r"best[- ]fit|y\s*=\s*a\s*\+\s*b\s*x|linear (?:fit|model)|predict", 4.0),),
+    "correlation": ((r"correlat|pearson|spearman|kendall", 5.0), (r"related|relationship|association|\br\b", 1.5)),
+    "confidence_interval": ((r"confidence interval|\bci\b|interval (?:for|of|estimate)|margin of error", 5.0),),
+    "describe": ((r"\bmean\b|average|standard deviation|\bsd\b|\bstd\b|median|variance|spread|summar|descriptive|"
+                  r"describe|statistics|skew|kurtosis|quartile|\biqr\b|percentile", 1.5),),
+    "control_chart": ((r"control chart|control limits|\bucl\b|\blcl\b|\bin control\b|out of control|centre line|"
+                       r"center line|\blimits\b|\bchart", 3.0),
+                      (r"individuals?\b|\bi-?mr\b|moving range|x-?bar|x̄|\b[cpu][- ]?charts?\b|\bnp[- ]?charts?\b", 3.0)),
+    "capability": ((r"\bc[pm]k?\b|\bppk?\b|capab", 6.0), (r"\blsl\b|\busl\b|spec|tolerance", 1.0)),
+    "constants": ((r"\ba[23]\b|\bd[234]\b|\bb[3-6]\b|\bc4\b|\be2\b", 4.0), (r"constants?|factors? for", 2.0)),
+}
+_ALPHA_RE = re.compile(rf"(?:alpha|α|significance(?: level)?)\s*(?:=|:|of|is|at)?\s*({NUMBER})\s*(%)?|(?:at|with) (?:the |a )?({NUMBER})\s*%\s*(?:significance|level)|({NUMBER})\s*%\s*(?:significance|level of significance)")
+_CONFIDENCE_RE = re.compile(rf"({NUMBER})\s*%\s*(?:confidence|ci\b|interval)|confidence(?: level)?\s*(?:of|=|:)?\s*({NUMBER})\s*%")
+_PAIRED_RE = re.compile(r"paired|matched|same (?:\d+ )?(?:subjects|people|patients|parts|units|operators|employees|"
+                        r"technicians|specimens|samples|items|workers|students|machines)|each \w+ (?:was )?(?:tested|measured)"
+                        r" (?:on|with|under|by) both|\bbefore\b.*\bafter\b|\bpre[- ].*\bpost[- ]|\bpre\b.*\bpost\b")
+_WELCH_RE = re.compile(r"welch|unequal[- ]variances?|variances? (?:\w+ ){0,2}(?:unequal|different|not equal|differ)|"
+                       r"without assuming equal|not assum\w* equal|don'?t assume equal")
+_MU_RE = re.compile(rf"(?:mean|average|mu|μ)\s*(?:is|of|=|equals|should be|is supposed to be|of exactly)?\s*({NUMBER})|"
+                    rf"(?:against|different from|differs? from|equal to|equals|hypothesi[sz]ed (?:mean|value)(?: of| is| =)?|"
+                    rf"target(?: of| is| =)?|should average|above|below|exceeds?|than)\s*({NUMBER})")
+_N_RE = re.compile(r"(?:subgroups?|samples?|lots?|groups?|batches)\s+(?:of size|of|have|with|sizes?(?: of| is| =)?|contain)\s*"
+                   r"(\d+)|\bn\s*=\s*(\d+)|(?:subgroup|sample) size (?:is |of |= )?(\d+)|(\d+)\s+(?:units|items|parts|pieces)"
+                   r" (?:inspected|sampled|each)|each (?:lot|sample|subgroup) of (\d+)|\((?:n\s*=\s*)(\d+)\)")
+
+
+def _alpha(low: str) -> float | None:
+    m = _ALPHA_RE.search(low)
+    if m:
+        v = float(next(g for g in (m.group(1), m.group(3), m.group(4)) if g))
+        if m.group(2) or m.group(3) or m.group(4) or v >= 1:
+            v /= 100
+        return _num(v) if 0 < v < 1 else None
+    m = _CONFIDENCE_RE.search(low)
+    if m:
+        v = 1 - float(m.group(1) or m.group(2)) / 100
+        return _num(round(v, 10)) if 0 < v < 1 else None
+    return None
+
+
+_NUMBER_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+                 "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20, "twenty-five": 25}
+
+
+def _digits(low: str) -> str:
+    """Number words as digits ("subgroups of five" -> "subgroups of 5"), for the readers of counts only: the
+    cues keep their words ("two-sample", "one-way")."""
+    return re.sub(r"\b(" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")\b(?![- ](?:sample|way|sided|tailed))",
+                  lambda m: str(_NUMBER_WORDS[m.group(1)]), low)
+
+
+def _subgroup_n(low: str) -> int | None:
+    m = _N_RE.search(_digits(low))
+    return int(next(g for g in m.groups() if g)) if m else None
+
+
+_LIMIT = rf"({NUMBER})\s*(?:[a-zA-Z°µ]{{1,4}}\.?)?"
+
+
+def _spec_limits(low: str) -> tuple[float | None, float | None]:
+    """(LSL, USL) as a prompt writes them: "LSL 9.5", "lower spec limit is 24", "spec limits are 9.5 to 10.5",
+    "specs 499–501 g", "20 ± 0.5", "upper spec 12.5 only"."""
+    low = low.replace("–", "-").replace("—", "-")
+    lsl = _value(low, r"lsl|lower spec(?:ification)?(?: limit)?|lower limit|lower tolerance")
+    usl = _value(low, r"usl|upper spec(?:ification)?(?: limit)?|upper limit|upper tolerance")
+    if lsl is None and usl is None:
+        m = re.search(rf"(?:spec(?:ification)?s?|limits|tolerance|tolerances)\s*(?:limits?)?\s*(?:are|is|of|:|=|at)?\s*"
+                      rf"(?:from |between )?{_LIMIT}\s*(?:to|-|and|/)\s*{_LIMIT}", low)
+        if m:
+            lsl, usl = _num(float(m.group(1))), _num(float(m.group(2)))
+        else:
+            m = re.search(rf"({NUMBER})\s*(?:±|\+/-|\+-)\s*({NUMBER})", low)
+            if m:
+                c, t = float(m.group(1)), float(m.group(2))
+                lsl, usl = _num(round(c - t, 10)), _num(round(c + t, 10))
+    if lsl is not None and usl is not None and lsl > usl:
+        lsl, usl = usl, lsl
+    return lsl, usl
+
+
+def _scores(low: str) -> dict[str, tuple[float, str]]:
+    """Per operation with any cue in the prompt: (the cues' summed weight, the strongest cue as written)."""
+    out = {}
+    for op, cues in CUES.items():
+        hits = [(w, m.group(0)) for pattern, w in cues if (m := re.search(pattern, low))]
+        if hits:
+            out[op] = (sum(w for w, _ in hits), max(hits)[1])
+    return out
+
+
+def _chart_kind(low: str) -> str | None:
+    for kind, pattern in (("xbar_r", r"x-?\s?bar|x̄|subgroup means"), ("np", r"\bnp[- ]?chart"), ("c", r"\bc[- ]?chart"),
+                          ("u", r"\bu[- ]?chart"), ("p", r"\bp[- ]?chart"),
+                          ("imr", r"individual|\bi-?mr\b|\bx-?mr\b|moving range|\bi[- ]chart")):
+        if re.search(pattern, low):
+            return kind
+    return None
+
+
+def _read_core(prompt: str, low: str, nums: Numbers) -> tuple | None:
+    """(task_type, tool, args, data_keys, matched) for the core statistics and SPC operations, or None."""
+    series = [s.values for s in nums.series]
+    data = [_nums(v) for v in series]
+    scores = _scores(low)
+    by_label = {s.label.split()[-1]: _nums(s.values) for s in nums.series if s.label}
+    for op in sorted(scores, key=lambda k: -scores[k][0]):
+        word = scores[op][1]
+        if op == "capability":
+            lsl, usl = _spec_limits(low)
+            if lsl is None and usl is None:
+                continue
+            limits = {k: v for k, v in (("lsl", lsl), ("usl", usl)) if v is not None}
+            spec_values = {float(v) for v in limits.values()}
+            cand = [d for d in data if len(d) >= 4 and not {float(x) for x in d} <= spec_values]
+            if cand:
+                return "spc", "dsl_executor", {"operation": "capability", "data": max(cand, key=len), **limits}, \
+                    ("data", "lsl", "usl"), word
+            mean = _value(low, r"mean|average|μ|mu|runs at a mean of|centred at|centered at")
+            sigma = _value(low, SIGMA)
+            if mean is not None and sigma is not None:
+                return "spc", "dsl_executor", {"operation": "capability", "mean": mean, "sigma": sigma, **limits}, \
+                    ("mean", "sigma", "lsl", "usl"), word
+        elif op == "constants":
+            n = _subgroup_n(low)
+            if n is not None and 2 <= n <= 25 and not data:
+                return "spc", "dsl_executor", {"operation": "constants", "n": n}, ("n",), word
+        elif op == "control_chart":
+            kind = _chart_kind(low)
+            if not data:
+                continue
+            equal = len(data) >= 2 and len({len(d) for d in data}) == 1 and 2 <= len(data[0]) <= 25
+            if kind == "xbar_r" or (kind is None and equal and re.search(r"subgroup", low)):
+                if equal:
+                    return "spc", "dsl_executor", {"operation": "control_chart", "chart": "xbar_r", "subgroups": data}, \
+                        ("subgroups",), word
+                n = _subgroup_n(low)
+                if n and len(data[0]) % n == 0 and len(data[0]) // n >= 2:
+                    groups = [data[0][i:i + n] for i in range(0, len(data[0]), n)]
+                    return "spc", "dsl_executor", {"operation": "control_chart", "chart": "xbar_r", "subgroups": groups}, \
+                        ("subgroups",), word
+                continue
+            if kind is None:
+                kind = "c" if re.search(r"defects?\b|counts?\b|flaws|errors per", low) and \
+                    all(float(v).is_integer() for v in data[0]) else "imr"
+            args = {"operation": "control_chart", "chart": kind, "data": max(data, key=len)}
+            if kind in ("p", "np"):
+                n = _subgroup_n(low)
+                if n is None:
+                    m = re.search(r"(?:of|from|in)\s+(\d+)\b", low)
+                    n = int(m.group(1)) if m else None
+                if n is None:
+                    continue
+                args["n"] = n
+            return "spc", "dsl_executor", args, ("data",), word
+        elif op in ("regression", "correlation"):
+            if len(data) < 2 or len(data[0]) != len(data[1]):
+                continue
+            x, y = by_label.get("x"), by_label.get("y")
+            m = re.search(r"regress(?:ion of)?\s+(\w+)\s+(?:on|against|versus|vs\.?)\s+(\w+)", low)
+            if (x is None or y is None) and m and m.group(1) in by_label and m.group(2) in by_label:
+                y, x = by_label[m.group(1)], by_label[m.group(2)]
+            if x is None or y is None or len(x) != len(y):
+                x, y = data[0], data[1]
+            if op == "regression":
+                return "statistics", "statistics", {"operation": "regression", "y": y, "predictors": {"x": x}}, \
+                    ("y", "predictors"), word
+            args = {"operation": "correlation", "x": x, "y": y}
+            method = "spearman" if "spearman" in low else "kendall" if "kendall" in low else None
+            if method:
+                args["method"] = method
+            return "statistics", "statistics", args, ("x", "y"), word
+        elif op in ("t_test", "anova"):
+            if len(data) >= 3 or (op == "anova" and len(data) == 2):
+                args = {"operation": "anova", "groups": data}
+                if (a := _alpha(low)) is not None:
+                    args["alpha"] = a
+                return "statistics", "statistics", args, ("groups",), word
+            if len(data) == 2:
+                kind = "two_sample"
+                if _PAIRED_RE.search(low) and len(data[0]) == len(data[1]):
+                    kind = "paired"
+                elif _WELCH_RE.search(low):
+                    kind = "welch"
+                args = {"operation": "t_test", "kind": kind, "x": data[0], "y": data[1]}
+            elif len(data) == 1 and op == "t_test":
+                spans = [(x.start, x.end) for x in nums.series]
+                mu = next((float(m.group(1) or m.group(2)) for m in _MU_RE.finditer(low)
+                           if not any(a <= m.start(m.lastindex) < b for a, b in spans)), None)
+                if mu is None:
+                    continue
+                args = {"operation": "t_test", "kind": "one_sample", "x": data[0], "mu": _num(mu)}
+                if re.search(rf"(?:greater|more|larger|higher|bigger) than\s*{NUMBER}|exceeds?\s*{NUMBER}|above\s*{NUMBER}", low):
+                    args["alternative"] = "greater"
+                elif re.search(rf"(?:less|lower|smaller|fewer) than\s*{NUMBER}|below\s*{NUMBER}|under\s*{NUMBER}", low):
+                    args["alternative"] = "less"
+            else:
+                continue
+            if (a := _alpha(low)) is not None:
+                args["alpha"] = a
+            return "statistics", "statistics", args, tuple(k for k in ("x", "y", "mu") if k in args), word
+        elif op in ("confidence_interval", "describe"):
+            if len(data) != 1:
+                continue
+            if op == "confidence_interval":
+                args = {"operation": "confidence_interval", "kind": "mean", "data": data[0]}
+            else:
+                args = {"operation": "describe", "data": data[0]}
+            if (a := _alpha(low)) is not None:
+                args["alpha"] = a
+            return "statistics", "statistics", args, ("data",), word
+    return None
+
+
+# Requests no tool answers: PRIME says so instead of letting the model write figures.
+UNSUPPORTED = ((r"\bforecast|\barima\b|predict\w*\b[^.?]{0,40}\b(?:next|future|tomorrow)\b|tomorrow|weather|"
+                r"in 20[3-9]\d|exponential smoothing", "forecasting is not something any of PRIME's tools does"),
+               (r"neural network|machine learning|random forest|deep learning|classifier|principal component|\bpca\b|"
+                r"cluster analysis|clustering|k-means", "PRIME has no machine-learning or multivariate tool"),
+               (r"log[- ]rank|survival curve|kaplan", "PRIME has no survival-analysis tool (life_data fits Weibull and "
+                                                      "lognormal only)"),
+               (r"\bgini\b|inequality index", "PRIME has no inequality-index tool"),
+               # not "matrix" alone: a design matrix is DOE
+               (r"eigen|determinant|inverse of (?:the |a |this )?matrix|matrix (?:inverse|product|multiplication)|"
+                r"(?:of|for) (?:the|this) matrix", "PRIME has no linear-algebra tool"),
+               (r"present value|\bnpv\b|\birr\b|compound interest|interest rate|mortgage|annuity",
+                "PRIME has no finance tool"),
+               (r"probability of (?:getting|rolling|drawing|exactly|at least)|\bcoins?\b|\bdice\b|deck of cards",
+                "PRIME has no probability-distribution tool for this"),
+               (r"who will win|stock price|lottery", "no tool can know this"),
+               # not "simulated" (data can be) or "prior" (prior to the change): the requests themselves
+               (r"\bsimulate\b|simulation of|monte carlo|bootstrap", "PRIME has no simulation or resampling tool"),
+               (r"bayes|posterior|prior distribution", "PRIME has no Bayesian tool"))
+_QUANT_RE = re.compile(r"\b(?:compute|calculate|estimate|how many|how much|what is the (?:value|number)|test|analy[sz]e|"
+                       r"analysis|fit|model|predict|probability|perform|run|value|rate|percent\w*|average|total)\b")
+
+_WORD_OPS = ((r"\bsquare root of\s+", "sqrt "), (r"\bdivided by\b", "/"), (r"\bmultiplied by\b", "*"), (r"\btimes\b", "*"),
+             (r"\bplus\b", "+"), (r"\bminus\b", "-"), (r"\bsquared\b", "^2"), (r"\bcubed\b", "^3"),
+             (r"\bto the power(?: of)?\s+", "^"), (r"\bover\b", "/"))
+
+
+def _arithmetic(prompt: str) -> str | None:
+    """The arithmetic expression a prompt asks for ("17*23+4", "15% of 240", "125 times 8", "square root of 144")."""
+    text = prompt.replace("×", "*").replace("÷", "/").replace("−", "-")
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    text = re.sub(rf"({NUMBER})\s*%\s*of\s*({NUMBER})", r"(\1/100)*\2", text)
+    for pattern, rep in _WORD_OPS:
+        text = re.sub(pattern, rep, text, flags=re.IGNORECASE)
+    text = re.sub(rf"sqrt\s*({NUMBER})", r"sqrt(\1)", text)
+    best = ""
+    for m in re.finditer(rf"(?:sqrt)?[\s(]*{NUMBER}\)?(?:[\s()]*(?:\*\*|[-+*/^])[\s()]*(?:sqrt)?\(?\s*{NUMBER}\)*)*", text):
+        e = m.group(0).strip()
+        while e.count("(") > e.count(")") and e.startswith("("):
+            e = e[1:].strip()
+        while e.count(")") > e.count("(") and e.endswith(")"):
+            e = e[:-1].strip()
+        if len(e) > len(best) and e.count("(") == e.count(")") and (re.search(r"\d\s*(?:\*\*|[-+*/^])\s*[\d(s.]", e)
+                                                                  or e.startswith("sqrt")):
+            best = e
+    return best.replace("**", "^") or None
+
+
 def read_task(prompt: str) -> TaskSpec:
     """Read the task a prompt asks for.
 
@@ -428,105 +719,69 @@ def read_task(prompt: str) -> TaskSpec:
         prompt: the user's request.
 
     Returns:
-        A `TaskSpec`; `tool` is None when no rule matched a tool task.
+        A `TaskSpec`; `tool` is None when no tool fits, and then `refusal` says why where the request asks
+        for figures (PRIME answers with that instead of the model's own numbers).
     """
-    low = prompt.lower()
-    lists = [_floats(body) for body in _LIST_RE.findall(prompt)]
-    named = {name: _floats(body) for name, body in _NAMED_LIST_RE.findall(prompt)}
-    spec = TaskSpec("general", lists=lists, numbers=numbers_in(prompt))
+    low = re.sub(r"[–—‐]", "-", prompt.lower())
+    nums = read_numbers(prompt)
+    if len(nums.series) >= 3 and all(len(s.values) == 2 and s.bracketed for s in nums.series) and \
+            re.search(CUES["regression"][0][0] + "|" + CUES["correlation"][0][0] + r"|\bpairs?\b|paired", low):
+        # pairs written as (x, y), (x, y), ...: the x values and the y values
+        pairs = nums.series
+        nums.series = [Series([p.values[i] for p in pairs], name, pairs[0].start, pairs[-1].end, True,
+                              [p.items[i] for p in pairs]) for i, name in ((0, "x"), (1, "y"))]
+    lists = [s.values for s in nums.series]
+    named: dict[str, list[float]] = {}
+    for s in nums.series:
+        if s.label:
+            named.setdefault(s.label.split()[-1], s.values)
+    spec = TaskSpec("general", lists=lists, numbers=nums.values())
 
     def done(task_type: str, tool: str, args: dict, data_keys: tuple[str, ...], *matched: str) -> TaskSpec:
         spec.task_type, spec.tool, spec.args, spec.data_keys = task_type, tool, args, data_keys
         spec.matched = [m for m in matched if m]
         return spec
 
+    for pattern, why in UNSUPPORTED:
+        if re.search(pattern, low):
+            spec.task_type, spec.refusal = "unsupported", why
+            spec.matched = [re.search(pattern, low).group(0)]
+            return spec
     found = _read_toolbox(prompt, low, lists, named)
+    if found is None:
+        found = _read_core(prompt, low, nums)
     if found is not None:
         task_type, tool, args, keys, word = found
         return done(task_type, tool, args, keys, word)
 
-    # --- SPC -------------------------------------------------------------------------------------------
-    if (w := _has(low, "control chart", "i-mr", "imr", "individuals chart", "x-bar", "xbar", r"c chart", r"p chart",
-                  r"u chart", r"np chart")):
-        chart = "imr"
-        for key, names in (("xbar_r", ("x-bar", "xbar")), ("c", ("c chart", "c-chart")), ("p", ("p chart", "p-chart")),
-                           ("u", ("u chart", "u-chart")), ("np", ("np chart", "np-chart"))):
-            if any(n in low for n in names):
-                chart = key
-        if chart == "xbar_r" and len(lists) >= 2:
-            return done("spc", "dsl_executor", {"operation": "control_chart", "chart": "xbar_r",
-                                                "subgroups": [[_num(v) for v in l] for l in lists]}, ("subgroups",), w)
-        if lists:
-            args = {"operation": "control_chart", "chart": chart, "data": [_num(v) for v in lists[0]]}
-            n = _int_after(low, r"units|sample size|inspected")
-            if chart in ("p", "np") and n:
-                args["n"] = n
-            return done("spc", "dsl_executor", args, ("data",), w)
-    if (w := _has(low, "capability", r"\bcpk", r"\bcp\b")) and lists:
-        lsl = re.search(rf"lsl\s*(?:=|:|of)?\s*({NUMBER})", low)
-        usl = re.search(rf"usl\s*(?:=|:|of)?\s*({NUMBER})", low)
-        args = {"operation": "capability", "data": [_num(v) for v in lists[0]]}
-        if lsl:
-            args["lsl"] = _num(float(lsl.group(1)))
-        if usl:
-            args["usl"] = _num(float(usl.group(1)))
-        return done("spc", "dsl_executor", args, ("data", "lsl", "usl"), w)
-    if (w := _has(low, "control chart constant", "chart constants", r"\ba2\b", r"\bd2\b")):
-        n = _int_after(low, r"subgroup size|sample size|n\s*=")
-        if n:
-            return done("spc", "dsl_executor", {"operation": "constants", "n": n}, ("n",), w)
-
     # --- DOE -------------------------------------------------------------------------------------------
-    designs = (("box_behnken", ("box-behnken", "box behnken")), ("central_composite", ("central composite", "ccd")),
-               ("plackett_burman", ("plackett-burman", "plackett burman")),
-               ("fractional_factorial", ("fractional factorial",)), ("full_factorial", ("full factorial", "factorial design", "2^")))
+    designs = (("box_behnken", ("box-behnken", "box behnken", "bbd")),
+               ("central_composite", ("central composite", "ccd", "central-composite")),
+               ("plackett_burman", ("plackett-burman", "plackett burman", "screening")),
+               ("fractional_factorial", ("fractional factorial", "half fraction", "half-fraction", "fractional")),
+               ("full_factorial", ("full factorial", "factorial", "2^", "all combinations", "two levels", "2 levels",
+                                   "two-level", "2-level")))
     for operation, names in designs:
-        hit = next((n for n in names if n in low), None)
-        if hit == "2^" and "design" not in low:  # "2^10 - 24" is arithmetic, "a 2^3 design" is not
-            hit = None
+        hit = next((n for n in names if re.search(rf"(?<![a-z]){re.escape(n)}", low)), None)
+        if hit == "2^" and not re.search(r"design|factorial|experiment|factors?\b", low):
+            hit = None  # "2^10 - 24" is arithmetic, "a 2^3 design" is not
         if hit:
             factors = _factor_names(prompt, low)
             if not factors:
                 break
             args = {"operation": operation, "factors": factors, "randomize": False}
-            center = _int_after(low, r"cent(?:er|re) points?|cent(?:er|re) runs?") 
+            center = _int_after(low, r"cent(?:er|re) points?|cent(?:er|re) runs?")
             if center is not None and operation != "plackett_burman":
                 args["center"] = center
             runs = _int_after(low, r"runs")
+            replicates = _int_after(_digits(low), r"replicates?|replications?")
+            if replicates and operation != "plackett_burman" and replicates > 1:
+                args["replicates"] = replicates
             if operation == "plackett_burman" and runs in (8, 12, 16, 20, 24):
                 args["runs"] = runs
             if operation == "fractional_factorial" and runs:
                 args["runs"] = runs
             return done("doe", "dsl_executor", args, ("factors", "center", "runs"), hit)
-
-    # --- statistics ------------------------------------------------------------------------------------
-    if (w := _has(low, "t-test", "t test", "ttest", "student", "welch", "paired")) and lists:
-        kind = "two_sample"
-        if "paired" in low:
-            kind = "paired"
-        elif "welch" in low or "unequal variance" in low:
-            kind = "welch"
-        if len(lists) == 1:
-            mu = re.search(rf"(?:mu|mean|μ)\s*(?:=|of|is|equals)\s*({NUMBER})", low)
-            args = {"operation": "t_test", "kind": "one_sample", "x": [_num(v) for v in lists[0]]}
-            if mu:
-                args["mu"] = _num(float(mu.group(1)))
-            return done("statistics", "statistics", args, ("x", "mu"), w)
-        return done("statistics", "statistics", {"operation": "t_test", "kind": kind, "x": [_num(v) for v in lists[0]],
-                                                 "y": [_num(v) for v in lists[1]]}, ("x", "y"), w)
-    if (w := _has(low, "anova", "analysis of variance")) and len(lists) >= 2:
-        return done("statistics", "statistics", {"operation": "anova", "groups": [[_num(v) for v in l] for l in lists]},
-                    ("groups",), w)
-    if (w := _has(low, "regression", "regress", "fit a line", "least squares", "linear fit")) and len(lists) >= 2:
-        xs = named.get("x") or named.get("X") or lists[0]
-        ys = named.get("y") or named.get("Y") or lists[1]
-        return done("statistics", "statistics", {"operation": "regression", "y": [_num(v) for v in ys],
-                                                 "predictors": {"x": [_num(v) for v in xs]}}, ("y", "predictors"), w)
-    if (w := _has(low, "confidence interval")) and lists:
-        return done("statistics", "statistics", {"operation": "confidence_interval", "kind": "mean",
-                                                 "data": [_num(v) for v in lists[0]]}, ("data",), w)
-    if (w := _has(low, "mean", "average", "standard deviation", "median", "variance", "describe", "summar")) and lists:
-        return done("statistics", "statistics", {"operation": "describe", "data": [_num(v) for v in lists[0]]}, ("data",), w)
 
     # --- arithmetic ------------------------------------------------------------------------------------
     m = re.search(r"solve\s*:?\s*([^?]*=[^?]*)", prompt, re.IGNORECASE)
@@ -539,20 +794,19 @@ def read_task(prompt: str) -> TaskSpec:
         if m.group(2):
             args["variable"] = m.group(2)
         return done("arithmetic", "symbolic", args, ("expression",), "derivative")
-    expr = max((e.group(0).strip() for e in _ARITH_RE.finditer(prompt)), key=len, default="")
-    while expr.count("(") > expr.count(")") and expr.startswith("("):
-        expr = expr[1:].strip()
-    while expr.count(")") > expr.count("(") and expr.endswith(")"):
-        expr = expr[:-1].strip()
-    if expr and re.search(r"\d", expr) and expr.count("(") == expr.count(")"):
-        expression = expr.replace("×", "*").replace("÷", "/").replace("**", "^")
+    if not lists and (expression := _arithmetic(prompt)):
         return done("arithmetic", "symbolic", {"operation": "evaluate", "expression": expression}, ("expression",),
                     "arithmetic expression")
 
     # --- definitions -----------------------------------------------------------------------------------
     m = re.match(r"\s*(?:what\s+(?:is|are|does)|define|explain|describe|what's)\s+(.+?)[?.!]*\s*$", low)
-    if m:
+    if m and not nums.numbers:
         # the query is the question itself: a model's paraphrase would be retrieval on unchecked text
         return done("definition", "rag_helper", {"query": prompt.strip(), "top_k": 1}, ("query",), m.group(0).split()[0])
-    return spec
 
+    # --- nothing fits ----------------------------------------------------------------------------------
+    if lists or _QUANT_RE.search(low):
+        spec.task_type = "unsupported"
+        spec.refusal = ("the request has figures to compute, but PRIME could not tell which of its tools (statistics, "
+                        "DOE, SPC, arithmetic) it asks for, or could not read all the inputs that tool needs")
+    return spec

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from havoc.errors import PrimeError
-from havoc.prime.answer import summarize
+from havoc.prime.answer import refusal, summarize, withheld
 from havoc.prime.engine import Context, Engine, Generated
 from havoc.prime.graph import OperatorGraph, Subgoal, build_graph
+from havoc.prime.records import Attempt, Check, ToolCall
 from havoc.prime.router import Route, RouterConfig, route
 from havoc.prime.verify import check_args, numeric_leaves, untraced_numbers
 from havoc.prime.workspace import Workspace
@@ -214,6 +215,9 @@ class _Subset:
     def arguments_schema(self, name, variant=None):
         return self.registry.arguments_schema(name, variant)
 
+    def summarize(self, name, operation, result, args=None):
+        return self.registry.summarize(name, operation, result, args)
+
     def describe(self):
         return [d for d in self.registry.describe() if d["name"] in self.allowed]
 
@@ -319,10 +323,12 @@ class _Run:
         self.on_event, self.plots = on_event, plots
         self.pieces: list[str] = []
         self.workspace = Workspace()
-        self.calls: list[dict] = []
+        self.calls: list[ToolCall] = []
         self.results: list[tuple[str, str | None, dict, str]] = []  # (tool, operation, result, source)
         self.generated = 0
         self.ctx: Context | None = None
+        self.refused = False
+        self.withheld: list[str] = []  # the untraced numbers of a direct reply that was therefore not the answer
         self.contexts: list[Context] = []
 
     # -------------------------------------------------------------------------------------------- helpers
@@ -336,10 +342,10 @@ class _Run:
         if self.on_event is not None:
             self.on_event(kind, data)
 
-    def record_call(self, record: dict) -> None:
+    def record_call(self, record: ToolCall) -> None:
         """A call is resolved (run, recovered or failed): keep its record and tell the listener."""
         self.calls.append(record)
-        self.notify("tool_call", record)
+        self.notify("tool_call", record.to_dict())
 
     def execute_call(self, tool: str, operation: str | None, args: dict) -> dict:
         """Run a call; with `plots`, a call whose tool can draw its result asks for the picture too (the
@@ -385,29 +391,37 @@ class _Run:
         computed0 = self.engine.computed_tokens
         direct = not self.enable_prime or self.route.budget == "MICRO" or self.task.tool is None \
             or self.task.tool not in self.registry.names()
+        # No tool fits a request that asks for figures: PRIME says so, and the model writes none (issue 15: the
+        # 135M model's own Cp = 6.23 for a process whose Cp is 1.03 was the answer).
+        self.refused = self.enable_prime and self.task.refusal is not None
         self.notify("routing", self.routing(direct))
         try:
-            if direct:
-                answer, graph, prefix = self.run_direct()
+            if self.refused:
+                answer, graph = self.run_refusal()
+                ids = []
             else:
-                answer, graph, prefix = self.run_prime()
-            ids = list(self.ctx.ids[prefix:])
+                if direct:
+                    answer, graph, prefix = self.run_direct()
+                else:
+                    answer, graph, prefix = self.run_prime()
+                ids = list(self.ctx.ids[prefix:])
         finally:
             self.free_all()
         verification = self.verify(answer, direct)
         text = "".join(self.pieces)
-        if not direct:
+        if not direct or self.refused or self.withheld:
             text += f"\nAnswer: {answer}\n"
         stats = {"generated_tokens": self.generated, "computed_tokens": self.engine.computed_tokens - computed0,
                  "seconds": round(time.perf_counter() - t0, 3), "budget_left": self.left}
         return PrimeResult(self.prompt, answer, text, ids, self.workspace, verification, self.routing(direct),
-                           graph.to_list(), self.calls, stats, self.enable_prime)
+                           graph.to_list(), [c.to_dict() for c in self.calls], stats, self.enable_prime)
 
     def routing(self, direct: bool) -> dict:
         routing = self.route.to_dict()
         if not self.enable_prime:
             routing["reasons"] = routing["reasons"] + ["PRIME disabled: generated directly"]
-        routing["direct"] = direct
+        routing["direct"] = direct and not self.refused
+        routing["refused"] = self.refused
         return routing
 
     def start(self, system: str | None) -> int:
@@ -428,7 +442,23 @@ class _Run:
         graph.subgoals[0].outputs = {"text": answer}
         graph.subgoals[0].status = "done"
         self.workspace.add("partial", "answer", answer, "model:s1", "s1")
+        if self.enable_prime:
+            # Figures no tool computed and the prompt does not state are the model's guesses: shown, never the answer.
+            self.withheld = untraced_numbers(answer, self.task.numbers)
+            if self.withheld:
+                self.workspace.add("flag", "untraced", f"the model's reply has numbers no tool or prompt gives: "
+                                   f"{', '.join(self.withheld[:8])}", "verification", "s1")
+                answer = withheld()
         return answer, graph, prefix
+
+    def run_refusal(self) -> tuple[str, OperatorGraph]:
+        graph = build_graph(Route("MICRO", self.route.task_type, self.route.score, [], self.task))
+        answer = refusal(self.task.refusal)
+        graph.subgoals[0].outputs = {"text": answer}
+        graph.subgoals[0].status = "done"
+        self.workspace.add("flag", "no_tool", self.task.refusal, "router", "s1")
+        self.emit(f"<reason>{answer}</reason>\n")
+        return answer, graph
 
     def run_prime(self) -> tuple[str, OperatorGraph, int]:
         graph = build_graph(self.route)
@@ -460,13 +490,13 @@ class _Run:
                 record = self.chrono(sub) if sub.chrono else self.tool_step(sub, task.tool, task.operation, task.args,
                                                                             task.data_keys)
                 main_result = record
-                sub.outputs.update(summary=record.get("summary"), resolution=record["resolution"])
+                sub.outputs.update(summary=record.summary, resolution=record.resolution)
             elif sub.kind == "check":
                 summaries = []
                 for i, data in enumerate(self.check_data()):
                     ref = {"operation": "normality", "data": data}
                     rec = self.tool_step(sub, "statistics", "normality", ref, ("data",), label=f"group {i + 1}")
-                    summaries.append(rec.get("summary"))
+                    summaries.append(rec.summary)
                 sub.outputs = {"summary": " ".join(s for s in summaries if s)}
             elif sub.kind == "argue":
                 sub.outputs = self.argue()
@@ -491,58 +521,56 @@ class _Run:
 
     # -------------------------------------------------------------------------------------------- tools
     def tool_step(self, sub: Subgoal, tool: str, operation: str | None, reference: dict | None,
-                  data_keys: Sequence[str], label: str | None = None, attempts: int = 2) -> dict:
+                  data_keys: Sequence[str], label: str | None = None, attempts: int = 2) -> ToolCall:
         """One tool call: generated under the schema, checked against the prompt, retried, else recovered."""
         args_schema = narrow(self.registry.arguments_schema(tool, operation), self.task.lists)
         schema = {"type": "object", "properties": {"tool": {"const": tool}, "args": args_schema},
                   "required": ["tool", "args"], "additionalProperties": False}
         index = len(self.calls) + 1
         source = f"tool:{tool}#{index}"
-        record: dict[str, Any] = {"index": index, "subgoal": sub.id, "tool": tool, "operation": operation,
-                                  "label": label, "attempts": []}
+        record = ToolCall(index, sub.id, tool, operation, label)
         if label:
             self.say(f"<reason>Check {label}.</reason>\n")
         for attempt in range(attempts):
             if self.left < 8:
-                record["attempts"].append({"text": "", "tokens": 0, "forced": 0, "json_valid": False, "executed": False,
-                                          "problems": ["token budget exhausted"]})
+                record.attempts.append(Attempt(problems=["token budget exhausted"]))
                 break
             branch = self.fork(self.ctx)
             branch.extend("<tool>")
             self.emit("<tool>")
             temperature = self.temperature if attempt == 0 else max(0.7, self.temperature)
             g = self.gen(branch, CALL_TOKENS, temperature=temperature, schema=schema, on_text=self.emit)
-            info = {"text": g.text, "tokens": len(g.ids), "forced": g.forced, "json_valid": False, "problems": []}
+            info = Attempt(g.text, len(g.ids), g.forced)
             args = None
             if g.finish != "stop":
-                info["problems"].append("the call ran out of tokens before its JSON closed")
+                info.problems.append("the call ran out of tokens before its JSON closed")
             else:
                 try:
                     call = json.loads(g.text)
-                    info["json_valid"] = True
+                    info.json_valid = True
                     args = call.get("args")
                 except ValueError as e:
-                    info["problems"].append(f"the call is not valid JSON: {e}")
+                    info.problems.append(f"the call is not valid JSON: {e}")
             if args is not None:
-                info["problems"] += check_args(args, reference, data_keys, self.task.numbers)
+                info.problems += check_args(args, reference, data_keys, self.task.numbers)
             envelope = None
-            if not info["problems"]:
+            if not info.problems:
                 envelope = self.execute_call(tool, operation, args)
                 if not envelope["success"]:
-                    info["problems"].append(f"the tool refused the call: {envelope['error']}")
-            info["executed"] = envelope is not None and envelope["success"]
-            record["attempts"].append(info)
+                    info.problems.append(f"the tool refused the call: {envelope['error']}")
+            info.executed = envelope is not None and envelope["success"]
+            record.attempts.append(info)
             branch.extend("</tool>\n")
-            if not info["problems"]:
+            if not info.problems:
                 self.emit("</tool>\n")
                 self.ctx = branch  # the good call becomes the main line
-                record.update(args=args, resolution="model" if attempt == 0 else "regenerated")
-                return self.finish_call(record, tool, operation, envelope["result"], source, sub)
+                record.args, record.resolution = args, "model" if attempt == 0 else "regenerated"
+                return self.finish_call(record, envelope["result"], sub)
             more = attempt + 1 < attempts
-            self.emit(f"</tool>\n[verification: {info['problems'][0]}; "
+            self.emit(f"</tool>\n[verification: {info.problems[0]}; "
                       f"{'re-generating with perturbed sampling' if more else 'taking the arguments from the prompt'}]\n")
         if reference is None:
-            record.update(args=None, resolution="failed")
+            record.args, record.resolution = None, "failed"
             self.workspace.add("flag", f"call{index}", f"call {index} ({tool}) failed and the prompt does not state "
                                "its arguments", "verification", sub.id)
             self.record_call(record)
@@ -553,48 +581,50 @@ class _Run:
         self.workspace.add("flag", f"call{index}", f"call {index} ({tool} {operation or ''}): the model's arguments were "
                            "wrong; taken from the prompt", "recovered:prompt", sub.id)
         envelope = self.execute_call(tool, operation, reference)
-        record.update(args=reference, resolution="recovered_from_prompt")
+        record.args, record.resolution = reference, "recovered_from_prompt"
         if not envelope["success"]:
-            record["error"] = envelope["error"]
+            record.error = envelope["error"]
             self.workspace.add("flag", f"call{index}.error", f"call {index} failed: {envelope['error']}", source, sub.id)
             self.record_call(record)
             self.say(f"<result>error: {envelope['error']}</result>\n")
             return record
-        return self.finish_call(record, tool, operation, envelope["result"], source, sub)
+        return self.finish_call(record, envelope["result"], sub)
 
-    def finish_call(self, record: dict, tool: str, operation: str | None, result: dict, source: str, sub: Subgoal) -> dict:
+    def finish_call(self, record: ToolCall, result: dict, sub: Subgoal) -> ToolCall:
+        tool, operation = record.tool, record.operation
         result = dict(result)
         plot = result.pop("plot", None)  # a file, not a figure: kept beside the result, never traced
         if plot is not None:
-            kind = (record.get("args") or {}).get("plot_kind") or DRAWN.get((tool, operation), "plot")
-            record["plot"] = {**plot, "kind": kind}
-        summary = summarize(tool, operation, result, record.get("args"))
-        record.update(result=result, summary=summary, source=source)
+            kind = (record.args or {}).get("plot_kind") or DRAWN.get((tool, operation), "plot")
+            record.plot = {**plot, "kind": kind}
+        record.result, record.source = result, f"tool:{tool}#{record.index}"
+        record.summary = summarize(tool, operation, result, record.args, registry=self.registry)
         self.record_call(record)
-        self.results.append((tool, operation, result, source))
-        self.workspace.add("partial", f"{sub.id}.{record['index']}", result, source, sub.id)
-        self.say(f"<result>{summary}</result>\n")
+        self.results.append((tool, operation, result, record.source))
+        self.workspace.add("partial", f"{sub.id}.{record.index}", result, record.source, sub.id)
+        self.say(f"<result>{record.summary}</result>\n")
         return record
 
-    def chrono(self, sub: Subgoal) -> dict:
+    def chrono(self, sub: Subgoal) -> ToolCall:
         """HEAVY: run the computation again under perturbed sampling until two runs agree."""
         task = self.task
         base = self.ctx
-        runs: list[tuple[Context, dict]] = []
+        runs: list[tuple[Context, ToolCall]] = []
         for i in range(CHRONO_MAX):
             self.ctx = self.fork(base)
-            saved = self.temperature
+            saved = self.temperature, self.seed
             if i:
-                self.temperature, self.seed = max(0.7, saved), self.seed + 101 * i
+                self.temperature, self.seed = max(0.7, saved[0]), saved[1] + 101 * i
                 self.emit(f"[chrono-loop: run {i + 1} with perturbed sampling]\n")
             rec = self.tool_step(sub, task.tool, task.operation, task.args, task.data_keys)
-            self.temperature = saved
+            # the perturbation is this run's alone: later steps sample with the caller's temperature and seed
+            self.temperature, self.seed = saved
             runs.append((self.ctx, rec))
-            agree = [r for _, r in runs if r.get("summary") and r.get("summary") == rec.get("summary")]
+            agree = [r for _, r in runs if r.summary and r.summary == rec.summary]
             if len(agree) >= 2:
                 break
         self.ctx, chosen = runs[-1]
-        sub.outputs["chrono"] = {"runs": len(runs), "agreed": len(runs) > 1 and runs[-1][1].get("summary") == runs[-2][1].get("summary")}
+        sub.outputs["chrono"] = {"runs": len(runs), "agreed": len(runs) > 1 and runs[-1][1].summary == runs[-2][1].summary}
         if not sub.outputs["chrono"]["agreed"]:
             self.workspace.add("flag", "chrono", f"chrono-loop: {len(runs)} runs did not agree", "chrono", sub.id)
         return chosen
@@ -630,14 +660,14 @@ class _Run:
         return out
 
     # -------------------------------------------------------------------------------------------- answer
-    def compose(self, main: dict | None) -> str:
-        if main is None or "summary" not in main:
+    def compose(self, main: ToolCall | None) -> str:
+        if main is None or main.summary is None:
             return "No answer: the tool call failed and the prompt does not state its arguments."
-        parts = [main["summary"]]
-        checks = [c for c in self.calls if c["operation"] == "normality" and c.get("summary")]
-        for c in checks:
-            parts.append(f"Assumption check ({c['label']}): {c['summary']}")
-        keep = [f"{c['subgoal']}.{c['index']}" for c in self.calls if c.get("summary")]
+        parts = [main.summary]
+        for c in self.calls:
+            if c.operation == "normality" and c.summary:
+                parts.append(f"Assumption check ({c.label}): {c.summary}")
+        keep = [f"{c.subgoal}.{c.index}" for c in self.calls if c.summary]
         self.workspace.add("partial", "compressed", self.workspace.compress(keep), "compression")
         return " ".join(parts)
 
@@ -646,29 +676,30 @@ class _Run:
         for _, _, result, _ in self.results:
             sources += [v for _, v in numeric_leaves(result)]
         untraced = untraced_numbers(answer, sources)
-        checks = []
-        problems_by_call = [(c["index"], a["problems"]) for c in self.calls for a in c["attempts"]]
-        model_attempts = [a for c in self.calls for a in c["attempts"] if a.get("text")]
-        checks.append({"name": "json_valid", "passed": all(a["json_valid"] for a in model_attempts),
-                       "detail": f"{sum(a['json_valid'] for a in model_attempts)}/{len(model_attempts)} model calls parsed "
-                                 "as JSON under the schema"})
+        model_attempts = [a for c in self.calls for a in c.attempts if a.text]
+        checks = [Check("json_valid", all(a.json_valid for a in model_attempts),
+                        f"{sum(a.json_valid for a in model_attempts)}/{len(model_attempts)} model calls parsed as JSON "
+                        "under the schema")]
         # The executed arguments are the model's only when they passed the check; otherwise the prompt's.
-        failed = [f"call {c['index']}" for c in self.calls if c["resolution"] == "failed"]
-        caught = [f"call {i}: {p[0]}" for i, p in problems_by_call if p]
+        failed = [f"call {c.index}" for c in self.calls if c.resolution == "failed"]
+        caught = [f"call {c.index}: {a.problems[0]}" for c in self.calls for a in c.attempts if a.problems]
         detail = (f"no arguments for {', '.join(failed)}" if failed else "the executed arguments match the prompt")
         if caught:
             detail += "; caught in the model's calls: " + "; ".join(caught)
-        checks.append({"name": "args_match_prompt", "passed": not failed, "detail": detail})
-        checks.append({"name": "answer_traceable", "passed": not untraced,
-                       "detail": f"untraced numbers: {', '.join(untraced)}" if untraced else
-                       "every number in the answer traces to a tool result or the prompt"})
-        recovered = [f"call {c['index']} ({c['tool']} {c['operation'] or ''}): {c['resolution']}" for c in self.calls
-                     if c["resolution"] != "model"]
-        delivered = all(c["resolution"] != "failed" and "error" not in c for c in self.calls)
-        passed = bool(answer) and not untraced and (direct or (delivered and bool(self.calls)))
-        return {"passed": passed, "checks": checks, "recovered": recovered, "untraced_numbers": untraced,
-                "tool_calls": len(self.calls),
-                "model_calls_valid": sum(1 for c in self.calls if c["resolution"] in ("model", "regenerated")),
+        checks.append(Check("args_match_prompt", not failed, detail))
+        checks.append(Check("answer_traceable", not untraced, f"untraced numbers: {', '.join(untraced)}" if untraced else
+                            "every number in the answer traces to a tool result or the prompt"))
+        recovered = [f"call {c.index} ({c.tool} {c.operation or ''}): {c.resolution}" for c in self.calls
+                     if c.resolution != "model"]
+        delivered = all(c.delivered for c in self.calls)
+        if self.withheld:
+            checks.append(Check("model_reply_traceable", False, f"the model's reply had numbers no tool or prompt gives "
+                                f"({', '.join(self.withheld[:8])}): it is not the answer"))
+        passed = bool(answer) and not untraced and not self.withheld and \
+            (self.refused or direct or (delivered and bool(self.calls)))
+        return {"passed": passed, "checks": [c.to_dict() for c in checks], "recovered": recovered,
+                "untraced_numbers": untraced, "tool_calls": len(self.calls),
+                "model_calls_valid": sum(1 for c in self.calls if c.resolution in ("model", "regenerated")),
                 "model_attempts": len(model_attempts),
-                "model_attempts_valid": sum(1 for a in model_attempts if not a["problems"]),
-                "mode": "direct" if direct else "prime"}
+                "model_attempts_valid": sum(1 for a in model_attempts if not a.problems),
+                "mode": "refused" if self.refused else "direct" if direct else "prime"}

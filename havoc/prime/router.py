@@ -6,7 +6,7 @@ The budget comes from a score with named parts, each reported as a reason:
             + word_weight * (words) + keyword_weight * (analysis keywords: compare, explain, why, ...)
             + part_weight * (extra questions or parts)
 
-MICRO is a task without a tool below `light` (answered directly); otherwise the score is compared with the
+MICRO is a task without a tool below `light` (answered directly) or one no tool fits (PRIME says so); otherwise the score is compared with the
 `medium` and `heavy` thresholds. All weights and thresholds live in `RouterConfig`.
 """
 
@@ -96,7 +96,9 @@ def route(prompt: str, config: RouterConfig | None = None, *, budget: str | None
     task = read_task(prompt)
     low = prompt.lower()
     reasons = []
-    if task.tool:
+    if task.refusal:
+        reasons.append(f"no tool fits: {task.refusal}")
+    elif task.tool:
         reasons.append(f"task type {task.task_type}: matched {', '.join(repr(m) for m in task.matched)} -> tool "
                        f"{task.tool} ({task.operation})")
     else:
@@ -115,7 +117,10 @@ def route(prompt: str, config: RouterConfig | None = None, *, budget: str | None
     if parts:
         score += config.part_weight * parts
         reasons.append(f"{parts} further parts or questions")
-    if not task.tool and score < config.light:
+    if task.refusal:
+        chosen = "MICRO"
+        reasons.append("no tool to run: PRIME says so instead of answering with the model's own figures")
+    elif not task.tool and score < config.light:
         chosen = "MICRO"
         reasons.append(f"score {score:.2f} < light {config.light:g} and no tool needed: answer directly")
     elif score >= config.heavy:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from havoc.errors import ToolError
+from havoc.tools import summaries
 from havoc.tools.registry import ToolContext, ToolRegistry, ToolSpec
 
 MAX_VALUES = 200_000
@@ -455,21 +456,23 @@ def register_builtin(registry: ToolRegistry) -> ToolRegistry:
         "summary statistics), anova, anova_two_way, tukey_hsd, regression, chi_square, normality, proportion_test, "
         "variance_test, rank_test, correlation, power (power and sample size), life_data (Weibull/lognormal "
         "reliability). Results carry figures, the method and a one-line interpretation at alpha.", _statistics, STATISTICS, discriminator="operation",
-        preload=_preload_statistics, examples=[{"tool": "statistics", "args": e} for k in STATISTICS for e in EXAMPLES.get(k, [])]))
+        preload=_preload_statistics, examples=[{"tool": "statistics", "args": e} for k in STATISTICS for e in EXAMPLES.get(k, [])],
+        summarize=summaries.statistics))
     registry.register(ToolSpec(
         "symbolic", "Symbolic maths on an expression string (numbers, symbols, + - * / ^, sin cos exp log sqrt "
         "...): derivative, integral, simplify, solve, evaluate.", _symbolic, SYMBOLIC, discriminator="operation",
-        timeout=10.0, isolated=True))
+        timeout=10.0, isolated=True, summarize=summaries.symbolic))
     registry.register(ToolSpec(
         "dsl_executor", "Design of experiments and SPC: full_factorial, fractional_factorial, plackett_burman, "
         "box_behnken, central_composite, convert_units, control_chart, ewma_chart, cusum_chart, capability, "
         "constants, analyze_factorial, response_surface, gauge_rr, sampling_plan; or operation 'script' with DSL "
         "text.", run_dsl_operation, DSL_OPS, discriminator="operation",
         default_variant=lambda a: "script" if "script" in a else None, preload=_preload_dsl,
-        examples=[{"tool": "dsl_executor", "args": e} for k in DSL_OPS for e in EXAMPLES.get(k, [])]))
+        examples=[{"tool": "dsl_executor", "args": e} for k in DSL_OPS for e in EXAMPLES.get(k, [])],
+        summarize=summaries.dsl_executor))
     registry.register(ToolSpec(
         "rag_helper", "Search havoc's knowledge corpus on statistics, DOE and SPC; returns the top passages with "
-        "scores and sources.", _rag, RAG, timeout=120.0, in_process=True))
+        "scores and sources.", _rag, RAG, timeout=120.0, in_process=True, summarize=summaries.rag_helper))
     return registry
 
 

@@ -75,6 +75,8 @@ class ToolSpec:
         preload: run once in this process before the first forked call (imports the tool's modules, so
             each child does not import them again).
         examples: example calls {"tool", "args"} shown by `describe` (never part of the schema a model sees).
+        summarize: summarize(operation, result, args) -> the one or two sentences an answer built from this
+            tool's result shows (None: the result's "interpretation").
     """
 
     name: str
@@ -88,6 +90,7 @@ class ToolSpec:
     in_process: bool = False
     preload: Callable[[], None] | None = None
     examples: list[dict] = field(default_factory=list)
+    summarize: Callable[[str | None, dict, dict | None], str] | None = None
     _validators: dict = field(default_factory=dict, repr=False)
 
     def parameters(self) -> dict:
@@ -283,6 +286,13 @@ class ToolRegistry:
         if variant not in spec.schema:
             raise ToolError(f"tool {name!r} has no {spec.discriminator} {variant!r}; choose one of {', '.join(sorted(spec.schema))}")
         return spec.schema[variant]
+
+    def summarize(self, name: str, operation: str | None, result: dict, args: dict | None = None) -> str:
+        """The answer line of a result of tool `name` (its `ToolSpec.summarize`, else its interpretation)."""
+        from havoc.tools.summaries import interpretation
+
+        spec = self._tools.get(name)
+        return ((spec.summarize if spec is not None and spec.summarize else None) or interpretation)(operation, result, args)
 
     def describe(self) -> list[dict]:
         """[{"name", "description", "parameters", "examples"}] for every tool (`havoc tool --list`)."""
