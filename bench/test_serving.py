@@ -74,20 +74,29 @@ def _median_summary(results) -> dict[str, float]:
 
 @pytest.mark.parametrize("concurrency", [1, 8, 32])
 def test_serving(benchmark, weights, havoc_server, concurrency):
-    wl = serving.make_workload(weights[1], max(8, 4 * concurrency), seed=concurrency)
+    # A fresh draw of requests per round (both servers get the same one): a repeated workload would be
+    # served from the prompt caches (llama-server keeps 8 GiB of prompts in RAM across slots by default).
+    workloads = [serving.make_workload(weights[1], max(8, 4 * concurrency), seed=1000 * concurrency + i)
+                 for i in range(ROUNDS + 1)]
+    wl = workloads[0]
     llama = _llama(weights, concurrency)
     ours, theirs = [], []
     try:
         serving.run_http(havoc_server.url, havoc_server.model, wl, concurrency)  # warm both (first requests)
         serving.run_http(llama.url, llama.model, wl, concurrency)
-        benchmark.pedantic(lambda: ours.append(serving.run_http(havoc_server.url, havoc_server.model, wl, concurrency)),
-                           setup=lambda: theirs.append(serving.run_http(llama.url, llama.model, wl, concurrency)),
-                           rounds=ROUNDS, iterations=1)
+
+        def setup():
+            theirs.append(serving.run_http(llama.url, llama.model, workloads[len(theirs) + 1], concurrency))
+
+        benchmark.pedantic(lambda: ours.append(serving.run_http(havoc_server.url, havoc_server.model,
+                                                                workloads[len(theirs)], concurrency)),
+                           setup=setup, rounds=ROUNDS, iterations=1)
     finally:
         llama.stop()
     h, ll = _median_summary(ours), _median_summary(theirs)
     benchmark.extra_info.update(
-        kind="serving", workload=wl.description, concurrency=concurrency, havoc=h, llama_server=ll,
+        kind="serving", workload=f"{wl.description} (a new draw each round)", concurrency=concurrency, havoc=h,
+        llama_server=ll,
         output_tok_s_ratio=h["output_tok_s"] / ll["output_tok_s"], ttft_p99_ratio=h["ttft_p99_s"] / ll["ttft_p99_s"],
         errors=h["errors"] + ll["errors"])
     assert h["errors"] == 0 and ll["errors"] == 0
@@ -96,14 +105,18 @@ def test_serving(benchmark, weights, havoc_server, concurrency):
 def test_server_tax(benchmark, weights, havoc_server):
     from havoc.llm import LLM
 
-    wl = serving.make_workload(weights[1], 32, seed=8)
+    # A new draw each round, the same for both sides: neither is served from its prefix cache.
+    workloads = [serving.make_workload(weights[1], 32, seed=8000 + i) for i in range(ROUNDS + 1)]
+    wl = workloads[0]
     llm = LLM.load(weights[0])
     loop = llm.loop
     http, local = [], []
     try:
         serving.run_engine(loop, wl, 8)
-        benchmark.pedantic(lambda: http.append(serving.run_http(havoc_server.url, havoc_server.model, wl, 8)),
-                           setup=lambda: local.append(serving.run_engine(loop, wl, 8)), rounds=ROUNDS, iterations=1)
+        benchmark.pedantic(lambda: http.append(serving.run_http(havoc_server.url, havoc_server.model,
+                                                                workloads[len(local)], 8)),
+                           setup=lambda: local.append(serving.run_engine(loop, workloads[len(local) + 1], 8)),
+                           rounds=ROUNDS, iterations=1)
     finally:
         llm.close()
     h, e = _median_summary(http), _median_summary(local)
@@ -113,25 +126,30 @@ def test_server_tax(benchmark, weights, havoc_server):
 
 def test_shared_system_prompt(benchmark, weights, havoc_server):
     tok = weights[1]
-    shared = serving.make_workload(tok, 32, prompt_min=16, prompt_max=48, output_min=16, output_max=16, seed=40,
-                                   shared_prefix=400)
-    cold = serving.Workload([(p[400:], n) for p, n in shared.requests], "the same suffixes alone")
+    # New suffixes each round (the same 400-token prefix): only the prefix may come from the cache.
+    rounds = [serving.make_workload(tok, 32, prompt_min=16, prompt_max=48, output_min=16, output_max=16, seed=40 + i,
+                                    shared_prefix=400) for i in range(ROUNDS + 1)]
+    shared = rounds[0]
     llama = _llama(weights, 8)
     with_prefix, without, theirs = [], [], []
     try:
         serving.run_http(havoc_server.url, havoc_server.model, shared, 8)  # the prefix enters the cache
 
         def setup():
-            without.append(serving.run_http(havoc_server.url, havoc_server.model, cold, 8))
-            theirs.append(serving.run_http(llama.url, llama.model, shared, 8))
+            wl = rounds[len(without) + 1]
+            without.append(serving.run_http(havoc_server.url, havoc_server.model,
+                                            serving.Workload([(p[400:], n) for p, n in wl.requests], "suffixes"), 8))
+            theirs.append(serving.run_http(llama.url, llama.model, wl, 8))
 
-        benchmark.pedantic(lambda: with_prefix.append(serving.run_http(havoc_server.url, havoc_server.model, shared, 8)),
+        benchmark.pedantic(lambda: with_prefix.append(serving.run_http(havoc_server.url, havoc_server.model,
+                                                                       rounds[len(without)], 8)),
                            setup=setup, rounds=ROUNDS, iterations=1)
     finally:
         llama.stop()
     s, c, ll = _median_summary(with_prefix), _median_summary(without), _median_summary(theirs)
-    benchmark.extra_info.update(kind="shared_prefix", workload=shared.description, shared=s, suffix_only=c,
-                                llama_server=ll, ttft_p50_over_suffix_only=s["ttft_p50_s"] / c["ttft_p50_s"])
+    benchmark.extra_info.update(kind="shared_prefix", workload=f"{shared.description} (new suffixes each round)",
+                                shared=s, suffix_only=c, llama_server=ll,
+                                ttft_p50_over_suffix_only=s["ttft_p50_s"] / c["ttft_p50_s"])
 
 
 TTEST = "Compare two groups using t-test: [1,2,3,4,5] vs [2,3,4,5,6]"
