@@ -62,9 +62,9 @@ from havoc.errors import ConfigError, GenerationError, OutOfBlocksError
 
 BLOCK_SIZE = 16
 # NOTE: the token budget of a step bounds how long one prompt chunk holds up the decode rows beside it.
-# SmolLM2 fp32 on the 2-core VM prefills 256 tokens in about 0.2 s (bench/RESULTS.md, engine section):
-# streams pause at most that long while a long prompt enters, and prefill throughput is within a few
-# percent of its large-chunk rate (a 256-row product already streams each weight once per 256 tokens).
+# Measured (bench/RESULTS.md, "Serving": SmolLM2 fp32, 2 cores, a 1536-token prompt beside a stream): 256 gave
+# the best prefill rate of 64-1024 (388 tok/s; 1024 fell to 271) with a longest step of 0.91 s; 128 halves
+# that pause for 12% less prefill rate. An app that values smooth streams over prompt intake can lower it.
 MAX_BATCH_TOKENS = 256
 MAX_RUNNING = 64
 WATERMARK = 0.01
