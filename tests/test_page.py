@@ -407,7 +407,7 @@ def test_prime_shows_route_steps_cards_charts_debate_and_checklist(served, brows
     order = page.evaluate("window.__order")
     assert order[0] == "route" and order.index("step") < order.index("card") < order.index("verify") < order.index("answer")
     assert msg.locator(".route .budget").text_content() == "LIGHT"
-    assert "control chart" in msg.locator(".route .reasons").text_content()
+    assert "control_chart" in msg.locator(".route .reasons").text_content()
     step = msg.locator("details.step").first
     assert step.locator("summary").text_content() == "Step s1 · identify the data and what is asked"
     assert step.evaluate("d => d.open")
@@ -503,12 +503,13 @@ def test_model_text_is_shown_as_text_never_run(scripted, browser, shots):
     assert msg.locator(".answer-text").text_content() == s.text  # the characters, as written
     assert msg.locator("script, img, b").count() == 0
     # PRIME: a definition request that names a script goes into the tool call PRIME writes and its arguments
+    # (no digits in it: a question with numbers is not read as a definition)
     use_prime(page)
-    ask(page, "What is <script>window.__pwned = 3</script>?")
+    ask(page, "What is <script>window.__pwned = true</script>?")
     wait_done(page)
     msg = page.locator(".msg.prime").last
-    assert "<script>window.__pwned = 3</script>" in msg.locator(".card pre.args").text_content()
-    assert "<script>window.__pwned = 3</script>" in page.locator(".msg.user").last.text_content()
+    assert "<script>window.__pwned = true</script>" in msg.locator(".card pre.args").text_content()
+    assert "<script>window.__pwned = true</script>" in page.locator(".msg.user").last.text_content()
     assert page.locator(".msg script, .msg b, .msg img:not(.plot)").count() == 0
     assert page.evaluate("window.__pwned") is None
     page.screenshot(path=str(shots / "script-as-text.png"))
