@@ -441,7 +441,10 @@ def _rag(args: dict, ctx: ToolContext) -> dict:
 
 def _preload_statistics() -> None:
     # Imported once in the parent, so the forked child of each call starts with them (scipy.stats alone
-    # costs ~0.7 s to import; a call then costs ~15 ms).
+    # costs ~0.7 s to import; a call then costs ~15 ms). The normality test's statsmodels too: imported in
+    # each child it cost every PRIME t-test answer ~0.45 s per check (two checks per answer).
+    from statsmodels.stats.diagnostic import normal_ad  # noqa: F401
+
     from havoc.tools import compare, power, reliability, stats  # noqa: F401
 
 
