@@ -66,7 +66,7 @@ def test_speculative_decoding(benchmark, model_tok, name, batch):
     plain: list[tuple] = []
     spec: list[tuple] = []
     benchmark.pedantic(lambda: spec.append(_run(model, tok, prompts, True)),
-                       setup=lambda: plain.append(_run(model, tok, prompts, False)), rounds=3, iterations=1)
+                       setup=lambda: plain.append(_run(model, tok, prompts, False)), rounds=5, iterations=1)
     assert spec[0][1] == plain[0][1]  # the same tokens
     tokens = sum(len(o) for o in spec[0][1])
     st = spec[0][2]

@@ -400,12 +400,72 @@ def test_the_asyncio_face(model):
 
 # ------------------------------------------------------------------------------------------ speculation
 def test_prompt_lookup_proposes_what_followed_the_latest_match():
-    from havoc.engine.engine import prompt_lookup
+    from havoc.engine.speculation import prompt_lookup
 
     assert prompt_lookup([1, 2, 3, 9, 9, 1, 2, 3], 4) == [9, 9, 1, 2]  # the trigram 1 2 3 seen before
     assert prompt_lookup([5, 1, 2, 7, 1, 2, 8, 1, 2], 2) == [8, 1]  # the latest occurrence wins
     assert prompt_lookup([4, 4, 4], 3) == [4]
     assert prompt_lookup([1, 2, 3], 3) == [] and prompt_lookup([7], 2) == []
+
+
+def test_draft_plan_pays_for_its_rows():
+    from havoc.engine.speculation import plan_drafts
+
+    memory_bound = (0.025, 0.002)  # a step: 25 ms to stream the weights, 2 ms per row
+    # batch 1: a likely copy drafts to its limit, an unlikely one a token or two (0.3^2 * 27 ms > 2 ms)
+    assert plan_drafts([(0.9, 8)], 1, 1, memory_bound) == [8]
+    assert plan_drafts([(0.3, 8)], 1, 1, memory_bound) == [2]
+    assert plan_drafts([(0.9, 3)], 1, 1, memory_bound) == [3]  # never past what lookup proposed
+    # 32 rows already fill the step (a + 32 b = 89 ms for 32 tokens): only near-certain tokens pay
+    many = [(0.3, 8)] * 31 + [(0.9, 8)]
+    got = plan_drafts(many, 32, 32, memory_bound)
+    assert got[:31] == [0] * 31 and 0 < got[31] < 8
+    assert plan_drafts([(0.3, 8)] * 8, 8, 8, (0.025, 0.02)) == [0] * 8  # compute-bound: nothing pays
+    assert plan_drafts([(0.5, 0), (0.0, 4)], 2, 2, memory_bound) == [0, 0]
+    # the rule itself: each drafted token raised the expected tokens per second, the next one would not
+    a, b = memory_bound
+    for cands in ([(0.6, 8), (0.8, 8), (0.2, 8)], [(0.7, 8)] * 8):
+        n = plan_drafts(cands, len(cands), len(cands), memory_bound)
+        e = len(cands) + sum(sum(al ** j for j in range(1, k + 1)) for (al, _), k in zip(cands, n))
+        x = len(cands) + sum(n)
+        nxt = max(al ** (k + 1) for (al, _), k in zip(cands, n))
+        assert (e + nxt) / (a + b * (x + 1)) <= e / (a + b * x)
+
+
+def test_acceptance_is_counted_per_match_length_and_leans_on_the_engine_at_first():
+    from havoc.engine.speculation import Acceptance, lookup
+
+    assert lookup([1, 2, 3, 9, 9, 1, 2, 3], 4) == (3, [9, 9, 1, 2])
+    assert lookup([7, 1, 5, 1], 2) == (1, [5, 1]) and lookup([7], 2) == (0, [])
+    engine = Acceptance(prior=(0.4, 0.7, 0.85), weight=8.0)
+    assert abs(engine.rate(1) - 0.4) < 1e-12 and abs(engine.rate(3) - 0.85) < 1e-12
+    req = Acceptance(decay=0.8)
+    assert req.rate(3, engine) == engine.rate(3)  # nothing verified yet: the engine's rate
+    for _ in range(6):
+        req.record(3, 4, 0)  # six 3-token-match drafts missed at their first token
+        engine.record(3, 4, 0)
+    assert req.rate(3, engine) < 0.2 < engine.rate(3) and req.rate(1, engine) == engine.rate(1)
+    req.record(2, 5, 5)  # taken whole: no miss counted
+    assert req.accepted[1] == 5 and req.trials[1] == 5
+
+
+def test_step_cost_fits_the_line_the_steps_follow():
+    from havoc.engine.speculation import StepCost
+
+    c = StepCost(prior_ratio=0.1)
+    assert c.line() == (1.0, 0.1)
+    c.observe(1, 0.027)
+    a, b = c.line()  # one row count seen: the prior's slope, through the point
+    assert abs(a + b - 0.027) < 1e-12 and abs(b / a - 0.1) < 1e-12
+    for rows in [1, 3, 2, 6, 1, 9, 4, 2, 5, 1, 7, 3]:
+        c.observe(rows, 0.025 + 0.002 * rows)
+    a, b = c.line()
+    assert abs(a - 0.025) < 1e-3 and abs(b - 0.002) < 1e-4
+    c.observe(0, 1.0)  # ignored: no rows
+    c.observe(3, float("nan"))
+    assert c.line() == (a, b)
+    with pytest.raises(ValueError):
+        StepCost(prior_ratio=0)
 
 
 def _copy_heavy(n_prompts: int) -> list[list[int]]:

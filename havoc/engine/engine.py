@@ -58,6 +58,7 @@ import torch
 from havoc import cpu_decode
 from havoc.cache import PagedKVCache
 from havoc.engine.sampling import Sampler, SamplingParams, TextStream, TokenLogprob
+from havoc.engine.speculation import ALPHA_DECAY, PRIOR_ALPHA, Acceptance, StepCost, lookup, plan_drafts
 from havoc.errors import ConfigError, GenerationError, OutOfBlocksError
 
 BLOCK_SIZE = 16
@@ -68,8 +69,7 @@ BLOCK_SIZE = 16
 MAX_BATCH_TOKENS = 256
 MAX_RUNNING = 64
 WATERMARK = 0.01
-MAX_DRAFT = 8  # speculative decoding: most tokens proposed per request per step
-SPEC_COOLDOWN = 16  # steps without drafts after three drafts in a row found nothing to copy
+MAX_DRAFT = 8  # speculative decoding: most tokens proposed per request per step (how many pay: speculation.py)
 _DEFER = object()  # _admit: wait one step for a prefix being computed
 
 
@@ -131,9 +131,8 @@ class Request:
     release_pending: bool = False
     speculative: bool = False  # draft tokens by prompt lookup (see Engine._draft)
     draft: list[int] = field(default_factory=list, repr=False)  # proposed in this step, verified after it
-    spec_k: int = 4  # the next draft's length at most
-    spec_misses: int = 0
-    spec_cooldown: int = 0
+    spec_match: int = 0  # length of the match this step's draft came from
+    spec_record: Acceptance = field(default_factory=lambda: Acceptance(ALPHA_DECAY), repr=False)
 
     @property
     def output_ids(self) -> list[int]:
@@ -263,6 +262,8 @@ class Engine:
         self.prefix_caching = prefix_caching
         self.speculative = speculative
         self.max_draft = max_draft
+        self.step_cost = StepCost()  # seconds per step against its token rows, fitted as steps run
+        self.acceptance = Acceptance(prior=PRIOR_ALPHA, weight=8.0)  # every request's drafts, per match length
         self.runner = _make_runner(model, cache, cpu_weights, batch_invariant)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -428,6 +429,7 @@ class Engine:
             return outputs
         reqs = [r for r, _ in scheduled]
         want = [r for r, n in scheduled if r.num_computed + n - len(r.draft) == r.target and not r.prefill_only]
+        decode_only = all(n - len(r.draft) == 1 and r.target == len(r.ids) for r, n in scheduled)
         t0 = time.perf_counter()
         try:
             results = self.runner.run(self.cache, [r.seq_id for r in reqs],
@@ -443,7 +445,10 @@ class Engine:
             return outputs
         for r, n in scheduled:
             r.num_computed += n
-        self.stats.forward_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.stats.forward_seconds += seconds
+        if decode_only:
+            self.step_cost.observe(sum(n for _, n in scheduled), seconds)
         self.stats.steps += 1
         self.stats.computed_tokens += sum(n for _, n in scheduled)
         now = time.perf_counter()
@@ -467,12 +472,12 @@ class Engine:
         """This step's (request, tokens to compute) in row order, with their tokens planned in the pool."""
         budget = self.max_batch_tokens
         scheduled: list[tuple[Request, int]] = []
+        drafts = self._drafts(budget)  # what decoding requests propose after their last token, to verify now
         i = 0
         while i < len(self.running) and budget > 0:
             r = self.running[i]
             n = min(r.target - r.num_computed, budget)
-            # a decoding request proposes what should follow its last token, to verify in this step
-            draft = self._draft(r, budget - 1) if n == 1 and r.target == len(r.ids) and r.speculative else []
+            draft = drafts.get(r.id, [])[: budget - 1] if n == 1 else []
             while True:
                 try:
                     self.cache.append(r.seq_id, r.ids[r.num_computed : r.num_computed + n] + draft)
@@ -703,37 +708,48 @@ class Engine:
         return None
 
     # ------------------------------------------------------------------------------------------ speculation
-    def _draft(self, r: Request, room: int) -> list[int]:
-        """Tokens to propose after a decoding request's last one, by prompt lookup: the continuation of the
-        latest earlier occurrence of its last 3 (else 2, else 1) tokens in its prompt and output — what
-        llama.cpp's lookup decoding and prompt-lookup decoding (Saxena 2023) propose, no second model."""
-        if not r.speculative or r.spec_cooldown > 0:
-            r.spec_cooldown = max(0, r.spec_cooldown - 1)
-            return []
-        k = min(r.spec_k, r.max_tokens - r.num_output - 1, room)
+    def _drafts(self, budget: int) -> dict[int, list[int]]:
+        """Drafts for this step's decoding requests, by request id: each one's prompt-lookup proposal, cut
+        to the length that pays at this batch (`plan_drafts`; the rule is in havoc.engine.speculation)."""
+        rows = tokens = 0
+        proposals: list[tuple[Request, int, list[int]]] = []
+        for r in self.running:
+            left = r.target - r.num_computed
+            rows += left
+            if left != 1 or r.target != len(r.ids) or r.prefill_only:
+                continue  # a prompt chunk, or a request waiting on its prefix: no token this step
+            tokens += 1
+            if r.speculative:
+                n, draft = self._lookup(r)
+                if draft:
+                    proposals.append((r, n, draft))
+        if not proposals:
+            return {}
+        cands = [(r.spec_record.rate(n, self.acceptance), len(d)) for r, n, d in proposals]
+        lengths = plan_drafts(cands, min(rows, budget), tokens, self.step_cost.line())
+        for (r, n, _), k in zip(proposals, lengths):
+            r.spec_match = n
+        return {r.id: d[:k] for (r, _, d), k in zip(proposals, lengths) if k}
+
+    def _lookup(self, r: Request) -> tuple[int, list[int]]:
+        """A decoding request's prompt-lookup proposal and the length of its match, as long as it may be
+        (tokens left, the grammar)."""
+        k = min(self.max_draft, r.max_tokens - r.num_output - 1)
         if k <= 0 or len(r.ids) < 2:
-            return []
+            return 0, []
         if r.constraint is not None and r.constraint.forced():
-            return []  # the grammar writes the next tokens itself
-        draft = prompt_lookup(r.ids, k)
+            return 0, []  # the grammar writes the next tokens itself
+        n, draft = lookup(r.ids, k)
         if draft and r.constraint is not None:
             draft = draft[: r.constraint.validate_draft(draft)]  # only what the grammar allows
-        return draft
+        return n, draft
 
     def _adapt(self, r: Request, drafted: int, accepted: int) -> None:
-        """Per request: longer drafts while they are taken whole, shorter when they are not, and a pause after
-        repeated misses (text with nothing to copy costs little)."""
+        """Count a verified draft: the engine's totals, its and the request's acceptance per match length."""
         self.stats.drafted_tokens += drafted
         self.stats.accepted_tokens += accepted
-        if accepted == drafted:
-            r.spec_k, r.spec_misses = min(r.spec_k + 2, self.max_draft), 0
-        elif accepted == 0:
-            r.spec_k = max(1, r.spec_k // 2)
-            r.spec_misses += 1
-            if r.spec_misses >= 3:
-                r.spec_cooldown, r.spec_misses = SPEC_COOLDOWN, 0
-        else:
-            r.spec_k, r.spec_misses = max(accepted + 1, 1), 0
+        self.acceptance.record(r.spec_match, drafted, accepted)
+        r.spec_record.record(r.spec_match, drafted, accepted)
 
     # ------------------------------------------------------------------------------------------ upkeep
     def clear_prefix_cache(self) -> int:
@@ -748,20 +764,6 @@ class Engine:
                 "blocks_free": st["free"], "usage": st["used"] / max(st["num_blocks"], 1),
                 "prefix_hit_rate": st["prefix_hit_tokens"] / q if q else 0.0,
                 "prefix_query_tokens": q, "prefix_hit_tokens": st["prefix_hit_tokens"]}
-
-
-def prompt_lookup(ids: Sequence[int], k: int, max_ngram: int = 3) -> list[int]:
-    """Up to k tokens that followed the latest earlier occurrence of the last n tokens of `ids` (n from
-    `max_ngram` down to 1); [] when none occurred before."""
-    arr = np.asarray(ids, dtype=np.int64)
-    L = len(arr)
-    for n in range(min(max_ngram, L - 1), 0, -1):
-        windows = np.lib.stride_tricks.sliding_window_view(arr[: L - 1], n)  # starts 0 .. L - 1 - n
-        hits = np.flatnonzero((windows == arr[L - n :]).all(axis=1))
-        if hits.size:
-            start = int(hits[-1]) + n
-            return arr[start : start + k].tolist()
-    return []
 
 
 def _check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
