@@ -283,6 +283,33 @@ def test_too_long_too_large_and_not_json(server, client):
     assert httpx.get(server.url + "/health", timeout=5).status_code == 200  # still alive
 
 
+@pytest.mark.parametrize("method, path, status, code, allow", [
+    ("GET", "/v1/nope", 404, "not_found", None),
+    ("POST", "/v1/chat/completion", 404, "not_found", None),  # a typo of a real path
+    ("GET", "/v1/chat/completions", 405, "method_not_allowed", "POST"),
+    ("DELETE", "/v1/models", 405, "method_not_allowed", "GET"),
+])
+def test_unknown_paths_and_methods_get_openai_errors(server, method, path, status, code, allow):
+    # Starlette refuses these before any handler runs; its default body is {"detail": "Not Found"}.
+    r = httpx.request(method, server.url + path, json={"model": "tiny"}, timeout=10)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert list(r.json()) == ["error"]
+    err = r.json()["error"]
+    assert sorted(err) == ["code", "message", "param", "type"]
+    assert err["type"] == "invalid_request_error" and err["code"] == code and err["param"] is None
+    assert f"{method} {path}" in err["message"]
+    if allow is not None:
+        assert allow in r.headers["allow"].split(", ")
+
+
+def test_openai_client_reads_the_unknown_path_error(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.get("/nope", cast_to=object)
+    assert e.value.code == "not_found" and e.value.type == "invalid_request_error"
+    assert "Invalid URL (GET /v1/nope)" in e.value.message
+
+
 def test_a_disconnected_client_frees_its_blocks(server):
     body = {"model": "tiny", "messages": [{"role": "user", "content": "long"}], "max_tokens": 1500, "stream": True,
             "ignore_eos": True}

@@ -19,8 +19,6 @@ from havoc.prime.prose import Numbers, Series, read_numbers
 
 NUMBER = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
 NUMBER_RE = re.compile(rf"(?<![A-Za-z_\d.]){NUMBER}")
-_LIST_RE = re.compile(rf"[\[(]\s*({NUMBER}(?:\s*[,;]\s*{NUMBER})+)\s*[\])]")
-_NAMED_LIST_RE = re.compile(rf"\b([A-Za-z][A-Za-z0-9_]{{0,23}})\s*[=:]\s*[\[(]\s*({NUMBER}(?:\s*[,;]\s*{NUMBER})+)\s*[\])]")
 # A named factor with its range: "Temp(100, 200)", "temperature (100-200°C)", "pressure (10 to 50 bar)",
 # "speed from 50 to 150 RPM", "time between 1 and 5".
 _RANGE_SEP = r"\s*(?:,|–|-|to|\.\.)\s*"
@@ -30,7 +28,6 @@ _FACTOR_RANGE_RE = re.compile(
     rf"|\b([A-Za-z][A-Za-z0-9_]{{1,23}})\s+({NUMBER})\s*(?:-|–|to)\s*({NUMBER})\b")
 _WORD_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
                  "eleven": 11}
-_ARITH_RE = re.compile(rf"\(*\s*{NUMBER}(?:[\s()]*(?:\*\*|[-+*/^×÷])[\s()]*{NUMBER})+(?:\s*\))*")
 
 
 def numbers_in(text: str) -> list[float]:
@@ -49,10 +46,6 @@ def numbers_in(text: str) -> list[float]:
         except ValueError:
             continue
     return out
-
-
-def _floats(body: str) -> list[float]:
-    return [float(x) for x in re.split(r"\s*[,;]\s*", body.strip())]
 
 
 def _num(v: float) -> int | float:

@@ -13,11 +13,12 @@ under `prime` (see `protocol.Prime`); the pictures its tool calls drew are at GE
 Handlers turn a request body into engine requests and engine outputs into OpenAI's JSON; the engine steps
 in its own thread (`havoc.engine.EngineLoop`) and hands tokens to the event loop, which never does model
 work. Requests are refused with OpenAI's error envelope and a 4xx: a body that does not validate or is too
-large (400/413), an unknown model (404), a missing or wrong API key (401), a prompt longer than the context
-(400, code context_length_exceeded), a full waiting queue (503 with Retry-After). A client that disconnects
-aborts its requests (their blocks go back at once); a request past the time limit is aborted and answered
-with a 504 (an error event when streaming). Streams never hold half a UTF-8 character or a tail that could
-still become a stop string, and end with `data: [DONE]`.
+large (400/413), an unknown model (404), an unknown path or a method the path does not take (404/405), a
+missing or wrong API key (401), a prompt longer than the context (400, code context_length_exceeded), a full
+waiting queue (503 with Retry-After). A client that disconnects aborts its requests (their blocks go back at
+once); a request past the time limit is aborted and answered with a 504 (an error event when streaming).
+Streams never hold half a UTF-8 character or a tail that could still become a stop string, and end with
+`data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
 from havoc.engine import GrammarConstraint, SamplingParams, ToolCallConstraint
 from havoc.engine.constraint import ConstraintError, tool_call_schema
@@ -369,6 +371,22 @@ def build_app(server: Server) -> FastAPI:
     async def _api_error(request: Request, exc: APIError):
         server.metrics.http.labels(request.url.path, str(exc.status)).inc()
         return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def _routing_error(request: Request, exc: HTTPException):
+        # Starlette's own refusals, before any handler runs: no route has the path (404), or none takes the
+        # method (405, with Allow). OpenAI words the first "Invalid URL (GET /v1/nope)".
+        where = f"{request.method} {request.url.path[:200]}"
+        if exc.status_code == 404:
+            message, code = f"Invalid URL ({where})", "not_found"
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow")
+            message = f"Method not allowed ({where})" + (f"; this path takes {allow}" if allow else "")
+            code = "method_not_allowed"
+        else:
+            message, code = f"{exc.detail} ({where})", None
+        type_ = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+        return JSONResponse(P.error_body(message, type_, code=code), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):  # a bug: still OpenAI's envelope, and logged

@@ -25,7 +25,7 @@ from scipy import stats as sps
 
 from havoc.errors import ToolError
 from havoc.tools._common import as_vector, check_alpha, check_alternative, fmt, fmt_p, jsonable
-from havoc.tools.stats import _groups, _var, _verdict
+from havoc.tools.stats import _conclusion, _groups, _var
 
 _REL = {"two-sided": "differs from", "less": "is less than", "greater": "is greater than"}
 
@@ -110,10 +110,9 @@ def proportion_test(successes: int, trials: int, successes_y: int | None = None,
             how = ("one-proportion z test, se from p0" + (" with continuity correction" if correction else "") +
                    "; Wilson score interval")
         ci = _side(lo, hi, alternative, 0.0, 1.0)
-        text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                (f"the proportion ({fmt(est)}) {_REL[alternative]} {fmt(p0)}" if p < alpha else
-                 f"no evidence that the proportion {_REL[alternative]} {fmt(p0)}") +
-                (f" (z = {fmt(stat)}, {fmt_p(p)})" if stat is not None else f" (exact, {fmt_p(p)})"))
+        text = _conclusion(p, alpha, f"the proportion ({fmt(est)}) {_REL[alternative]} {fmt(p0)}",
+                           f"no evidence that the proportion {_REL[alternative]} {fmt(p0)}",
+                           f"z = {fmt(stat)}, {fmt_p(p)}" if stat is not None else f"exact, {fmt_p(p)}")
         return jsonable({
             "test": "one-proportion " + ("exact binomial test" if method == "exact" else "z test"),
             "statistic": stat, "p_value": p, "alternative": alternative, "successes": x, "trials": n,
@@ -150,9 +149,8 @@ def proportion_test(successes: int, trials: int, successes_y: int | None = None,
                "; Wald interval of p_x - p_y")
         name = "two-proportion z test"
     rel = {"two-sided": "differ", "less": "p_x < p_y", "greater": "p_x > p_y"}[alternative]
-    text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-            (f"the proportions {rel}" if p < alpha else f"no evidence that the proportions {rel}") +
-            f" ({fmt(p1)} vs {fmt(p2)}, " + (f"z = {fmt(stat)}, " if method == "z" else "") + f"{fmt_p(p)})")
+    text = _conclusion(p, alpha, f"the proportions {rel}", f"no evidence that the proportions {rel}",
+                       f"{fmt(p1)} vs {fmt(p2)}, " + (f"z = {fmt(stat)}, " if method == "z" else "") + fmt_p(p))
     return jsonable({
         "test": name, "statistic": stat, "p_value": p, "alternative": alternative, "estimate_x": p1,
         "estimate_y": p2, "difference": diff, "pooled": pooled, "ci": ci, "confidence": level, "alpha": alpha,
@@ -220,10 +218,9 @@ def variance_test(kind: str, x: Sequence[float] | None = None, y: Sequence[float
             crit = [float(dist.ppf(alpha)), None]
             ci = [0.0, math.sqrt(df * var / crit[0])]
         sd = math.sqrt(var)
-        text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                (f"the standard deviation ({fmt(sd)}) {_REL[alternative]} {fmt(float(sigma0))}" if p < alpha else
-                 f"no evidence that the standard deviation {_REL[alternative]} {fmt(float(sigma0))}") +
-                f" (chi² = {fmt(stat)}, df = {df}, {fmt_p(p)})")
+        text = _conclusion(p, alpha, f"the standard deviation ({fmt(sd)}) {_REL[alternative]} {fmt(float(sigma0))}",
+                           f"no evidence that the standard deviation {_REL[alternative]} {fmt(float(sigma0))}",
+                           f"chi² = {fmt(stat)}, df = {df}, {fmt_p(p)}")
         return jsonable({
             "test": "chi-square test for one variance", "statistic": stat, "df": df, "p_value": p,
             "alternative": alternative, "sd": sd, "variance": var, "n": n, "sigma0": float(sigma0),
@@ -253,9 +250,8 @@ def variance_test(kind: str, x: Sequence[float] | None = None, y: Sequence[float
             crit = [float(dist.ppf(alpha)), None]
             ci = [0.0, math.sqrt(stat / crit[0])]
         rel = {"two-sided": "differ", "less": "sigma_x < sigma_y", "greater": "sigma_x > sigma_y"}[alternative]
-        text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                (f"the variances {rel}" if p < alpha else f"no evidence that the variances {rel}") +
-                f" (F = {fmt(stat)}, df = {d1}, {d2}, {fmt_p(p)})")
+        text = _conclusion(p, alpha, f"the variances {rel}", f"no evidence that the variances {rel}",
+                           f"F = {fmt(stat)}, df = {d1}, {d2}, {fmt_p(p)}")
         return jsonable({
             "test": "F test for two variances", "statistic": stat, "df": [d1, d2], "p_value": p,
             "alternative": alternative, "sd_x": math.sqrt(v1), "sd_y": math.sqrt(v2), "n_x": n1, "n_y": n2,
@@ -285,9 +281,8 @@ def variance_test(kind: str, x: Sequence[float] | None = None, y: Sequence[float
             raise ToolError("the groups' deviations have no spread: the statistic is undefined")
         k, n = len(arrays), sum(a.size for a in arrays)
         df: Any = k - 1 if kind == "bartlett" else [k - 1, n - k]
-        text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                ("the group variances differ" if p < alpha else "no evidence that the group variances differ") +
-                f" ({name}: statistic {fmt(stat)}, {fmt_p(p)})")
+        text = _conclusion(p, alpha, "the group variances differ", "no evidence that the group variances differ",
+                           f"{name}: statistic {fmt(stat)}, {fmt_p(p)}")
         return jsonable({
             "test": name, "statistic": stat, "df": df, "p_value": p, "alpha": alpha, "reject_null": p < alpha,
             "groups": [{"name": nm, "n": a.size, "sd": math.sqrt(_var(a))} for nm, a in zip(names, arrays)],
@@ -330,9 +325,8 @@ def rank_test(kind: str, x: Sequence[float] | None = None, y: Sequence[float] | 
         res = sps.kruskal(*arrays)
         stat, p = float(res.statistic), float(res.pvalue)
         df = len(arrays) - 1
-        text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                ("at least one group differs in location" if p < alpha else "no evidence that the groups differ") +
-                f" (H = {fmt(stat)}, df = {df}, {fmt_p(p)})")
+        text = _conclusion(p, alpha, "at least one group differs in location", "no evidence that the groups differ",
+                           f"H = {fmt(stat)}, df = {df}, {fmt_p(p)}")
         return jsonable({
             "test": "Kruskal-Wallis test", "statistic": stat, "df": df, "p_value": p, "alpha": alpha,
             "reject_null": p < alpha,
@@ -352,9 +346,8 @@ def rank_test(kind: str, x: Sequence[float] | None = None, y: Sequence[float] | 
         u = float(res.statistic)
         w = u + a.size * (a.size + 1) / 2  # the rank sum of x, which Minitab and the handbook print
         p = float(res.pvalue)
-        text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                ("the two distributions differ in location" if p < alpha else "no evidence of a location difference") +
-                f" (U = {fmt(u)}, {fmt_p(p)})")
+        text = _conclusion(p, alpha, "the two distributions differ in location", "no evidence of a location difference",
+                           f"U = {fmt(u)}, {fmt_p(p)}")
         return jsonable({
             "test": "Mann-Whitney U test", "statistic": u, "u_x": u, "u_y": a.size * b.size - u, "w_rank_sum_x": w,
             "p_value": p, "alternative": alternative, "median_x": float(np.median(a)), "median_y": float(np.median(b)),
@@ -379,10 +372,9 @@ def rank_test(kind: str, x: Sequence[float] | None = None, y: Sequence[float] | 
             ranks = sps.rankdata(np.abs(nz))
             t_plus = float(ranks[nz > 0].sum())
             p = float(res.pvalue)
-            text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                    (f"the median of {what} {_REL[alternative]} 0" if p < alpha else
-                     f"no evidence that the median of {what} {_REL[alternative]} 0") +
-                    f" (T+ = {fmt(t_plus)}, {fmt_p(p)})")
+            text = _conclusion(p, alpha, f"the median of {what} {_REL[alternative]} 0",
+                               f"no evidence that the median of {what} {_REL[alternative]} 0",
+                               f"T+ = {fmt(t_plus)}, {fmt_p(p)}")
             return jsonable({
                 "test": "Wilcoxon signed-rank test", "statistic": float(res.statistic), "t_plus": t_plus,
                 "t_minus": float(ranks[nz < 0].sum()), "p_value": p, "alternative": alternative,
@@ -395,10 +387,9 @@ def rank_test(kind: str, x: Sequence[float] | None = None, y: Sequence[float] | 
         plus = int((nz > 0).sum())
         res = sps.binomtest(plus, nz.size, 0.5, alternative=alternative)
         p = float(res.pvalue)
-        text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                (f"the median of {what} {_REL[alternative]} 0" if p < alpha else
-                 f"no evidence that the median of {what} {_REL[alternative]} 0") +
-                f" ({plus} of {nz.size} positive, {fmt_p(p)})")
+        text = _conclusion(p, alpha, f"the median of {what} {_REL[alternative]} 0",
+                           f"no evidence that the median of {what} {_REL[alternative]} 0",
+                           f"{plus} of {nz.size} positive, {fmt_p(p)}")
         return jsonable({
             "test": "sign test", "statistic": plus, "positive": plus, "negative": int(nz.size - plus),
             "n_nonzero": nz.size, "zeros_dropped": int(d.size - nz.size), "p_value": p, "alternative": alternative,
@@ -458,9 +449,8 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "pearson",
         ci = _side(math.tanh(z - q * se), math.tanh(z + q * se), alternative, -1.0, 1.0)
     name = {"pearson": "r", "spearman": "rho", "kendall": "tau"}[method]
     rel = {"two-sided": "is not zero", "less": "is negative", "greater": "is positive"}[alternative]
-    text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-            (f"the correlation {rel}" if p < alpha else f"no evidence that the correlation {rel}") +
-            f" ({name} = {fmt(r)}, n = {n}, {fmt_p(p)})")
+    text = _conclusion(p, alpha, f"the correlation {rel}", f"no evidence that the correlation {rel}",
+                       f"{name} = {fmt(r)}, n = {n}, {fmt_p(p)}")
     return jsonable({
         "test": f"{method.capitalize()} correlation", "r": r, "statistic": stat, "df": df, "p_value": p,
         "alternative": alternative, "n": n, "ci": ci, "confidence": 1 - alpha, "alpha": alpha,

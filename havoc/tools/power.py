@@ -40,6 +40,26 @@ def _num(v: Any, name: str, *, positive: bool = False) -> float:
     return float(v)
 
 
+def _proportion(name: str, value: Any, differ_from: tuple[str, float] | None = None) -> float:
+    """`value` as a proportion strictly between 0 and 1, and, where `differ_from` names one, unequal to it.
+
+    Args:
+        name: the argument's name, for the message.
+        value: what the caller gave.
+        differ_from: (name, value) of the proportion it is compared with: equal ones leave nothing to detect.
+
+    Returns:
+        the proportion as a float.
+    """
+    p = _num(value, name)
+    if differ_from is None:
+        if not 0 < p < 1:
+            raise ToolError(f"{name} must be between 0 and 1")
+    elif not 0 < p < 1 or p == differ_from[1]:
+        raise ToolError(f"{name} must be between 0 and 1 and differ from {differ_from[0]}")
+    return p
+
+
 def _t_power(effect: float, sd: float, n: float, alpha: float, alternative: str, two_sample: bool,
              strict: bool = True) -> float:
     df = 2 * n - 2 if two_sample else n - 1
@@ -183,14 +203,10 @@ def power_sample_size(test: str, n: float | None = None, effect: float | None = 
     elif test == "one_proportion":
         if p0 is None:
             raise ToolError("a one-proportion power calculation needs p0, the hypothesised proportion")
-        p0 = _num(p0, "p0")
-        if not 0 < p0 < 1:
-            raise ToolError("p0 must be between 0 and 1")
+        p0 = _proportion("p0", p0)
         min_n = 1.0
         if known["p1"] is not None:
-            known["p1"] = _num(known["p1"], "p1")
-            if not 0 < known["p1"] < 1 or known["p1"] == p0:
-                raise ToolError("p1 must be between 0 and 1 and differ from p0")
+            known["p1"] = _proportion("p1", known["p1"], differ_from=("p0", p0))
 
         def pw(nn: float, pp: float, a: float) -> float:
             return _normal_power(math.sqrt(nn) * (pp - p0), math.sqrt(p0 * (1 - p0)), math.sqrt(pp * (1 - pp)), a,
@@ -201,14 +217,10 @@ def power_sample_size(test: str, n: float | None = None, effect: float | None = 
     elif test == "two_proportions":
         if p1 is None:
             raise ToolError("a two-proportion power calculation needs p1 (and p2, unless it is solved for)")
-        p1 = _num(p1, "p1")
-        if not 0 < p1 < 1:
-            raise ToolError("p1 must be between 0 and 1")
+        p1 = _proportion("p1", p1)
         min_n = 2.0
         if known["p2"] is not None:
-            known["p2"] = _num(known["p2"], "p2")
-            if not 0 < known["p2"] < 1 or known["p2"] == p1:
-                raise ToolError("p2 must be between 0 and 1 and differ from p1")
+            known["p2"] = _proportion("p2", known["p2"], differ_from=("p1", p1))
 
         def pw(nn: float, pp: float, a: float) -> float:
             # H1 is stated about p1 - p2; the statistic's null se uses the average proportion

@@ -111,6 +111,24 @@ def _verdict(p: float, alpha: float) -> str:
     return "reject H0" if p < alpha else "do not reject H0"
 
 
+def _conclusion(p: float, alpha: float, found: str, not_found: str, detail: str, subject: str = "") -> str:
+    """The one-line interpretation every test shares, so that its wording lives in one place.
+
+    Args:
+        p: the test's p-value.
+        alpha: the significance level.
+        found: what a rejection means, e.g. "the means differ".
+        not_found: what no rejection means, e.g. "no evidence that the means differ".
+        detail: the figures, written in parentheses after the conclusion.
+        subject: the test's name, for a result that reports several tests.
+
+    Returns:
+        "At alpha = 0.05, reject H0: the means differ (t = 2.1, df = 9, p = 0.0312)".
+    """
+    subject = f"{subject} " if subject else ""
+    return f"At alpha = {alpha:g}, {subject}{_verdict(p, alpha)}: {found if p < alpha else not_found} ({detail})"
+
+
 # --------------------------------------------------------------------------------------- descriptive
 
 def describe(data: Sequence[float], alpha: float = 0.05) -> dict:
@@ -276,9 +294,8 @@ def t_one_from_summary(mean: float, sd: float, n: int, mu: float = 0.0, alternat
     p = _p_value(sps.t(n - 1), t, alternative)
     ci = _t_ci(mean, se, n - 1, alpha, alternative)
     rel = {"two-sided": "differs from", "less": "is less than", "greater": "is greater than"}[alternative]
-    text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-            (f"the mean ({fmt(mean)}) {rel} {fmt(mu)}" if p < alpha else f"no evidence that the mean {rel} {fmt(mu)}") +
-            f" (t = {fmt(t)}, df = {n - 1}, {fmt_p(p)})")
+    text = _conclusion(p, alpha, f"the mean ({fmt(mean)}) {rel} {fmt(mu)}",
+                       f"no evidence that the mean {rel} {fmt(mu)}", f"t = {fmt(t)}, df = {n - 1}, {fmt_p(p)}")
     return jsonable({
         "test": "one-sample t-test", "statistic": t, "df": n - 1, "p_value": p, "alternative": alternative,
         "mean": mean, "mu": mu, "sd": sd, "n": n, "se": se, "ci": ci, "confidence": 1 - alpha,
@@ -347,10 +364,9 @@ def t_two_from_summary(mean_x: float, sd_x: float, n_x: int, mean_y: float, sd_y
     p = _p_value(sps.t(df), t, alternative)
     ci = _t_ci(diff, se, df, alpha, alternative)
     rel = {"two-sided": "differ", "less": "mean(x) < mean(y)", "greater": "mean(x) > mean(y)"}[alternative]
-    text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-            (f"the means {rel}" if alternative == "two-sided" and p < alpha else
-             f"{rel}" if p < alpha else "no evidence that the means " + ("differ" if alternative == "two-sided" else f"satisfy {rel}")) +
-            f" (difference {fmt(diff)}, t = {fmt(t)}, df = {fmt(df)}, {fmt_p(p)})")
+    text = _conclusion(p, alpha, f"the means {rel}" if alternative == "two-sided" else rel,
+                       "no evidence that the means " + ("differ" if alternative == "two-sided" else f"satisfy {rel}"),
+                       f"difference {fmt(diff)}, t = {fmt(t)}, df = {fmt(df)}, {fmt_p(p)}")
     return jsonable({
         "test": name, "statistic": t, "df": df, "p_value": p, "alternative": alternative,
         "mean_x": m1, "mean_y": m2, "sd_x": s1, "sd_y": s2, "n_x": n1, "n_y": n2,
@@ -397,9 +413,9 @@ def t_paired_from_summary(mean_d: float, sd_d: float, n: int, alternative: str =
     """
     res = t_one_from_summary(mean_d, sd_d, n, 0.0, alternative, alpha)
     p = res["p_value"]
-    text = (f"At alpha = {res['alpha']:g}, {_verdict(p, res['alpha'])}: " +
-            ("the paired difference is not zero" if p < res["alpha"] else "no evidence of a paired difference") +
-            f" (mean difference {fmt(res['mean'])}, t = {fmt(res['statistic'])}, df = {res['df']}, {fmt_p(p)})")
+    text = _conclusion(p, res["alpha"], "the paired difference is not zero", "no evidence of a paired difference",
+                       f"mean difference {fmt(res['mean'])}, t = {fmt(res['statistic'])}, df = {res['df']}, "
+                       f"{fmt_p(p)}")
     return {
         "test": "paired t-test", "statistic": res["statistic"], "df": res["df"], "p_value": p,
         "alternative": res["alternative"], "n_pairs": res["n"], "mean_difference": res["mean"],
@@ -457,9 +473,8 @@ def anova_oneway(groups: Any, alpha: float = 0.05) -> dict:
         text = ("Every group is constant: within-group variation is zero, so F is undefined (infinite); "
                 "the group means differ exactly" if ssb > 0 else "All values are equal: nothing to test")
     else:
-        text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                ("at least one group mean differs" if p < alpha else "no evidence that the group means differ") +
-                f" (F({dfb}, {dfw}) = {fmt(f)}, {fmt_p(p)})")
+        text = _conclusion(p, alpha, "at least one group mean differs", "no evidence that the group means differ",
+                           f"F({dfb}, {dfw}) = {fmt(f)}, {fmt_p(p)}")
     return jsonable({
         "test": "one-way ANOVA",
         "table": [
@@ -788,9 +803,8 @@ def chi_square(observed: Sequence[Any], expected: Sequence[float] | None = None,
         n = table.sum()
         v = math.sqrt(stat / (n * (min(table.shape) - 1)))
         small = int((exp < 5).sum())
-        text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-                ("rows and columns are associated" if p < alpha else "no evidence of association") +
-                f" (chi² = {fmt(float(stat))}, df = {df}, {fmt_p(float(p))}, Cramér's V = {fmt(v)})" +
+        text = (_conclusion(p, alpha, "rows and columns are associated", "no evidence of association",
+                            f"chi² = {fmt(float(stat))}, df = {df}, {fmt_p(float(p))}, Cramér's V = {fmt(v)}") +
                 (f"; {small} expected counts < 5, the approximation is doubtful" if small else ""))
         return jsonable({
             "test": "chi-square test of independence", "statistic": stat, "df": df, "p_value": p,
@@ -818,9 +832,9 @@ def chi_square(observed: Sequence[Any], expected: Sequence[float] | None = None,
     df = obs.size - 1
     p = float(sps.chi2.sf(stat, df))
     small = int((exp < 5).sum())
-    text = (f"At alpha = {alpha:g}, {_verdict(p, alpha)}: " +
-            ("the counts do not follow the expected distribution" if p < alpha else "the counts are consistent with the expected distribution") +
-            f" (chi² = {fmt(stat)}, df = {df}, {fmt_p(p)})" +
+    text = (_conclusion(p, alpha, "the counts do not follow the expected distribution",
+                        "the counts are consistent with the expected distribution",
+                        f"chi² = {fmt(stat)}, df = {df}, {fmt_p(p)}") +
             (f"; {small} expected counts < 5, the approximation is doubtful" if small else ""))
     return jsonable({
         "test": "chi-square goodness of fit", "statistic": stat, "df": df, "p_value": p, "expected": exp,
@@ -861,9 +875,11 @@ def normality(data: Sequence[float], alpha: float = 0.05) -> dict:
     tests.append({"name": "Jarque-Bera", "statistic": float(jb.statistic), "p_value": float(jb.pvalue)})
     main = tests[0]
     p = main["p_value"]
-    text = (f"At alpha = {alpha:g}, {main['name']} {_verdict(p, alpha)}: " +
-            ("the data are not consistent with a normal distribution" if p < alpha else "no evidence against normality") +
-            f" (W = {fmt(main['statistic'])}, {fmt_p(p)})" if main["name"] == "Shapiro-Wilk" else
+    # Only Shapiro-Wilk's verdict has words of its own; the fallbacks report the p-value alone.
+    text = (_conclusion(p, alpha, "the data are not consistent with a normal distribution",
+                        "no evidence against normality", f"W = {fmt(main['statistic'])}, {fmt_p(p)}",
+                        subject=main["name"])
+            if main["name"] == "Shapiro-Wilk" else
             f"At alpha = {alpha:g}, {main['name']} {_verdict(p, alpha)} ({fmt_p(p)})")
     return jsonable({
         "test": "normality", "n": x.size, "tests": tests, "verdict_test": main["name"], "p_value": p,
