@@ -310,6 +310,19 @@ def test_openai_client_reads_the_unknown_path_error(client):
     assert "Invalid URL (GET /v1/nope)" in e.value.message
 
 
+def test_error_metrics_are_labelled_by_route_not_by_path(server):
+    # Clients choose paths: labelling by the raw path would add a Prometheus series per distinct path.
+    for i in range(5):
+        assert httpx.get(f"{server.url}/v1/prime/plots/p{i}", timeout=10).status_code == 404
+        assert httpx.get(f"{server.url}/v1/nope{i}", timeout=10).status_code == 404
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    series = [ln for ln in text.splitlines() if ln.startswith("havoc:http_requests_total{")]
+    assert not any("/v1/nope" in ln or "/plots/p" in ln for ln in series), series
+    count = {ln.split("} ")[0]: float(ln.split("} ")[1]) for ln in series}
+    assert count['havoc:http_requests_total{endpoint="/v1/prime/plots/{pid}",status="404"'] >= 5
+    assert count['havoc:http_requests_total{endpoint="unmatched",status="404"'] >= 5
+
+
 def test_a_disconnected_client_frees_its_blocks(server):
     body = {"model": "tiny", "messages": [{"role": "user", "content": "long"}], "max_tokens": 1500, "stream": True,
             "ignore_eos": True}

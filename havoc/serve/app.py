@@ -367,9 +367,15 @@ def build_app(server: Server) -> FastAPI:
     app = FastAPI(title="havoc", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
 
+    def endpoint(request: Request) -> str:
+        # The route's template (/v1/prime/plots/{pid}), never the raw path: every distinct label value is a
+        # Prometheus series kept for the server's life, and clients choose paths.
+        route = request.scope.get("route")
+        return getattr(route, "path", "unmatched")
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        server.metrics.http.labels(request.url.path, str(exc.status)).inc()
+        server.metrics.http.labels(endpoint(request), str(exc.status)).inc()
         return exc.response()
 
     @app.exception_handler(HTTPException)
@@ -386,6 +392,7 @@ def build_app(server: Server) -> FastAPI:
         else:
             message, code = f"{exc.detail} ({where})", None
         type_ = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+        server.metrics.http.labels(endpoint(request), str(exc.status_code)).inc()
         return JSONResponse(P.error_body(message, type_, code=code), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
