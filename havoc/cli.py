@@ -407,6 +407,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from havoc.io.atomic import check_destination
 
         check_destination(args.output, "--output")
+    if args.calls:  # the model's first-try tool calls, scored one by one
+        return _eval_calls(args, task_set)
     if args.reading:  # the prompt reader alone: no model is loaded
         from havoc.eval.harness import format_reading, run_reading
 
@@ -440,6 +442,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--output {args.output}: cannot write the report ({e.strerror or e})") from None
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_table(report))
+    return 0
+
+
+def _eval_calls(args: argparse.Namespace, task_set) -> int:
+    from havoc.eval.calls import LEADS, format_calls, prime_writer, run_calls
+    from havoc.errors import PrimeError
+
+    if args.lead not in LEADS:  # before the model loads
+        raise PrimeError(f"--lead must be one of {', '.join(LEADS)}, got {args.lead!r}")
+    llm = _load(args)
+
+    def progress(row: dict) -> None:
+        print(f"  {row['id']:28} lead {row['lead']:3} {'exact' if row['exact'] else 'wrong':5} "
+              f"{'runs-right' if row['executable'] else '':10} {row['seconds']:6.1f} s", file=sys.stderr, flush=True)
+
+    writer = prime_writer(llm, budget=args.budget, max_new_tokens=args.max_new_tokens, seed=args.seed or 0)
+    report = run_calls(task_set, writer, lead=args.lead, limit=args.limit, on_row=progress)
+    if args.output:
+        from havoc.io.atomic import atomic_write_text
+
+        atomic_write_text(args.output, json.dumps(report, indent=2, ensure_ascii=False))
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_calls(report))
     return 0
 
 
@@ -483,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the task sets")
     p.add_argument("--reading", action="store_true",
                    help="score the prompt reader alone, without a model: read each prompt, run the call read, compare")
+    p.add_argument("--calls", action="store_true",
+                   help="score the model's first-try tool calls one by one (schema, arguments, copied and invented "
+                        "numbers, executable accuracy, recovery; Wilson 95%% intervals)")
+    p.add_argument("--lead", default="both", help="with --calls: the read step's lead before the call: on, off or both")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, PRIME as havoc-prime)")
