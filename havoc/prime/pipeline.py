@@ -302,12 +302,15 @@ def call_context(tokenizer, prompt: str, task, args_schema: dict, *, lead: bool 
         reasons: the model's text of the read and compute steps.
     """
     graph = build_graph(Route("LIGHT", task.task_type, 0.0, [], task))
-    read, compute = graph.subgoals[0], graph.subgoals[1]
+    start = chat_start(tokenizer, system_text(task.tool, task.operation, args_schema), prompt)
+    first = graph.subgoals[0]
+    if first.kind == "retrieve":  # a retrieval writes its call at once, with no reasoning before it
+        return [start, CALL_OPEN]
+    read, compute = first, graph.subgoals[1]
     if read.kind != "read" or compute.kind != "compute":
         raise PrimeError(f"a {task.tool} task has no read and compute steps")
     facts = {k: task.args[k] for k in task.data_keys if k in task.args}
-    pieces = [chat_start(tokenizer, system_text(task.tool, task.operation, args_schema), prompt),
-              reason_open(read, lead_text(facts) if lead else ""), reasons[0], REASON_CLOSE,
+    pieces = [start, reason_open(read, lead_text(facts) if lead else ""), reasons[0], REASON_CLOSE,
               reason_open(compute), reasons[1], REASON_CLOSE, CALL_OPEN]
     return [p for p in pieces if p]
 
