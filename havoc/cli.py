@@ -23,6 +23,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-speculative", action="store_true",
                    help="no prompt-lookup speculative decoding (the output is the same either way)")
+    p.add_argument("--adapter", default="auto",
+                   help="a LoRA adapter folder (PEFT's format), merged into the weights at load (default: the "
+                        "adapter shipped for the model, if any)")
+    p.add_argument("--no-adapter", action="store_true", help="run the model without any LoRA adapter")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +57,9 @@ def _load(args: argparse.Namespace):
 
     if args.threads is not None:
         torch.set_num_threads(_check_threads(args.threads))
-    return LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative)
+    adapter = None if getattr(args, "no_adapter", False) else getattr(args, "adapter", "auto")
+    return LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative,
+                    adapter=adapter)
 
 
 def _check_threads(n: int) -> int:
@@ -379,7 +385,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(_check_threads(args.threads))
     engine = {k: v for k, v in (("kv_cache_tokens", args.kv_cache_tokens), ("max_batch_tokens", args.max_batch_tokens),
                                 ("max_running", args.max_running)) if v is not None}
-    llm = LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative, **engine)
+    llm = LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative,
+                   adapter=None if args.no_adapter else args.adapter, **engine)
     name = args.served_model_name or os.path.basename(str(args.model).rstrip("/")).removesuffix(".gguf")
     config = ServerConfig(model_name=name, api_key=api_key, max_waiting=args.max_waiting,
                           request_timeout=args.request_timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024),

@@ -198,3 +198,41 @@ def test_lora_training_smoke_loss_falls_round_trips_and_resumes(tmp_path):
     rest = Trainer(cfg2, resume=True, progress=False, log_stream=io.StringIO()).fit()
     assert first + rest == pytest.approx(losses, rel=1e-5, abs=1e-6)
 
+
+# ------------------------------------------------------------------------------------ at load
+def test_llm_load_merges_an_adapter_so_every_decode_path_runs_it(tmp_path):
+    from havoc import hub
+    from havoc.llm import LLM
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    model, _ = hub.load(gguf)
+    apply_lora(model, LoraConfig(r=4, alpha=8))
+    _randomize(model)
+    want = model(TOKENS)
+    save_adapter(model, tmp_path / "ad")
+    llm = LLM.load(gguf, adapter=tmp_path / "ad")
+    assert llm.adapter["merged"] and llm.adapter["r"] == 4 and not llm.adapter["shipped"]
+    assert not any(isinstance(m, LoRALinear) for m in llm.model.modules())  # plain weights: the C++ decoder reads them
+    torch.testing.assert_close(llm.model(TOKENS), want, rtol=1e-4, atol=1e-4)
+    base = LLM.load(gguf, adapter=None)
+    assert base.adapter is None and (base.model(TOKENS) - want).abs().max() > 1e-3
+    # greedy tokens through the engine (the C++ decoder on CPU) are those of the unmerged adapter model
+    ids = [1, 17, 42, 99]
+    out = llm.generate(ids, max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    ref = list(ids)
+    with torch.no_grad():
+        for _ in range(6):
+            ref.append(int(model(torch.tensor([ref]))[0, -1].argmax()))
+    assert out.token_ids == ref[len(ids):]
+    with pytest.raises(CheckpointError, match="not a LoRA adapter"):
+        LLM.load(gguf, adapter=tmp_path / "nowhere")
+    assert LLM.load(gguf).adapter is None  # "auto": no adapter ships for a file path
+
+
+def test_env_says_whether_an_adapter_is_active():
+    from havoc import env
+
+    info = env.collect()
+    assert set(info["adapters"]) == {"smollm2"}
+    assert info["adapters"]["smollm2"].startswith(("none shipped", "active by default"))
+    assert "LoRA adapters" in env.format_report(info)
