@@ -23,6 +23,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-speculative", action="store_true",
                    help="no prompt-lookup speculative decoding (the output is the same either way)")
+    p.add_argument("--adapter", default="auto",
+                   help="a LoRA adapter folder (PEFT's format), merged into the weights at load (default: the "
+                        "adapter shipped for the model, if any)")
+    p.add_argument("--no-adapter", action="store_true", help="run the model without any LoRA adapter")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +57,9 @@ def _load(args: argparse.Namespace):
 
     if args.threads is not None:
         torch.set_num_threads(_check_threads(args.threads))
-    return LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative)
+    adapter = None if getattr(args, "no_adapter", False) else getattr(args, "adapter", "auto")
+    return LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative,
+                    adapter=adapter)
 
 
 def _check_threads(n: int) -> int:
@@ -379,7 +385,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(_check_threads(args.threads))
     engine = {k: v for k, v in (("kv_cache_tokens", args.kv_cache_tokens), ("max_batch_tokens", args.max_batch_tokens),
                                 ("max_running", args.max_running)) if v is not None}
-    llm = LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative, **engine)
+    llm = LLM.load(args.model, dtype=args.dtype, device=args.device, speculative=not args.no_speculative,
+                   adapter=None if args.no_adapter else args.adapter, **engine)
     name = args.served_model_name or os.path.basename(str(args.model).rstrip("/")).removesuffix(".gguf")
     config = ServerConfig(model_name=name, api_key=api_key, max_waiting=args.max_waiting,
                           request_timeout=args.request_timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
@@ -407,6 +414,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from havoc.io.atomic import check_destination
 
         check_destination(args.output, "--output")
+    if args.calls:  # the model's first-try tool calls, scored one by one
+        return _eval_calls(args, task_set)
     if args.reading:  # the prompt reader alone: no model is loaded
         from havoc.eval.harness import format_reading, run_reading
 
@@ -440,6 +449,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--output {args.output}: cannot write the report ({e.strerror or e})") from None
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_table(report))
+    return 0
+
+
+def _eval_calls(args: argparse.Namespace, task_set) -> int:
+    from havoc.eval.calls import LEADS, format_calls, prime_writer, run_calls
+    from havoc.errors import PrimeError
+
+    if args.lead not in LEADS:  # before the model loads
+        raise PrimeError(f"--lead must be one of {', '.join(LEADS)}, got {args.lead!r}")
+    llm = _load(args)
+
+    def progress(row: dict) -> None:
+        print(f"  {row['id']:28} lead {row['lead']:3} {'exact' if row['exact'] else 'wrong':5} "
+              f"{'runs-right' if row['executable'] else '':10} {row['seconds']:6.1f} s", file=sys.stderr, flush=True)
+
+    writer = prime_writer(llm, budget=args.budget, max_new_tokens=args.max_new_tokens, seed=args.seed or 0)
+    report = run_calls(task_set, writer, lead=args.lead, limit=args.limit, on_row=progress)
+    if args.output:
+        from havoc.io.atomic import atomic_write_text
+
+        atomic_write_text(args.output, json.dumps(report, indent=2, ensure_ascii=False))
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_calls(report))
     return 0
 
 
@@ -483,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the task sets")
     p.add_argument("--reading", action="store_true",
                    help="score the prompt reader alone, without a model: read each prompt, run the call read, compare")
+    p.add_argument("--calls", action="store_true",
+                   help="score the model's first-try tool calls one by one (schema, arguments, copied and invented "
+                        "numbers, executable accuracy, recovery; Wilson 95%% intervals)")
+    p.add_argument("--lead", default="both", help="with --calls: the read step's lead before the call: on, off or both")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, PRIME as havoc-prime)")

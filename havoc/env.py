@@ -92,7 +92,23 @@ def collect() -> dict[str, Any]:
         # Shown even without a device: which kernel each op would run on CUDA and how far it is verified.
         "ops_cuda": ops.describe("cuda"),
         "environment": {k: v for k, v in os.environ.items() if k.startswith(("HAVOC_", "TRITON_", "OMP_", "CUDA_VISIBLE"))},
+        "adapters": _adapters(),
     }
+
+
+def _adapters() -> dict[str, Any]:
+    """Per known model, the LoRA adapter PRIME runs it with by default (merged at load; --no-adapter: none)."""
+    from havoc.train.lora import SHIPPED, read_adapter, shipped_adapter
+
+    out = {}
+    for name in SHIPPED:
+        folder = shipped_adapter(name)
+        if folder is None:
+            out[name] = "none shipped: the model runs alone"
+        else:
+            cfg, _ = read_adapter(folder)
+            out[name] = f"active by default: {folder.name} (LoRA r={cfg.r}, merged at load; --no-adapter turns it off)"
+    return out
 
 
 def format_report(info: dict[str, Any]) -> str:
@@ -121,6 +137,7 @@ def format_report(info: dict[str, Any]) -> str:
     section(f"Ops on CPU tensors (backend: {info['ops_backend']})", info["ops_cpu"])
     cuda_title = "Ops on CUDA tensors" + ("" if cuda["available"] else " (no CUDA device on this machine)")
     section(cuda_title, info["ops_cuda"])
+    section("LoRA adapters", info["adapters"])
     if info["environment"]:
         section("Environment", info["environment"])
     return "\n".join(lines).rstrip() + "\n"

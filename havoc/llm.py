@@ -89,6 +89,7 @@ class LLM:
             cpu_weights=cpu_weights, prefix_caching=prefix_cache, speculative=speculative).items() if v is not None}
         self._loop: EngineLoop | None = None
         self._weights = None  # (data_ptr, version) of every parameter when the engine was made
+        self.adapter: dict | None = None  # the LoRA adapter merged into the weights (LLM.load's `adapter`)
         self._lock = threading.Lock()
 
     @classmethod
@@ -98,6 +99,7 @@ class LLM:
         *,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device = "cpu",
+        adapter: str | Path | None = "auto",
         **kwargs: Any,
     ) -> LLM:
         """Load a known model by name (pulled on first use), a .gguf file, or a havoc checkpoint folder.
@@ -106,12 +108,26 @@ class LLM:
             name_or_path: e.g. "smollm2", "model.gguf", "checkpoints/run1".
             dtype: "float32" (default for GGUF imports), "bfloat16", "float16" or a torch dtype.
             device: where the weights live.
+            adapter: a LoRA adapter folder (PEFT's format) merged into the weights at load, so every decode
+                path (the C++ decoder included) runs it; "auto": the adapter the package ships for a known
+                model name, if one ships; None: no adapter.
             **kwargs: engine settings, as for the constructor.
         """
         from havoc import hub
 
         model, tokenizer = hub.load(name_or_path, dtype=parse_dtype(dtype), device=device)
-        return cls(model, tokenizer, **kwargs)
+        info = None
+        if adapter is not None:
+            from havoc.train.lora import load_adapter, shipped_adapter
+
+            folder = shipped_adapter(str(name_or_path)) if adapter == "auto" else Path(adapter)
+            if folder is not None:
+                cfg = load_adapter(model, folder, merge=True)
+                info = {"path": str(folder), "r": cfg.r, "alpha": cfg.alpha, "targets": sorted(cfg.targets),
+                        "merged": True, "shipped": adapter == "auto"}
+        llm = cls(model, tokenizer, **kwargs)
+        llm.adapter = info
+        return llm
 
     @property
     def config(self):

@@ -180,7 +180,7 @@ def test_eval_runs_on_the_same_batches_every_time(tmp_path):
 def test_shipped_configs_load_and_each_7b_phase_has_a_tiny_twin():
     names = sorted(p.stem for p in CONFIG_DIR.glob("phase[123]_*.yaml"))
     assert names == ["phase1_pretrain_7b", "phase1_pretrain_tiny", "phase2_sft_7b", "phase2_sft_smollm2",
-                     "phase2_sft_tiny", "phase3_polish_7b", "phase3_polish_tiny"]
+                     "phase2_sft_tiny", "phase2_toolcalls_lora_smollm2", "phase3_polish_7b", "phase3_polish_tiny"]
     for name in names:
         cfg = TrainConfig.load(name)
         if name.endswith("_7b"):

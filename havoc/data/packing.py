@@ -43,7 +43,21 @@ def encode_pretrain(tokenizer, doc: str | Mapping[str, Any]) -> tuple[list[int],
 
 
 def encode_sft(tokenizer, record: Mapping[str, Any]) -> tuple[list[int], list[bool]]:
-    """Ids and loss mask of an SFT record: loss only on the assistant's turns."""
+    """Ids and loss mask of an SFT record: loss only on the assistant's turns.
+
+    A pre-rendered record `{"context_pieces": [str, ...], "completion": str}` (the tool-call examples of
+    `havoc.train.toolcalls`) is encoded piece by piece, as PRIME encodes what it writes, with the loss on the
+    completion alone.
+    """
+    if "context_pieces" in record:
+        pieces, completion = record["context_pieces"], record.get("completion")
+        if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces) or not isinstance(completion, str) \
+                or not completion:
+            raise ConfigError("a pre-rendered SFT record needs 'context_pieces' (a list of strings) and a non-empty "
+                              "'completion' string")
+        ids = [t for p in pieces for t in tokenizer.encode(p, add_bos=False)]
+        target = tokenizer.encode(completion, add_bos=False)
+        return ids + target, [False] * len(ids) + [True] * len(target)
     if "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or not all(

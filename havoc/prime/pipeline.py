@@ -249,6 +249,72 @@ def narrow(schema: Any, lists: list[list[float]]) -> Any:
     return out
 
 
+# ------------------------------------------------------------------------------------ the text the model sees
+# One definition of each piece of text PRIME writes around a tool call, shared by the run and by the generator
+# of training examples (havoc.train.toolcalls), so that what the model learns on is what it is served.
+CALL_OPEN, CALL_CLOSE, REASON_CLOSE = "<tool>", "</tool>\n", "</reason>\n"
+
+
+def system_text(tool: str, operation: str | None, args_schema: dict) -> str:
+    """The system turn of a tool run: PRIME's instructions and the one tool's argument schema."""
+    # No example call: measured on four smoke tasks, SmolLM2-135M copied an example's numbers into its own
+    # calls (0/4 valid with one, 1/4 without).
+    return f"{SYSTEM}\nTool {tool}, operation {operation}: arguments {json.dumps(args_schema, separators=(',', ':'))}"
+
+
+def chat_start(tokenizer, system: str | None, prompt: str) -> str:
+    """The conversation's text up to the assistant's turn (the tokenizer's chat template, or a plain form)."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    return f"{system + chr(10) if system else ''}Question: {prompt}\nAnswer:"
+
+
+def lead_text(facts: Mapping[str, Any]) -> str:
+    """The read step's lead: the data read from the prompt, written before the model reasons on."""
+    lead = "; ".join(f"{k} = {json.dumps(v, separators=(',', ':'))}" for k, v in facts.items())
+    return f"the prompt gives {lead}. " if lead else ""
+
+
+def reason_open(sub: Subgoal, lead: str = "") -> str:
+    """The opening PRIME writes for a subgoal's reasoning (the model continues it)."""
+    return f"<reason>Step {sub.id}, {sub.goal}: {lead}"
+
+
+def call_schema(tool: str, args_schema: dict) -> dict:
+    """The schema a call is decoded under: {"tool": the tool, "args": its arguments}."""
+    return {"type": "object", "properties": {"tool": {"const": tool}, "args": args_schema},
+            "required": ["tool", "args"], "additionalProperties": False}
+
+
+def call_context(tokenizer, prompt: str, task, args_schema: dict, *, lead: bool = True,
+                 reasons: Sequence[str] = ("", "")) -> list[str]:
+    """The text before a main call's JSON, in the pieces a run encodes one by one: the chat start, the read
+    step (with its lead), the compute step and `<tool>`; `reasons` stand for what the model writes inside
+    each step (empty pieces are dropped).
+
+    Args:
+        tokenizer: the model's tokenizer (its chat template).
+        prompt: the request.
+        task: its reading (`TaskSpec`: tool, operation, stated arguments, data keys).
+        args_schema: the arguments' schema the system turn shows.
+        lead: write the read step's lead.
+        reasons: the model's text of the read and compute steps.
+    """
+    graph = build_graph(Route("LIGHT", task.task_type, 0.0, [], task))
+    start = chat_start(tokenizer, system_text(task.tool, task.operation, args_schema), prompt)
+    first = graph.subgoals[0]
+    if first.kind == "retrieve":  # a retrieval writes its call at once, with no reasoning before it
+        return [start, CALL_OPEN]
+    read, compute = first, graph.subgoals[1]
+    if read.kind != "read" or compute.kind != "compute":
+        raise PrimeError(f"a {task.tool} task has no read and compute steps")
+    facts = {k: task.args[k] for k in task.data_keys if k in task.args}
+    pieces = [start, reason_open(read, lead_text(facts) if lead else ""), reasons[0], REASON_CLOSE,
+              reason_open(compute), reasons[1], REASON_CLOSE, CALL_OPEN]
+    return [p for p in pieces if p]
+
+
 def _check_inputs(prompt: Any, max_new_tokens: Any, temperature: Any) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise PrimeError("the prompt is empty" if isinstance(prompt, str) else f"the prompt must be text, got {type(prompt).__name__}")
@@ -273,6 +339,7 @@ def generate_with_prime(
     on_text: Callable[[str], None] | None = None,
     on_event: Callable[[str, dict], None] | None = None,
     plots: str | None = None,
+    read_lead: bool = True,
 ) -> PrimeResult:
     """Answer `prompt` with PRIME (or directly, for MICRO prompts and `enable_prime=False`).
 
@@ -291,6 +358,9 @@ def generate_with_prime(
             anything is generated and on_event("tool_call", the call's record) when each call is resolved.
         plots: "png" or "svg": calls whose tool can draw its result (control charts, factorial effects,
             regression residuals) draw it into the registry's plot folder (the record's "plot").
+        read_lead: the read step writes the data it read from the prompt into the context before the model
+            writes its call (the lead). False leaves it out: the model copies from the prompt alone
+            (`havoc eval --calls` measures both).
 
     Returns:
         A `PrimeResult` (generated_ids, text, workspace, verification, routing, answer, ...).
@@ -305,7 +375,7 @@ def generate_with_prime(
     the_route = route(prompt, router_config, budget=budget)
     llm = llm if llm is not None else default_llm()
     run = _Run(engine_for(llm), registry, prompt, the_route, max_new_tokens, float(temperature), seed, on_text,
-               enable_prime, on_event, plots)
+               enable_prime, on_event, plots, read_lead=bool(read_lead))
     return run.execute()
 
 
@@ -314,13 +384,13 @@ class _Run:
 
     def __init__(self, engine: Engine, registry, prompt: str, the_route: Route, max_new_tokens: int,
                  temperature: float, seed: int, on_text, enable_prime: bool, on_event=None,
-                 plots: str | None = None) -> None:
+                 plots: str | None = None, *, read_lead: bool = True) -> None:
         self.engine, self.registry, self.prompt, self.route = engine, registry, prompt, the_route
         self.task = the_route.task
         self.left = max_new_tokens
         self.temperature, self.seed, self.on_text = temperature, seed, on_text
         self.enable_prime = enable_prime
-        self.on_event, self.plots = on_event, plots
+        self.on_event, self.plots, self.read_lead = on_event, plots, read_lead
         self.pieces: list[str] = []
         self.workspace = Workspace()
         self.calls: list[ToolCall] = []
@@ -375,10 +445,10 @@ class _Run:
 
     def reason(self, sub: Subgoal, n: int | None = None, lead: str = "") -> str:
         n = REASON_TOKENS.get(self.route.budget, 24) if n is None else n
-        self.say(f"<reason>Step {sub.id}, {sub.goal}: {lead}")
+        self.say(reason_open(sub, lead))
         g = self.gen(self.ctx, n, temperature=self.temperature, stop=("</reason>", "<tool>", "<result>", "\n\n"),
                      repetition_penalty=1.1, on_text=self.emit)
-        self.say("</reason>\n")
+        self.say(REASON_CLOSE)
         return g.text.strip()
 
     def free_all(self) -> None:
@@ -425,11 +495,7 @@ class _Run:
         return routing
 
     def start(self, system: str | None) -> int:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": self.prompt}]
-        tok = self.engine.tokenizer
-        text = tok.apply_chat_template(messages, add_generation_prompt=True) if tok.chat_template else \
-            f"{system + chr(10) if system else ''}Question: {self.prompt}\nAnswer:"
-        ids = self.engine.encode(text)
+        ids = self.engine.encode(chat_start(self.engine.tokenizer, system, self.prompt))
         self.ctx = self.engine.start(ids)
         self.contexts.append(self.ctx)
         return len(ids)
@@ -466,8 +532,7 @@ class _Run:
         schema = self.registry.arguments_schema(task.tool, task.operation)
         # No example call: measured on four smoke tasks, SmolLM2-135M copied an example's numbers into its own
         # calls (0/4 valid with one, 1/4 without).
-        tool_line = f"Tool {task.tool}, operation {task.operation}: arguments {json.dumps(schema, separators=(',', ':'))}"
-        prefix = self.start(f"{SYSTEM}\n{tool_line}")
+        prefix = self.start(system_text(task.tool, task.operation, schema))
         for key in task.data_keys:
             if key in task.args:
                 self.workspace.add("fact", key, task.args[key], "prompt", "s1")
@@ -482,8 +547,7 @@ class _Run:
                 # GROUND: PRIME states what it read from the prompt (with its provenance in the workspace);
                 # the model reasons on from there.
                 facts = {k: task.args[k] for k in task.data_keys if k in task.args}
-                lead = "; ".join(f"{k} = {json.dumps(v, separators=(',', ':'))}" for k, v in facts.items())
-                lead = f"the prompt gives {lead}. " if lead else ""
+                lead = lead_text(facts) if self.read_lead else ""
                 sub.outputs = {"reason": self.reason(sub, lead=lead), "facts": facts}
             elif sub.kind in ("compute", "retrieve"):
                 sub.outputs["reason"] = self.reason(sub) if sub.kind == "compute" else ""
@@ -523,9 +587,7 @@ class _Run:
     def tool_step(self, sub: Subgoal, tool: str, operation: str | None, reference: dict | None,
                   data_keys: Sequence[str], label: str | None = None, attempts: int = 2) -> ToolCall:
         """One tool call: generated under the schema, checked against the prompt, retried, else recovered."""
-        args_schema = narrow(self.registry.arguments_schema(tool, operation), self.task.lists)
-        schema = {"type": "object", "properties": {"tool": {"const": tool}, "args": args_schema},
-                  "required": ["tool", "args"], "additionalProperties": False}
+        schema = call_schema(tool, narrow(self.registry.arguments_schema(tool, operation), self.task.lists))
         index = len(self.calls) + 1
         source = f"tool:{tool}#{index}"
         record = ToolCall(index, sub.id, tool, operation, label)
@@ -536,8 +598,8 @@ class _Run:
                 record.attempts.append(Attempt(problems=["token budget exhausted"]))
                 break
             branch = self.fork(self.ctx)
-            branch.extend("<tool>")
-            self.emit("<tool>")
+            branch.extend(CALL_OPEN)
+            self.emit(CALL_OPEN)
             temperature = self.temperature if attempt == 0 else max(0.7, self.temperature)
             g = self.gen(branch, CALL_TOKENS, temperature=temperature, schema=schema, on_text=self.emit)
             info = Attempt(g.text, len(g.ids), g.forced)
@@ -560,9 +622,9 @@ class _Run:
                     info.problems.append(f"the tool refused the call: {envelope['error']}")
             info.executed = envelope is not None and envelope["success"]
             record.attempts.append(info)
-            branch.extend("</tool>\n")
+            branch.extend(CALL_CLOSE)
             if not info.problems:
-                self.emit("</tool>\n")
+                self.emit(CALL_CLOSE)
                 self.ctx = branch  # the good call becomes the main line
                 record.args, record.resolution = args, "model" if attempt == 0 else "regenerated"
                 return self.finish_call(record, envelope["result"], sub)

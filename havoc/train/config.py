@@ -7,6 +7,11 @@
     optim: {name, lr, min_lr, warmup_steps, betas, eps, weight_decay, grad_clip, fused_step}
     train: {steps, grad_accum, param_dtype, autocast, stochastic_rounding, checkpoint_every_n_layers,
             eval_every, eval_batches, log_every, save_every, keep_last, out_dir, seed, device}
+    lora: {r, alpha, dropout, targets}  # optional: train a LoRA adapter on the frozen model (havoc.train.lora)
+
+A source path `gen:toolcalls:N` (or `gen:toolcalls:N:dev`) is N verified tool-call examples of that split
+from `havoc.train.toolcalls`, made with the model's tokenizer and `data.seed` into out_dir/data/ when the run
+starts (the same file again on resume).
 
 Relative paths in a config file are taken from the current directory; `pkg:REL` names a file inside the
 installed package (the tiny configs read the corpus shipped in havoc/data/corpus that way). A bare name
@@ -87,6 +92,15 @@ class TrainSection:
 
 
 @dataclass
+class LoraSection:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                        "down_proj"])
+
+
+@dataclass
 class TrainConfig:
     phase: str = "pretrain"
     model: ModelSection = field(default_factory=ModelSection)
@@ -94,6 +108,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    lora: LoraSection | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in ("pretrain", "sft"):
@@ -146,6 +161,20 @@ class TrainConfig:
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
         if not 0 <= t.memory_fraction <= 1:
             raise ConfigError(f"train.memory_fraction must be in [0, 1], got {t.memory_fraction}")
+        if self.lora is not None:
+            self.lora_config()  # its checks, now
+            if self.model.init_from is None:
+                raise ConfigError("lora: an adapter trains on a pretrained model; set model.init_from")
+            if self.phase != "sft":
+                raise ConfigError("lora: adapters train in phase sft")
+
+    def lora_config(self):
+        """The adapter's `LoraConfig` (None without a lora section)."""
+        if self.lora is None:
+            return None
+        from havoc.train.lora import LoraConfig
+
+        return LoraConfig(r=self.lora.r, alpha=self.lora.alpha, dropout=self.lora.dropout, targets=list(self.lora.targets))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -240,6 +269,7 @@ _NESTED = {
     (TrainConfig, "data"): DataConfig,
     (TrainConfig, "optim"): OptimConfig,
     (TrainConfig, "train"): TrainSection,
+    (TrainConfig, "lora"): LoraSection,
     (DataConfig, "sources"): [SourceConfig],
     (DataConfig, "eval_sources"): [SourceConfig],
 }

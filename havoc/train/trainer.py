@@ -80,6 +80,8 @@ class Trainer:
         self.rank, self.world_size = distributed.world()  # (0, 1) unless launched by torchrun
         if self.world_size > 1:
             distributed.check_config(cfg)
+            if cfg.lora is not None:
+                raise ConfigError("lora: adapters train in one process (no torchrun)")
         from havoc.io.atomic import check_destination
 
         # Checked before the model is built: an unwritable out_dir would otherwise fail at the first save.
@@ -100,6 +102,11 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.param_dtype = getattr(torch, cfg.train.param_dtype)
         self.model, self.tokenizer = self._build_model()
+        self.lora = cfg.lora_config()
+        if self.lora is not None:
+            from havoc.train.lora import apply_lora
+
+            apply_lora(self.model, self.lora)  # the model frozen; only the adapter trains
         if cfg.data.seq_len > self.model.config.max_seq_len:
             raise ConfigError(f"data.seq_len is {cfg.data.seq_len} but the model's context is "
                               f"{self.model.config.max_seq_len}: at most that many positions exist")
@@ -153,8 +160,27 @@ class Trainer:
         model.reset_parameters()
         return model.train(), tokenizer
 
+    def _path(self, path: str) -> str:
+        """A source path; `gen:toolcalls:N[:split]` is made now (or found, on resume) in out_dir/data."""
+        if not path.startswith("gen:"):
+            return resolve_path(path)
+        parts = path.split(":")
+        if parts[1] != "toolcalls" or len(parts) not in (3, 4) or not parts[2].isdigit() or int(parts[2]) < 1 \
+                or (len(parts) == 4 and parts[3] not in ("train", "dev")):
+            raise ConfigError(f"data source {path!r}: the generated source is gen:toolcalls:N or gen:toolcalls:N:dev")
+        from havoc.train.toolcalls import write_jsonl
+
+        n, split = int(parts[2]), parts[3] if len(parts) == 4 else "train"
+        target = self.out_dir / "data" / f"toolcalls-{split}-{n}-seed{self.cfg.data.seed}.jsonl"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made = write_jsonl(target, n, self.tokenizer, seed=self.cfg.data.seed, split=split)
+            print(f"tool-call examples: {made['examples']} {split} in {target} ({made['rejected']} rejected: "
+                  f"{made['reasons']})", file=self.log_stream, flush=True)
+        return str(target)
+
     def _packer(self, sources, seed: int) -> Packer:
-        mixture = Mixture([Source(s.name, [resolve_path(p) for p in s.paths], s.weight) for s in sources], seed=seed)
+        mixture = Mixture([Source(s.name, [self._path(p) for p in s.paths], s.weight) for s in sources], seed=seed)
         sft = self.cfg.phase == "sft"
         encode = functools.partial(encode_sft if sft else encode_pretrain, self.tokenizer)
         return Packer(mixture, encode, self.cfg.data.seq_len, self.cfg.data.batch_size,
@@ -303,7 +329,11 @@ class Trainer:
         weights = distributed.full_state_dict(self.model) if self.world_size > 1 else None
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            if weights is None:
+            if self.lora is not None:  # the adapter alone, in PEFT's format; the base model is init_from
+                from havoc.train.lora import save_adapter
+
+                save_adapter(self.model, tmp, base_model=self.cfg.model.init_from or "")
+            elif weights is None:
                 save_pretrained(self.model, tmp)
             else:
                 _save_weights(self.model.config, weights, tmp)
@@ -371,7 +401,9 @@ class Trainer:
                 f"--resume: {path} was written by a different config ({'; '.join(diff[:5])}); resume with the "
                 "config that started the run"
             )
-        if self.world_size > 1:
+        if self.lora is not None:
+            self._load_adapter_weights(path)
+        elif self.world_size > 1:
             distributed.load_full_state_dict(self.model, load_state_dict(path / WEIGHTS_NAME))
         else:
             self.model.load_state_dict(load_state_dict(path / WEIGHTS_NAME, device=self.device), strict=True)
@@ -383,6 +415,17 @@ class Trainer:
         self.step = state["step"]
         if self.rank == 0:
             _truncate_log(self.out_dir / "log.jsonl", self.step)
+
+    @torch.no_grad()
+    def _load_adapter_weights(self, path: Path) -> None:
+        from havoc.train.lora import adapter_state_dict, read_adapter
+
+        _, tensors = read_adapter(path)
+        want = adapter_state_dict(self.model)
+        if set(tensors) != set(want):
+            raise CheckpointError(f"{path}: its adapter does not match this run's lora section")
+        for key, t in want.items():
+            t.copy_(tensors[key].to(t.dtype))
 
 
 def _truncate_log(path: Path, step: int) -> None:
