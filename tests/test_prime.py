@@ -49,6 +49,7 @@ def tiny_llm(tmp_path_factory):
 def test_numbers_in_reads_signs_but_not_hyphens():
     assert numbers_in("t-test of 2-sided data: -1.5, 3e2 and .5") == [2, -1.5, 300, 0.5]
     assert numbers_in("no digits here") == []
+    assert numbers_in("shifts of \u22120.4 and \u22122 mm") == [-0.4, -2]  # U+2212, the typographic minus
 
 
 @pytest.mark.parametrize("prompt,tool,args", [

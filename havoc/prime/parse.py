@@ -33,8 +33,10 @@ _WORD_NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 
 def numbers_in(text: str) -> list[float]:
     """Every number written in `text`, in order (digits only: "two" is not read as 2).
 
-    Hyphenated words such as "t-test" or "2-sided" do not produce negative numbers.
+    Hyphenated words such as "t-test" or "2-sided" do not produce negative numbers. The minus sign U+2212
+    (what word processors write) counts as one: "−0.4" is -0.4, never 0.4.
     """
+    text = text.replace("\u2212", "-")
     out = []
     for m in NUMBER_RE.finditer(text):
         s = m.group(0)
