@@ -400,12 +400,12 @@ def test_the_asyncio_face(model):
 
 # ------------------------------------------------------------------------------------------ speculation
 def test_prompt_lookup_proposes_what_followed_the_latest_match():
-    from havoc.engine.speculation import prompt_lookup
+    from havoc.engine.speculation import lookup
 
-    assert prompt_lookup([1, 2, 3, 9, 9, 1, 2, 3], 4) == [9, 9, 1, 2]  # the trigram 1 2 3 seen before
-    assert prompt_lookup([5, 1, 2, 7, 1, 2, 8, 1, 2], 2) == [8, 1]  # the latest occurrence wins
-    assert prompt_lookup([4, 4, 4], 3) == [4]
-    assert prompt_lookup([1, 2, 3], 3) == [] and prompt_lookup([7], 2) == []
+    assert lookup([1, 2, 3, 9, 9, 1, 2, 3], 4)[1] == [9, 9, 1, 2]  # the trigram 1 2 3 seen before
+    assert lookup([5, 1, 2, 7, 1, 2, 8, 1, 2], 2)[1] == [8, 1]  # the latest occurrence wins
+    assert lookup([4, 4, 4], 3)[1] == [4]
+    assert lookup([1, 2, 3], 3)[1] == [] and lookup([7], 2)[1] == []
 
 
 def test_draft_plan_pays_for_its_rows():

@@ -38,14 +38,9 @@ PRIOR_ALPHA = (0.4, 0.7, 0.85)  # acceptance after a match of 1, 2, 3 tokens bef
 ALPHA_DECAY = 0.8  # a request's acceptance counts: weight of a verification one older
 
 
-def prompt_lookup(ids: Sequence[int], k: int, max_ngram: int = MAX_NGRAM) -> list[int]:
-    """Up to k tokens that followed the latest earlier occurrence of the last n tokens of `ids` (n from
-    `max_ngram` down to 1); [] when none occurred before."""
-    return lookup(ids, k, max_ngram)[1]
-
-
 def lookup(ids: Sequence[int], k: int, max_ngram: int = MAX_NGRAM) -> tuple[int, list[int]]:
-    """`prompt_lookup` with the length of the match it used: (n, draft); (0, []) when none."""
+    """(n, draft): up to k tokens that followed the latest earlier occurrence of the last n tokens of `ids`
+    (n from `max_ngram` down to 1), with the n it matched; (0, []) when none occurred before."""
     arr = np.asarray(ids, dtype=np.int64)
     L = len(arr)
     for n in range(min(max_ngram, L - 1), 0, -1):
