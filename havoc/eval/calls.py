@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from havoc.errors import PrimeError
 from havoc.eval.sets import Task, TaskSet, _get, expected, get_set
+from havoc.tools._common import wilson_interval
 
 Z95 = 1.959963984540054
 # Arguments that shape the output, not the computation's figures: never part of "exact".
@@ -55,11 +56,7 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
         return None
     if not 0 <= k <= n:
         raise PrimeError(f"wilson: need 0 <= k <= n, got k={k}, n={n}")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return wilson_interval(k, n, z)
 
 
 @dataclass

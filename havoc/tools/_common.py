@@ -45,6 +45,14 @@ def as_vector(values: Any, name: str, *, min_len: int = 1, max_len: int = MAX_VA
     return np.ascontiguousarray(arr)
 
 
+def wilson_interval(k: int, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval of k successes in n >= 1 trials at normal quantile z, clipped to [0, 1]."""
+    est = k / n
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z * math.sqrt(n) / (n + z * z) * math.sqrt(est * (1 - est) + z * z / (4 * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def check_alpha(alpha: Any) -> float:
     """The significance level as a float in (0, 1), or a `ToolError`."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 < float(alpha) < 1.0):

@@ -31,6 +31,7 @@ from havoc.tools._common import (
     fmt,
     fmt_p,
     jsonable,
+    wilson_interval,
 )
 from havoc.tools._linalg import accurate_sum, lstsq, polynomial_design
 
@@ -217,10 +218,7 @@ def confidence_interval(kind: str = "mean", data: Sequence[float] | None = None,
         est = k / n
         method = method or "wilson"
         if method == "wilson":
-            z = float(sps.norm.ppf(1 - alpha / 2))
-            centre = (k + z * z / 2) / (n + z * z)
-            half = z * math.sqrt(n) / (n + z * z) * math.sqrt(est * (1 - est) + z * z / (4 * n))
-            lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+            lo, hi = wilson_interval(k, n, float(sps.norm.ppf(1 - alpha / 2)))
             how = "Wilson score interval"
         elif method == "clopper-pearson":
             lo = float(sps.beta.ppf(alpha / 2, k, n - k + 1)) if k > 0 else 0.0
