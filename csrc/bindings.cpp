@@ -513,6 +513,10 @@ PYBIND11_MODULE(_C, m) {
       "(madvise MADV_COLLAPSE, Linux 6.1+); returns the bytes collapsed (0 where the OS cannot).");
   m.def("decoder_features", &havoc::decoder_features,
         "The model features the whole-step Decoder implements (havoc.cpu_decode checks a model against them).");
+  m.def("batch1_streams", &havoc::batch1_streams,
+        "Weight rows a thread streams at once in a product of one activation row: 1 or 4 (see cpu_decode.h).");
+  m.def("set_batch1_streams", &havoc::set_batch1_streams, py::arg("streams"),
+        "Set batch1_streams: 1, 4, or 0 to choose by the CPU's vendor again (the same results either way).");
   m.def("attention_isa_for", &havoc::attention_isa_for, py::arg("variant"),
         "The paged-attention variant a decode step runs with this decode-kernel variant ('auto' resolves).");
   m.def(

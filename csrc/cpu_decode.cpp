@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <atomic>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -109,6 +110,27 @@ constexpr int64_t kPrefetchBytes = 4096;
 // on 2 MiB pages (AMX Xeon, medians of 30 alternating): batch 4 36.6 -> 29.4 ms, batch 8 41.9 -> 35.0 ms,
 // batch 32 94.6 -> 92.0 ms (16 KiB ahead: 36.4 and 95.4); at batch 1 it cost 24.7 -> 26.7 ms.
 constexpr int64_t kPrefetchBytesF32 = 8192;
+
+// batch1_streams(): 0 until set, then 1 or 4. Read once per product.
+std::atomic<int> g_batch1_streams{0};
+
+int default_batch1_streams() {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("amd")) return 1;
+#endif
+  return 4;
+}
+
+HAVOC_INLINE bool one_stream(const GemmArgs& a) {
+  if (a.M != 1) return false;
+  int s = g_batch1_streams.load(std::memory_order_relaxed);
+  if (s == 0) {
+    s = default_batch1_streams();
+    g_batch1_streams.store(s, std::memory_order_relaxed);
+  }
+  return s == 1;
+}
 
 template <int W, int NR, int MR>
 HAVOC_INLINE void zero_tile(typename V<W>::f (&acc)[NR][MR], float (&tail)[NR][MR]) {
@@ -288,6 +310,10 @@ HAVOC_INLINE void for_tiles(const GemmArgs& a, int64_t n0, int64_t n1, Tile tile
 
 template <int W, class T>
 HAVOC_INLINE void gemm_rows(const GemmArgs& a, int64_t n0, int64_t n1) {
+  if (one_stream(a)) {
+    for (int64_t n = n0; n < n1; ++n) tile<W, T, 1, 1>(a, n, 0);
+    return;
+  }
   for_tiles<4, kMaxMR<W>>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile<W, T, decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
@@ -295,6 +321,10 @@ HAVOC_INLINE void gemm_rows(const GemmArgs& a, int64_t n0, int64_t n1) {
 
 template <int W>
 HAVOC_INLINE void gemm_rows_int8_widen(const GemmArgs& a, int64_t n0, int64_t n1) {
+  if (one_stream(a)) {
+    for (int64_t n = n0; n < n1; ++n) tile_int8_widen<W, 1, 1>(a, n, 0);
+    return;
+  }
   for_tiles<4, kMaxMR<W>>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile_int8_widen<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
@@ -376,6 +406,10 @@ HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
 template <int W>
 HAVOC_INLINE void gemm_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
   constexpr int NR = W >= 16 ? 4 : 2, MR = W >= 16 ? 3 : 2;
+  if (one_stream(a)) {
+    for (int64_t n = n0; n < n1; ++n) tile_int8_dot<W, 1, 1>(a, n, 0);
+    return;
+  }
   for_tiles<NR, MR>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile_int8_dot<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
@@ -499,6 +533,10 @@ HAVOC_INLINE void tile_bf16_dot(const GemmArgs& a, int64_t n, int64_t m) {
 }
 
 HAVOC_INLINE void gemm_rows_bf16_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  if (one_stream(a)) {
+    for (int64_t n = n0; n < n1; ++n) tile_bf16_dot<1, 1>(a, n, 0);
+    return;
+  }
   for_tiles<4, 4>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile_bf16_dot<decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
@@ -1259,6 +1297,17 @@ std::vector<std::string> linear_isas() {
 std::string linear_variant_missing(const std::string& variant) { return missing(variant); }
 
 std::string attention_isa_for(const std::string& variant) { return variant_for(variant).attention; }
+
+int batch1_streams() {
+  const int s = g_batch1_streams.load(std::memory_order_relaxed);
+  return s ? s : default_batch1_streams();
+}
+
+void set_batch1_streams(int streams) {
+  if (streams != 0 && streams != 1 && streams != 4)
+    throw std::invalid_argument("batch-1 weight streams must be 1, 4 or 0 (by the CPU), got " + std::to_string(streams));
+  g_batch1_streams.store(streams, std::memory_order_relaxed);
+}
 
 std::string linear_kernel(const std::string& variant, WeightDType dtype) {
   const Variant& v = variant_for(variant);

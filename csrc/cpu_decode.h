@@ -72,6 +72,14 @@ std::string linear_kernel(const std::string& variant, WeightDType dtype);
 // The paged-attention variant ("scalar", "avx2", "avx512") that the decode step runs with `variant`.
 std::string attention_isa_for(const std::string& variant);
 
+// Weight rows a thread streams at once in a product of ONE activation row (a batch-1 decode step): 4 (a
+// tile of 4 rows, 4 interleaved streams) or 1 (row after row, one sequential stream). Either gives the same
+// bits (each row's sum is computed the same way); the speed is the CPU's prefetchers': AMD's (EPYC, Zen 4)
+// follow one stream far better (bench/RESULTS.md), Intel's (the AMX Xeon) kept 4 at 98% of the bandwidth
+// in fp32. 0 = by this CPU's vendor (AMD: 1, else 4). `set_batch1_streams` overrides it (tests, tuning).
+int batch1_streams();
+void set_batch1_streams(int streams);
+
 // y[m, :] (=|+=) x[m, :] @ W.T for m < M. x is (M, W.cols) fp32 with row stride ldx, y (M, W.rows) fp32
 // with row stride ldy; `accumulate` adds to y (a residual add fused into the product). OpenMP threads
 // split W's rows (each thread streams its own contiguous part of W). Throws std::invalid_argument for a

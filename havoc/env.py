@@ -46,6 +46,10 @@ def _cpu_kernels() -> dict[str, Any]:
     for fmt in ("float32", "bfloat16", "int8", "int8_weight_only"):
         out[f"{fmt} weights"] = _C.linear_kernel(auto, fmt)
     out["decode attention"] = _C.attention_isa_for(auto)
+    streams = _C.batch1_streams()
+    out["batch-1 products"] = (f"{streams} weight row{'s' if streams > 1 else ''} streamed at a time per thread ("
+                               + ("one sequential stream: what AMD's prefetchers follow best" if streams == 1 else
+                                  "a tile of 4: what Intel's prefetchers followed at 98% of the bandwidth") + ")")
     return out
 
 
@@ -97,7 +101,7 @@ def collect() -> dict[str, Any]:
 
 
 def _adapters() -> dict[str, Any]:
-    """Per known model, the LoRA adapter PRIME runs it with by default (merged at load; --no-adapter: none)."""
+    """Per known model, the LoRA adapter PRIME runs it with by default (--no-adapter: none)."""
     from havoc.train.lora import SHIPPED, read_adapter, shipped_adapter
 
     out = {}
@@ -107,7 +111,9 @@ def _adapters() -> dict[str, Any]:
             out[name] = "none shipped: the model runs alone"
         else:
             cfg, _ = read_adapter(folder)
-            out[name] = f"active by default: {folder.name} (LoRA r={cfg.r}, merged at load; --no-adapter turns it off)"
+            where = ("on PRIME's tool calls only (from <tool> to </tool>; an adapted copy of the weights, the "
+                     "model itself unchanged)" if cfg.span == "call" else "merged into the weights at load")
+            out[name] = f"active by default: {folder.name} (LoRA r={cfg.r}, {where}; --no-adapter turns it off)"
     return out
 
 

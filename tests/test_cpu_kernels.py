@@ -115,6 +115,29 @@ def test_a_row_gets_the_same_bits_in_any_batch(isa, fmt, K, N):
     assert idx[0] == idx1[0] and val[0] == val1[0]
 
 
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("K, N", [(576, 67), (95, 5), (11008, 3)])
+def test_one_row_gets_the_same_bits_from_one_weight_stream_or_four(isa, fmt, K, N):
+    """A product of one activation row streams the weight rows one at a time or four at a time (by the
+    CPU: `_C.batch1_streams`); the results are the same bits, and the formula's."""
+    w, oracle = _weight(fmt, N, K, seed=K * N)
+    x = torch.randn(1, K, generator=torch.Generator().manual_seed(7))
+    got = {}
+    try:
+        for streams in (1, 4):
+            _C.set_batch1_streams(streams)
+            assert _C.batch1_streams() == streams
+            got[streams] = cpu.linear(x, w, isa=variant(isa))
+    finally:
+        _C.set_batch1_streams(0)
+    assert torch.equal(got[1], got[4])
+    assert _rel(got[1].double(), oracle(x)) < 1e-5 * max(1.0, (K / 576) ** 0.5)
+    with pytest.raises(ValueError, match="1, 4 or 0"):
+        _C.set_batch1_streams(2)
+    assert _C.batch1_streams() in (1, 4)
+
+
 def test_variants_name_what_they_lack():
     runnable = cpu.isas()
     assert runnable[0] == "scalar" and set(runnable) <= set(VARIANTS)
