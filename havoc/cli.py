@@ -24,8 +24,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-speculative", action="store_true",
                    help="no prompt-lookup speculative decoding (the output is the same either way)")
     p.add_argument("--adapter", default="auto",
-                   help="a LoRA adapter folder (PEFT's format), merged into the weights at load (default: the "
-                        "adapter shipped for the model, if any)")
+                   help="a LoRA adapter folder (PEFT's format) (default: the adapter shipped for the model, if "
+                        "any; a tool-call adapter runs on PRIME's calls only)")
     p.add_argument("--no-adapter", action="store_true", help="run the model without any LoRA adapter")
 
 

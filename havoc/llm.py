@@ -89,7 +89,8 @@ class LLM:
             cpu_weights=cpu_weights, prefix_caching=prefix_cache, speculative=speculative).items() if v is not None}
         self._loop: EngineLoop | None = None
         self._weights = None  # (data_ptr, version) of every parameter when the engine was made
-        self.adapter: dict | None = None  # the LoRA adapter merged into the weights (LLM.load's `adapter`)
+        self.adapter: dict | None = None  # the LoRA adapter loaded (LLM.load's `adapter`)
+        self.adapted = None  # a call-scoped adapter's model: the same one with it merged (Engine's `adapted`)
         self._lock = threading.Lock()
 
     @classmethod
@@ -108,25 +109,30 @@ class LLM:
             name_or_path: e.g. "smollm2", "model.gguf", "checkpoints/run1".
             dtype: "float32" (default for GGUF imports), "bfloat16", "float16" or a torch dtype.
             device: where the weights live.
-            adapter: a LoRA adapter folder (PEFT's format) merged into the weights at load, so every decode
-                path (the C++ decoder included) runs it; "auto": the adapter the package ships for a known
-                model name, if one ships; None: no adapter.
+            adapter: a LoRA adapter folder (PEFT's format); "auto": the adapter the package ships for a
+                known model name, if one ships; None: no adapter. An adapter of span "all" is merged into the
+                weights; one of span "call" (`havoc.train.lora`) is merged into a copy, `adapted`, which the
+                engine runs on the positions a request asks for (PRIME's tool calls), the model staying
+                as it is everywhere else. Either way every decode path (the C++ decoder included) runs it.
             **kwargs: engine settings, as for the constructor.
         """
         from havoc import hub
 
         model, tokenizer = hub.load(name_or_path, dtype=parse_dtype(dtype), device=device)
-        info = None
+        info, adapted = None, None
         if adapter is not None:
-            from havoc.train.lora import load_adapter, shipped_adapter
+            from havoc.train.lora import adapted_copy, load_adapter, read_adapter, shipped_adapter
 
             folder = shipped_adapter(str(name_or_path)) if adapter == "auto" else Path(adapter)
             if folder is not None:
-                cfg = load_adapter(model, folder, merge=True)
+                if read_adapter(folder)[0].span == "call":
+                    adapted, cfg = adapted_copy(model, folder)
+                else:
+                    cfg = load_adapter(model, folder, merge=True)
                 info = {"path": str(folder), "r": cfg.r, "alpha": cfg.alpha, "targets": sorted(cfg.targets),
-                        "merged": True, "shipped": adapter == "auto"}
+                        "span": cfg.span, "merged": True, "shipped": adapter == "auto"}
         llm = cls(model, tokenizer, **kwargs)
-        llm.adapter = info
+        llm.adapter, llm.adapted = info, adapted
         return llm
 
     @property
@@ -143,7 +149,8 @@ class LLM:
 
     # ------------------------------------------------------------------------------------------ the engine
     def _snapshot(self) -> list[tuple[int, int]]:
-        return [(p.data_ptr(), p._version) for p in self.model.parameters()]
+        models = [self.model] + ([self.adapted] if self.adapted is not None else [])
+        return [(p.data_ptr(), p._version) for m in models for p in m.parameters()]
 
     @property
     def loop(self) -> EngineLoop:
@@ -156,7 +163,7 @@ class LLM:
                 self._loop = None
             if self._loop is None:
                 try:
-                    engine = Engine(self.model, self.tokenizer, **self._engine_kwargs)
+                    engine = Engine(self.model, self.tokenizer, adapted=self.adapted, **self._engine_kwargs)
                 except ValueError as e:
                     raise GenerationError(str(e)) from None
                 self._loop = EngineLoop(engine)

@@ -236,3 +236,136 @@ def test_env_says_whether_an_adapter_is_active():
     assert set(info["adapters"]) == {"smollm2"}
     assert info["adapters"]["smollm2"].startswith(("none shipped", "active by default"))
     assert "LoRA adapters" in env.format_report(info)
+
+
+# ------------------------------------------------------------------------------------ the call-scoped adapter
+def _masked_reference_loss(model, docs):
+    """The call-span loss computed another way: each whole document through the model at once, the
+    adapter's product multiplied by a per-position mask (1 from the first target's position on)."""
+    mods = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    total = sum(int((t != -100).sum()) for _, t in docs)
+    loss = 0.0
+    for ids, t in docs:
+        a = int((t != -100).nonzero()[0])
+        mask = (torch.arange(len(ids)) >= a).float()[None, :, None]
+        for m in mods:
+            m.forward = lambda x, m=m: torch.nn.functional.linear(x, m.weight) + mask * m.delta(x)
+        try:
+            logits = model(ids[None])[0]
+        finally:
+            for m in mods:
+                del m.forward
+        keep = t != -100
+        loss = loss + torch.nn.functional.cross_entropy(logits[keep], t[keep], reduction="sum") / total
+    return loss
+
+
+def test_the_call_span_loss_is_the_masked_adapter_loss_with_its_gradient():
+    from havoc.train.lora import call_span_loss
+
+    model = _model()
+    params = apply_lora(model, LoraConfig(r=4, alpha=8, span="call"))
+    _randomize(model)
+    g = torch.Generator().manual_seed(3)
+    docs = []
+    for n, a in ((13, 9), (7, 3), (5, 0)):  # (length, first position with a target)
+        ids = torch.randint(0, model.config.vocab_size, (n,), generator=g)
+        t = torch.full((n,), -100)
+        t[a:n - 1] = ids[a + 1:]
+        docs.append((ids, t))
+    pad = 4  # a padding segment with no targets
+    tokens = torch.cat([d[0] for d in docs] + [torch.zeros(pad, dtype=torch.long)])
+    targets = torch.cat([d[1] for d in docs] + [torch.full((pad,), -100)])
+    cu = torch.tensor([0, 13, 20, 25, 29], dtype=torch.int32)
+
+    got = call_span_loss(model, tokens[None], targets[None], cu, backward_scale=1.0)
+    grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    want = _masked_reference_loss(model, docs)
+    want.backward()
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+    for gp, p in zip(grads, params):
+        torch.testing.assert_close(gp, p.grad, rtol=1e-4, atol=1e-6)
+    assert any(p.grad.abs().max() > 0 for p in params)
+    with torch.no_grad():  # evaluation: the same loss, no backward
+        torch.testing.assert_close(call_span_loss(model, tokens[None], targets[None], cu), got)
+
+
+def test_a_call_scoped_adapter_saves_its_span_and_peft_files_stay_peft(tmp_path):
+    from havoc.train.lora import HAVOC_CONFIG, read_adapter
+
+    model = _model()
+    apply_lora(model, LoraConfig(r=4, alpha=8, span="call"))
+    save_adapter(model, tmp_path / "ad")
+    assert json.loads((tmp_path / "ad" / HAVOC_CONFIG).read_text()) == {"span": "call"}
+    assert "span" not in json.loads((tmp_path / "ad" / ADAPTER_CONFIG).read_text())
+    assert read_adapter(tmp_path / "ad")[0].span == "call"
+    (tmp_path / "ad" / HAVOC_CONFIG).write_text('{"span": "everywhere"}')
+    with pytest.raises(CheckpointError, match="lora.span"):
+        read_adapter(tmp_path / "ad")
+    with pytest.raises(ConfigError, match="lora.span"):
+        LoraConfig(span="prompt")
+
+
+def _greedy_split(base, adapted, ids, p, n):
+    """Greedy tokens with positions < p computed by `base` and the rest by `adapted`, over one static cache."""
+    cache = base.new_cache(1, len(ids) + n + 1)
+    out = list(ids)
+    with torch.no_grad():
+        if p:
+            base(torch.tensor([out[:p]]), cache=cache)
+        logits = adapted(torch.tensor([out[p:]]), cache=cache)[0, -1]
+        for _ in range(n):
+            out.append(int(logits.argmax()))
+            logits = adapted(torch.tensor([out[-1:]]), cache=cache)[0, -1]
+    return out[len(ids):]
+
+
+def test_the_engine_runs_a_call_scoped_adapter_from_adapter_from_on(tmp_path):
+    from havoc import hub
+    from havoc.engine import Engine, SamplingParams
+    from havoc.errors import GenerationError
+    from havoc.llm import LLM
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    model, _ = hub.load(gguf)
+    apply_lora(model, LoraConfig(r=4, alpha=8, span="call"))
+    _randomize(model)
+    save_adapter(model, tmp_path / "ad")
+    llm = LLM.load(gguf, adapter=tmp_path / "ad")
+    base, _ = hub.load(gguf)
+    assert llm.adapter["span"] == "call" and llm.adapted is not None
+    torch.testing.assert_close(llm.model(TOKENS), base(TOKENS))  # the model itself is untouched
+    assert llm.adapted.tok_embeddings.weight is llm.model.tok_embeddings.weight  # shared, not copied
+    ids = [1, 17, 42, 99, 5, 250, 7, 3, 64, 11]
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    engine = Engine(llm.model, llm.tokenizer, adapted=llm.adapted, block_size=4)
+
+    def run(*reqs):
+        while engine.has_unfinished():
+            engine.step()
+        return [r.output_ids for r in reqs]
+
+    for p in (len(ids) - 1, 3, 0):
+        req = engine.add_request(ids, params, adapter_from=p)
+        other = engine.add_request(ids, params)  # a base request in the same steps
+        got, plain = run(req, other)
+        assert got == _greedy_split(base, llm.adapted, ids, p, 6), p
+        assert plain == _greedy_split(base, base, ids, 0, 6)
+        assert got != plain
+        # the adapted request's full blocks (ids and its output) are not served to a base prompt
+        longer = ids + got[:5]
+        assert run(engine.add_request(longer, params)) == [_greedy_split(base, base, longer, 0, 6)]
+    # a fork of a held context, as PRIME decodes a call: the context computed by the base model
+    held = engine.add_request(ids[:6], SamplingParams(max_new_tokens=1), hold=True, prefill_only=True)
+    run(held)
+    fork = engine.add_request(ids[6:], params, parent=held, adapter_from=len(ids) - 1)
+    assert run(fork) == [_greedy_split(base, llm.adapted, ids, len(ids) - 1, 6)]
+    with pytest.raises(GenerationError, match="computed already"):
+        engine.add_request(ids[6:], params, parent=held, adapter_from=2)
+    engine.release(held)
+    with pytest.raises(GenerationError, match="adapter_from must be"):
+        engine.add_request(ids, params, adapter_from=len(ids) + 1)
+    with pytest.raises(GenerationError, match="adapted model"):
+        Engine(llm.model, llm.tokenizer).add_request(ids, params, adapter_from=2)

@@ -384,3 +384,34 @@ def test_check_args_flags_a_call_of_another_kind_than_asked():
     assert check_args(pooled, task.args, task.data_keys, task.numbers) == ["kind is 'two_sample'; the prompt asks for 'welch'"]
     assert "kind is missing" in check_args({k: v for k, v in task.args.items() if k != "kind"}, task.args,
                                            task.data_keys, task.numbers)[0]
+
+
+def test_a_call_scoped_adapter_writes_the_calls_and_nothing_else(tiny_llm, tmp_path):
+    """An LLM loaded with a call-scoped adapter (span "call"): PRIME's tool calls go through the adapted
+    model from the last token of `<tool>` on, every other token through the model itself."""
+    import torch
+
+    from havoc import hub
+    from havoc.llm import LLM
+    from havoc.train.lora import LoraConfig, LoRALinear, apply_lora, save_adapter
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", meta={"llama.context_length": 8192})
+    model, _ = hub.load(gguf)
+    apply_lora(model, LoraConfig(r=4, alpha=8, span="call"))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                for p in m.lora_B.values():
+                    p.normal_(0, 0.05)
+    save_adapter(model, tmp_path / "ad")
+    llm = LLM.load(gguf, adapter=tmp_path / "ad")
+    plain = LLM.load(gguf, adapter=None)
+    outs = {}
+    for name, which in (("adapter", llm), ("plain", plain)):
+        out = generate_with_prime(TTEST, llm=which, budget="LIGHT", max_new_tokens=200)
+        stats = which.engine.stats
+        outs[name] = (out, stats.adapted_tokens, stats.computed_tokens)
+    out, adapted, computed = outs["adapter"]
+    assert 0 < adapted < computed  # the calls' tokens, and only those
+    assert outs["plain"][1] == 0
+    assert out["answer"] == outs["plain"][0]["answer"]  # the tools' figures either way (recovered if need be)

@@ -95,6 +95,8 @@ class Request:
         finish_reason: "stop", "length", "abort", "error" or None while it runs.
         stop_reason: the stop id or stop string that ended it.
         num_cached_tokens: prompt tokens served from the prefix cache or a parent at its first admission.
+        adapter_from: the first position computed by the engine's adapted model (None: the base model's
+            throughout).
     """
 
     id: int
@@ -133,6 +135,8 @@ class Request:
     draft: list[int] = field(default_factory=list, repr=False)  # proposed in this step, verified after it
     spec_match: int = 0  # length of the match this step's draft came from
     spec_record: Acceptance = field(default_factory=lambda: Acceptance(ALPHA_DECAY), repr=False)
+    adapter_from: int | None = None
+    adapted_kv: bool = False  # a fork holding the adapted model's K/V in its parent's namespace (freed: evict)
 
     @property
     def output_ids(self) -> list[int]:
@@ -184,6 +188,7 @@ class EngineStats:
 
     steps: int = 0
     computed_tokens: int = 0  # tokens that went through the model
+    adapted_tokens: int = 0  # of those, through the adapted model (requests' adapter_from on)
     prompt_tokens: int = 0  # of admitted requests (first admission)
     cached_prompt_tokens: int = 0  # of those, served by the prefix cache or a parent
     generated_tokens: int = 0
@@ -216,6 +221,10 @@ class Engine:
         speculative: decode with prompt-lookup drafts verified in the same step (greedy output unchanged,
             sampling keeps its distribution); per request `SamplingParams(speculative=False)` turns it off.
         max_draft: tokens a draft proposes at most.
+        adapted: the same model with an adapter merged into its weights (`havoc.train.lora`, span "call"):
+            a request made with `adapter_from=p` has its positions from p on computed by it, and the
+            positions before p, whose K/V it attends over, by `model`. The two share the pool; a step runs
+            each one's rows through its own runner (the C++ decoder of its own weights on CPU).
     """
 
     def __init__(
@@ -235,6 +244,7 @@ class Engine:
         prefix_caching: bool = True,
         speculative: bool = True,
         max_draft: int = MAX_DRAFT,
+        adapted=None,
     ) -> None:
         for name, v in (("max_batch_tokens", max_batch_tokens), ("max_running", max_running)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -265,6 +275,12 @@ class Engine:
         self.step_cost = StepCost()  # seconds per step against its token rows, fitted as steps run
         self.acceptance = Acceptance(prior=PRIOR_ALPHA, weight=8.0)  # every request's drafts, per match length
         self.runner = _make_runner(model, cache, cpu_weights, batch_invariant)
+        self.adapted = None if adapted is None else adapted.eval()
+        self.adapted_runner = None
+        if adapted is not None:
+            if adapted.config != model.config:
+                raise ConfigError("adapted must be the same model (the same config) with an adapter merged")
+            self.adapted_runner = _make_runner(adapted, cache, cpu_weights, batch_invariant)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.held: dict[int, Request] = {}  # request id -> finished request keeping its sequence
@@ -313,6 +329,7 @@ class Engine:
         logits_hook: LogitsHook | None = None,
         namespace: str = "",
         stop_ids: Sequence[int] | None = None,
+        adapter_from: int | None = None,
     ) -> Request:
         """A request checked and ready to `enqueue`. Touches no engine state, so any thread may make one (the
         engine loop makes it in the caller's thread: bad input raises there, before anything is queued).
@@ -330,6 +347,13 @@ class Engine:
                 or return new ones.
             namespace: prefix-cache namespace (requests share cached blocks only within one).
             stop_ids: end-of-sequence ids instead of the engine's.
+            adapter_from: compute positions from this one on (prompt and generated tokens) with the
+                engine's adapted model; at most the prompt's length and, with a parent, not before the
+                parent's computed tokens. Without a parent the request gets a prefix-cache namespace of
+                its own per adapter_from (`namespace` + "\x00adapted@" + adapter_from), where equal
+                prefixes are equal computations. A fork's adapted blocks are cached under its parent's
+                namespace while it (or a fork of it) lives, and all unused cached blocks are evicted when it
+                is freed, so no prompt is served them after that.
 
         Returns:
             The request (not queued yet).
@@ -358,6 +382,15 @@ class Engine:
             )
         if len(prompt) > self.max_len:
             raise GenerationError(f"the prompt has {len(prompt)} tokens; at most {self.max_len} fit")
+        if adapter_from is not None:
+            if self.adapted is None:
+                raise GenerationError("adapter_from needs an engine made with an adapted model (adapted=...)")
+            if isinstance(adapter_from, bool) or not isinstance(adapter_from, int) or not 0 <= adapter_from <= len(prompt):
+                raise GenerationError(f"adapter_from must be an integer in [0, {len(prompt)}] (the prompt's length), "
+                                      f"got {adapter_from!r}")
+            if parent is not None and adapter_from < parent.num_computed:
+                raise GenerationError(f"adapter_from is {adapter_from} but the parent's first {parent.num_computed} "
+                                      "tokens are computed already (by the base model)")
         stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else
                                                     (frozenset(stop_ids) if stop_ids is not None else self.stop_ids))
         text = None
@@ -369,9 +402,11 @@ class Engine:
             id=next(self._ids), prompt_ids=prompt, params=params,
             max_tokens=0 if prefill_only else min(params.max_new_tokens, self.max_len - len(prompt)),
             sampler=Sampler(params, self.config.vocab_size, prompt), text_stream=text, stop_ids=stops,
-            namespace=namespace if self.prefix_caching else f"\x00req{id(params)}:{time.monotonic_ns()}",
+            namespace=(namespace if self.prefix_caching else f"\x00req{id(params)}:{time.monotonic_ns()}")
+            + ("" if adapter_from is None or parent is not None else f"\x00adapted@{adapter_from}"),
             hold=hold, prefill_only=prefill_only, parent=parent, constraint=constraint, logits_hook=logits_hook,
-            ids=list(prompt), arrival_time=time.perf_counter(),
+            ids=list(prompt), arrival_time=time.perf_counter(), adapter_from=adapter_from,
+            adapted_kv=parent is not None and (adapter_from is not None or parent.adapted_kv),
         )
         if params.logprobs is not None:
             req.logprobs = []
@@ -432,9 +467,16 @@ class Engine:
         decode_only = all(n - len(r.draft) == 1 and r.target == len(r.ids) for r, n in scheduled)
         t0 = time.perf_counter()
         try:
-            results = self.runner.run(self.cache, [r.seq_id for r in reqs],
-                                      [r for r in want if self._needs_logits(r)],
-                                      [r for r in want if not self._needs_logits(r)], self.model)
+            results = {}
+            # chunks never straddle adapter_from (_schedule), so each request's rows go to one model
+            adapted = {r.id for r in reqs if r.adapter_from is not None and r.num_computed >= r.adapter_from}
+            for runner, model, on in ((self.runner, self.model, False), (self.adapted_runner, self.adapted, True)):
+                group = [r for r in reqs if (r.id in adapted) is on]
+                if group:
+                    wanted = [r for r in want if (r.id in adapted) is on]
+                    results.update(runner.run(self.cache, [r.seq_id for r in group],
+                                              [r for r in wanted if self._needs_logits(r)],
+                                              [r for r in wanted if not self._needs_logits(r)], model))
         except Exception as e:  # a failed forward fails its requests, never the engine
             self.cache._fwd = None
             for r in reqs:
@@ -451,6 +493,7 @@ class Engine:
             self.step_cost.observe(sum(n for _, n in scheduled), seconds)
         self.stats.steps += 1
         self.stats.computed_tokens += sum(n for _, n in scheduled)
+        self.stats.adapted_tokens += sum(n for r, n in scheduled if r.id in adapted)
         now = time.perf_counter()
         for r in reqs:
             if r.prefill_only and r.num_computed == r.target:
@@ -477,6 +520,8 @@ class Engine:
         while i < len(self.running) and budget > 0:
             r = self.running[i]
             n = min(r.target - r.num_computed, budget)
+            if r.adapter_from is not None and r.num_computed < r.adapter_from:
+                n = min(n, r.adapter_from - r.num_computed)  # base rows up to it, the adapted ones next step
             draft = drafts.get(r.id, [])[: budget - 1] if n == 1 else []
             while True:
                 try:
@@ -531,6 +576,8 @@ class Engine:
                 return _DEFER  # its prefix is being computed in this step: reuse it next step
             start = hits * bs
         n = min(r.target - start, budget)
+        if r.adapter_from is not None and start < r.adapter_from:
+            n = min(n, r.adapter_from - start)
         # new blocks, and the copy of a fork's shared partial last block
         need = cache.blocks_for(start + n) - start // bs + (1 if parent is not None and start % bs else 0)
         # Keep the watermark free for the running requests to grow into (with none running, any room will do).
@@ -596,6 +643,8 @@ class Engine:
             self.cache.free(r.seq_id)
             r.seq_id = None
             r.num_computed = 0
+            if r.adapted_kv:  # its full blocks of adapted K/V are cached under the base model's keys: out
+                self.clear_prefix_cache()
 
     def _finish(self, r: Request, reason: str) -> None:
         r.status = Status.FINISHED

@@ -99,6 +99,11 @@ class Engine:
         return st.computed_tokens - (st.drafted_tokens - st.accepted_tokens)
 
     @property
+    def has_adapter(self) -> bool:
+        """Whether the LLM carries a call-scoped adapter (`generate(..., adapter=True)` uses it)."""
+        return getattr(self.llm, "adapted", None) is not None
+
+    @property
     def computed_tokens(self) -> int:
         """Tokens the model computed since this engine was made (every request of the LLM's engine)."""
         return self._engine_computed() - self._computed0
@@ -137,7 +142,8 @@ class Engine:
         self.llm.loop.call(lambda eng: eng.release(held))
 
     # ------------------------------------------------------------------------------------------ decoding
-    def _submit(self, ctx: Context, params: SamplingParams, constraint=None, prefill_only: bool = False):
+    def _submit(self, ctx: Context, params: SamplingParams, constraint=None, prefill_only: bool = False,
+                adapter_from: int | None = None):
         self._check(ctx)
         held = ctx.held
         base = held.context_ids() if held is not None else []
@@ -145,7 +151,7 @@ class Engine:
             held, base = None, []
         try:
             return self.llm.loop.submit(ctx.ids[len(base):], params, parent=held, hold=True, constraint=constraint,
-                                        prefill_only=prefill_only)
+                                        prefill_only=prefill_only, adapter_from=adapter_from)
         except GenerationError as e:
             raise PrimeError(f"PRIME's request was refused: {e}") from None
 
@@ -186,6 +192,7 @@ class Engine:
         schema: dict | None = None,
         repetition_penalty: float = 1.0,
         on_text: Callable[[str], None] | None = None,
+        adapter: bool = False,
     ) -> Generated:
         """Decode from `ctx`, appending what is generated to it.
 
@@ -199,6 +206,8 @@ class Engine:
                 `max_tokens` runs out first: finish is "length").
             repetition_penalty: >1 discourages tokens already in the context (free text only).
             on_text: called with each new piece of text as it is decided.
+            adapter: decode with the LLM's call-scoped adapter (`LLM.adapted`, when one is loaded) from the
+                context's last token on; the context before it stays the base model's.
 
         Returns:
             The ids and text generated, and why it stopped.
@@ -214,7 +223,8 @@ class Engine:
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop),
                                 repetition_penalty=1.0 if schema is not None else repetition_penalty,
                                 skip_special_tokens=False)
-        stream = self._submit(ctx, params, constraint)
+        adapter_from = len(ctx.ids) - 1 if adapter and self.has_adapter else None
+        stream = self._submit(ctx, params, constraint, adapter_from=adapter_from)
         for out in stream:
             if on_text is not None and out.text:
                 on_text(out.text)

@@ -601,7 +601,7 @@ class _Run:
             branch.extend(CALL_OPEN)
             self.emit(CALL_OPEN)
             temperature = self.temperature if attempt == 0 else max(0.7, self.temperature)
-            g = self.gen(branch, CALL_TOKENS, temperature=temperature, schema=schema, on_text=self.emit)
+            g = self.gen(branch, CALL_TOKENS, temperature=temperature, schema=schema, on_text=self.emit, adapter=True)
             info = Attempt(g.text, len(g.ids), g.forced)
             args = None
             if g.finish != "stop":

@@ -7,7 +7,8 @@
     optim: {name, lr, min_lr, warmup_steps, betas, eps, weight_decay, grad_clip, fused_step}
     train: {steps, grad_accum, param_dtype, autocast, stochastic_rounding, checkpoint_every_n_layers,
             eval_every, eval_batches, log_every, save_every, keep_last, out_dir, seed, device}
-    lora: {r, alpha, dropout, targets}  # optional: train a LoRA adapter on the frozen model (havoc.train.lora)
+    lora: {r, alpha, dropout, targets, span}  # optional: a LoRA adapter on the frozen model (havoc.train.lora);
+                                     # span "call": active on the loss tokens only, the context stays the base's
 
 A source path `gen:toolcalls:N` (or `gen:toolcalls:N:dev`) is N verified tool-call examples of that split
 from `havoc.train.toolcalls`, made with the model's tokenizer and `data.seed` into out_dir/data/ when the run
@@ -98,6 +99,7 @@ class LoraSection:
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                         "down_proj"])
+    span: str = "all"
 
 
 @dataclass
@@ -167,6 +169,9 @@ class TrainConfig:
                 raise ConfigError("lora: an adapter trains on a pretrained model; set model.init_from")
             if self.phase != "sft":
                 raise ConfigError("lora: adapters train in phase sft")
+            if self.lora.span == "call" and t.checkpoint_every_n_layers:
+                raise ConfigError("lora.span call runs each call through a KV cache: it does not combine with "
+                                  "train.checkpoint_every_n_layers")
 
     def lora_config(self):
         """The adapter's `LoraConfig` (None without a lora section)."""
@@ -174,7 +179,8 @@ class TrainConfig:
             return None
         from havoc.train.lora import LoraConfig
 
-        return LoraConfig(r=self.lora.r, alpha=self.lora.alpha, dropout=self.lora.dropout, targets=list(self.lora.targets))
+        return LoraConfig(r=self.lora.r, alpha=self.lora.alpha, dropout=self.lora.dropout, targets=list(self.lora.targets),
+                          span=self.lora.span)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

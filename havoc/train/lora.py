@@ -14,10 +14,18 @@ PEFT's adapter of that projection, which makes the files interchangeable:
 `apply_lora` swaps the projections in place (the base weight stays the same Parameter, under the same
 name, frozen); `merge_lora` folds the products into the weights and puts plain `Linear`s back, which is
 how an adapter reaches the C++ decoder (it reads the weights: merged, nothing is dropped).
+
+An adapter's span says where it is active. "all": every position (merged into the model). "call": only
+from the last token of `<tool>` to the end of the call PRIME decodes; the context before it, and so its
+K/V, stay the base model's (trained so: `havoc.train.trainer` runs the context through the frozen model and
+the call with the adapter; served so: the engine runs an adapted copy of the model on those rows alone,
+`havoc.engine.Engine(adapted=...)`). PEFT has no such field: the span goes in `havoc_adapter.json` beside
+PEFT's files, which PEFT ignores (it loads the same adapter as an everywhere one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,6 +38,8 @@ from havoc import ops
 from havoc.errors import CheckpointError, ConfigError
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+HAVOC_CONFIG = "havoc_adapter.json"  # {"span": "call"}; absent: "all"
+SPANS = ("all", "call")
 # Adapters the package ships, per known model: on by default wherever that model runs (`--no-adapter` off).
 # An adapter ships only when the per-call report shows it writes more calls right on first try than the
 # model alone (issue 15); none does yet.
@@ -52,8 +62,11 @@ class LoraConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    span: str = "all"
 
     def __post_init__(self) -> None:
+        if self.span not in SPANS:
+            raise ConfigError(f"lora.span must be one of {', '.join(SPANS)}, got {self.span!r}")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or not 1 <= self.r <= 4096:
             raise ConfigError(f"lora.r must be an integer in [1, 4096], got {self.r!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not (
@@ -116,6 +129,7 @@ class LoRALinear(nn.Module):
         self.out_features, self.in_features = self.weight.shape
         self.slices = slices
         self.scale = cfg.scale
+        self.active = True  # False: the base projection alone (`lora_active`)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()
         w = self.weight
         self.lora_A = nn.ParameterDict({n: nn.Parameter(torch.empty(cfg.r, self.in_features, dtype=w.dtype, device=w.device))
@@ -142,7 +156,8 @@ class LoRALinear(nn.Module):
         return torch.cat(parts, dim=-1) * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.linear(x, self.weight) + self.delta(x)
+        y = ops.linear(x, self.weight)
+        return y + self.delta(x) if self.active else y
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
@@ -151,6 +166,60 @@ class LoRALinear(nn.Module):
             b, a = self.lora_B[name].float(), self.lora_A[name].float()
             w[start:start + rows] += (self.scale * (b @ a)).to(w.dtype)
         return w
+
+
+@contextlib.contextmanager
+def lora_active(model, active: bool):
+    """Within the block, the model's adapters are on (`active`) or off (the base model), then as before."""
+    mods = [m for _, m in _adapted(model)]
+    before = [m.active for m in mods]
+    for m in mods:
+        m.active = active
+    try:
+        yield
+    finally:
+        for m, b in zip(mods, before):
+            m.active = b
+
+
+def call_span_loss(model, tokens: torch.Tensor, targets: torch.Tensor, cu_seqlens: torch.Tensor, *,
+                   backward_scale: float | None = None, autocast=contextlib.nullcontext, device=None,
+                   ignore_index: int = -100) -> torch.Tensor:
+    """The mean loss over the target tokens of packed documents, for an adapter of span "call".
+
+    Per document (a segment of `cu_seqlens` over the flattened batch): its context, up to the first
+    position with a target (the last token of `<tool>`), runs through the frozen model with the adapter
+    off and no graph, into a KV cache; the rest runs with the adapter on, attending over that cache, and
+    its targets give the loss. So the context's K/V are the base model's, as the engine serves the adapter
+    (`Engine(adapted=...)`), and only the call's tokens pay for backward. With `backward_scale`, each
+    document's share of the loss times it is backpropagated as soon as it is computed (the graphs are
+    never held together). Returns the loss (fp32 scalar, detached).
+    """
+    from havoc import ops
+
+    device = device or tokens.device
+    tokens, targets = tokens.reshape(-1), targets.reshape(-1)
+    cu = [int(c) for c in cu_seqlens]
+    total = int((targets != ignore_index).sum())
+    out = torch.zeros((), dtype=torch.float32)
+    for s, e in zip(cu[:-1], cu[1:]):
+        t = targets[s:e]
+        hit = (t != ignore_index).nonzero()
+        if not len(hit):
+            continue  # padding, or a document without targets
+        a = int(hit[0])
+        cache = model.new_cache(1, e - s)
+        if a:
+            with torch.no_grad(), lora_active(model, False), autocast():
+                model(tokens[s:s + a][None].to(device), cache=cache, logits_to_keep=1)
+        with lora_active(model, True), autocast():
+            h = model.norm(model._trunk(tokens[s + a:e][None].to(device), None, cache, None))
+            loss = ops.linear_cross_entropy(h, model.lm_head_weight, t[a:][None].to(device), ignore_index=ignore_index)
+        part = loss.float() * (int((t[a:] != ignore_index).sum()) / total)
+        if backward_scale is not None and torch.is_grad_enabled():
+            (part * backward_scale).backward()
+        out = out + part.detach().cpu()
+    return out
 
 
 def shipped_adapter(model_name: str) -> Path | None:
@@ -235,6 +304,10 @@ def save_adapter(model, folder: str | Path, base_model: str = "") -> Path:
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     atomic_write_bytes(folder / ADAPTER_WEIGHTS, save(tensors))
     atomic_write_text(folder / ADAPTER_CONFIG, json.dumps(model.lora_config.to_peft(base_model), indent=2))
+    if model.lora_config.span != "all":
+        atomic_write_text(folder / HAVOC_CONFIG, json.dumps({"span": model.lora_config.span}))
+    elif (folder / HAVOC_CONFIG).exists():
+        (folder / HAVOC_CONFIG).unlink()
     return folder
 
 
@@ -251,6 +324,13 @@ def read_adapter(folder: str | Path) -> tuple[LoraConfig, dict[str, torch.Tensor
     except ValueError as e:
         raise CheckpointError(f"{folder / ADAPTER_CONFIG}: not JSON ({e})") from None
     cfg = LoraConfig.from_peft(data, str(folder / ADAPTER_CONFIG))
+    if (folder / HAVOC_CONFIG).is_file():
+        try:
+            extra = json.loads((folder / HAVOC_CONFIG).read_text(encoding="utf-8"))
+            cfg = LoraConfig(r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.targets,
+                             span=extra.get("span", "all") if isinstance(extra, dict) else None)
+        except (ValueError, ConfigError) as e:
+            raise CheckpointError(f"{folder / HAVOC_CONFIG}: {e}") from None
     try:
         tensors = load_file(str(folder / ADAPTER_WEIGHTS))
     except Exception as e:  # safetensors raises its own error types
@@ -281,6 +361,19 @@ def load_adapter(model, folder: str | Path, *, merge: bool = False) -> LoraConfi
     if merge:
         merge_lora(model)
     return cfg
+
+
+def adapted_copy(model, folder: str | Path):
+    """A copy of `model` with the adapter of `folder` merged into its projections; the copy shares every
+    other tensor (embeddings, norms) with `model`, which stays as it was. Returns (copy, LoraConfig)."""
+    import copy
+
+    projections = tuple(f".{m}." for m in _MODULES)
+    memo = {id(p): p for name, p in model.named_parameters() if not any(s in f".{name}" for s in projections)}
+    memo.update({id(b): b for _, b in model.named_buffers()})
+    twin = copy.deepcopy(model, memo)
+    cfg = load_adapter(twin, folder, merge=True)
+    return twin.eval(), cfg
 
 
 @torch.no_grad()

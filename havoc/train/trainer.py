@@ -192,7 +192,11 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def _loss(self, batch: dict[str, Any], backward_scale: float | None = None) -> torch.Tensor:
+        """The batch's mean loss over its target tokens; with `backward_scale`, its gradient times that is
+        accumulated too (the call-scoped adapter runs backward document by document)."""
+        if self.lora is not None and self.lora.span == "call":
+            return self._call_span_loss(batch, backward_scale)
         dev = self.device
         with self._autocast():
             return self.model.loss(
@@ -200,17 +204,25 @@ class Trainer:
                 cu_seqlens=batch["cu_seqlens"].to(dev), max_seqlen=batch["max_seqlen"],
             )
 
+    def _call_span_loss(self, batch: dict[str, Any], backward_scale: float | None) -> torch.Tensor:
+        from havoc.train.lora import call_span_loss
+
+        return call_span_loss(self.model, batch["tokens"], batch["targets"], batch["cu_seqlens"],
+                              backward_scale=backward_scale, autocast=self._autocast, device=self.device)
+
     def train_step(self) -> dict[str, float | None]:
         """One optimizer step (all its micro-batches); returns loss, lr, grad_norm."""
         t, o = self.cfg.train, self.cfg.optim
         lr = cosine_lr(self.step, lr=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps, total_steps=t.steps)
         self.optimizer.set_lr(lr)
         total = 0.0
+        call_span = self.lora is not None and self.lora.span == "call"
         for _ in range(t.grad_accum):
-            loss = self._loss(self.packer.next_batch())
+            loss = self._loss(self.packer.next_batch(), 1.0 / t.grad_accum if call_span else None)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"step {self.step + 1}: the loss is {loss.item()}; {self._diverged_hint()}")
-            (loss / t.grad_accum).backward()
+            if not call_span:  # the call span's backward ran per document inside _loss
+                (loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
         total = distributed.mean_across_ranks(total)
         grad_norm = None  # not computed when the step is fused into backward, or without clipping
