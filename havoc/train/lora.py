@@ -42,7 +42,8 @@ HAVOC_CONFIG = "havoc_adapter.json"  # {"span": "call"}; absent: "all"
 SPANS = ("all", "call")
 # Adapters the package ships, per known model: on by default wherever that model runs (`--no-adapter` off).
 # An adapter ships only when the per-call report shows it writes more calls right on first try than the
-# model alone (issue 15); none does yet.
+# model alone (issue 15). smollm2-toolcalls: phase2_toolcalls_lora_smollm2 at step 400, span "call"
+# (bench/RESULTS.md has its figures against the model alone).
 SHIPPED = {"smollm2": "adapters/smollm2-toolcalls"}
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # havoc module (under layers.{i}) -> its output slices, each with its PEFT module name under layers.{i}
