@@ -111,25 +111,15 @@ constexpr int64_t kPrefetchBytes = 4096;
 // batch 32 94.6 -> 92.0 ms (16 KiB ahead: 36.4 and 95.4); at batch 1 it cost 24.7 -> 26.7 ms.
 constexpr int64_t kPrefetchBytesF32 = 8192;
 
-// batch1_streams(): 0 until set, then 1 or 4. Read once per product.
+// set_batch1_streams's override of batch1_streams() (0: none, the CPU's vendor decides).
 std::atomic<int> g_batch1_streams{0};
 
-int default_batch1_streams() {
+int vendor_batch1_streams() {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
   if (__builtin_cpu_is("amd")) return 1;
 #endif
   return 4;
-}
-
-HAVOC_INLINE bool one_stream(const GemmArgs& a) {
-  if (a.M != 1) return false;
-  int s = g_batch1_streams.load(std::memory_order_relaxed);
-  if (s == 0) {
-    s = default_batch1_streams();
-    g_batch1_streams.store(s, std::memory_order_relaxed);
-  }
-  return s == 1;
 }
 
 template <int W, int NR, int MR>
@@ -300,20 +290,17 @@ HAVOC_INLINE void for_rows(const GemmArgs& a, int64_t n, Tile tile_fn) {
 }
 
 // Weight rows [n0, n1) for every activation row: NR rows at a time (NR weight streams in flight), then the
-// remainder one by one.
+// remainder one by one — all of them one by one for one activation row where batch1_streams() is 1.
 template <int NR, int MR, class Tile>
 HAVOC_INLINE void for_tiles(const GemmArgs& a, int64_t n0, int64_t n1, Tile tile_fn) {
   int64_t n = n0;
-  for (; n + NR <= n1; n += NR) for_rows<NR, MR>(a, n, tile_fn);
+  if (a.M != 1 || batch1_streams() != 1)
+    for (; n + NR <= n1; n += NR) for_rows<NR, MR>(a, n, tile_fn);
   for (; n < n1; ++n) for_rows<1, MR>(a, n, tile_fn);
 }
 
 template <int W, class T>
 HAVOC_INLINE void gemm_rows(const GemmArgs& a, int64_t n0, int64_t n1) {
-  if (one_stream(a)) {
-    for (int64_t n = n0; n < n1; ++n) tile<W, T, 1, 1>(a, n, 0);
-    return;
-  }
   for_tiles<4, kMaxMR<W>>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile<W, T, decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
@@ -321,10 +308,6 @@ HAVOC_INLINE void gemm_rows(const GemmArgs& a, int64_t n0, int64_t n1) {
 
 template <int W>
 HAVOC_INLINE void gemm_rows_int8_widen(const GemmArgs& a, int64_t n0, int64_t n1) {
-  if (one_stream(a)) {
-    for (int64_t n = n0; n < n1; ++n) tile_int8_widen<W, 1, 1>(a, n, 0);
-    return;
-  }
   for_tiles<4, kMaxMR<W>>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile_int8_widen<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
@@ -406,10 +389,6 @@ HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
 template <int W>
 HAVOC_INLINE void gemm_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
   constexpr int NR = W >= 16 ? 4 : 2, MR = W >= 16 ? 3 : 2;
-  if (one_stream(a)) {
-    for (int64_t n = n0; n < n1; ++n) tile_int8_dot<W, 1, 1>(a, n, 0);
-    return;
-  }
   for_tiles<NR, MR>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile_int8_dot<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
@@ -533,10 +512,6 @@ HAVOC_INLINE void tile_bf16_dot(const GemmArgs& a, int64_t n, int64_t m) {
 }
 
 HAVOC_INLINE void gemm_rows_bf16_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  if (one_stream(a)) {
-    for (int64_t n = n0; n < n1; ++n) tile_bf16_dot<1, 1>(a, n, 0);
-    return;
-  }
   for_tiles<4, 4>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile_bf16_dot<decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
@@ -1299,8 +1274,9 @@ std::string linear_variant_missing(const std::string& variant) { return missing(
 std::string attention_isa_for(const std::string& variant) { return variant_for(variant).attention; }
 
 int batch1_streams() {
+  static const int by_vendor = vendor_batch1_streams();
   const int s = g_batch1_streams.load(std::memory_order_relaxed);
-  return s ? s : default_batch1_streams();
+  return s ? s : by_vendor;
 }
 
 void set_batch1_streams(int streams) {

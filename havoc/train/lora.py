@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -196,8 +196,6 @@ def call_span_loss(model, tokens: torch.Tensor, targets: torch.Tensor, cu_seqlen
     document's share of the loss times it is backpropagated as soon as it is computed (the graphs are
     never held together). Returns the loss (fp32 scalar, detached).
     """
-    from havoc import ops
-
     device = device or tokens.device
     tokens, targets = tokens.reshape(-1), targets.reshape(-1)
     cu = [int(c) for c in cu_seqlens]
@@ -328,8 +326,7 @@ def read_adapter(folder: str | Path) -> tuple[LoraConfig, dict[str, torch.Tensor
     if (folder / HAVOC_CONFIG).is_file():
         try:
             extra = json.loads((folder / HAVOC_CONFIG).read_text(encoding="utf-8"))
-            cfg = LoraConfig(r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.targets,
-                             span=extra.get("span", "all") if isinstance(extra, dict) else None)
+            cfg = replace(cfg, span=extra.get("span", "all") if isinstance(extra, dict) else None)
         except (ValueError, ConfigError) as e:
             raise CheckpointError(f"{folder / HAVOC_CONFIG}: {e}") from None
     try:

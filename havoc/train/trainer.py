@@ -107,6 +107,8 @@ class Trainer:
             from havoc.train.lora import apply_lora
 
             apply_lora(self.model, self.lora)  # the model frozen; only the adapter trains
+        # lora.span call: the loss runs backward document by document itself (`call_span_loss`)
+        self.call_span = self.lora is not None and self.lora.span == "call"
         if cfg.data.seq_len > self.model.config.max_seq_len:
             raise ConfigError(f"data.seq_len is {cfg.data.seq_len} but the model's context is "
                               f"{self.model.config.max_seq_len}: at most that many positions exist")
@@ -195,20 +197,17 @@ class Trainer:
     def _loss(self, batch: dict[str, Any], backward_scale: float | None = None) -> torch.Tensor:
         """The batch's mean loss over its target tokens; with `backward_scale`, its gradient times that is
         accumulated too (the call-scoped adapter runs backward document by document)."""
-        if self.lora is not None and self.lora.span == "call":
-            return self._call_span_loss(batch, backward_scale)
         dev = self.device
+        if self.call_span:
+            from havoc.train.lora import call_span_loss
+
+            return call_span_loss(self.model, batch["tokens"], batch["targets"], batch["cu_seqlens"],
+                                  backward_scale=backward_scale, autocast=self._autocast, device=dev)
         with self._autocast():
             return self.model.loss(
                 batch["tokens"].to(dev), batch["targets"].to(dev), positions=batch["positions"].to(dev),
                 cu_seqlens=batch["cu_seqlens"].to(dev), max_seqlen=batch["max_seqlen"],
             )
-
-    def _call_span_loss(self, batch: dict[str, Any], backward_scale: float | None) -> torch.Tensor:
-        from havoc.train.lora import call_span_loss
-
-        return call_span_loss(self.model, batch["tokens"], batch["targets"], batch["cu_seqlens"],
-                              backward_scale=backward_scale, autocast=self._autocast, device=self.device)
 
     def train_step(self) -> dict[str, float | None]:
         """One optimizer step (all its micro-batches); returns loss, lr, grad_norm."""
@@ -216,12 +215,11 @@ class Trainer:
         lr = cosine_lr(self.step, lr=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps, total_steps=t.steps)
         self.optimizer.set_lr(lr)
         total = 0.0
-        call_span = self.lora is not None and self.lora.span == "call"
         for _ in range(t.grad_accum):
-            loss = self._loss(self.packer.next_batch(), 1.0 / t.grad_accum if call_span else None)
+            loss = self._loss(self.packer.next_batch(), 1.0 / t.grad_accum if self.call_span else None)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"step {self.step + 1}: the loss is {loss.item()}; {self._diverged_hint()}")
-            if not call_span:  # the call span's backward ran per document inside _loss
+            if not self.call_span:  # the call span's backward ran per document inside _loss
                 (loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
         total = distributed.mean_across_ranks(total)
