@@ -92,12 +92,31 @@ def _has(text: str, *words: str) -> str | None:
     return None
 
 
+_NOT_FACTOR = {"center", "centre", "runs", "factors", "between", "from", "with", "and", "for", "in", "of", "design",
+               "points", "levels", "the", "at", "is", "are", "a", "an", "coded", "each", "ranging", "range", "varied"}
+
+
 def _factor_names(prompt: str, low: str) -> list[dict]:
-    found = [(m[0], m[1], m[2]) if m[0] else (m[3], m[4], m[5]) if m[3] else (m[6], m[7], m[8])
-             for m in _FACTOR_RANGE_RE.findall(prompt)]
+    # "5 factors, labelled A, B, C, D, E, each coded from -1 to +1"
+    m = re.search(r"\bfactors?,?\s+(?:labell?ed|named|called)\s+((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,\s*(?:and\s+)?|\band\s+))+"
+                  r"[A-Za-z][A-Za-z0-9_]*)\b", prompt)
+    if m:
+        names = [n for n in re.split(r"\s*(?:,|\band\b)\s*", m.group(1)) if n and n not in _NOT_FACTOR]  # "A", not "each"
+        r = re.search(rf"each (?:\w+ )?(?:from|between)\s+({NUMBER})\s*(?:to|and|-)\s*({NUMBER})", prompt[m.end():])
+        lo, hi = (float(r.group(1)), float(r.group(2))) if r else (-1.0, 1.0)
+        if len(names) >= 2 and lo != hi:
+            return [{"name": n, "low": _num(lo), "high": _num(hi)} for n in names]
+    found = []
+    for m in _FACTOR_RANGE_RE.finditer(prompt):
+        k = 1 if m.group(1) else 4 if m.group(4) else 7
+        name = m.group(k)
+        # "thickness 1 to 3, cure time 20 to 60": after a comma, the word before the name is part of it
+        if k == 7 and (w := re.search(r",\s*(?:and\s+)?([a-z]{2,})\s+$", prompt[:m.start(k)])) and \
+                w.group(1) not in _NOT_FACTOR:
+            name = f"{w.group(1)} {name}"
+        found.append((name, m.group(k + 1), m.group(k + 2)))
     ranges = [(n, float(a), float(b)) for n, a, b in found
-              if n.lower() not in {"center", "centre", "runs", "factors", "between", "from", "with", "and", "for", "in", "of",
-                                   "design", "points", "levels", "the", "at", "is", "are", "a", "an"} and float(a) != float(b)]
+              if n.lower() not in _NOT_FACTOR and float(a) != float(b)]
     if ranges:
         return [{"name": n, "low": _num(a), "high": _num(b)} for n, a, b in ranges]
     m = re.search(r"\bfactors?\b\s*(?:named|called|:)?\s*((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,|and)\s*)+[A-Za-z][A-Za-z0-9_]*)", prompt)
@@ -175,8 +194,9 @@ POWER_WORDS = ("sample size", "how many samples", "how many measurements", "how 
 def _read_power(low: str) -> dict | None:
     if not (w := _has(low, *POWER_WORDS)):
         return None
-    if w == "power" and not re.search(r"detect|effect|difference|shift|sample|power of|power =|% power|power to", low):
-        return None
+    if w == "power" and (not re.search(r"detect|effect|difference|shift|sample|power of|power =|% power|power to", low)
+                         or re.search(r"\bto the power of \d|raised to", low)):
+        return None  # "3 raised to the power of 4" is arithmetic
     if _has(low, "proportion", "defective rate", "percent defective", "fraction defective", "rate"):
         p0 = _value(low, r"p0|p_0|null proportion|hypothesi[sz]ed proportion", percent=True)
         p1 = _value(low, r"p1|p_1", percent=True)
@@ -201,10 +221,13 @@ def _read_power(low: str) -> dict | None:
             test = "factorial"
         elif _has(low, "paired"):
             test = "paired_t"
-        elif _has(low, "two-sample", "two sample", "two groups", "two means", "compare two", "per group", "two treatments"):
+        elif _has(low, "one sample", "one-sample", "single sample", "single-sample", "against a target"):
+            test = "one_sample_t"
+        elif _has(low, "two-sample", "two sample", "two groups", "two independent", "two means", "compare two", "per group",
+                  "two treatments"):
             test = "two_sample_t"
         args = {"operation": "power", "test": test}
-        effect = _value(low, r"difference|delta|δ|shift|effect(?: size)?|change")
+        effect = _value(low, r"difference(?: worth (?:finding|detecting))?|delta|δ|shift|effect(?: size)?|change")
         if effect is None and (m := re.search(rf"({NUMBER})\s*%?\s*(?:difference|shift|change|effect)", low)):
             effect = _num(float(m.group(1)))  # "a 10% difference", "a 2-unit shift"
         if effect is not None:
@@ -367,10 +390,12 @@ def _read_toolbox(prompt: str, low: str, lists: list[list[float]], named: dict) 
             and not re.search(r"welch|t[- ]?test|(?:compare|comparing) the means|assum|difference in mean", low):
         kind = "bartlett" if "bartlett" in low else "brown_forsythe" if "brown" in low else \
             "levene" if "levene" in low else None
-        if lists and (len(lists) >= 3 or kind):
+        if lists and len(lists) >= 3 and w in ("f-test", "f test") and "varian" not in low:
+            pass  # an F test across three or more groups, with no word of variances, is the ANOVA's
+        elif lists and (len(lists) >= 3 or kind):
             return "statistics", "statistics", {"operation": "variance_test", "kind": kind or "levene",
                                                 "groups": [_nums(x) for x in lists]}, ("groups",), w
-        if len(lists) == 2:
+        elif len(lists) == 2:
             return "statistics", "statistics", {"operation": "variance_test", "kind": "f", "x": _nums(lists[0]),
                                                 "y": _nums(lists[1])}, ("x", "y"), w
         sigma0 = _value(low, r"sigma0|σ0|sigma_0|hypothesi[sz]ed (?:standard deviation|sigma|sd)|against")
@@ -440,33 +465,45 @@ def _read_toolbox(prompt: str, low: str, lists: list[list[float]], named: dict) 
 CUES: dict[str, tuple[tuple[str, float], ...]] = {
     "t_test": ((r"t[- ]?tests?\b|\bttest|student'?s?\b|welch|\bt[- ]statistic", 4.0),
                (r"paired|matched[- ]pairs?|one[- ]sample|two[- ]sample|compare (?:the )?means|mean difference", 2.0),
-               (r"\btest (?:if|whether|that|for a)|hypothes|significan|differs? from|different from", 2.5),
+               (r"\btest (?:if|whether|that|for a)|hypothes|significan|differs? from|different from|consistent with|"
+                r"single[- ]sample|measured twice|did (?:they|it|the \w+) change|pool(?:ed|ing)? (?:the )?varian|"
+                r"do not pool|don'?t pool|test (?:it |this |them )?against|against a (?:nominal|target|reference)|"
+                r"nominal value|compare the (?:sample )?mean (?:to|with|against)|before and after", 2.5),
                (r"differ|difference|compare|comparison|better|reduce|improve|help|drop|versus|\bvs\b|higher|lower|"
                 r"same mean", 1.0)),
-    "anova": ((r"\banova\b|analysis of variance", 5.0), (r"one[- ]way", 2.0),
+    "anova": ((r"\banova\b|analysis of variance", 5.0), (r"one[- ]way|\bf[- ]test\b", 2.0),
               (r"differ|difference|compare|matter|same for|the same|effect of", 1.0)),
     "regression": ((r"regress|regression|least[- ]squares|(?:fit|draw)\b[^.?]{0,20}\bline|slope|intercept|trend ?line|"
                     r"best[- ]fit|y\s*=\s*a\s*\+\s*b\s*x|linear (?:fit|model)|predict", 4.0),),
-    "correlation": ((r"correlat|pearson|spearman|kendall", 5.0), (r"related|relationship|association|\br\b", 1.5)),
-    "confidence_interval": ((r"confidence interval|\bci\b|interval (?:for|of|estimate)|margin of error", 5.0),),
+    "correlation": ((r"correlat|pearson|spearman|kendall|move together|go together|co-?vary", 5.0),
+                    (r"related|relationship|associat|\br\b", 1.5)),
+    "confidence_interval": ((r"confidence interval|\bci\b|interval (?:for|of|estimate)|margin of error|"
+                             r"confidence (?:bounds?|limits?)", 5.0),),
     "describe": ((r"\bmean\b|average|standard deviation|\bsd\b|\bstd\b|median|variance|spread|summar|descriptive|"
-                  r"describe|statistics|skew|kurtosis|quartile|\biqr\b|percentile", 1.5),),
+                  r"describe|statistics|skew|kurtosis|quartile|\biqr\b|percentile|typical value|"
+                  r"how (?:much|widely) (?:do |does )?(?:they|it|the \w+) vary|variability", 1.5),),
     "control_chart": ((r"control chart|control limits|\bucl\b|\blcl\b|\bin control\b|out of control|centre line|"
                        r"center line|\blimits\b|\bchart", 3.0),
                       (r"individuals?\b|\bi-?mr\b|moving range|x-?bar|x̄|\b[cpu][- ]?charts?\b|\bnp[- ]?charts?\b", 3.0)),
     "capability": ((r"\bc[pm]k?\b|\bppk?\b|capab", 6.0), (r"\blsl\b|\busl\b|spec|tolerance", 1.0)),
-    "constants": ((r"\ba[23]\b|\bd[234]\b|\bb[3-6]\b|\bc4\b|\be2\b", 4.0), (r"constants?|factors? for", 2.0)),
+    "constants": ((r"\ba[23]\b|\bd[234]\b|\bb[3-6]\b|\bc4\b|\be2\b", 4.0),
+                  (r"constants?|factors? for|chart factors|(?:control[- ]chart|x-?bar|range|spc) (?:\w+ ){0,3}factors", 2.0)),
 }
 _ALPHA_RE = re.compile(rf"(?:alpha|α|significance(?: level)?)\s*(?:=|:|of|is|at)?\s*({NUMBER})\s*(%)?|(?:at|with) (?:the |a )?({NUMBER})\s*%\s*(?:significance|level)|({NUMBER})\s*%\s*(?:significance|level of significance)")
 _CONFIDENCE_RE = re.compile(rf"({NUMBER})\s*%\s*(?:confidence|ci\b|interval)|confidence(?: level)?\s*(?:of|=|:)?\s*({NUMBER})\s*%")
 _PAIRED_RE = re.compile(r"paired|matched|same (?:\d+ )?(?:subjects|people|patients|parts|units|operators|employees|"
-                        r"technicians|specimens|samples|items|workers|students|machines)|each \w+ (?:was )?(?:tested|measured)"
+                        r"technicians|specimens|samples|items|workers|students|machines)|measured twice|each \w+ (?:was )?(?:tested|measured)"
                         r" (?:on|with|under|by) both|\bbefore\b.*\bafter\b|\bpre[- ].*\bpost[- ]|\bpre\b.*\bpost\b")
 _WELCH_RE = re.compile(r"welch|unequal[- ]variances?|variances? (?:\w+ ){0,2}(?:unequal|different|not equal|differ)|"
-                       r"without assuming equal|not assum\w* equal|don'?t assume equal")
-_MU_RE = re.compile(rf"(?:mean|average|mu|μ)\s*(?:is|of|=|equals|should be|is supposed to be|of exactly)?\s*({NUMBER})|"
+                       r"without assuming equal|not assum\w* equal|don'?t assume equal|(?:do not|don'?t|not) pool|"
+                       r"spreads? (?:\w+ ){0,2}differ|unequal spreads?")
+_THOUSANDS = r"[-+]?\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?"  # "2,394" in a sentence is one number
+_MU_RE = re.compile(rf"(?:mean|average|mu|μ)\s*(?:is|of|=|equals|should be|is supposed to be|of exactly)?\s*({_THOUSANDS}|{NUMBER})|"
                     rf"(?:against|different from|differs? from|equal to|equals|hypothesi[sz]ed (?:mean|value)(?: of| is| =)?|"
-                    rf"target(?: of| is| =)?|should average|above|below|exceeds?|than)\s*({NUMBER})")
+                    rf"target(?: of| is| =)?|nominal(?: value)?(?: of| is| =)?|consistent with|mean (?:to|with)|should average|above|below|exceeds?|"
+                    rf"than)\s*({_THOUSANDS}|{NUMBER})")
+_COUNT_NOUN_RE = re.compile(r"\s*(?:parts|samples|readings|measurements|units|items|observations|values|runs|"
+                            r"replicates|specimens|pieces)\b")
 _N_RE = re.compile(r"(?:subgroups?|samples?|lots?|groups?|batches)\s+(?:of size|of|have|with|sizes?(?: of| is| =)?|contain)\s*"
                    r"(\d+)|\bn\s*=\s*(\d+)|(?:subgroup|sample) size (?:is |of |= )?(\d+)|(\d+)\s+(?:units|items|parts|pieces)"
                    r" (?:inspected|sampled|each)|each (?:lot|sample|subgroup) of (\d+)|\((?:n\s*=\s*)(\d+)\)")
@@ -537,8 +574,10 @@ def _scores(low: str) -> dict[str, tuple[float, str]]:
 
 
 def _chart_kind(low: str) -> str | None:
-    for kind, pattern in (("xbar_r", r"x-?\s?bar|x̄|subgroup means"), ("np", r"\bnp[- ]?chart"), ("c", r"\bc[- ]?chart"),
-                          ("u", r"\bu[- ]?chart"), ("p", r"\bp[- ]?chart"),
+    for kind, pattern in (("xbar_r", r"x-?\s?bar|x̄|subgroup means"), ("np", r"\bnp[- ]?(?:control[- ])?chart|\(np\) chart|number[- ]defective"),
+                          ("c", r"\bc[- ]?(?:control[- ])?chart|\(c\) chart"),
+                          ("u", r"\bu[- ]?(?:control[- ])?chart|\(u\) chart"),
+                          ("p", r"\bp[- ]?(?:control[- ])?chart|\(p\) chart|fraction[- ]defective|proportion defective|reject proportion"),
                           ("imr", r"individual|\bi-?mr\b|\bx-?mr\b|moving range|\bi[- ]chart")):
         if re.search(pattern, low):
             return kind
@@ -632,8 +671,10 @@ def _read_core(prompt: str, low: str, nums: Numbers) -> tuple | None:
                 args = {"operation": "t_test", "kind": kind, "x": data[0], "y": data[1]}
             elif len(data) == 1 and op == "t_test":
                 spans = [(x.start, x.end) for x in nums.series]
-                mu = next((float(m.group(1) or m.group(2)) for m in _MU_RE.finditer(low)
-                           if not any(a <= m.start(m.lastindex) < b for a, b in spans)), None)
+                # not "each value is the mean of 3 parts": a count, not a hypothesised mean
+                mu = next((float((m.group(1) or m.group(2)).replace(",", "")) for m in _MU_RE.finditer(low)
+                           if not any(a <= m.start(m.lastindex) < b for a, b in spans)
+                           and not _COUNT_NOUN_RE.match(low, m.end())), None)
                 if mu is None:
                     continue
                 args = {"operation": "t_test", "kind": "one_sample", "x": data[0], "mu": _num(mu)}
@@ -683,6 +724,7 @@ _QUANT_RE = re.compile(r"\b(?:compute|calculate|estimate|how many|how much|what 
 
 _WORD_OPS = ((r"\bsquare root of\s+", "sqrt "), (r"\bdivided by\b", "/"), (r"\bmultiplied by\b", "*"), (r"\btimes\b", "*"),
              (r"\bplus\b", "+"), (r"\bminus\b", "-"), (r"\bsquared\b", "^2"), (r"\bcubed\b", "^3"),
+             (r"\braised to(?: the)?(?: power(?: of)?)?\s+", "^"),
              (r"\bto the power(?: of)?\s+", "^"), (r"\bover\b", "/"))
 
 
@@ -691,6 +733,9 @@ def _arithmetic(prompt: str) -> str | None:
     text = prompt.replace("×", "*").replace("÷", "/").replace("−", "-")
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
     text = re.sub(rf"({NUMBER})\s*%\s*of\s*({NUMBER})", r"(\1/100)*\2", text)
+    text = re.sub(r",\s*(?=(?:plus|minus|times|multiplied by|divided by|all over)\b)", " ", text)  # "55 times 3, plus 2"
+    text = re.sub(rf"({NUMBER}(?:\s*(?:plus|minus|times|multiplied by|divided by|[-+*/^])\s*{NUMBER})+)\s+all over\s+",
+                  r"(\1) over ", text)  # "69 plus 9, all over 25" is (69+9)/25
     for pattern, rep in _WORD_OPS:
         text = re.sub(pattern, rep, text, flags=re.IGNORECASE)
     text = re.sub(rf"sqrt\s*({NUMBER})", r"sqrt(\1)", text)
@@ -704,7 +749,7 @@ def _arithmetic(prompt: str) -> str | None:
         if len(e) > len(best) and e.count("(") == e.count(")") and (re.search(r"\d\s*(?:\*\*|[-+*/^])\s*[\d(s.]", e)
                                                                   or e.startswith("sqrt")):
             best = e
-    return best.replace("**", "^") or None
+    return best.replace("**", "^").rstrip(".").strip() or None  # "50 * 4 - 5." ends a sentence
 
 
 def read_task(prompt: str) -> TaskSpec:
@@ -717,7 +762,7 @@ def read_task(prompt: str) -> TaskSpec:
         A `TaskSpec`; `tool` is None when no tool fits, and then `refusal` says why where the request asks
         for figures (PRIME answers with that instead of the model's own numbers).
     """
-    low = re.sub(r"[–—‐]", "-", prompt.lower())
+    low = re.sub(r"[–—‐\u2212]", "-", prompt.lower())
     nums = read_numbers(prompt)
     if len(nums.series) >= 3 and all(len(s.values) == 2 and s.bracketed for s in nums.series) and \
             re.search(CUES["regression"][0][0] + "|" + CUES["correlation"][0][0] + r"|\bpairs?\b|paired", low):

@@ -11,11 +11,14 @@ The rules, and the cases that decided them:
     range, not data;
   - a number followed by ":" "=" or an unopened ")" is a label's ("Machine 1:", "Day 2: 9", "2) 20.3"), never
     data;
-  - "/" and "|" separate groups ("11, 12, 13 / 15, 16, 14"), never items: "4/200" is a proportion;
+  - "/" and "|" separate groups ("11, 12, 13 / 15, 16, 14"): "4/200" is a proportion; only a chain of
+    three or more numbers joined by nothing but a spaced " / " is one list ("13.7 / 12.8 / 12.2");
   - "and" ends a list ("10.2, 10.4 and 10.1") unless a comma follows it, where it separates two lists
     ("5, 6, 7 and 8, 9, 10");
   - "1,250" is one thousand two hundred and fifty unless it sits in brackets written without spaces
-    ("[100,200,300]" is three numbers);
+    ("[100,200,300]" is three numbers), runs to five groups or more ("131,154,153,156,155" is five numbers,
+    not 131 quadrillion), or the text joins numbers elsewhere with commas that cannot be thousands
+    separators ("10.2,10.4,9.9" or "12,7,9": then "155,149,142" in it is three numbers too);
   - a percentage joins only other percentages.
 """
 
@@ -30,7 +33,8 @@ _NUM_RE = re.compile(r"(?<![\w.])[-−+]?(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\
 _NUM_LOOSE_RE = re.compile(r"[-−+]?(?:\d+(?:\.\d+)?|\.\d+)")
 # What may stand between two items of one list: a separator, optionally after a repeated unit.
 _UNIT = r"(?!(?:and|with|vs|or|to|from|on|in|at|of|the|for|is|was|by|times|plus|minus)\b)(?:[A-Za-z°µμΩ/]{1,6}\.?|°\s?[CF])"
-_JOIN_RE = re.compile(rf"^\s*(?:{_UNIT}\s*)?(?P<sep>[,;])\s*(?:and\s+)?$|^\s*(?:{_UNIT}\s+)?(?P<and>and|&)\s*$|^\s+$")
+_JOIN_RE = re.compile(rf"^\s*(?:{_UNIT}\s*)?(?P<sep>[,;])\s*(?:and\s+)?$|^\s*(?:{_UNIT}\s+)?(?P<and>and|&)\s*$|^\s+$|"
+                      rf"^(?:\s*{_UNIT})?\s+(?P<slash>/)\s+$")
 _LABEL_END_RE = re.compile(r"^\s*(?:[:=]|\))\s*[-−+\[(]?\.?\d")
 
 
@@ -84,14 +88,20 @@ def _inside_brackets(text: str, pos: int) -> tuple[int, int] | None:
     return None
 
 
+# A comma between digits that no thousands separator writes: "10.2,10.4", "12,7", "1234,5678", "5,12".
+_COMPACT_COMMA_RE = re.compile(r"\d\.\d+,\d|(?<![\d,])\d{4,},\d|\d,(?:\d{1,2}|\d{4,})(?![\d.])|\d,\d+\.\d+,\d")
+
+
 def _tokens(text: str) -> list[Num]:
     out: list[Num] = []
+    compact = _COMPACT_COMMA_RE.search(text) is not None  # the text writes lists as "1,2,3"
     for m in _NUM_RE.finditer(text):
         s = m.group(0)
         pieces = [(s, m.start())]
         if "," in s:
             box = _inside_brackets(text, m.start())
-            if box is not None and ", " not in text[box[0]:box[1]]:  # "[100,200,300]": three numbers
+            if compact or s.count(",") >= 4 or (box is not None and ", " not in text[box[0]:box[1]]):
+                # "[100,200,300]", "131,154,153,156,155": numbers of a list, not one number
                 pieces = [(p.group(0), m.start() + p.start()) for p in _NUM_LOOSE_RE.finditer(s)]
         for piece, start in pieces:
             end = start + len(piece)
@@ -122,7 +132,7 @@ def read_numbers(text: str) -> Numbers:
     """The numbers of `text`, grouped into lists and scalars (see the module docstring)."""
     nums = _tokens(text)
     groups: list[list[Num]] = []
-    joints: list[list[str]] = []  # per group, how each item joins the previous: "sep", "and", "space"
+    joints: list[list[str]] = []  # per group, how each item joins the previous: "sep", "and", "space", "slash"
     for i, n in enumerate(nums):
         is_label = bool(_LABEL_END_RE.match(text[n.end:n.end + 8])) and not (
             text[n.end:n.end + 2].strip().startswith(")") and _inside_brackets(text, n.start))
@@ -135,16 +145,25 @@ def read_numbers(text: str) -> Numbers:
         m = _JOIN_RE.match(gap) if gap is not None else None
         if m and groups and groups[-1] and groups[-1][-1] is prev and prev.percent == n.percent:
             groups[-1].append(n)
-            joints[-1].append("and" if m.group("and") else "sep" if m.group("sep") else "space")
+            joints[-1].append("and" if m.group("and") else "sep" if m.group("sep") else
+                              "slash" if m.group("slash") else "space")
         else:
             groups.append([n])
             joints.append([])
-    # "5, 6, 7 and 8, 9, 10": an "and" followed by more commas separates two lists
+    # "5, 6, 7 and 8, 9, 10": an "and" followed by more commas separates two lists; so does a "/" unless it
+    # alone joins three or more numbers
     split: list[list[Num]] = []
+    labels: set[int] = set()  # label numbers split off a list: the list's label still reads through them
     for g, js in zip(groups, joints):
+        if len(js) >= 3 and js[0] == "space" and (set(js[1:]) <= {"sep", "and"} or set(js[1:]) == {"slash"}) \
+                and g[0].value.is_integer():
+            # "Plot 1 11.2, 11.6, 12.9" or "per lot of 80 9, 2, 4": the number before the commas is a label's
+            split.append(g[:1])
+            labels.add(id(g[0]))
+            g, js = g[1:], js[1:]
         cur = [g[0]] if g else []
         for k in range(1, len(g)):
-            if js[k - 1] == "and" and "sep" in js[k:]:
+            if (js[k - 1] == "and" and "sep" in js[k:]) or (js[k - 1] == "slash" and (set(js) != {"slash"} or len(g) < 3)):
                 split.append(cur)
                 cur = []
             cur.append(g[k])
@@ -164,7 +183,8 @@ def read_numbers(text: str) -> Numbers:
             series.append(Series([n.value for n in g], label, start, end, bracketed, g))
         else:
             scalars += g
-        floor = end
+        if not (len(g) == 1 and id(g[0]) in labels):
+            floor = end
     series = _merge_labelled_scalars(text, series, scalars)
     series = _counted_row_labels(text, series)
     in_series = {id(n) for s in series for n in s.items}
