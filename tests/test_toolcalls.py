@@ -65,6 +65,10 @@ def test_number_formats_read_back_to_the_values():
     assert tc.write_number(0.5, "leading_dot", 1) == ".5"
     assert tc.write_number(10.2, "trailing_zero", 1) == "10.20"
     assert tc.write_list([1, 2, 3], "plain+and", 0) == "1, 2 and 3"
+    assert tc.write_list([1, -2.5, 3], "plain+compact_bracket", 1) == "[1.0,-2.5,3.0]"
+    assert tc.write_list([12, 7, 9], "plain+compact", 0) == "12,7,9"
+    # thousands separators are never written without spaces ("1,250,3" would be ambiguous)
+    assert tc.write_list([1250, 3], "thousands+compact", 0) == "1,250, 3"
 
 
 def test_built_examples_are_verified_and_cover_every_operation(tokenizer, registry):

@@ -68,7 +68,7 @@ class Example:
 # ------------------------------------------------------------------------------------------ number formats
 # value style x joint; each combination belongs to one split (see FORMAT_SPLIT)
 VALUE_STYLES = ("plain", "trailing_zero", "thousands", "unicode_minus", "leading_dot", "units")
-JOINTS = ("comma", "space", "semicolon", "and", "bracket", "slash")
+JOINTS = ("comma", "space", "semicolon", "and", "bracket", "slash", "compact", "compact_bracket")
 
 
 def _split_of(name: str, dev_share: float = 0.3) -> str:
@@ -113,6 +113,14 @@ def write_list(values: list[float], fmt: str, decimals: int, unit: str = "") -> 
         return "[" + ", ".join(parts) + "]"
     if joint == "slash" and style not in ("units",):
         return " / ".join(parts)
+    # commas without spaces, as people paste lists: "1,2,3" and "[1,2,3]" (never with thousands separators,
+    # where "1,234,5" would be ambiguous, nor with units)
+    if joint == "compact" and style not in ("units", "thousands"):
+        return ",".join(parts)
+    if joint == "compact_bracket" and style not in ("units", "thousands"):
+        return "[" + ",".join(parts) + "]"
+    if joint == "compact_bracket":
+        return "[" + ", ".join(parts) + "]"
     return ", ".join(parts)
 
 
