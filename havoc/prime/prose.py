@@ -11,6 +11,8 @@ The rules, and the cases that decided them:
     range, not data;
   - a number followed by ":" "=" or an unopened ")" is a label's ("Machine 1:", "Day 2: 9", "2) 20.3"), never
     data;
+  - so is a whole number that a space, not a separator, joins to a list of three or more ("Plot 1 11.2,
+    11.6, 12.9", "per lot of 80 9, 2, 4", "Reactor 1 .24 / .28 / .28");
   - "/" and "|" separate groups ("11, 12, 13 / 15, 16, 14"): "4/200" is a proportion; only a chain of
     three or more numbers joined by nothing but a spaced " / " is one list ("13.7 / 12.8 / 12.2");
   - "and" ends a list ("10.2, 10.4 and 10.1") unless a comma follows it, where it separates two lists
