@@ -97,15 +97,6 @@ _NOT_FACTOR = {"center", "centre", "runs", "factors", "between", "from", "with",
 
 
 def _factor_names(prompt: str, low: str) -> list[dict]:
-    # "5 factors, labelled A, B, C, D, E, each coded from -1 to +1"
-    m = re.search(r"\bfactors?,?\s+(?:labell?ed|named|called)\s+((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,\s*(?:and\s+)?|\band\s+))+"
-                  r"[A-Za-z][A-Za-z0-9_]*)\b", prompt)
-    if m:
-        names = [n for n in re.split(r"\s*(?:,|\band\b)\s*", m.group(1)) if n and n not in _NOT_FACTOR]  # "A", not "each"
-        r = re.search(rf"each (?:\w+ )?(?:from|between)\s+({NUMBER})\s*(?:to|and|-)\s*({NUMBER})", prompt[m.end():])
-        lo, hi = (float(r.group(1)), float(r.group(2))) if r else (-1.0, 1.0)
-        if len(names) >= 2 and lo != hi:
-            return [{"name": n, "low": _num(lo), "high": _num(hi)} for n in names]
     found = []
     for m in _FACTOR_RANGE_RE.finditer(prompt):
         k = 1 if m.group(1) else 4 if m.group(4) else 7
@@ -119,11 +110,15 @@ def _factor_names(prompt: str, low: str) -> list[dict]:
               if n.lower() not in _NOT_FACTOR and float(a) != float(b)]
     if ranges:
         return [{"name": n, "low": _num(a), "high": _num(b)} for n, a, b in ranges]
-    m = re.search(r"\bfactors?\b\s*(?:named|called|:)?\s*((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,|and)\s*)+[A-Za-z][A-Za-z0-9_]*)", prompt)
+    # "factors named Temp, Pressure and Speed", "5 factors, labelled A, B, C, D, E, each coded from -1 to +1"
+    m = re.search(r"\bfactors?\b,?\s*(?:labell?ed|named|called|:)?\s*((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,|and)\s*)+"
+                  r"[A-Za-z][A-Za-z0-9_]*)", prompt)
     if m:
-        names = [n for n in re.split(r"\s*(?:,|\band\b)\s*", m.group(1)) if n]
-        if len(names) >= 2:
-            return [{"name": n, "low": -1, "high": 1} for n in names]
+        names = [n for n in re.split(r"\s*(?:,|\band\b)\s*", m.group(1)) if n and n not in _NOT_FACTOR]  # "A", not "each"
+        r = re.search(rf"each (?:\w+ )?(?:from|between)\s+({NUMBER})\s*(?:to|and|-)\s*({NUMBER})", prompt[m.end():])
+        lo, hi = (float(r.group(1)), float(r.group(2))) if r else (-1.0, 1.0)
+        if len(names) >= 2 and lo != hi:
+            return [{"name": n, "low": _num(lo), "high": _num(hi)} for n in names]
     m = re.search(r"(\d+|" + "|".join(_WORD_NUMBERS) + r")[\s-]+factors?", low)
     k = None
     if m:
@@ -387,15 +382,15 @@ def _read_toolbox(prompt: str, low: str, lists: list[list[float]], named: dict) 
                   "variances differ", "variances are equal", "compare variances", "compare the variances",
                   "homogeneity of variance", "variance test", "test of variance", "test the variance",
                   "standard deviations differ", "chi-square test for the variance", "chi-square test of the variance")) \
-            and not re.search(r"welch|t[- ]?test|(?:compare|comparing) the means|assum|difference in mean", low):
+            and not re.search(r"welch|t[- ]?test|(?:compare|comparing) the means|assum|difference in mean", low) \
+            and not (w in ("f-test", "f test") and len(lists) >= 3 and "varian" not in low):
+        # (an F test across three or more groups, with no word of variances, is the ANOVA's)
         kind = "bartlett" if "bartlett" in low else "brown_forsythe" if "brown" in low else \
             "levene" if "levene" in low else None
-        if lists and len(lists) >= 3 and w in ("f-test", "f test") and "varian" not in low:
-            pass  # an F test across three or more groups, with no word of variances, is the ANOVA's
-        elif lists and (len(lists) >= 3 or kind):
+        if lists and (len(lists) >= 3 or kind):
             return "statistics", "statistics", {"operation": "variance_test", "kind": kind or "levene",
                                                 "groups": [_nums(x) for x in lists]}, ("groups",), w
-        elif len(lists) == 2:
+        if len(lists) == 2:
             return "statistics", "statistics", {"operation": "variance_test", "kind": "f", "x": _nums(lists[0]),
                                                 "y": _nums(lists[1])}, ("x", "y"), w
         sigma0 = _value(low, r"sigma0|σ0|sigma_0|hypothesi[sz]ed (?:standard deviation|sigma|sd)|against")
@@ -573,11 +568,15 @@ def _scores(low: str) -> dict[str, tuple[float, str]]:
     return out
 
 
+def _named_chart(letter: str) -> str:
+    """"p chart", "p-chart", "p control chart", "(p) chart"."""
+    return rf"\b{letter}[- ]?(?:control[- ])?chart|\({letter}\) chart"
+
+
 def _chart_kind(low: str) -> str | None:
-    for kind, pattern in (("xbar_r", r"x-?\s?bar|x̄|subgroup means"), ("np", r"\bnp[- ]?(?:control[- ])?chart|\(np\) chart|number[- ]defective"),
-                          ("c", r"\bc[- ]?(?:control[- ])?chart|\(c\) chart"),
-                          ("u", r"\bu[- ]?(?:control[- ])?chart|\(u\) chart"),
-                          ("p", r"\bp[- ]?(?:control[- ])?chart|\(p\) chart|fraction[- ]defective|proportion defective|reject proportion"),
+    for kind, pattern in (("xbar_r", r"x-?\s?bar|x̄|subgroup means"), ("np", _named_chart("np") + r"|number[- ]defective"),
+                          ("c", _named_chart("c")), ("u", _named_chart("u")),
+                          ("p", _named_chart("p") + r"|fraction[- ]defective|proportion defective|reject proportion"),
                           ("imr", r"individual|\bi-?mr\b|\bx-?mr\b|moving range|\bi[- ]chart")):
         if re.search(pattern, low):
             return kind

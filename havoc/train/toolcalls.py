@@ -109,19 +109,12 @@ def write_list(values: list[float], fmt: str, decimals: int, unit: str = "") -> 
         return "; ".join(parts)
     if joint == "and":
         return ", ".join(parts[:-1]) + " and " + parts[-1]
-    if joint == "bracket":
-        return "[" + ", ".join(parts) + "]"
     if joint == "slash" and style not in ("units",):
         return " / ".join(parts)
     # commas without spaces, as people paste lists: "1,2,3" and "[1,2,3]" (never with thousands separators,
-    # where "1,234,5" would be ambiguous, nor with units)
-    if joint == "compact" and style not in ("units", "thousands"):
-        return ",".join(parts)
-    if joint == "compact_bracket" and style not in ("units", "thousands"):
-        return "[" + ",".join(parts) + "]"
-    if joint == "compact_bracket":
-        return "[" + ", ".join(parts) + "]"
-    return ", ".join(parts)
+    # where "1,234,5" would be ambiguous, nor with units: those keep the space)
+    comma = "," if joint in ("compact", "compact_bracket") and style not in ("units", "thousands") else ", "
+    return f"[{comma.join(parts)}]" if joint in ("bracket", "compact_bracket") else comma.join(parts)
 
 
 # ------------------------------------------------------------------------------------------ vocabularies
