@@ -76,6 +76,8 @@ struct GemmArgs {
   // (row, group) its scale and -128 * the sum of its q (the dot products see the weights' bytes q + 128).
   const int8_t* xq = nullptr;
   int64_t ldxq = 0;
+  // int8 weights, variants multiplying 16-bit words (avx2's vpmaddwd): xq widened, same layout and stride.
+  const int16_t* xw = nullptr;
   const float* xs = nullptr;
   const int32_t* xc = nullptr;
   int64_t ldxs = 0;
@@ -313,52 +315,126 @@ HAVOC_INLINE void gemm_rows_int8_widen(const GemmArgs& a, int64_t n0, int64_t n1
   });
 }
 
-#ifdef HAVOC_DOT_VARIANTS
+// --- int8 x int8: integer dot products of a group ----------------------------------------------------
+// The weights' bytes (q + 128, unsigned) times the activations' signed bytes, summed exactly into 32-bit
+// lanes; the 128 * sum(q_x) this adds per group starts in lane 0 of the group's accumulator (GemmArgs::xc).
+// Each group's integer sums are then converted and scaled by weight and activation scale. Which inputs a
+// lane sums differs between the instructions (the group's total does not):
+//   VnniDot (AVX-VNNI, AVX512-VNNI): vpdpbusd adds to each lane the four products of its bytes;
+//   MaddDot (AVX2, no VNNI): both sides widened to 16 bits (zero- and sign-extended: exact), vpmaddwd
+//     multiplies and adds adjacent pairs into 32-bit lanes (|sum| <= 2 * 255 * 127), two per 32 bytes. Where
+//     llama.cpp's AVX2 Q8_0 path takes vpsignb + vpmaddubsw + vpmaddwd per pair of blocks, here a weight
+//     vector is widened once for a tile's activation rows and the activations once per product (prepare).
 
-// --- int8 x int8: VNNI's vpdpbusd -----------------------------------------------------------------------
-// vpdpbusd adds to each 32-bit lane the four products of its unsigned weight bytes (q + 128) and signed
-// activation bytes; the 128 * sum(q_x) this adds per group starts in lane 0 of the group's accumulator
-// (GemmArgs::xc). Each group's integer sums are then converted and scaled by weight and activation scale.
+#ifdef HAVOC_X86_DISPATCH
+struct MaddDot {
+  typedef short H __attribute__((vector_size(32)));
+  typedef uint8_t BU __attribute__((vector_size(16)));
+  typedef char BS __attribute__((vector_size(16)));  // GCC's v16qi: plain char
+  struct WeightBytes {  // 32 weight bytes zero-extended
+    H lo, hi;
+  };
+  struct ActBytes {  // 32 activations widened once per product (prepare)
+    H lo, hi;
+  };
+  using Act = int16_t;
+  static constexpr int kBytes = 32;
+  // Registers: 3 x 2 widened weight vectors, 3 x 4 int32 sums, 3 x 4 fp32 accumulators (some spilled: each is
+  // touched once per group). SmolLM2's w13 (3072 x 576) at 32 rows on a Zen 3 EPYC: 2 x 2 45, 2 x 4 55,
+  // 3 x 4 60 GMAC/s (4 x 2 40, 4 x 4 47: spills in the group loop).
+  static constexpr int kNR = 3, kMR = 4;
+  HAVOC_INLINE static const int16_t* act_rows(const GemmArgs& a) { return a.xw; }
+  // 16 bytes to 16 words in one vpmovzxbw: GCC 12 compiles __builtin_convertvector of these
+  // into two 8-byte widens, a shift and an insert (4 instructions where 1 does), so there the builtins.
+  HAVOC_INLINE static H widen(BU v) {
+#ifdef __clang__
+    return __builtin_convertvector(v, H);
+#else
+    return __builtin_ia32_pmovzxbw256(reinterpret_cast<BS&>(v));
+#endif
+  }
+  HAVOC_INLINE static WeightBytes weights(const uint8_t* p) {
+    BU lo, hi;
+    std::memcpy(&lo, p, sizeof lo);
+    std::memcpy(&hi, p + 16, sizeof hi);
+    return {widen(lo), widen(hi)};
+  }
+  HAVOC_INLINE static ActBytes acts(const int16_t* p) {
+    ActBytes v;
+    std::memcpy(&v.lo, p, sizeof v.lo);
+    std::memcpy(&v.hi, p + 16, sizeof v.hi);
+    return v;
+  }
+  HAVOC_INLINE static V<8>::i dot(V<8>::i acc, const WeightBytes& w, const ActBytes& x) {
+    return acc + __builtin_ia32_pmaddwd256(w.lo, x.lo) + __builtin_ia32_pmaddwd256(w.hi, x.hi);
+  }
+};
+#endif
+
+#ifdef HAVOC_DOT_VARIANTS
 
 typedef short v32hi __attribute__((vector_size(64)));
 
 template <int W>
-HAVOC_INLINE typename V<W>::i dpbusd(typename V<W>::i acc, typename V<W>::i u8, typename V<W>::i s8) {
-  if constexpr (W == 16)
-    return __builtin_ia32_vpdpbusd_v16si(acc, u8, s8);
-  else
-    return __builtin_ia32_vpdpbusd_v8si(acc, u8, s8);  // VEX-encoded (AVX-VNNI) in an avxvnni function
-}
+struct VnniDot {
+  using I = typename V<W>::i;
+  using WeightBytes = I;
+  using ActBytes = I;
+  using Act = int8_t;
+  static constexpr int kBytes = 4 * W;
+  // Registers: NR x MR int32 sums + NR x MR fp32 accumulators + NR weight vectors + one activation vector:
+  // 4 x 3 on AVX-512's 32, 2 x 2 on AVX2's 16.
+  static constexpr int kNR = W >= 16 ? 4 : 2, kMR = W >= 16 ? 3 : 2;
+  HAVOC_INLINE static const int8_t* act_rows(const GemmArgs& a) { return a.xq; }
+  HAVOC_INLINE static I weights(const uint8_t* p) {
+    I v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  HAVOC_INLINE static I acts(const int8_t* p) {
+    I v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  HAVOC_INLINE static I dot(I acc, I u8, I s8) {
+    if constexpr (W == 16)
+      return __builtin_ia32_vpdpbusd_v16si(acc, u8, s8);
+    else
+      return __builtin_ia32_vpdpbusd_v8si(acc, u8, s8);  // VEX-encoded (AVX-VNNI) in an avxvnni function
+  }
+};
+
+#endif  // HAVOC_DOT_VARIANTS
+
+#ifdef HAVOC_X86_DISPATCH
 
 // dot[r][i] += the products of inputs [k0, k1) (one group) of weight row r and activation row i, lane by lane.
-template <int W, int NR, int MR>
-HAVOC_INLINE void group_dots(typename V<W>::i (&dot)[NR][MR], const uint8_t* w, int64_t ld, const int8_t* xq,
+template <class Dot, int W, int NR, int MR>
+HAVOC_INLINE void group_dots(typename V<W>::i (&dot)[NR][MR], const uint8_t* w, int64_t ld, const typename Dot::Act* xq,
                              int64_t ldxq, int64_t k0, int64_t k1) {
-  using I = typename V<W>::i;
-  for (int64_t k = k0; k < k1; k += 4 * W) {
+  for (int64_t k = k0; k < k1; k += Dot::kBytes) {
     if (k % 64 == 0)
 #pragma GCC unroll 8
       for (int r = 0; r < NR; ++r) __builtin_prefetch(w + r * ld + k + kPrefetchBytes, 0, 3);
-    I wv[NR];
+    typename Dot::WeightBytes wv[NR];
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) std::memcpy(&wv[r], w + r * ld + k, sizeof(I));
+    for (int r = 0; r < NR; ++r) wv[r] = Dot::weights(w + r * ld + k);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      I xv;
-      std::memcpy(&xv, xq + i * ldxq + k, sizeof xv);
+      const typename Dot::ActBytes xv = Dot::acts(xq + i * ldxq + k);
 #pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) dot[r][i] = dpbusd<W>(dot[r][i], wv[r], xv);
+      for (int r = 0; r < NR; ++r) dot[r][i] = Dot::dot(dot[r][i], wv[r], xv);
     }
   }
 }
 
-template <int W, int NR, int MR>
+template <class Dot, int W, int NR, int MR>
 HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
   using F = typename V<W>::f;
   using I = typename V<W>::i;
   const int64_t ld = a.w.ld(), G = a.w.group, ng = a.w.groups();
   const uint8_t* w = static_cast<const uint8_t*>(a.w.data) + n * ld;
-  const int8_t* xq = a.xq + m * a.ldxq;
+  const typename Dot::Act* xq = Dot::act_rows(a) + m * a.ldxq;
   F acc[NR][MR];
   float tail[NR][MR];
   zero_tile<W, NR, MR>(acc, tail);
@@ -372,7 +448,7 @@ HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
 #pragma GCC unroll 8
       for (int r = 0; r < NR; ++r) dot[r][i] = init;
     }
-    group_dots<W, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
+    group_dots<Dot, W, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const float sx = a.xs[(m + i) * a.ldxs + g];
@@ -384,15 +460,16 @@ HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
   store_tile<W, NR, MR>(a, n, m, acc, tail);
 }
 
-// Registers: NR x MR int32 sums + NR x MR fp32 accumulators + NR weight vectors + one activation vector:
-// 4 x 3 on AVX-512's 32, 2 x 2 on AVX2's 16.
-template <int W>
+template <class Dot, int W>
 HAVOC_INLINE void gemm_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  constexpr int NR = W >= 16 ? 4 : 2, MR = W >= 16 ? 3 : 2;
-  for_tiles<NR, MR>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
-    tile_int8_dot<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
+  for_tiles<Dot::kNR, Dot::kMR>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+    tile_int8_dot<Dot, W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
 }
+
+#endif  // HAVOC_X86_DISPATCH
+
+#ifdef HAVOC_DOT_VARIANTS
 
 // Lane sums of four 16-lane integer vectors: {sum a, sum b, sum c, sum d}.
 HAVOC_INLINE V<4>::i reduce4(V<16>::i a, V<16>::i b, V<16>::i c, V<16>::i d) {
@@ -431,7 +508,7 @@ HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
     for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) dot[r][i] = I{};
-    group_dots<16, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
+    group_dots<VnniDot<16>, 16, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const int32_t corr = a.xc[(m + i) * a.ldxs + g];
@@ -721,6 +798,7 @@ struct Workspace {
   std::vector<float> f0, f1;
   std::vector<uint16_t> h;
   std::vector<int8_t> q;
+  std::vector<int16_t> w;
   std::vector<float> s, st;
   std::vector<int32_t> c, ct;
   std::vector<uint8_t> t;
@@ -887,6 +965,10 @@ HAVOC_INLINE void swiglu_impl(const float* gu, float* out, int64_t M, int64_t Fh
   }
 }
 
+// Variant::int8_dot: how the int8 x int8 kernel reads the quantized activations.
+constexpr int kInt8Bytes = 1;  // bytes (vpdpbusd)
+constexpr int kInt8Words = 2;  // widened to 16-bit words once per product (vpmaddwd)
+
 struct Variant;
 using RowsFn = void (*)(const GemmArgs&, int64_t, int64_t);
 using NormFn = void (*)(const float*, const float*, float*, int64_t, int64_t, float);
@@ -899,7 +981,8 @@ struct Variant {
   const char* name;
   int width;       // fp32 lanes of its vectors
   bool bf16_dot;   // bf16 weights meet bf16 activations (xb) instead of widened pairs (xp)
-  bool int8_dot;   // int8 weights meet int8 activations (xq) instead of widened fp32 ones (xd)
+  int int8_dot;    // int8 weights meet int8 activations: kInt8Bytes (xq) or kInt8Words (xq and xw); 0: widened
+                   // fp32 ones (xd)
   bool amx;        // B tiles of x (xt) from kAmxMinRows rows
   RowsFn rows[4];  // by WeightDType
   NormFn rms_norm;
@@ -983,6 +1066,11 @@ HAVOC_INLINE void prepare_impl(const Variant& v, GemmArgs& a, const float* x, in
         quantize_rows_impl<W>(x, M, ldx, K, G, ld, q, s, c);
         if (v.int8_dot) {
           a.xq = q, a.ldxq = ld, a.xs = s, a.xc = c, a.ldxs = ng;
+          if (v.int8_dot == kInt8Words) {
+            int16_t* xw = grow(ws.w, M * ld);
+            for (int64_t j = 0; j < M * ld; ++j) xw[j] = q[j];
+            a.xw = xw;
+          }
           if (v.amx && M >= kAmxMinRows) {
             const int64_t steps = ld / 64, Mp = (M + 15) / 16 * 16;
             uint32_t* xt = reinterpret_cast<uint32_t*>(grow(ws.t, Mp / 16 * steps * 1024));
@@ -1041,19 +1129,22 @@ HAVOC_WIDEN_KERNELS(scalar, 4, )
 #ifdef HAVOC_X86_DISPATCH
 HAVOC_WIDEN_KERNELS(avx2, 8, HAVOC_TARGET_AVX2)
 HAVOC_WIDEN_KERNELS(avx512, 16, HAVOC_TARGET_AVX512)
+HAVOC_TARGET_AVX2 void avx2_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  gemm_rows_int8_dot<MaddDot, 8>(a, n0, n1);
+}
 #endif
 #ifdef HAVOC_DOT_VARIANTS
 HAVOC_WIDEN_KERNELS(avx_vnni, 8, HAVOC_TARGET_AVX_VNNI)
 HAVOC_WIDEN_KERNELS(avx512_vnni, 16, HAVOC_TARGET_AVX512_VNNI)
 HAVOC_WIDEN_KERNELS(avx512_bf16, 16, HAVOC_TARGET_AVX512_BF16)
 HAVOC_TARGET_AVX_VNNI void avx_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<8>(a, n0, n1);
+  gemm_rows_int8_dot<VnniDot<8>, 8>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_VNNI void avx512_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<16>(a, n0, n1);
+  gemm_rows_int8_dot<VnniDot<16>, 16>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<16>(a, n0, n1);
+  gemm_rows_int8_dot<VnniDot<16>, 16>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_bf16_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
   gemm_rows_bf16_dot(a, n0, n1);
@@ -1079,19 +1170,19 @@ HAVOC_TARGET_AMX void amx_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) {
 const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = [] {
     std::vector<Variant> out;
-    out.push_back(HAVOC_VARIANT(scalar, 4, false, false, false, scalar_rows_bf16, scalar_rows_int8, "scalar"));
+    out.push_back(HAVOC_VARIANT(scalar, 4, false, 0, false, scalar_rows_bf16, scalar_rows_int8, "scalar"));
 #ifdef HAVOC_X86_DISPATCH
-    out.push_back(HAVOC_VARIANT(avx2, 8, false, false, false, avx2_rows_bf16, avx2_rows_int8, "avx2"));
+    out.push_back(HAVOC_VARIANT(avx2, 8, false, kInt8Words, false, avx2_rows_bf16, avx2_rows_int8_dot, "avx2"));
 #ifdef HAVOC_DOT_VARIANTS
-    out.push_back(HAVOC_VARIANT(avx_vnni, 8, false, true, false, avx_vnni_rows_bf16, avx_vnni_rows_int8_dot, "avx2"));
+    out.push_back(HAVOC_VARIANT(avx_vnni, 8, false, kInt8Bytes, false, avx_vnni_rows_bf16, avx_vnni_rows_int8_dot, "avx2"));
 #endif
-    out.push_back(HAVOC_VARIANT(avx512, 16, false, false, false, avx512_rows_bf16, avx512_rows_int8, "avx512"));
+    out.push_back(HAVOC_VARIANT(avx512, 16, false, 0, false, avx512_rows_bf16, avx512_rows_int8, "avx512"));
 #ifdef HAVOC_DOT_VARIANTS
-    out.push_back(HAVOC_VARIANT(avx512_vnni, 16, false, true, false, avx512_vnni_rows_bf16, avx512_vnni_rows_int8_dot,
+    out.push_back(HAVOC_VARIANT(avx512_vnni, 16, false, kInt8Bytes, false, avx512_vnni_rows_bf16, avx512_vnni_rows_int8_dot,
                                 "avx512"));
-    out.push_back(HAVOC_VARIANT(avx512_bf16, 16, true, true, false, avx512_bf16_rows_bf16_dot,
+    out.push_back(HAVOC_VARIANT(avx512_bf16, 16, true, kInt8Bytes, false, avx512_bf16_rows_bf16_dot,
                                 avx512_bf16_rows_int8_dot, "avx512"));
-    Variant amx = HAVOC_VARIANT(avx512_bf16, 16, true, true, true, amx_rows_bf16, amx_rows_int8, "avx512");
+    Variant amx = HAVOC_VARIANT(avx512_bf16, 16, true, kInt8Bytes, true, amx_rows_bf16, amx_rows_int8, "avx512");
     amx.name = "amx";
     out.push_back(amx);
 #endif
@@ -1298,7 +1389,9 @@ std::string linear_kernel(const std::string& variant, WeightDType dtype) {
       return "bf16 widened to fp32 by shifts, FMAs, " + lanes;
     case WeightDType::kInt8:
       if (v.amx) return tiles + "vpdpbusd below (same sums); activations quantized per row and group";
-      if (v.int8_dot) return "vpdpbusd, " + lanes + "; activations quantized per row and group";
+      if (v.int8_dot)
+        return std::string(v.int8_dot == kInt8Words ? "vpmaddwd on bytes widened to 16 bits" : "vpdpbusd") +
+               ", " + lanes + "; activations quantized per row and group";
       return "int8 widened to fp32 times the activations' int8 round trip, " + lanes;
     case WeightDType::kInt8WeightOnly:
       return "int8 widened to fp32, FMAs, " + lanes;

@@ -54,7 +54,8 @@ struct WeightView {
 // Kernel variants, narrowest first. Each is compiled into the module on x86-64 (the baseline everywhere)
 // and runs where the CPU has its instructions:
 //   scalar       the compiler's baseline target (SSE2 on x86-64), 4 fp32 lanes;
-//   avx2         AVX2 + FMA, 8 lanes; bf16 widened to fp32 by shifts, int8 by shifts and a convert;
+//   avx2         AVX2 + FMA, 8 lanes; bf16 widened to fp32 by shifts; int8 x int8 by vpmaddwd on bytes
+//                widened to 16 bits (int8_weight_only: widened to fp32 by shifts and a convert);
 //   avx_vnni     avx2 plus AVX-VNNI's vpdpbusd (ymm) for int8 x int8;
 //   avx512       AVX-512 F/BW/VL/DQ, 16 lanes, widening like avx2;
 //   avx512_vnni  avx512 plus vpdpbusd (zmm) for int8 x int8;
