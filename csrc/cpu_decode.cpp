@@ -316,22 +316,25 @@ HAVOC_INLINE void gemm_rows_int8_widen(const GemmArgs& a, int64_t n0, int64_t n1
 }
 
 // --- int8 x int8: integer dot products of a group ----------------------------------------------------
-// The weights' bytes (q + 128, unsigned) times the activations' signed bytes, summed exactly into 32-bit
-// lanes; the 128 * sum(q_x) this adds per group starts in lane 0 of the group's accumulator (GemmArgs::xc).
-// Each group's integer sums are then converted and scaled by weight and activation scale. Which inputs a
-// lane sums differs between the instructions (the group's total does not):
-//   VnniDot (AVX-VNNI, AVX512-VNNI): vpdpbusd adds to each lane the four products of its bytes;
-//   MaddDot (AVX2, no VNNI): both sides widened to 16 bits (zero- and sign-extended: exact), vpmaddwd
-//     multiplies and adds adjacent pairs into 32-bit lanes (|sum| <= 2 * 255 * 127), two per 32 bytes. Where
+// Per group, the products of weight and activation bytes summed exactly into 32-bit lanes, two ways:
+//   MaddDot (AVX2, no VNNI): both sides widened to signed 16-bit words (the weights' stored q + 128 back to
+//     q, sign-extended; exact), vpmaddwd multiplies and adds adjacent pairs into 32-bit lanes, two per 32
+//     bytes. Each lane holds a true partial sum, so the lanes are converted, scaled by weight and activation
+//     scale and accumulated in fp32 lane by lane (tile_int8_dot), like the widening kernels' lanes. Where
 //     llama.cpp's AVX2 Q8_0 path takes vpsignb + vpmaddubsw + vpmaddwd per pair of blocks, here a weight
 //     vector is widened once for a tile's activation rows and the activations once per product (prepare).
+//   VnniDot (AVX-VNNI, AVX512-VNNI, and AMX's vector kernel): vpdpbusd adds to each lane the four products
+//     of its unsigned weight bytes (q + 128) and signed activation bytes. The 128 * sum(q_x) this adds is
+//     spread over the lanes and taken back once per group (GemmArgs::xc), so a lane alone is no partial sum
+//     (an activation of 127 puts 16256 into its lane, the correction up to 128 * 127 * 64 into lane 0): the
+//     lanes are added as integers, exactly, and only the group's total is converted and scaled
+//     (tile_int8_dot_exact), instead of rounding lanes that cancel each other.
 
 #ifdef HAVOC_X86_DISPATCH
 struct MaddDot {
   typedef short H __attribute__((vector_size(32)));
-  typedef uint8_t BU __attribute__((vector_size(16)));
   typedef char BS __attribute__((vector_size(16)));  // GCC's v16qi: plain char
-  struct WeightBytes {  // 32 weight bytes zero-extended
+  struct WeightBytes {  // 32 weights q, as signed words
     H lo, hi;
   };
   struct ActBytes {  // 32 activations widened once per product (prepare)
@@ -344,20 +347,21 @@ struct MaddDot {
   // 3 x 4 60 GMAC/s (4 x 2 40, 4 x 4 47: spills in the group loop).
   static constexpr int kNR = 3, kMR = 4;
   HAVOC_INLINE static const int16_t* act_rows(const GemmArgs& a) { return a.xw; }
-  // 16 bytes to 16 words in one vpmovzxbw: GCC 12 compiles __builtin_convertvector of these
-  // into two 8-byte widens, a shift and an insert (4 instructions where 1 does), so there the builtins.
-  HAVOC_INLINE static H widen(BU v) {
+  // 16 bytes to 16 words in one vpmovsxbw: GCC 12 compiles __builtin_convertvector of these
+  // into two 8-byte widens, a shift and an insert (4 instructions where 1 does), so there the builtin.
+  HAVOC_INLINE static H widen(BS v) {
 #ifdef __clang__
     return __builtin_convertvector(v, H);
 #else
-    return __builtin_ia32_pmovzxbw256(reinterpret_cast<BS&>(v));
+    return __builtin_ia32_pmovsxbw256(v);
 #endif
   }
   HAVOC_INLINE static WeightBytes weights(const uint8_t* p) {
-    BU lo, hi;
+    BS lo, hi;
     std::memcpy(&lo, p, sizeof lo);
     std::memcpy(&hi, p + 16, sizeof hi);
-    return {widen(lo), widen(hi)};
+    const BS offset = BS{} + static_cast<char>(0x80);  // the stored q + 128 back to q
+    return {widen(lo ^ offset), widen(hi ^ offset)};
   }
   HAVOC_INLINE static ActBytes acts(const int16_t* p) {
     ActBytes v;
@@ -382,10 +386,9 @@ struct VnniDot {
   using ActBytes = I;
   using Act = int8_t;
   static constexpr int kBytes = 4 * W;
-  // Registers: NR x MR int32 sums + NR x MR fp32 accumulators + NR weight vectors + one activation vector:
-  // 4 x 3 on AVX-512's 32, 2 x 2 on AVX2's 16.
+  // Registers: NR x MR int32 sums + NR weight vectors + one activation vector: 4 x 3 on AVX-512's 32, 2 x 2
+  // on AVX2's 16.
   static constexpr int kNR = W >= 16 ? 4 : 2, kMR = W >= 16 ? 3 : 2;
-  HAVOC_INLINE static const int8_t* act_rows(const GemmArgs& a) { return a.xq; }
   HAVOC_INLINE static I weights(const uint8_t* p) {
     I v;
     std::memcpy(&v, p, sizeof v);
@@ -442,12 +445,9 @@ HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
     const int64_t k0 = g * G, k1 = std::min(ld, k0 + G);
     I dot[NR][MR];
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      I init{};
-      init[0] = a.xc[(m + i) * a.ldxs + g];
+    for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
-      for (int r = 0; r < NR; ++r) dot[r][i] = init;
-    }
+      for (int i = 0; i < MR; ++i) dot[r][i] = I{};
     group_dots<Dot, W, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
@@ -490,13 +490,14 @@ HAVOC_INLINE V<4>::i reduce4(V<16>::i a, V<16>::i b, V<16>::i c, V<16>::i d) {
   return lo + hi;
 }
 
-// The amx variant's vpdpbusd tile (weight rows past the last 16, and products of fewer than kAmxMinRows
-// activation rows): each group's exact integer sum, then acc = fma(float(sum), w_scale * x_scale, acc) per
-// output in group order — the arithmetic of the AMX epilogue, so that an output is the same bits whichever
-// of the two computes it (batch invariance: a row's result never depends on how many rows share the call).
-template <int NR, int MR>
+// The vpdpbusd tile of the VNNI variants (and of the amx variant for weight rows past the last 16 and
+// products of fewer than kAmxMinRows activation rows): each group's exact integer sum, then
+// acc = fma(float(sum), w_scale * x_scale, acc) per output in group order — the arithmetic of the AMX
+// epilogue, so that an output is the same bits whichever of the two computes it (batch invariance: a row's
+// result never depends on how many rows share the call).
+template <int W, int NR, int MR>
 HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
-  using I = V<16>::i;
+  using I = typename V<W>::i;
   const int64_t ld = a.w.ld(), G = a.w.group, ng = a.w.groups();
   const uint8_t* w = static_cast<const uint8_t*>(a.w.data) + n * ld;
   const int8_t* xq = a.xq + m * a.ldxq;
@@ -508,12 +509,12 @@ HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
     for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) dot[r][i] = I{};
-    group_dots<VnniDot<16>, 16, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
+    group_dots<VnniDot<W>, W, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const int32_t corr = a.xc[(m + i) * a.ldxs + g];
       const float sx = a.xs[(m + i) * a.ldxs + g];
-      if constexpr (NR == 4) {  // the four rows' sums at once (integer adds: any order is exact)
+      if constexpr (W == 16 && NR == 4) {  // the four rows' sums at once (integer adds: any order is exact)
         using F4 = V<4>::f;
         const V<4>::i sum = reduce4(dot[0][i], dot[1][i], dot[2][i], dot[3][i]) + corr;
         F4 acc4, sw;
@@ -526,7 +527,7 @@ HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
 #pragma GCC unroll 8
         for (int r = 0; r < NR; ++r) {
           int32_t sum = corr;
-          for (int l = 0; l < 16; ++l) sum += dot[r][i][l];
+          for (int l = 0; l < W; ++l) sum += dot[r][i][l];
           acc[r][i] = std::fma(static_cast<float>(sum), a.w.scales[(n + r) * ng + g] * sx, acc[r][i]);
         }
       }
@@ -541,9 +542,10 @@ HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
     }
 }
 
+template <int W>
 HAVOC_INLINE void gemm_rows_int8_dot_exact(const GemmArgs& a, int64_t n0, int64_t n1) {
-  for_tiles<4, 3>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
-    tile_int8_dot_exact<decltype(nr)::value, decltype(mr)::value>(a, n, m);
+  for_tiles<VnniDot<W>::kNR, VnniDot<W>::kMR>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+    tile_int8_dot_exact<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
 }
 
@@ -784,7 +786,7 @@ HAVOC_INLINE void amx_rows_int8_impl(const GemmArgs& a, int64_t n0, int64_t n1) 
     n += two ? 32 : 16;
   }
   amx_end();
-  if (n < n1) gemm_rows_int8_dot_exact(a, n, n1);
+  if (n < n1) gemm_rows_int8_dot_exact<16>(a, n, n1);
 }
 
 #endif  // HAVOC_DOT_VARIANTS
@@ -851,9 +853,20 @@ HAVOC_INLINE void round_bf16_rows(const float* x, int64_t M, int64_t ldx, int64_
   }
 }
 
+// The value as it is, through a register the compiler cannot see into: a product passed through this is
+// rounded to fp32 on its own, never fused with the addition that follows into one FMA (GCC contracts
+// a * b + c by default wherever the target has FMA).
+template <class T>
+HAVOC_INLINE T rounded(T v) {
+  asm("" : "+x"(v));
+  return v;
+}
+
 // The int8 format's activation quantization (cpu_decode.h), per row and group of `group` inputs (a
 // multiple of 64, so whole vectors but for the last group of a row). Rounding to nearest even by adding and
-// subtracting 1.5 * 2^23 (|x * inv| <= 127.5 here), which is what nearbyint does in the default mode.
+// subtracting 1.5 * 2^23 (|x * inv| <= 127.5 here), which is what nearbyint does in the default mode — of
+// x * inv rounded to fp32 first, as the formula says: fused into an FMA, the exact product of an x whose
+// fp32 product is a tie (27.5) but whose exact one is not (27.4999…) rounded the other way (27, not 28).
 template <int W>
 HAVOC_INLINE void quantize_rows_impl(const float* x, int64_t M, int64_t ldx, int64_t cols, int64_t group,
                                      int64_t ldq, int8_t* q, float* scales, int32_t* corr) {
@@ -879,7 +892,7 @@ HAVOC_INLINE void quantize_rows_impl(const float* x, int64_t M, int64_t ldx, int
       I vsum{};
       k = k0;
       for (; k + W <= k1; k += W) {
-        F r = (loadv<W>(xm + k) * inv + 12582912.0f) - 12582912.0f;
+        F r = (rounded(loadv<W>(xm + k) * inv) + 12582912.0f) - 12582912.0f;
         r = r > 127.0f ? splat<W>(127.0f) : r;
         r = r < -127.0f ? splat<W>(-127.0f) : r;
         const I qi = __builtin_convertvector(r, I);
@@ -891,7 +904,7 @@ HAVOC_INLINE void quantize_rows_impl(const float* x, int64_t M, int64_t ldx, int
       int32_t sum = 0;
       for (int l = 0; l < W; ++l) sum += vsum[l];
       for (; k < k1; ++k) {
-        const float r = std::min(127.0f, std::max(-127.0f, (xm[k] * inv + 12582912.0f) - 12582912.0f));
+        const float r = std::min(127.0f, std::max(-127.0f, (rounded(xm[k] * inv) + 12582912.0f) - 12582912.0f));
         qm[k] = static_cast<int8_t>(r);
         sum += qm[k];
       }
@@ -1138,13 +1151,13 @@ HAVOC_WIDEN_KERNELS(avx_vnni, 8, HAVOC_TARGET_AVX_VNNI)
 HAVOC_WIDEN_KERNELS(avx512_vnni, 16, HAVOC_TARGET_AVX512_VNNI)
 HAVOC_WIDEN_KERNELS(avx512_bf16, 16, HAVOC_TARGET_AVX512_BF16)
 HAVOC_TARGET_AVX_VNNI void avx_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<VnniDot<8>, 8>(a, n0, n1);
+  gemm_rows_int8_dot_exact<8>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_VNNI void avx512_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<VnniDot<16>, 16>(a, n0, n1);
+  gemm_rows_int8_dot_exact<16>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<VnniDot<16>, 16>(a, n0, n1);
+  gemm_rows_int8_dot_exact<16>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_bf16_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
   gemm_rows_bf16_dot(a, n0, n1);
@@ -1154,7 +1167,7 @@ HAVOC_TARGET_AMX void amx_rows_bf16(const GemmArgs& a, int64_t n0, int64_t n1) {
   amx_rows_bf16_impl(a, n0, n1);
 }
 HAVOC_TARGET_AMX void amx_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) {
-  if (a.xt == nullptr) return gemm_rows_int8_dot_exact(a, n0, n1);
+  if (a.xt == nullptr) return gemm_rows_int8_dot_exact<16>(a, n0, n1);
   amx_rows_int8_impl(a, n0, n1);
 }
 #endif

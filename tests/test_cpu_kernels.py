@@ -69,6 +69,19 @@ def test_linear_matches_the_formula_of_its_format(isa, fmt, M, K, N):
 
 
 @pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("M", [1, 5])
+def test_int8_activations_round_the_rounded_product_on_every_variant(isa, M):
+    """Every variant quantizes activations by the formula: x * (1 / scale) rounded to fp32, then half to
+    even. Rows of such ties (_fp32_product_ties) rounded the other way by a fused multiply-add would be a
+    step off in most of their inputs."""
+    K = 576
+    w, oracle = _weight("int8", 40, K, seed=M)
+    x = torch.stack([torch.cat([_fp32_product_ties(64, seed=9 * m + j) for j in range(K // 64)]) for m in range(M)])
+    got = cpu.linear(x, w, isa=variant(isa))
+    assert _rel(got.double(), oracle(x)) < 1e-5
+
+
+@pytest.mark.parametrize("isa", VARIANTS)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_accumulate_adds_to_out_and_strided_rows_work(isa, fmt):
     w, oracle = _weight(fmt, 37, 70)
@@ -151,12 +164,35 @@ def test_variants_name_what_they_lack():
     assert list(status) == VARIANTS and status[cpu.isas()[-1]].startswith("runs")
 
 
+def _fp32_product_ties(n: int, seed: int = 0) -> torch.Tensor:
+    """n activations of one group of 64: the first (1.7) sets the scale s; every other x has an fp32 product
+    x * (1 / s) of exactly k + 0.5 while its exact product is not k + 0.5. Rounded as the formula says (the
+    product to fp32, then half to even) it goes one way; fused into one FMA with the rounding's addition,
+    the other (SmolLM2's activations have such values: 27.5 became 27 on the FMA variants)."""
+    rng = np.random.default_rng(seed)
+    amax = np.float32(1.7)
+    inv = np.float32(1.0) / (amax / np.float32(127.0))
+    out = [amax]
+    while len(out) < n:
+        k = int(rng.integers(-126, 126))
+        c = np.float32((k + 0.5) / float(inv))
+        for _ in range(8):
+            c = np.nextafter(c, np.float32(-np.inf))
+        for _ in range(16):
+            if np.float32(c * inv) == k + 0.5 and float(c) * float(inv) != k + 0.5:
+                out.append(c)
+                break
+            c = np.nextafter(c, np.float32(np.inf))
+    return torch.from_numpy(np.array(out, np.float32))
+
+
 @pytest.mark.parametrize("K", [1, 63, 64, 100, 576, 11008])
 def test_activation_quantization_is_the_reference_bit_for_bit(K):
     g = torch.Generator().manual_seed(K)
     x = torch.randn(7, K, generator=g) * torch.logspace(-3, 3, 7)[:, None]
     x[1] = 0.0  # all-zero groups: scale 0, q 0
     x[2, : min(K, 64)] = torch.tensor([0.5, -0.5, 1.5, 2.5, 127.0] * 13)[: min(K, 64)]  # ties at .5 of a step
+    x[3, : min(K, 64)] = _fp32_product_ties(min(K, 64), seed=K)  # ties of the rounded product only
     q, s, c = _C.quantize_rows_int8(x.numpy(), 64)
     want_q, want_s = reference.quantize_int8(x, 64)
     assert q.shape == (7, -(-K // 64) * 64) and (q[:, K:] == 0).all()
