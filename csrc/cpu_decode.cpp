@@ -323,12 +323,11 @@ HAVOC_INLINE void gemm_rows_int8_widen(const GemmArgs& a, int64_t n0, int64_t n1
 //     scale and accumulated in fp32 lane by lane (tile_int8_dot), like the widening kernels' lanes. Where
 //     llama.cpp's AVX2 Q8_0 path takes vpsignb + vpmaddubsw + vpmaddwd per pair of blocks, here a weight
 //     vector is widened once for a tile's activation rows and the activations once per product (prepare).
-//   VnniDot (AVX-VNNI, AVX512-VNNI, and AMX's vector kernel): vpdpbusd adds to each lane the four products
-//     of its unsigned weight bytes (q + 128) and signed activation bytes. The 128 * sum(q_x) this adds is
-//     spread over the lanes and taken back once per group (GemmArgs::xc), so a lane alone is no partial sum
-//     (an activation of 127 puts 16256 into its lane, the correction up to 128 * 127 * 64 into lane 0): the
-//     lanes are added as integers, exactly, and only the group's total is converted and scaled
-//     (tile_int8_dot_exact), instead of rounding lanes that cancel each other.
+//   VnniDot (AVX-VNNI, AVX512-VNNI): vpdpbusd adds to each lane the four products of its unsigned weight
+//     bytes (q + 128) and signed activation bytes; the 128 * sum(q_x) this adds per group is taken back by
+//     starting lane 0 of the group's sums at -128 * sum(q_x) (GemmArgs::xc). The lanes are then converted
+//     and accumulated like MaddDot's (tile_int8_dot), each carrying its share of the offset until the final
+//     sum; AMX's vector kernel adds them as integers first (tile_int8_dot_exact).
 
 #ifdef HAVOC_X86_DISPATCH
 struct MaddDot {
@@ -341,6 +340,7 @@ struct MaddDot {
     H lo, hi;
   };
   using Act = int16_t;
+  static constexpr bool kOffset = false;  // signed words: no correction
   static constexpr int kBytes = 32;
   // Registers: 3 x 2 widened weight vectors, 3 x 4 int32 sums, 3 x 4 fp32 accumulators (some spilled: each is
   // touched once per group). SmolLM2's w13 (3072 x 576) at 32 rows on a Zen 3 EPYC: 2 x 2 45, 2 x 4 55,
@@ -385,10 +385,12 @@ struct VnniDot {
   using WeightBytes = I;
   using ActBytes = I;
   using Act = int8_t;
+  static constexpr bool kOffset = true;  // lanes see q + 128: lane 0 starts at the group's correction
   static constexpr int kBytes = 4 * W;
-  // Registers: NR x MR int32 sums + NR weight vectors + one activation vector: 4 x 3 on AVX-512's 32, 2 x 2
-  // on AVX2's 16.
+  // Registers: NR x MR int32 sums + NR x MR fp32 accumulators + NR weight vectors + one activation vector:
+  // 4 x 3 on AVX-512's 32, 2 x 2 on AVX2's 16.
   static constexpr int kNR = W >= 16 ? 4 : 2, kMR = W >= 16 ? 3 : 2;
+  HAVOC_INLINE static const int8_t* act_rows(const GemmArgs& a) { return a.xq; }
   HAVOC_INLINE static I weights(const uint8_t* p) {
     I v;
     std::memcpy(&v, p, sizeof v);
@@ -445,9 +447,12 @@ HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
     const int64_t k0 = g * G, k1 = std::min(ld, k0 + G);
     I dot[NR][MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r)
+    for (int i = 0; i < MR; ++i) {
+      I init{};
+      if constexpr (Dot::kOffset) init[0] = a.xc[(m + i) * a.ldxs + g];
 #pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) dot[r][i] = I{};
+      for (int r = 0; r < NR; ++r) dot[r][i] = init;
+    }
     group_dots<Dot, W, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
@@ -490,14 +495,13 @@ HAVOC_INLINE V<4>::i reduce4(V<16>::i a, V<16>::i b, V<16>::i c, V<16>::i d) {
   return lo + hi;
 }
 
-// The vpdpbusd tile of the VNNI variants (and of the amx variant for weight rows past the last 16 and
-// products of fewer than kAmxMinRows activation rows): each group's exact integer sum, then
-// acc = fma(float(sum), w_scale * x_scale, acc) per output in group order — the arithmetic of the AMX
-// epilogue, so that an output is the same bits whichever of the two computes it (batch invariance: a row's
-// result never depends on how many rows share the call).
-template <int W, int NR, int MR>
+// The amx variant's vpdpbusd tile (weight rows past the last 16, and products of fewer than kAmxMinRows
+// activation rows): each group's exact integer sum, then acc = fma(float(sum), w_scale * x_scale, acc) per
+// output in group order — the arithmetic of the AMX epilogue, so that an output is the same bits whichever
+// of the two computes it (batch invariance: a row's result never depends on how many rows share the call).
+template <int NR, int MR>
 HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
-  using I = typename V<W>::i;
+  using I = V<16>::i;
   const int64_t ld = a.w.ld(), G = a.w.group, ng = a.w.groups();
   const uint8_t* w = static_cast<const uint8_t*>(a.w.data) + n * ld;
   const int8_t* xq = a.xq + m * a.ldxq;
@@ -509,12 +513,12 @@ HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
     for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) dot[r][i] = I{};
-    group_dots<VnniDot<W>, W, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
+    group_dots<VnniDot<16>, 16, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const int32_t corr = a.xc[(m + i) * a.ldxs + g];
       const float sx = a.xs[(m + i) * a.ldxs + g];
-      if constexpr (W == 16 && NR == 4) {  // the four rows' sums at once (integer adds: any order is exact)
+      if constexpr (NR == 4) {  // the four rows' sums at once (integer adds: any order is exact)
         using F4 = V<4>::f;
         const V<4>::i sum = reduce4(dot[0][i], dot[1][i], dot[2][i], dot[3][i]) + corr;
         F4 acc4, sw;
@@ -527,7 +531,7 @@ HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
 #pragma GCC unroll 8
         for (int r = 0; r < NR; ++r) {
           int32_t sum = corr;
-          for (int l = 0; l < W; ++l) sum += dot[r][i][l];
+          for (int l = 0; l < 16; ++l) sum += dot[r][i][l];
           acc[r][i] = std::fma(static_cast<float>(sum), a.w.scales[(n + r) * ng + g] * sx, acc[r][i]);
         }
       }
@@ -542,10 +546,9 @@ HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
     }
 }
 
-template <int W>
 HAVOC_INLINE void gemm_rows_int8_dot_exact(const GemmArgs& a, int64_t n0, int64_t n1) {
-  for_tiles<VnniDot<W>::kNR, VnniDot<W>::kMR>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
-    tile_int8_dot_exact<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
+  for_tiles<4, 3>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+    tile_int8_dot_exact<decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
 }
 
@@ -786,7 +789,7 @@ HAVOC_INLINE void amx_rows_int8_impl(const GemmArgs& a, int64_t n0, int64_t n1) 
     n += two ? 32 : 16;
   }
   amx_end();
-  if (n < n1) gemm_rows_int8_dot_exact<16>(a, n, n1);
+  if (n < n1) gemm_rows_int8_dot_exact(a, n, n1);
 }
 
 #endif  // HAVOC_DOT_VARIANTS
@@ -1151,13 +1154,13 @@ HAVOC_WIDEN_KERNELS(avx_vnni, 8, HAVOC_TARGET_AVX_VNNI)
 HAVOC_WIDEN_KERNELS(avx512_vnni, 16, HAVOC_TARGET_AVX512_VNNI)
 HAVOC_WIDEN_KERNELS(avx512_bf16, 16, HAVOC_TARGET_AVX512_BF16)
 HAVOC_TARGET_AVX_VNNI void avx_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot_exact<8>(a, n0, n1);
+  gemm_rows_int8_dot<VnniDot<8>, 8>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_VNNI void avx512_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot_exact<16>(a, n0, n1);
+  gemm_rows_int8_dot<VnniDot<16>, 16>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot_exact<16>(a, n0, n1);
+  gemm_rows_int8_dot<VnniDot<16>, 16>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_bf16_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
   gemm_rows_bf16_dot(a, n0, n1);
@@ -1167,7 +1170,7 @@ HAVOC_TARGET_AMX void amx_rows_bf16(const GemmArgs& a, int64_t n0, int64_t n1) {
   amx_rows_bf16_impl(a, n0, n1);
 }
 HAVOC_TARGET_AMX void amx_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) {
-  if (a.xt == nullptr) return gemm_rows_int8_dot_exact<16>(a, n0, n1);
+  if (a.xt == nullptr) return gemm_rows_int8_dot_exact(a, n0, n1);
   amx_rows_int8_impl(a, n0, n1);
 }
 #endif
