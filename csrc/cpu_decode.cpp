@@ -312,9 +312,12 @@ constexpr int kTileMR = W == 8 && std::is_same<T, uint16_t>::value ? 4 : kMaxMR<
 
 template <int W, class T>
 HAVOC_INLINE void gemm_rows(const GemmArgs& a, int64_t n0, int64_t n1) {
-  for_tiles<kTileNR<W, T>, kTileMR<W, T>>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+  auto tile_fn = [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile<W, T, decltype(nr)::value, decltype(mr)::value>(a, n, m);
-  });
+  };
+  // one activation row: 4 x 1 tiles fit in registers, and 4 weight streams where batch1_streams() asks
+  if (a.M == 1) return for_tiles<4, kTileMR<W, T>>(a, n0, n1, tile_fn);
+  for_tiles<kTileNR<W, T>, kTileMR<W, T>>(a, n0, n1, tile_fn);
 }
 
 template <int W>
