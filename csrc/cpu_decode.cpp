@@ -320,11 +320,18 @@ HAVOC_INLINE void gemm_rows(const GemmArgs& a, int64_t n0, int64_t n1) {
   for_tiles<kTileNR<W, T>, kTileMR<W, T>>(a, n0, n1, tile_fn);
 }
 
+// AVX2 takes 2 x 4 tiles from two activation rows: 4 x 2 held 20 vectors (4 weight vectors, their raw bytes,
+// 4 scales, 8 sums) for 16 ymm and spilled inside the k loop (44 stack accesses per 32 FMAs in the
+// disassembly); 2 x 4 does not (int8_weight_only, SmolLM2's w13 at 32 rows on a Zen 3 EPYC, alternating:
+// 24-36 -> 38-53 GMAC/s in five pairs of runs).
 template <int W>
 HAVOC_INLINE void gemm_rows_int8_widen(const GemmArgs& a, int64_t n0, int64_t n1) {
-  for_tiles<4, kMaxMR<W>>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+  auto tile_fn = [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile_int8_widen<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
-  });
+  };
+  if constexpr (W == 8)
+    if (a.M > 1) return for_tiles<2, 4>(a, n0, n1, tile_fn);
+  for_tiles<4, kMaxMR<W>>(a, n0, n1, tile_fn);
 }
 
 // --- int8 x int8: integer dot products of a group ----------------------------------------------------
