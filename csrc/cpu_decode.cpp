@@ -301,37 +301,33 @@ HAVOC_INLINE void for_tiles(const GemmArgs& a, int64_t n0, int64_t n1, Tile tile
   for (; n < n1; ++n) for_rows<1, MR>(a, n, tile_fn);
 }
 
-// Tiles of the widening product: NR weight rows x MR activation rows, 4 x kMaxMR. bf16 on AVX2 takes 2 x 4:
-// its even and odd widened weights are two registers a row, and 4 x 2 (8 sums + 8 weights + 2 x vectors of
-// 16 ymm) spilled sums to the stack inside the k loop; 2 x 4 keeps them in registers (SmolLM2's w13 at 32
-// rows on a Zen 3 EPYC, alternating: 36-44 -> 46-51 GMAC/s).
-template <int W, class T>
-constexpr int kTileNR = W == 8 && std::is_same<T, uint16_t>::value ? 2 : 4;
-template <int W, class T>
-constexpr int kTileMR = W == 8 && std::is_same<T, uint16_t>::value ? 4 : kMaxMR<W>;
+// The widening kernels' tiles: 4 weight rows x kMaxMR activation rows, except on AVX2 for kernels whose
+// weight rows take more than one register (kWideRows: bf16's even and odd widened halves; int8's widened
+// vector, raw bytes and scale) from two activation rows: 4 x 2 left those 18-20 live vectors for 16 ymm and
+// GCC 12 spilled inside the k loop (10 stack accesses per 32 FMAs for bf16, 44 for int8, in the
+// disassembly); 2 x 4 spills none. SmolLM2's w13 at 32 rows on a Zen 3 EPYC, alternating: bf16 36-44 ->
+// 46-51 GMAC/s, int8_weight_only 24-36 -> 38-53 (five pairs of runs). One activation row keeps 4 x 1 (it
+// fits, and 4 weight streams where batch1_streams() asks for them).
+template <int W, bool kWideRows, class Tile>
+HAVOC_INLINE void for_widen_tiles(const GemmArgs& a, int64_t n0, int64_t n1, Tile tile_fn) {
+  if constexpr (W == 8 && kWideRows)
+    if (a.M > 1) return for_tiles<2, 4>(a, n0, n1, tile_fn);
+  for_tiles<4, kMaxMR<W>>(a, n0, n1, tile_fn);
+}
 
 template <int W, class T>
 HAVOC_INLINE void gemm_rows(const GemmArgs& a, int64_t n0, int64_t n1) {
-  auto tile_fn = [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
-    tile<W, T, decltype(nr)::value, decltype(mr)::value>(a, n, m);
-  };
-  // one activation row: 4 x 1 tiles fit in registers, and 4 weight streams where batch1_streams() asks
-  if (a.M == 1) return for_tiles<4, kTileMR<W, T>>(a, n0, n1, tile_fn);
-  for_tiles<kTileNR<W, T>, kTileMR<W, T>>(a, n0, n1, tile_fn);
+  for_widen_tiles<W, std::is_same<T, uint16_t>::value>(
+      a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+        tile<W, T, decltype(nr)::value, decltype(mr)::value>(a, n, m);
+      });
 }
 
-// AVX2 takes 2 x 4 tiles from two activation rows: 4 x 2 held 20 vectors (4 weight vectors, their raw bytes,
-// 4 scales, 8 sums) for 16 ymm and spilled inside the k loop (44 stack accesses per 32 FMAs in the
-// disassembly); 2 x 4 does not (int8_weight_only, SmolLM2's w13 at 32 rows on a Zen 3 EPYC, alternating:
-// 24-36 -> 38-53 GMAC/s in five pairs of runs).
 template <int W>
 HAVOC_INLINE void gemm_rows_int8_widen(const GemmArgs& a, int64_t n0, int64_t n1) {
-  auto tile_fn = [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+  for_widen_tiles<W, true>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
     tile_int8_widen<W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
-  };
-  if constexpr (W == 8)
-    if (a.M > 1) return for_tiles<2, 4>(a, n0, n1, tile_fn);
-  for_tiles<4, kMaxMR<W>>(a, n0, n1, tile_fn);
+  });
 }
 
 // --- int8 x int8: integer dot products of a group ----------------------------------------------------
@@ -359,6 +355,7 @@ struct MaddDot {
     H lo, hi;
   };
   using Act = int16_t;
+  static constexpr int kWidth = 8;  // fp32 / int32 lanes of its sums
   static constexpr bool kOffset = false;  // signed words: no correction
   static constexpr int kBytes = 32;
   // Registers: 3 x 2 widened weight vectors, 3 x 4 int32 sums, 3 x 4 fp32 accumulators (some spilled: each is
@@ -388,7 +385,7 @@ struct MaddDot {
     std::memcpy(&v.hi, p + 16, sizeof v.hi);
     return v;
   }
-  HAVOC_INLINE static V<8>::i dot(V<8>::i acc, const WeightBytes& w, const ActBytes& x) {
+  HAVOC_INLINE static V<kWidth>::i dot(V<kWidth>::i acc, const WeightBytes& w, const ActBytes& x) {
     return acc + __builtin_ia32_pmaddwd256(w.lo, x.lo) + __builtin_ia32_pmaddwd256(w.hi, x.hi);
   }
 };
@@ -404,6 +401,7 @@ struct VnniDot {
   using WeightBytes = I;
   using ActBytes = I;
   using Act = int8_t;
+  static constexpr int kWidth = W;
   static constexpr bool kOffset = true;  // lanes see q + 128: lane 0 starts at the group's correction
   static constexpr int kBytes = 4 * W;
   // Registers: NR x MR int32 sums + NR x MR fp32 accumulators + NR weight vectors + one activation vector:
@@ -433,8 +431,8 @@ struct VnniDot {
 #ifdef HAVOC_X86_DISPATCH
 
 // dot[r][i] += the products of inputs [k0, k1) (one group) of weight row r and activation row i, lane by lane.
-template <class Dot, int W, int NR, int MR>
-HAVOC_INLINE void group_dots(typename V<W>::i (&dot)[NR][MR], const uint8_t* w, int64_t ld, const typename Dot::Act* xq,
+template <class Dot, int NR, int MR>
+HAVOC_INLINE void group_dots(typename V<Dot::kWidth>::i (&dot)[NR][MR], const uint8_t* w, int64_t ld, const typename Dot::Act* xq,
                              int64_t ldxq, int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; k += Dot::kBytes) {
     if (k % 64 == 0)
@@ -452,8 +450,9 @@ HAVOC_INLINE void group_dots(typename V<W>::i (&dot)[NR][MR], const uint8_t* w, 
   }
 }
 
-template <class Dot, int W, int NR, int MR>
+template <class Dot, int NR, int MR>
 HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
+  constexpr int W = Dot::kWidth;
   using F = typename V<W>::f;
   using I = typename V<W>::i;
   const int64_t ld = a.w.ld(), G = a.w.group, ng = a.w.groups();
@@ -472,7 +471,7 @@ HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
 #pragma GCC unroll 8
       for (int r = 0; r < NR; ++r) dot[r][i] = init;
     }
-    group_dots<Dot, W, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
+    group_dots<Dot, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const float sx = a.xs[(m + i) * a.ldxs + g];
@@ -484,10 +483,10 @@ HAVOC_INLINE void tile_int8_dot(const GemmArgs& a, int64_t n, int64_t m) {
   store_tile<W, NR, MR>(a, n, m, acc, tail);
 }
 
-template <class Dot, int W>
+template <class Dot>
 HAVOC_INLINE void gemm_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
   for_tiles<Dot::kNR, Dot::kMR>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
-    tile_int8_dot<Dot, W, decltype(nr)::value, decltype(mr)::value>(a, n, m);
+    tile_int8_dot<Dot, decltype(nr)::value, decltype(mr)::value>(a, n, m);
   });
 }
 
@@ -532,7 +531,7 @@ HAVOC_INLINE void tile_int8_dot_exact(const GemmArgs& a, int64_t n, int64_t m) {
     for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) dot[r][i] = I{};
-    group_dots<VnniDot<16>, 16, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
+    group_dots<VnniDot<16>, NR, MR>(dot, w, ld, xq, a.ldxq, k0, k1);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const int32_t corr = a.xc[(m + i) * a.ldxs + g];
@@ -1165,7 +1164,7 @@ HAVOC_WIDEN_KERNELS(scalar, 4, )
 HAVOC_WIDEN_KERNELS(avx2, 8, HAVOC_TARGET_AVX2)
 HAVOC_WIDEN_KERNELS(avx512, 16, HAVOC_TARGET_AVX512)
 HAVOC_TARGET_AVX2 void avx2_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<MaddDot, 8>(a, n0, n1);
+  gemm_rows_int8_dot<MaddDot>(a, n0, n1);
 }
 #endif
 #ifdef HAVOC_DOT_VARIANTS
@@ -1173,13 +1172,13 @@ HAVOC_WIDEN_KERNELS(avx_vnni, 8, HAVOC_TARGET_AVX_VNNI)
 HAVOC_WIDEN_KERNELS(avx512_vnni, 16, HAVOC_TARGET_AVX512_VNNI)
 HAVOC_WIDEN_KERNELS(avx512_bf16, 16, HAVOC_TARGET_AVX512_BF16)
 HAVOC_TARGET_AVX_VNNI void avx_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<VnniDot<8>, 8>(a, n0, n1);
+  gemm_rows_int8_dot<VnniDot<8>>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_VNNI void avx512_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<VnniDot<16>, 16>(a, n0, n1);
+  gemm_rows_int8_dot<VnniDot<16>>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
-  gemm_rows_int8_dot<VnniDot<16>, 16>(a, n0, n1);
+  gemm_rows_int8_dot<VnniDot<16>>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_bf16_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
   gemm_rows_bf16_dot(a, n0, n1);
