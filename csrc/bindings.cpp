@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "attention.h"
 #include "block_manager.h"
 #include "build_info.h"
 #include "cpu_decode.h"
@@ -833,6 +834,132 @@ PYBIND11_MODULE(_C, m) {
       "dtype: 'float32', or 'bfloat16' with the buffers as int16 "
       "bits. num_splits: split-K chunks per sequence (0: automatic). isa: 'auto', 'scalar', 'avx2', "
       "'avx512'. Block ids and lengths are checked first (IndexError). Releases the GIL.");
+  m.def(
+      "attention",
+      [](const py::array& q, const py::array& k, const py::array& v, bool causal, int64_t q_offset,
+         const py::object& key_mask_obj, float scale, const std::string& dtype, const std::string& isa,
+         py::array out) {
+        havoc::AttentionArgs a;
+        a.dtype = kv_dtype(q, dtype);
+        require_same_dtype(q, k, "q", "k");
+        require_same_dtype(q, v, "q", "v");
+        require_same_dtype(q, out, "q", "out");
+        if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4)
+          throw py::value_error("q, k and v must be (batch, heads, tokens, head_dim), got " + shape_str(q) + ", " +
+                                shape_str(k) + " and " + shape_str(v));
+        a.batch = q.shape(0), a.n_heads = q.shape(1), a.q_len = q.shape(2), a.head_dim = q.shape(3);
+        a.kv_heads = k.shape(1), a.kv_len = k.shape(2);
+        for (int i = 0; i < 4; ++i)
+          if (k.shape(i) != v.shape(i)) throw py::value_error("k and v have different shapes: " + shape_str(k) +
+                                                              " and " + shape_str(v));
+        if (k.shape(0) != a.batch || k.shape(3) != a.head_dim)
+          throw py::value_error("k " + shape_str(k) + " does not match q " + shape_str(q) +
+                                " in batch or head_dim");
+        if (out.ndim() != 4 || out.shape(0) != a.batch || out.shape(1) != a.n_heads || out.shape(2) != a.q_len ||
+            out.shape(3) != a.head_dim)
+          throw py::value_error("out must be shaped like q " + shape_str(q) + ", got " + shape_str(out));
+        require_writeable(out, "out");
+        const auto view = [](const py::array& t, const char* what) {
+          if (t.shape(3) > 1 && elem_stride(t, 3, what) != 1)
+            throw py::value_error(std::string(what) + " must be contiguous along head_dim");
+          return havoc::HeadsView{t.data(), elem_stride(t, 0, what), elem_stride(t, 1, what), elem_stride(t, 2, what)};
+        };
+        a.q = view(q, "q"), a.k = view(k, "k"), a.v = view(v, "v");
+        a.out = view(out, "out");
+        a.out.data = out.mutable_data();
+        a.causal = causal;
+        a.q_offset = q_offset;
+        a.scale = scale;
+        std::optional<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>> mask;
+        if (!key_mask_obj.is_none()) {
+          mask = as_array<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>>(key_mask_obj, "key_mask");
+          if (mask->ndim() != 2 || mask->shape(0) != a.batch || mask->shape(1) != a.kv_len)
+            throw py::value_error("key_mask must be (batch, kv_len) = (" + std::to_string(a.batch) + ", " +
+                                  std::to_string(a.kv_len) + "), got " + shape_str(*mask));
+          a.key_mask = mask->data();
+          a.key_mask_stride = a.kv_len;
+        }
+        py::gil_scoped_release nogil;
+        havoc::attention(a, isa);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::kw_only(), py::arg("causal"), py::arg("q_offset"),
+      py::arg("key_mask"), py::arg("scale"), py::arg("dtype"), py::arg("isa") = "auto", py::arg("out"),
+      "Attention of q (batch, n_heads, q_len, head_dim) over k, v (batch, kv_heads, kv_len, head_dim) into out "
+      "(shaped like q; any strides with head_dim contiguous, as q, k and v): GQA with n_heads / kv_heads query "
+      "heads per KV head; causal: query t sees keys j <= q_offset + t; key_mask: None or (batch, kv_len), 0 at "
+      "keys to ignore; a query that sees no key gets zeros. dtype: 'float32', or 'bfloat16' with the buffers "
+      "as int16 bits. isa: 'auto', 'scalar', 'avx2', 'avx512'. Releases the GIL.");
+  m.def(
+      "attention_varlen",
+      [](const py::array& q, const py::array& k, const py::array& v, const py::object& cu_q_obj,
+         const py::object& cu_k_obj, int64_t /*max_seqlen_q*/, int64_t /*max_seqlen_k*/, bool causal, float scale,
+         const std::string& dtype, const std::string& isa, py::array out) {
+        const havoc::KVDType kv = kv_dtype(q, dtype);
+        require_same_dtype(q, k, "q", "k");
+        require_same_dtype(q, v, "q", "v");
+        require_same_dtype(q, out, "q", "out");
+        if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
+          throw py::value_error("q, k and v must be (tokens, heads, head_dim), got " + shape_str(q) + ", " +
+                                shape_str(k) + " and " + shape_str(v));
+        for (int i = 0; i < 3; ++i)
+          if (k.shape(i) != v.shape(i)) throw py::value_error("k and v have different shapes: " + shape_str(k) +
+                                                              " and " + shape_str(v));
+        if (k.shape(2) != q.shape(2)) throw py::value_error("k " + shape_str(k) + " and q " + shape_str(q) +
+                                                            " differ in head_dim");
+        if (out.ndim() != 3 || out.shape(0) != q.shape(0) || out.shape(1) != q.shape(1) || out.shape(2) != q.shape(2))
+          throw py::value_error("out must be shaped like q " + shape_str(q) + ", got " + shape_str(out));
+        require_writeable(out, "out");
+        for (const auto& [t, what] : {std::pair<const py::array*, const char*>{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}})
+          if (t->shape(2) > 1 && elem_stride(*t, 2, what) != 1)
+            throw py::value_error(std::string(what) + " must be contiguous along head_dim");
+        auto cu_q = as_array<IdArray>(cu_q_obj, "cu_seqlens_q");
+        auto cu_k = as_array<IdArray>(cu_k_obj, "cu_seqlens_k");
+        if (cu_q.ndim() != 1 || cu_k.ndim() != 1 || cu_q.shape(0) != cu_k.shape(0) || cu_q.shape(0) < 1)
+          throw py::value_error("cu_seqlens_q and cu_seqlens_k must be (batch + 1,) each, got " + shape_str(cu_q) +
+                                " and " + shape_str(cu_k));
+        const int64_t n = cu_q.shape(0) - 1;
+        const int64_t* bq = cu_q.data();
+        const int64_t* bk = cu_k.data();
+        for (int64_t b = 0; b <= n; ++b) {
+          if (bq[b] < 0 || bq[b] > q.shape(0) || bk[b] < 0 || bk[b] > k.shape(0) ||
+              (b > 0 && (bq[b] < bq[b - 1] || bk[b] < bk[b - 1])))
+            throw py::value_error("cu_seqlens must rise within the tokens: entry " +
+                                  std::to_string(b) + " is (" + std::to_string(bq[b]) + ", " + std::to_string(bk[b]) +
+                                  ") for " + std::to_string(q.shape(0)) + " queries and " +
+                                  std::to_string(k.shape(0)) + " keys");
+        }
+        const int64_t qs0 = elem_stride(q, 0, "q"), qs1 = elem_stride(q, 1, "q");
+        const int64_t ks0 = elem_stride(k, 0, "k"), ks1 = elem_stride(k, 1, "k");
+        const int64_t vs0 = elem_stride(v, 0, "v"), vs1 = elem_stride(v, 1, "v");
+        const int64_t os0 = elem_stride(out, 0, "out"), os1 = elem_stride(out, 1, "out");
+        const size_t item = q.itemsize();
+        const char* qd = static_cast<const char*>(q.data());
+        const char* kd = static_cast<const char*>(k.data());
+        const char* vd = static_cast<const char*>(v.data());
+        char* od = static_cast<char*>(out.mutable_data());
+        havoc::AttentionArgs a;
+        a.dtype = kv;
+        a.batch = 1, a.n_heads = q.shape(1), a.kv_heads = k.shape(1), a.head_dim = q.shape(2);
+        a.causal = causal;
+        a.scale = scale;
+        py::gil_scoped_release nogil;
+        for (int64_t b = 0; b < n; ++b) {  // bottom-right causal alignment: a sequence's queries are its last keys
+          a.q_len = bq[b + 1] - bq[b], a.kv_len = bk[b + 1] - bk[b], a.q_offset = a.kv_len - a.q_len;
+          a.q = {qd + bq[b] * qs0 * item, 0, qs1, qs0};
+          a.k = {kd + bk[b] * ks0 * item, 0, ks1, ks0};
+          a.v = {vd + bk[b] * vs0 * item, 0, vs1, vs0};
+          a.out = {od + bq[b] * os0 * item, 0, os1, os0};
+          havoc::attention(a, isa);
+        }
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"),
+      py::arg("max_seqlen_q"), py::arg("max_seqlen_k"), py::kw_only(), py::arg("causal"), py::arg("scale"),
+      py::arg("dtype"), py::arg("isa") = "auto", py::arg("out"),
+      "attention over a packed batch: sequence b's queries q[cu_seqlens_q[b]:cu_seqlens_q[b+1]] (tokens, "
+      "n_heads, head_dim) over its keys k, v[cu_seqlens_k[b]:cu_seqlens_k[b+1]] (tokens, kv_heads, head_dim), "
+      "causal bottom-right aligned, into out (shaped like q). max_seqlen_q/k are the op's (they size the Triton "
+      "grid) and not needed here. int64 cu_seqlens are checked first (ValueError). "
+      "Releases the GIL.");
   m.def("decode_attention_isas", &havoc::decode_attention_isas,
         "Kernel variants of paged_decode_attention this CPU can run, narrowest first.");
   m.def("decode_attention_splits", &havoc::decode_attention_splits, py::arg("n_seqs"), py::arg("max_length"),

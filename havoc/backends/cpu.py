@@ -362,6 +362,91 @@ def paged_decode_attention(
     return out
 
 
+def _attention_takes(q: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether the C++ kernel computes this call: fp32/bf16 operands of one dtype, outside autograd."""
+    if q.dtype not in DTYPES or any(t.dtype != q.dtype for t in others):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, *others)))
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    q_offset: int | None = None,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    isa: str = "auto",
+) -> torch.Tensor:
+    """Grouped-query attention (C++, csrc/attention.cpp): the reference's contract, fp32 arithmetic.
+
+    FlashAttention's one pass over K and V per (sequence, KV head, block of queries), the G query heads of
+    a KV head together; scores are computed keys x queries with the queries in the vector lanes, so the
+    online softmax needs no horizontal reduction. Calls recorded by autograd, and dtypes other than
+    fp32/bf16, take the reference.
+
+    Args:
+        q: (B, n_heads, T, head_dim); k, v: (B, n_kv_heads, S, head_dim); any strides (head_dim is made
+            contiguous where it is not).
+        causal, q_offset, key_mask, scale: as `reference.attention`.
+        isa: kernel variant, "auto" or one of `_C.decode_attention_isas()` (tests force each).
+
+    Returns:
+        (B, n_heads, T, head_dim) in q's dtype: a view of a (B, T, n_heads, head_dim) buffer, which is the
+        layout the model's output projection reads.
+    """
+    if not _attention_takes(q, k, v):
+        return reference.attention(q, k, v, causal=causal, q_offset=q_offset, key_mask=key_mask, scale=scale)
+    B, H, T, D = q.shape
+    if k.dim() != 4 or k.shape[0] != B or k.shape[3] != D or v.shape != k.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} do not fit q {tuple(q.shape)}")
+    S = k.shape[2]
+    out = torch.empty(B, T, H, D, dtype=q.dtype).transpose(1, 2)
+    mask = None
+    if key_mask is not None:
+        if key_mask.shape != (B, S):
+            raise ValueError(f"key_mask must be (batch, keys) = {(B, S)}, got {tuple(key_mask.shape)}")
+        mask = key_mask.to(torch.bool).contiguous().view(torch.uint8).numpy()
+    _C.attention(
+        numpy_view(_features_contiguous(q)), numpy_view(_features_contiguous(k)), numpy_view(_features_contiguous(v)),
+        causal=causal, q_offset=S - T if q_offset is None else int(q_offset), key_mask=mask,
+        scale=1.0 / math.sqrt(D) if scale is None else float(scale), dtype=DTYPES[q.dtype], isa=isa,
+        out=numpy_view(out),
+    )
+    return out
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int = 0,
+    max_seqlen_k: int = 0,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    isa: str = "auto",
+) -> torch.Tensor:
+    """Attention over a packed batch (C++): `reference.attention_varlen`'s contract, each sequence through
+    the kernel of `attention` with no copy of its rows. Autograd and other dtypes take the reference."""
+    if not _attention_takes(q, k, v):
+        return reference.attention_varlen(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale
+        )
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    _C.attention_varlen(
+        numpy_view(_features_contiguous(q)), numpy_view(_features_contiguous(k)), numpy_view(_features_contiguous(v)),
+        cu_seqlens_q.to(torch.int64).numpy(), cu_seqlens_k.to(torch.int64).numpy(), int(max_seqlen_q),
+        int(max_seqlen_k), causal=causal, scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale),
+        dtype=DTYPES[q.dtype], isa=isa, out=numpy_view(out),
+    )
+    return out
+
+
 backends.register(
     "linear", "cpu", "cpu", linear,
     f"havoc.backends.cpu: C++ decode kernels (variant {isas()[-1]!r}) up to {MAX_ROWS} rows and for int8 "
@@ -377,7 +462,15 @@ backends.register(
     "paged_decode_attention", "cpu", "cpu", paged_decode_attention,
     f"havoc.backends.cpu: C++ decode attention, variant {_C.attention_isa_for('auto')!r} (csrc/paged_attention.cpp)",
 )
-for _op in ("rms_norm", "add_rms_norm", "apply_rope", "swiglu", "attention", "attention_varlen", "linear_cross_entropy"):
+backends.register(
+    "attention", "cpu", "cpu", attention,
+    f"havoc.backends.cpu: C++ flash attention, variant {_C.attention_isa_for('auto')!r} (csrc/attention.cpp)",
+)
+backends.register(
+    "attention_varlen", "cpu", "cpu", attention_varlen,
+    f"havoc.backends.cpu: C++ flash attention per sequence, variant {_C.attention_isa_for('auto')!r} (csrc/attention.cpp)",
+)
+for _op in ("rms_norm", "add_rms_norm", "apply_rope", "swiglu", "linear_cross_entropy"):
     backends.unavailable(
         _op, "cpu",
         "torch's own kernels are the CPU path; the C++ decoder (havoc.cpu_decode) fuses these ops into its decode step",

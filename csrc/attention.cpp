@@ -1,0 +1,305 @@
+#include "attention.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "simd.h"
+
+namespace havoc {
+
+namespace {
+
+using namespace simd;
+
+// Keys per block: the block's K and V rows (fp32, 16 KB each at head_dim 64) stay in L1 while every query
+// row of the unit passes over them.
+constexpr int64_t kKeys = 64;
+constexpr int kKeyTile = 4;  // keys per scores tile
+
+// Query tokens per unit for vectors of W lanes and G query heads per KV head: a multiple of W (each vector
+// of scores holds W tokens of one head) giving the unit at least 4 vectors of rows when G < 4, so the
+// scores tile multiplies each key by several vectors (SmolLM2, G = 3, AVX-512: 16 tokens, 48 rows).
+int64_t unit_tokens(int W, int64_t G) { return W * std::max<int64_t>(1, 4 / G); }
+
+// Per-thread work space of one unit of R = G * TQ query rows, row r = g * TQ + t (head g of the group,
+// token t of the block); Dp = head_dim rounded up to the vector width.
+struct Work {
+  std::vector<float> mem;
+  std::vector<int32_t> lim;  // R: the last key row r may see (-1: none, a padding row)
+  float* qt;     // head_dim x R  the queries, scaled, transposed (a query per lane)
+  float* st;     // kKeys x R     scores of the block, keys x queries, then their exp
+  float* o;      // R x Dp        unnormalized outputs
+  float* kb;     // kKeys x head_dim   the block's K rows in fp32 (rows past the block zero)
+  float* vb;     // kKeys x Dp         its V rows in fp32 (columns past head_dim zero)
+  float* m;      // R  running max score
+  float* l;      // R  running sum of exp(score - m)
+  float* alpha;  // R  this block's rescale of the row's earlier state
+  Work(int64_t R, int64_t D, int64_t Dp)
+      : mem(static_cast<size_t>(D * R + kKeys * R + R * Dp + kKeys * D + kKeys * Dp + 3 * R)),
+        lim(static_cast<size_t>(R)) {
+    float* p = mem.data();
+    qt = p, p += D * R;
+    st = p, p += kKeys * R;
+    o = p, p += R * Dp;
+    kb = p, p += kKeys * D;
+    vb = p, p += kKeys * Dp;
+    m = p, p += R;
+    l = p, p += R;
+    alpha = p;
+  }
+};
+
+// st[j, c W ..] = sum_d kb[j, d] qt[d, c W ..] for keys j .. j + kKeyTile and RC vectors of queries from
+// vector c0: kKeyTile x RC accumulators, one key element broadcast against RC query vectors per step.
+template <int W, int RC>
+HAVOC_INLINE void scores_tile(const float* qt, int64_t R, const float* kb, int64_t D, int64_t j, int64_t c0,
+                              float* st) {
+  using F = typename V<W>::f;
+  F acc[kKeyTile][RC];
+  for (int jj = 0; jj < kKeyTile; ++jj)
+    for (int c = 0; c < RC; ++c) acc[jj][c] = F{};
+  for (int64_t d = 0; d < D; ++d) {
+    F qv[RC];
+    for (int c = 0; c < RC; ++c) qv[c] = loadv<W>(qt + d * R + (c0 + c) * W);
+    for (int jj = 0; jj < kKeyTile; ++jj) {
+      const F kv = splat<W>(kb[(j + jj) * D + d]);
+      for (int c = 0; c < RC; ++c) acc[jj][c] += kv * qv[c];
+    }
+  }
+  for (int jj = 0; jj < kKeyTile; ++jj)
+    for (int c = 0; c < RC; ++c) storev<W>(st + (j + jj) * R + (c0 + c) * W, acc[jj][c]);
+}
+
+template <int W>
+constexpr int kMaxRC = W >= 16 ? 4 : 2;  // 16 (or 8) accumulators + RC query vectors + a broadcast
+
+// The scores of keys [0, nj4) (a multiple of kKeyTile) against all R query rows.
+template <int W>
+HAVOC_INLINE void scores(const float* qt, int64_t R, const float* kb, int64_t D, int64_t nj4, float* st) {
+  const int64_t nc = R / W;
+  for (int64_t c0 = 0; c0 < nc; c0 += kMaxRC<W>) {
+    const int64_t rc = std::min<int64_t>(kMaxRC<W>, nc - c0);
+    for (int64_t j = 0; j < nj4; j += kKeyTile) {
+      switch (rc) {
+        case 1: scores_tile<W, 1>(qt, R, kb, D, j, c0, st); break;
+        case 2: scores_tile<W, 2>(qt, R, kb, D, j, c0, st); break;
+        case 3: if constexpr (kMaxRC<W> >= 3) scores_tile<W, 3>(qt, R, kb, D, j, c0, st); break;
+        case 4: if constexpr (kMaxRC<W> >= 4) scores_tile<W, 4>(qt, R, kb, D, j, c0, st); break;
+        default: break;
+      }
+    }
+  }
+}
+
+// o[r + i, d0 ..] = alpha[r + i] o[r + i, d0 ..] + sum_j st[j, r + i] vb[j, d0 ..] for MR rows and DC
+// vectors of features: the probabilities broadcast, V rows loaded once per MR rows.
+template <int W, int MR, int DC>
+HAVOC_INLINE void pv_tile(float* o, int64_t Dp, const float* st, int64_t R, const float* vb, int64_t nj,
+                          const float* alpha, int64_t r, int64_t d0) {
+  using F = typename V<W>::f;
+  F acc[MR][DC];
+  for (int i = 0; i < MR; ++i) {
+    const F al = splat<W>(alpha[r + i]);
+    for (int c = 0; c < DC; ++c) acc[i][c] = loadv<W>(o + (r + i) * Dp + d0 + c * W) * al;
+  }
+  for (int64_t j = 0; j < nj; ++j) {
+    F vv[DC];
+    for (int c = 0; c < DC; ++c) vv[c] = loadv<W>(vb + j * Dp + d0 + c * W);
+    for (int i = 0; i < MR; ++i) {
+      const F p = splat<W>(st[j * R + r + i]);
+      for (int c = 0; c < DC; ++c) acc[i][c] += p * vv[c];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int c = 0; c < DC; ++c) storev<W>(o + (r + i) * Dp + d0 + c * W, acc[i][c]);
+}
+
+template <int W>
+constexpr int kPvRows = W >= 16 ? 4 : 2;
+
+template <int W>
+HAVOC_INLINE void pv_rows(float* o, int64_t Dp, const float* st, int64_t R, const float* vb, int64_t nj,
+                          const float* alpha) {
+  constexpr int MR = kPvRows<W>;  // R is a multiple of W, so of MR
+  const int64_t nd = Dp / W;
+  for (int64_t r = 0; r < R; r += MR)
+    for (int64_t c0 = 0; c0 < nd; c0 += 4) {
+      switch (std::min<int64_t>(4, nd - c0)) {
+        case 1: pv_tile<W, MR, 1>(o, Dp, st, R, vb, nj, alpha, r, c0 * W); break;
+        case 2: pv_tile<W, MR, 2>(o, Dp, st, R, vb, nj, alpha, r, c0 * W); break;
+        case 3: pv_tile<W, MR, 3>(o, Dp, st, R, vb, nj, alpha, r, c0 * W); break;
+        default: pv_tile<W, MR, 4>(o, Dp, st, R, vb, nj, alpha, r, c0 * W); break;
+      }
+    }
+}
+
+// dst[0 .. D) = src[0 .. D) in fp32.
+template <int W, class T>
+HAVOC_INLINE void row_f32(const T* src, int64_t D, float* dst) {
+  int64_t d = 0;
+  for (; d + W <= D; d += W) storev<W>(dst + d, loadv<W>(src + d));
+  for (; d < D; ++d) dst[d] = load(src + d);
+}
+
+// One unit: queries [t0, t0 + TQ) of the G heads of KV head kvh of sequence b, over every key they see.
+template <int W, class T>
+HAVOC_INLINE void attention_unit(const AttentionArgs& a, int64_t b, int64_t kvh, int64_t t0, Work& s) {
+  using F = typename V<W>::f;
+  using I = typename V<W>::i;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int64_t D = a.head_dim, Dp = (D + W - 1) / W * W, G = a.n_heads / a.kv_heads;
+  const int64_t TQ = unit_tokens(W, G), R = G * TQ, nq = std::min(TQ, a.q_len - t0);
+
+  // Q^T scaled, each row's key limit, the state.
+  const T* qb = static_cast<const T*>(a.q.data) + b * a.q.batch_stride;
+  for (int64_t g = 0; g < G; ++g) {
+    const T* qh = qb + (kvh * G + g) * a.q.head_stride;
+    for (int64_t t = 0; t < TQ; ++t) {
+      const int64_t r = g * TQ + t;
+      if (t < nq) {
+        const T* qr = qh + (t0 + t) * a.q.row_stride;
+        for (int64_t d = 0; d < D; ++d) s.qt[d * R + r] = load(qr + d) * a.scale;
+        const int64_t last = a.causal ? a.q_offset + t0 + t : a.kv_len - 1;
+        s.lim[r] = static_cast<int32_t>(std::clamp<int64_t>(last, -1, a.kv_len - 1));
+      } else {
+        for (int64_t d = 0; d < D; ++d) s.qt[d * R + r] = 0.0f;
+        s.lim[r] = -1;
+      }
+      s.m[r] = kNegInf;
+      s.l[r] = 0.0f;
+    }
+  }
+  std::fill(s.o, s.o + R * Dp, 0.0f);
+
+  // Keys [0, end): the last query of the block sees no further.
+  const int64_t end = a.causal ? std::clamp<int64_t>(a.q_offset + t0 + nq, 0, a.kv_len) : a.kv_len;
+  const T* kh = static_cast<const T*>(a.k.data) + b * a.k.batch_stride + kvh * a.k.head_stride;
+  const T* vh = static_cast<const T*>(a.v.data) + b * a.v.batch_stride + kvh * a.v.head_stride;
+  const uint8_t* km = a.key_mask ? a.key_mask + b * a.key_mask_stride : nullptr;
+  for (int64_t j0 = 0; j0 < end; j0 += kKeys) {
+    const int64_t nj = std::min(kKeys, end - j0), nj4 = (nj + kKeyTile - 1) / kKeyTile * kKeyTile;
+    for (int64_t j = 0; j < nj; ++j) {
+      row_f32<W>(kh + (j0 + j) * a.k.row_stride, D, s.kb + j * D);
+      row_f32<W>(vh + (j0 + j) * a.v.row_stride, D, s.vb + j * Dp);
+      std::fill(s.vb + j * Dp + D, s.vb + (j + 1) * Dp, 0.0f);
+    }
+    std::fill(s.kb + nj * D, s.kb + nj4 * D, 0.0f);
+
+    scores<W>(s.qt, R, s.kb, D, nj4, s.st);
+
+    // Online softmax, W query rows at a time: keys a row may not see score -inf.
+    for (int64_t c = 0; c < R / W; ++c) {
+      I lim;
+      std::memcpy(&lim, s.lim.data() + c * W, sizeof lim);
+      const F m_old = loadv<W>(s.m + c * W);
+      F bmax = splat<W>(kNegInf);
+      for (int64_t j = 0; j < nj; ++j) {
+        float* sp = s.st + j * R + c * W;
+        F x = loadv<W>(sp);
+        x = (I{} + static_cast<int32_t>(j0 + j)) <= lim ? x : splat<W>(kNegInf);
+        if (km != nullptr && km[j0 + j] == 0) x = splat<W>(kNegInf);
+        storev<W>(sp, x);
+        bmax = bmax > x ? bmax : x;
+      }
+      const F m_new = bmax > m_old ? bmax : m_old;
+      const F m_safe = m_new == kNegInf ? splat<W>(0.0f) : m_new;  // no key yet: every exp is 0
+      const F alpha = exp_neg<W>(m_old - m_safe);
+      F sum = {};
+      for (int64_t j = 0; j < nj; ++j) {
+        float* sp = s.st + j * R + c * W;
+        const F p = exp_neg<W>(loadv<W>(sp) - m_safe);
+        storev<W>(sp, p);
+        sum += p;
+      }
+      storev<W>(s.l + c * W, loadv<W>(s.l + c * W) * alpha + sum);
+      storev<W>(s.m + c * W, m_new);
+      storev<W>(s.alpha + c * W, alpha);
+    }
+
+    pv_rows<W>(s.o, Dp, s.st, R, s.vb, nj, s.alpha);
+  }
+
+  T* ob = static_cast<T*>(const_cast<void*>(a.out.data)) + b * a.out.batch_stride;  // out is written
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t t = 0; t < nq; ++t) {
+      const int64_t r = g * TQ + t;
+      const float inv = s.l[r] > 0.0f ? 1.0f / s.l[r] : 0.0f;  // l >= 1 once a key was seen
+      T* out = ob + (kvh * G + g) * a.out.head_stride + (t0 + t) * a.out.row_stride;
+      for (int64_t d = 0; d < D; ++d) store(out + d, s.o[r * Dp + d] * inv);
+    }
+}
+
+using UnitFn = void (*)(const AttentionArgs&, int64_t, int64_t, int64_t, Work&);
+
+struct Kernel {
+  UnitFn unit;
+  int width;
+};
+
+#define HAVOC_ATTENTION_UNITS(NAME, W, ATTR)                                                     \
+  ATTR void NAME##_f32(const AttentionArgs& a, int64_t b, int64_t kvh, int64_t t0, Work& s) {   \
+    attention_unit<W, float>(a, b, kvh, t0, s);                                                  \
+  }                                                                                              \
+  ATTR void NAME##_bf16(const AttentionArgs& a, int64_t b, int64_t kvh, int64_t t0, Work& s) {  \
+    attention_unit<W, uint16_t>(a, b, kvh, t0, s);                                               \
+  }
+
+HAVOC_ATTENTION_UNITS(attn_scalar, 4, )
+#ifdef HAVOC_X86_DISPATCH
+HAVOC_ATTENTION_UNITS(attn_avx2, 8, HAVOC_TARGET_AVX2)
+HAVOC_ATTENTION_UNITS(attn_avx512, 16, HAVOC_TARGET_AVX512)
+#endif
+#undef HAVOC_ATTENTION_UNITS
+
+Kernel pick(const std::string& isa, KVDType dtype) {
+  const bool bf16 = dtype == KVDType::kBFloat16;
+  const std::string level = resolve_isa(isa);
+#ifdef HAVOC_X86_DISPATCH
+  if (level == "avx2") return {bf16 ? attn_avx2_bf16 : attn_avx2_f32, 8};
+  if (level == "avx512") return {bf16 ? attn_avx512_bf16 : attn_avx512_f32, 16};
+#endif
+  return {bf16 ? attn_scalar_bf16 : attn_scalar_f32, 4};
+}
+
+void validate(const AttentionArgs& a) {
+  if (a.batch < 0 || a.q_len < 0 || a.kv_len < 0) throw std::invalid_argument("negative attention dimensions");
+  if (a.head_dim < 1) throw std::invalid_argument("head_dim must be positive");
+  if (a.kv_heads < 1 || a.n_heads < 1 || a.n_heads % a.kv_heads != 0)
+    throw std::invalid_argument("n_heads (" + std::to_string(a.n_heads) + ") must be a positive multiple of "
+                                "kv_heads (" + std::to_string(a.kv_heads) + ")");
+  if (a.kv_len > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("kv_len " + std::to_string(a.kv_len) + " exceeds 2^31 - 1 keys");
+}
+
+}  // namespace
+
+void attention(const AttentionArgs& a, const std::string& isa) {
+  validate(a);
+  const Kernel k = pick(isa, a.dtype);
+  if (a.batch == 0 || a.q_len == 0) return;
+  const int64_t G = a.n_heads / a.kv_heads, TQ = unit_tokens(k.width, G), R = G * TQ;
+  const int64_t D = a.head_dim, Dp = (D + k.width - 1) / k.width * k.width;
+  const int64_t blocks = (a.q_len + TQ - 1) / TQ, heads = a.batch * a.kv_heads, n_units = blocks * heads;
+  // NOTE: below ~64K multiply-adds (the tiny test model) one thread beats waking the team.
+  const bool parallel = n_units > 1 && a.q_len * std::max<int64_t>(a.kv_len, 1) * a.n_heads * D >= (int64_t{1} << 16);
+#pragma omp parallel if (parallel)
+  {
+    Work s(R, D, Dp);
+    // Latest query blocks first: with a causal mask they see the most keys, and the dynamic schedule
+    // evens out the short ones at the end.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < n_units; ++u) {
+      const int64_t blk = blocks - 1 - u / heads, bh = u % heads;
+      k.unit(a, bh / a.kv_heads, bh % a.kv_heads, blk * TQ, s);
+    }
+  }
+}
+
+}  // namespace havoc
