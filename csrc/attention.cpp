@@ -180,14 +180,18 @@ HAVOC_INLINE void attention_unit(const AttentionArgs& a, int64_t b, int64_t kvh,
 
   // Keys [0, end): the last query of the block sees no further.
   const int64_t end = a.causal ? std::clamp<int64_t>(a.q_offset + t0 + nq, 0, a.kv_len) : a.kv_len;
-  const T* kh = static_cast<const T*>(a.k.data) + b * a.k.batch_stride + kvh * a.k.head_stride;
-  const T* vh = static_cast<const T*>(a.v.data) + b * a.v.batch_stride + kvh * a.v.head_stride;
+  const bool paged = a.block_table != nullptr;
+  const T* kh = static_cast<const T*>(a.k.data) + (paged ? 0 : b * a.k.batch_stride) + kvh * a.k.head_stride;
+  const T* vh = static_cast<const T*>(a.v.data) + (paged ? 0 : b * a.v.batch_stride) + kvh * a.v.head_stride;
+  const int32_t* table = paged ? a.block_table + b * a.table_stride : nullptr;
   const uint8_t* km = a.key_mask ? a.key_mask + b * a.key_mask_stride : nullptr;
   for (int64_t j0 = 0; j0 < end; j0 += kKeys) {
     const int64_t nj = std::min(kKeys, end - j0), nj4 = (nj + kKeyTile - 1) / kKeyTile * kKeyTile;
     for (int64_t j = 0; j < nj; ++j) {
-      row_f32<W>(kh + (j0 + j) * a.k.row_stride, D, s.kb + j * D);
-      row_f32<W>(vh + (j0 + j) * a.v.row_stride, D, s.vb + j * Dp);
+      const int64_t key = j0 + j;
+      const int64_t row = paged ? table[key / a.block_size] * a.block_size + key % a.block_size : key;
+      row_f32<W>(kh + row * a.k.row_stride, D, s.kb + j * D);
+      row_f32<W>(vh + row * a.v.row_stride, D, s.vb + j * Dp);
       std::fill(s.vb + j * Dp + D, s.vb + (j + 1) * Dp, 0.0f);
     }
     std::fill(s.kb + nj * D, s.kb + nj4 * D, 0.0f);
@@ -274,6 +278,7 @@ void validate(const AttentionArgs& a) {
   if (a.kv_heads < 1 || a.n_heads < 1 || a.n_heads % a.kv_heads != 0)
     throw std::invalid_argument("n_heads (" + std::to_string(a.n_heads) + ") must be a positive multiple of "
                                 "kv_heads (" + std::to_string(a.kv_heads) + ")");
+  if (a.block_table != nullptr && a.block_size < 1) throw std::invalid_argument("block_size must be positive");
   if (a.kv_len > std::numeric_limits<int32_t>::max())
     throw std::invalid_argument("kv_len " + std::to_string(a.kv_len) + " exceeds 2^31 - 1 keys");
 }

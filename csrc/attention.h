@@ -36,6 +36,13 @@ struct AttentionArgs {
   const uint8_t* key_mask = nullptr;  // (batch, kv_len), 0: the key is ignored; null: none
   int64_t key_mask_stride = 0;
   float scale = 1.0f;
+  // Paged K/V (the C++ decoder's prompt rows): k.data and v.data are pools of block_size-token blocks and
+  // key j of sequence b is row block_table[b * table_stride + j / block_size] * block_size + j % block_size
+  // (row_stride apart; head_stride between KV heads; batch_stride unused). Null: rows at j * row_stride.
+  // The ids are trusted here: the decoder checks its tables first.
+  const int32_t* block_table = nullptr;
+  int64_t table_stride = 0;
+  int64_t block_size = 0;
 };
 
 // FlashAttention's recurrence on the CPU: a work unit is one (sequence, KV head, block of queries) with
@@ -43,6 +50,11 @@ struct AttentionArgs {
 // blocks of 64 keys, scores computed transposed (keys x queries, queries in the vector lanes) so the
 // online softmax needs no horizontal reductions. Units run on OpenMP threads, longest (latest queries)
 // first. `isa`: "auto", "scalar", "avx2" or "avx512", as paged_decode_attention.
+//
+// A row's result does not depend on the other rows of its unit or call: the keys go in blocks of 64 from
+// key 0 whatever the unit, each query is one lane with its own sums in key order, and a block past a row's
+// last key rescales it by exp(0) = 1 and adds exp(-inf) = 0 terms. So the decoder's prompt rows give the
+// same bits however a prompt is chunked or batched.
 void attention(const AttentionArgs& args, const std::string& isa = "auto");
 
 }  // namespace havoc

@@ -673,7 +673,8 @@ PYBIND11_MODULE(_C, m) {
           "step",
           [](PyDecoder& self, const py::object& tokens_obj, const py::object& positions_obj, const py::object& slots_obj,
              const py::object& tables_obj, const py::object& lengths_obj, const py::object& logits_obj,
-             const py::object& next_obj, const py::object& logit_rows_obj, const py::object& argmax_rows_obj) {
+             const py::object& next_obj, const py::object& logit_rows_obj, const py::object& argmax_rows_obj,
+             const py::object& prompt_runs_obj) {
             auto tokens = as_array<IdArray>(tokens_obj, "tokens");
             auto positions = as_array<IdArray>(positions_obj, "positions");
             auto slots = as_array<IdArray>(slots_obj, "slots");
@@ -720,17 +721,27 @@ PYBIND11_MODULE(_C, m) {
               require_writeable(t, "next_tokens");
               np_ = static_cast<int64_t*>(t.mutable_data());
             }
+            IdArray runs;
+            const int64_t* pr = nullptr;
+            int64_t n_runs = 0;
+            if (!prompt_runs_obj.is_none()) {
+              runs = as_array<IdArray>(prompt_runs_obj, "prompt_runs");
+              if (runs.ndim() != 2 || runs.shape(1) != 2)
+                throw py::value_error("prompt_runs must be (runs, 2) int64 (first row, count), got " + shape_str(runs));
+              pr = runs.data(), n_runs = runs.shape(0);
+            }
             py::gil_scoped_release nogil;
             self.decoder->step(tokens.data(), positions.data(), n, slots.data(), tables.data(), tables.shape(1),
-                               lengths.data(), lp, np_, lr, n_logit, ar, n_argmax);
+                               lengths.data(), lp, np_, lr, n_logit, ar, n_argmax, pr, n_runs);
           },
           py::arg("tokens"), py::arg("positions"), py::arg("slots"), py::arg("block_tables"), py::arg("lengths"),
           py::arg("logits") = py::none(), py::arg("next_tokens") = py::none(), py::arg("logit_rows") = py::none(),
-          py::arg("argmax_rows") = py::none(),
+          py::arg("argmax_rows") = py::none(), py::arg("prompt_runs") = py::none(),
           "One forward over token rows (a decode token per sequence, or several consecutive tokens of a "
           "sequence): writes each layer's K/V to the rows' slots, the logits (k, vocab) float32 into `logits` "
           "and/or the argmax ids into `next_tokens` (int64) for the rows listed in `logit_rows` / "
-          "`argmax_rows` (default: every row). Releases the GIL.");
+          "`argmax_rows` (default: every row). prompt_runs: (runs, 2) int64 (first row, count) of rows that "
+          "are consecutive prompt tokens of one sequence, attended as a prefill (cpu_decode.h). Releases the GIL.");
 
   // --- the paged cache's CPU kernels ------------------------------------------------------------------
   m.def(

@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "attention.h"
 #include "build_info.h"
 #include "simd.h"
 
@@ -1543,7 +1544,8 @@ Decoder::Decoder(const DecoderConfig& config, std::vector<DecoderLayer> layers, 
 void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, const int64_t* slots,
                    const int32_t* block_tables, int64_t table_width, const int32_t* lengths, float* logits,
                    int64_t* next_tokens, const int64_t* logit_rows, int64_t n_logit_rows,
-                   const int64_t* argmax_rows, int64_t n_argmax_rows) {
+                   const int64_t* argmax_rows, int64_t n_argmax_rows, const int64_t* prompt_runs,
+                   int64_t n_prompt_runs) {
   std::lock_guard<std::mutex> lock(mutex_);
   const DecoderConfig& c = cfg_;
   if (n < 0 || table_width < 0) throw std::invalid_argument("negative batch size or table width");
@@ -1576,6 +1578,26 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
       if (b < 0 || b >= pool_.num_blocks)
         throw std::out_of_range("block id " + std::to_string(b) + " (sequence " + std::to_string(i) +
                                 ") is outside the pool's [0, " + std::to_string(pool_.num_blocks) + ") blocks");
+    }
+  }
+  // Prompt runs: rows [first, first + count) are consecutive tokens of one sequence (one block table,
+  // lengths rising by one). Their attention runs as a prefill (csrc/attention.h), the other rows as decode
+  // rows; which a row takes depends on the row alone (the caller marks a request's prompt tokens).
+  std::vector<uint8_t> in_run(static_cast<size_t>(n), 0);
+  if (n_prompt_runs < 0) throw std::invalid_argument("negative number of prompt runs");
+  for (int64_t r = 0; r < n_prompt_runs; ++r) {
+    const int64_t first = prompt_runs[2 * r], count = prompt_runs[2 * r + 1];
+    if (count < 1 || first < 0 || first + count > n)
+      throw std::out_of_range("prompt run " + std::to_string(r) + " (rows " + std::to_string(first) + " + " +
+                              std::to_string(count) + ") is outside the step's [0, " + std::to_string(n) + ") rows");
+    for (int64_t i = first; i < first + count; ++i) {
+      if (in_run[i]) throw std::invalid_argument("prompt runs overlap at row " + std::to_string(i));
+      in_run[i] = 1;
+      if (i > first && (lengths[i] != lengths[i - 1] + 1 ||
+                        !std::equal(block_tables + i * table_width, block_tables + (i + 1) * table_width,
+                                    block_tables + first * table_width)))
+        throw std::invalid_argument("prompt run " + std::to_string(r) + " is not consecutive tokens of one "
+                                    "sequence at row " + std::to_string(i));
     }
   }
   const Variant& k = variant_for(isa_);
@@ -1661,7 +1683,43 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
       a.out = attn;
     }
     a.q_head_stride = hd;
-    paged_decode_attention(a, 0, k.attention);
+    if (n_prompt_runs == 0) {
+      paged_decode_attention(a, 0, k.attention);
+    } else {
+      const size_t qes = bf16 ? sizeof(uint16_t) : sizeof(float);
+      const auto rows_from = [&](const void* p, int64_t row, int64_t stride) {
+        return static_cast<const char*>(p) + static_cast<size_t>(row * stride) * qes;
+      };
+      for (int64_t i0 = 0; i0 < n;) {  // the decode rows, by stretches between the runs
+        if (in_run[i0]) { ++i0; continue; }
+        int64_t i1 = i0;
+        while (i1 < n && !in_run[i1]) ++i1;
+        DecodeAttentionArgs d = a;
+        d.q = rows_from(a.q, i0, a.q_seq_stride);
+        d.out = const_cast<char*>(rows_from(a.out, i0, H * hd));
+        d.block_tables = block_tables + i0 * table_width;
+        d.lengths = lengths + i0;
+        d.n_seqs = i1 - i0;
+        paged_decode_attention(d, 0, k.attention);
+        i0 = i1;
+      }
+      for (int64_t r = 0; r < n_prompt_runs; ++r) {
+        const int64_t first = prompt_runs[2 * r], count = prompt_runs[2 * r + 1];
+        AttentionArgs p;
+        p.dtype = kv_dtype_;
+        p.q = {rows_from(a.q, first, a.q_seq_stride), 0, hd, a.q_seq_stride};
+        p.k = {L.k_pool, 0, hd, KV * hd};
+        p.v = {L.v_pool, 0, hd, KV * hd};
+        p.out = {rows_from(a.out, first, H * hd), 0, hd, H * hd};
+        p.batch = 1, p.n_heads = H, p.kv_heads = KV, p.head_dim = hd;
+        p.q_len = count, p.kv_len = lengths[first + count - 1], p.q_offset = lengths[first] - 1;
+        p.causal = true;
+        p.scale = a.scale;
+        p.block_table = block_tables + first * table_width;
+        p.block_size = pool_.block_size;
+        attention(p, k.attention);
+      }
+    }
     if (bf16)
       for (int64_t i = 0; i < n * H * hd; ++i) attn[i] = bf16_to_f32(ob[i]);
     run_linear(k, attn, n, H * hd, L.wo, h, D, true);  // h += attn @ wo.T

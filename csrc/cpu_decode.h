@@ -164,10 +164,17 @@ class Decoder {
   // other rows of the call — the products accumulate each output in the same order for any number of
   // rows, and attention splits a sequence by its length only (kSplitTokens) — so a prompt computed in
   // chunks, batched with others or recomputed after preemption gives bit-identical logits.
+  //
+  // prompt_runs: n_prompt_runs (first row, count) pairs, each run consecutive tokens of one sequence (one
+  // block table, lengths rising by one), whose attention runs as a prefill (csrc/attention.h: 2x the decode
+  // kernel per row at 512 tokens) instead of row by row. That kernel's rows are as invariant as the decode
+  // kernel's, but the two round differently: a caller marks rows by what they are (a request's prompt
+  // tokens), never by how the step happens to group them.
   void step(const int64_t* tokens, const int64_t* positions, int64_t n, const int64_t* slots,
             const int32_t* block_tables, int64_t table_width, const int32_t* lengths, float* logits,
             int64_t* next_tokens, const int64_t* logit_rows = nullptr, int64_t n_logit_rows = -1,
-            const int64_t* argmax_rows = nullptr, int64_t n_argmax_rows = -1);
+            const int64_t* argmax_rows = nullptr, int64_t n_argmax_rows = -1, const int64_t* prompt_runs = nullptr,
+            int64_t n_prompt_runs = 0);
 
   // Attention's split-K granularity in tokens (a multiple of any block size up to 256): long sequences
   // still spread over threads at batch 1, and the split points depend on a sequence's length alone.

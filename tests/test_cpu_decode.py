@@ -235,6 +235,74 @@ def test_bad_input_is_rejected_before_anything_is_written(tiny):
         CPUDecoder(tiny, weights="int4")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prompt_runs_attend_as_a_prefill_with_the_row_by_row_answer(tiny, dtype):
+    """Prompt chunks whose rows the step is told are prompt tokens (prompt_runs) attend through the prefill
+    kernel (csrc/attention.cpp) over the paged blocks: the logits of every row are those of the row-by-row
+    decode kernel up to rounding; runs that are not one sequence's consecutive rows are refused."""
+    model = copy.deepcopy(tiny).to(dtype)
+    dec = CPUDecoder(model)
+    prompts = [[(7 * i + 3) % 250 + 1 for i in range(40)], [(5 * i) % 200 + 2 for i in range(23)]]
+    outs = []
+    for runs in (None, [[0, 40], [40, 23]]):
+        cache = PagedKVCache.for_model(model, 16, 16)
+        sids = []
+        for p in prompts:
+            sids.append(cache.new_seq_id())
+            cache.add(sids[-1], p)
+        plan = cache.prepare_rows(sids)
+        logits = torch.empty(63, model.config.vocab_size)
+        dec.bind(cache).step(plan.tokens, plan.positions, plan.slots, plan.tables, plan.lengths,
+                             logits=logits.numpy(), prompt_runs=None if runs is None else torch.tensor(runs).numpy())
+        cache.end()
+        outs.append(logits)
+    assert _rel(outs[1], outs[0]) < (1e-5 if dtype == torch.float32 else 2e-2)
+    cache = PagedKVCache.for_model(model, 16, 16)
+    sids = [cache.new_seq_id(), cache.new_seq_id()]
+    for s, p in zip(sids, prompts):
+        cache.add(s, p)
+    plan = cache.prepare_rows(sids)
+    raw = dec.bind(cache)
+    args = (plan.tokens, plan.positions, plan.slots, plan.tables, plan.lengths)
+    for runs, err, match in (([[30, 20]], ValueError, "not consecutive tokens of one sequence"),
+                             ([[0, 10], [5, 10]], ValueError, "overlap"),
+                             ([[60, 9]], IndexError, "outside the step"),
+                             ([[0, 1, 2]], ValueError, "prompt_runs must be")):
+        with pytest.raises(err, match=match):
+            raw.step(*args, logits=torch.empty(63, model.config.vocab_size).numpy(), prompt_runs=torch.tensor(runs).numpy())
+
+
+def test_the_engine_marks_prompt_tokens_and_only_them(tiny, monkeypatch):
+    """Each request's prompt rows go to the step as a run, its generated token and drafts do not."""
+    from havoc.engine import engine as engine_module
+
+    seen = []
+    real = engine_module._DecoderRunner._rows
+
+    def spy(self, cache, seq_ids, logit_reqs, argmax_reqs, prompt_lens):
+        out = real(self, cache, seq_ids, logit_reqs, argmax_reqs, prompt_lens)
+        seen.append(dict(prompt_lens))
+        return out
+
+    monkeypatch.setattr(engine_module._DecoderRunner, "_rows", spy)
+    steps = []
+    bound_step = _C.Decoder.step
+
+    def record(self, *a, prompt_runs=None, **kw):
+        steps.append((a[1].copy(), None if prompt_runs is None else prompt_runs.copy()))
+        return bound_step(self, *a, prompt_runs=prompt_runs, **kw)
+
+    monkeypatch.setattr(_C.Decoder, "step", record)
+    e = engine_module.Engine(tiny, None, kv_cache_tokens=256, max_batch_tokens=16)
+    e.add_request(list(range(1, 21)), SamplingParams(max_new_tokens=3, ignore_eos=True))
+    while e.has_unfinished():
+        e.step()
+    prompt_rows = sum(int(r[:, 1].sum()) for _, r in steps if r is not None)
+    assert prompt_rows == 20  # the 20 prompt tokens, chunked 16 + 4; the 2 decode steps have no runs
+    assert [r is None for _, r in steps] == [False, False, True, True]
+    assert seen and all(lens == {next(iter(lens)): 20} for lens in seen)
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_smollm2_greedy_continuations_match_the_reference(smollm2, dtype):

@@ -476,7 +476,8 @@ class Engine:
                     wanted = [r for r in want if (r.id in adapted) is on]
                     results.update(runner.run(self.cache, [r.seq_id for r in group],
                                               [r for r in wanted if self._needs_logits(r)],
-                                              [r for r in wanted if not self._needs_logits(r)], model))
+                                              [r for r in wanted if not self._needs_logits(r)], model,
+                                              {r.seq_id: len(r.prompt_ids) for r in group}))
         except Exception as e:  # a failed forward fails its requests, never the engine
             self.cache._fwd = None
             for r in reqs:
@@ -846,9 +847,10 @@ class _DecoderRunner:
         self.invariant = invariant
         self.vocab_size = decoder.vocab_size
 
-    def run(self, cache, seq_ids, logit_reqs, argmax_reqs, model) -> dict:
+    def run(self, cache, seq_ids, logit_reqs, argmax_reqs, model, prompt_lens) -> dict:
+        """`prompt_lens`: each sequence's prompt length; its rows before it attend as a prefill."""
         if self.invariant:
-            return self._rows(cache, seq_ids, logit_reqs, argmax_reqs)
+            return self._rows(cache, seq_ids, logit_reqs, argmax_reqs, prompt_lens)
         drafts = {r.seq_id: len(r.draft) for r in logit_reqs + argmax_reqs}
         chunk = {s for s in seq_ids if cache.pending(s) > 1 + drafts.get(s, 0) or cache.length(s) == 1}
         out: dict = {}
@@ -861,12 +863,21 @@ class _DecoderRunner:
         rows = [s for s in seq_ids if s not in chunk]
         if rows:
             out.update(self._rows(cache, rows, [r for r in logit_reqs if r.seq_id not in chunk],
-                                  [r for r in argmax_reqs if r.seq_id not in chunk]))
+                                  [r for r in argmax_reqs if r.seq_id not in chunk], prompt_lens))
         return out
 
-    def _rows(self, cache, seq_ids, logit_reqs, argmax_reqs) -> dict:
+    def _rows(self, cache, seq_ids, logit_reqs, argmax_reqs, prompt_lens) -> dict:
         row_of = {sid: i for i, sid in enumerate(seq_ids)}
         plan = cache.prepare_rows(seq_ids)
+        # Prompt tokens attend as a prefill (the C++ flash kernel), generated ones and drafts row by row:
+        # what a row is decides, never how this step groups it (csrc/cpu_decode.h, prompt_runs).
+        runs, first = [], 0
+        for i, sid in enumerate(seq_ids):
+            last = int(plan.last[i])
+            end = min(last + 1, first + prompt_lens.get(sid, 0) - int(plan.positions[first]))
+            if end > first:
+                runs.append((first, end - first))
+            first = last + 1
 
         def rows(reqs):  # each request's last 1 + len(draft) rows
             return np.array([j for r in reqs for j in range(plan.last[row_of[r.seq_id]] - len(r.draft),
@@ -878,7 +889,8 @@ class _DecoderRunner:
         try:
             self.bound.step(plan.tokens, plan.positions, plan.slots, plan.tables, plan.lengths,
                             logits=logits.numpy() if len(lrows) else None, next_tokens=nxt if len(arows) else None,
-                            logit_rows=lrows, argmax_rows=arows)
+                            logit_rows=lrows, argmax_rows=arows,
+                            prompt_runs=np.array(runs, dtype=np.int64) if runs else None)
         except BaseException:
             cache._fwd = None
             raise
@@ -899,7 +911,7 @@ def _split_rows(reqs, rows) -> dict:
 class _ForwardRunner:
     """Steps through the model's forward over the paged cache (CUDA, the reference ops, fp16)."""
 
-    def run(self, cache, seq_ids, logit_reqs, argmax_reqs, model) -> dict:
+    def run(self, cache, seq_ids, logit_reqs, argmax_reqs, model, prompt_lens) -> dict:
         out = _forward(model, cache, seq_ids, logit_reqs + argmax_reqs)
         for r in argmax_reqs:
             out[r] = out[r].argmax(-1).tolist()
