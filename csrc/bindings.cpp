@@ -10,6 +10,7 @@
 #include "block_manager.h"
 #include "build_info.h"
 #include "cpu_decode.h"
+#include "elementwise.h"
 #include "paged_attention.h"
 
 namespace py = pybind11;
@@ -845,6 +846,107 @@ PYBIND11_MODULE(_C, m) {
       "dtype: 'float32', or 'bfloat16' with the buffers as int16 "
       "bits. num_splits: split-K chunks per sequence (0: automatic). isa: 'auto', 'scalar', 'avx2', "
       "'avx512'. Block ids and lengths are checked first (IndexError). Releases the GIL.");
+  // --- elementwise ops (csrc/elementwise.cpp): rows of fp32 or bf16 (int16 bits) elements ----------------
+  // A (rows, D) operand: its row stride in elements, its elements contiguous.
+  const auto rows_of = [](const py::array& a, int64_t D, const char* what) {
+    if (a.ndim() != 2 || a.shape(1) != D)
+      throw py::value_error(std::string(what) + " must be (rows, " + std::to_string(D) + "), got " + shape_str(a));
+    if (D > 1 && elem_stride(a, 1, what) != 1) throw py::value_error(std::string(what) + " must have contiguous rows");
+    return a.shape(0) > 1 ? elem_stride(a, 0, what) : D;
+  };
+  const auto contiguous_out = [](py::array& a, const py::array& like, const char* what) {
+    require_same_dtype(like, a, "x", what);
+    require_writeable(a, what);
+    if (!(a.flags() & py::array::c_style) || a.ndim() != like.ndim() ||
+        !std::equal(a.shape(), a.shape() + a.ndim(), like.shape()))
+      throw py::value_error(std::string(what) + " must be a C-contiguous array shaped " + shape_str(like) + ", got " +
+                            shape_str(a));
+  };
+  m.def(
+      "rms_norm",
+      [rows_of, contiguous_out](const py::array& x, const py::array& weight, float eps, const std::string& dtype,
+                                const std::string& isa, py::array out) {
+        const havoc::KVDType dt = kv_dtype(x, dtype);
+        require_same_dtype(x, weight, "x", "weight");
+        if (x.ndim() != 2) throw py::value_error("x must be (rows, dim), got " + shape_str(x));
+        const int64_t M = x.shape(0), D = x.shape(1);
+        const int64_t ldx = rows_of(x, D, "x");
+        if (weight.ndim() != 1 || weight.shape(0) != D || (D > 1 && elem_stride(weight, 0, "weight") != 1))
+          throw py::value_error("weight must be a contiguous (" + std::to_string(D) + ",), got " + shape_str(weight));
+        contiguous_out(out, x, "out");
+        py::gil_scoped_release nogil;
+        havoc::rms_norm(dt, x.data(), ldx, weight.data(), out.mutable_data(), D, M, D, eps, isa);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("eps"), py::kw_only(), py::arg("dtype"), py::arg("isa") = "auto",
+      py::arg("out"),
+      "RMSNorm of the rows of x (rows, dim) times weight (dim,), into out (C-contiguous, shaped like x); every "
+      "buffer in dtype ('float32', or 'bfloat16' as int16 bits). Releases the GIL.");
+  m.def(
+      "add_rms_norm",
+      [rows_of, contiguous_out](const py::array& x, const py::array& residual, const py::array& weight, float eps,
+                                const std::string& dtype, const std::string& isa, py::array out, py::array h) {
+        const havoc::KVDType dt = kv_dtype(x, dtype);
+        require_same_dtype(x, residual, "x", "residual");
+        require_same_dtype(x, weight, "x", "weight");
+        if (x.ndim() != 2) throw py::value_error("x must be (rows, dim), got " + shape_str(x));
+        const int64_t M = x.shape(0), D = x.shape(1);
+        const int64_t ldx = rows_of(x, D, "x"), ldr = rows_of(residual, D, "residual");
+        if (residual.shape(0) != M) throw py::value_error("residual " + shape_str(residual) + " must be shaped like x " + shape_str(x));
+        if (weight.ndim() != 1 || weight.shape(0) != D || (D > 1 && elem_stride(weight, 0, "weight") != 1))
+          throw py::value_error("weight must be a contiguous (" + std::to_string(D) + ",), got " + shape_str(weight));
+        contiguous_out(out, x, "out");
+        contiguous_out(h, x, "h");
+        py::gil_scoped_release nogil;
+        havoc::add_rms_norm(dt, x.data(), ldx, residual.data(), ldr, weight.data(), out.mutable_data(),
+                            h.mutable_data(), M, D, eps, isa);
+      },
+      py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("eps"), py::kw_only(), py::arg("dtype"),
+      py::arg("isa") = "auto", py::arg("out"), py::arg("h"),
+      "h = x + residual (rows, dim), out = RMSNorm(h) * weight; out and h C-contiguous, shaped like x. "
+      "Releases the GIL.");
+  m.def(
+      "apply_rope",
+      [contiguous_out](const py::array& x, const py::array& cos, const py::array& sin, const std::string& dtype,
+                       const std::string& isa, py::array out) {
+        const havoc::KVDType dt = kv_dtype(x, dtype);
+        if (x.ndim() != 4) throw py::value_error("x must be (batch, tokens, heads, head_dim), got " + shape_str(x));
+        const int64_t B = x.shape(0), T = x.shape(1), heads = x.shape(2), hd = x.shape(3);
+        if (hd > 1 && elem_stride(x, 3, "x") != 1) throw py::value_error("x must be contiguous along head_dim");
+        for (const py::array* c : {&cos, &sin})
+          if (c->ndim() != 3 || c->shape(1) != T || c->dtype().kind() != 'f' || c->itemsize() != 4 ||
+              !(c->flags() & py::array::c_style) || c->shape(2) != cos.shape(2) || c->shape(0) != cos.shape(0))
+            throw py::value_error("cos and sin must be C-contiguous float32 (batch or 1, " + std::to_string(T) +
+                                  ", rotary_dim) alike, got " + shape_str(cos) + " and " + shape_str(sin));
+        contiguous_out(out, x, "out");
+        const int64_t sb = elem_stride(x, 0, "x"), st = elem_stride(x, 1, "x"), sh = elem_stride(x, 2, "x");
+        const float* cp = static_cast<const float*>(cos.data());
+        const float* sp = static_cast<const float*>(sin.data());
+        const int64_t cb = cos.shape(0), rot = cos.shape(2);
+        py::gil_scoped_release nogil;
+        havoc::apply_rope(dt, x.data(), sb, st, sh, B, T, heads, hd, cp, sp, cb, rot, out.mutable_data(), isa);
+      },
+      py::arg("x"), py::arg("cos"), py::arg("sin"), py::kw_only(), py::arg("dtype"), py::arg("isa") = "auto",
+      py::arg("out"),
+      "Rotate-half RoPE of x (batch, tokens, heads, head_dim; any strides, head_dim contiguous) over its first "
+      "rotary_dim features by cos, sin (fp32 (batch or 1, tokens, rotary_dim)), into out (C-contiguous, shaped "
+      "like x). Releases the GIL.");
+  m.def(
+      "swiglu",
+      [rows_of, contiguous_out](const py::array& gate, const py::array& up, const std::string& dtype,
+                                const std::string& isa, py::array out) {
+        const havoc::KVDType dt = kv_dtype(gate, dtype);
+        require_same_dtype(gate, up, "gate", "up");
+        if (gate.ndim() != 2 || up.ndim() != 2 || gate.shape(0) != up.shape(0))
+          throw py::value_error("gate and up must be (rows, hidden) alike, got " + shape_str(gate) + " and " + shape_str(up));
+        const int64_t M = gate.shape(0), Fh = gate.shape(1);
+        const int64_t ldg = rows_of(gate, Fh, "gate"), ldu = rows_of(up, Fh, "up");
+        contiguous_out(out, gate, "out");
+        py::gil_scoped_release nogil;
+        havoc::swiglu(dt, gate.data(), ldg, up.data(), ldu, out.mutable_data(), M, Fh, isa);
+      },
+      py::arg("gate"), py::arg("up"), py::kw_only(), py::arg("dtype"), py::arg("isa") = "auto", py::arg("out"),
+      "silu(gate) * up over rows (rows, hidden; row strides free, elements contiguous) into out (C-contiguous). "
+      "Releases the GIL.");
   m.def(
       "attention",
       [](const py::array& q, const py::array& k, const py::array& v, bool causal, int64_t q_offset,

@@ -11,6 +11,7 @@
 
 #include "attention.h"
 #include "build_info.h"
+#include "elementwise.h"
 #include "simd.h"
 
 #ifdef _OPENMP
@@ -834,17 +835,6 @@ T* grow(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
-// bf16 bits of W floats, rounded to nearest even (a NaN stays a quiet NaN), as f32_to_bf16.
-template <int W>
-HAVOC_INLINE typename V<W>::u bf16_bits(typename V<W>::f v) {
-  using U = typename V<W>::u;
-  U u;
-  std::memcpy(&u, &v, sizeof u);
-  const U nan = (u & 0x7fffffffu) > 0x7f800000u;
-  const U r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return nan ? ((u >> 16) | 0x40u) : r;
-}
-
 // xb[m, k] = bf16 bits of x[m, k] (K columns, row stride K).
 template <int W>
 HAVOC_INLINE void to_bf16_rows(const float* x, int64_t M, int64_t ldx, int64_t K, uint16_t* xb) {
@@ -954,50 +944,17 @@ HAVOC_INLINE void order_row(const float* src, int64_t cols, int64_t ld, float* x
   }
 }
 
-// --- small elementwise kernels of the decode step ---------------------------------------------------------
+// --- small elementwise kernels of the decode step (csrc/elementwise.h), fp32 rows ----------------------
 
-// y[m] = x[m] * rsqrt(mean(x[m]^2) + eps) * g, in the reference's order (normalize, then the gain).
 template <int W>
 HAVOC_INLINE void rms_norm_impl(const float* x, const float* g, float* y, int64_t M, int64_t D, float eps) {
-  using F = typename V<W>::f;
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xm = x + m * D;
-    float* ym = y + m * D;
-    F a0 = {}, a1 = {};
-    int64_t d = 0;
-    for (; d + 2 * W <= D; d += 2 * W) {
-      const F u = loadv<W>(xm + d), v = loadv<W>(xm + d + W);
-      a0 += u * u;
-      a1 += v * v;
-    }
-    float ss = hsum<W>(a0 + a1);
-    for (; d < D; ++d) ss += xm[d] * xm[d];
-    const float r = 1.0f / std::sqrt(ss / static_cast<float>(D) + eps);
-    d = 0;
-    for (; d + W <= D; d += W) storev<W>(ym + d, (loadv<W>(xm + d) * r) * loadv<W>(g + d));
-    for (; d < D; ++d) ym[d] = (xm[d] * r) * g[d];
-  }
+  rms_norm_rows<W, float, float>(x, D, g, y, D, M, D, eps);
 }
 
-// out[m, i] = silu(gu[m, i]) * gu[m, F + i]: silu(x) = x * sigmoid(x), sigmoid through exp(-|x|) <= 1.
+// out[m, i] = silu(gu[m, i]) * gu[m, F + i].
 template <int W>
 HAVOC_INLINE void swiglu_impl(const float* gu, float* out, int64_t M, int64_t Fh) {
-  using F = typename V<W>::f;
-  using I = typename V<W>::i;
-  for (int64_t m = 0; m < M; ++m) {
-    const float* g = gu + m * 2 * Fh;
-    const float* u = g + Fh;
-    float* o = out + m * Fh;
-    int64_t i = 0;
-    for (; i + W <= Fh; i += W) {
-      const F x = loadv<W>(g + i);
-      const I neg = x < 0.0f;
-      const F e = exp_neg<W>(neg ? x : -x);  // exp(-|x|)
-      const F sig = (neg ? e : splat<W>(1.0f)) / (e + 1.0f);
-      storev<W>(o + i, x * sig * loadv<W>(u + i));
-    }
-    for (; i < Fh; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-  }
+  swiglu_rows<W, float>(gu, 2 * Fh, gu + Fh, 2 * Fh, out, Fh, M, Fh);
 }
 
 // Variant::int8_dot: how the int8 x int8 kernel reads the quantized activations.

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "build_info.h"
@@ -138,6 +139,42 @@ HAVOC_INLINE typename V<W>::f loadv(const uint16_t* p) {  // bf16 bits -> fp32: 
 template <int W>
 HAVOC_INLINE void storev(float* p, typename V<W>::f v) {
   std::memcpy(p, &v, sizeof v);
+}
+
+// bf16 bits of W floats, rounded to nearest even (a NaN stays a quiet NaN), as f32_to_bf16.
+template <int W>
+HAVOC_INLINE typename V<W>::u bf16_bits(typename V<W>::f v) {
+  using U = typename V<W>::u;
+  U u;
+  std::memcpy(&u, &v, sizeof u);
+  const U nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const U r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return nan ? ((u >> 16) | 0x40u) : r;
+}
+
+// Store W floats as fp32, or as bf16 rounded to nearest even.
+template <int W>
+HAVOC_INLINE void storev(uint16_t* p, typename V<W>::f v) {
+  const typename V<W>::h h = __builtin_convertvector(bf16_bits<W>(v), typename V<W>::h);
+  std::memcpy(p, &h, sizeof h);
+}
+
+// v as the element type T holds it: v itself for fp32, rounded to bf16 (and back to fp32) for bf16.
+template <int W, class T>
+HAVOC_INLINE typename V<W>::f as_stored(typename V<W>::f v) {
+  if constexpr (std::is_same<T, float>::value) {
+    return v;
+  } else {
+    const typename V<W>::u u = bf16_bits<W>(v) << 16;
+    typename V<W>::f r;
+    std::memcpy(&r, &u, sizeof r);
+    return r;
+  }
+}
+template <class T>
+HAVOC_INLINE float as_stored(float v) {
+  if constexpr (std::is_same<T, float>::value) return v;
+  else return bf16_to_f32(f32_to_bf16(v));
 }
 
 // Horizontal sum and max by a tree of halves.

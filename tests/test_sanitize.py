@@ -1,6 +1,6 @@
 """The C++ extension under AddressSanitizer + UndefinedBehaviorSanitizer: `tools/sanitize.sh` rebuilds
 havoc._C with both and runs the block manager's state machine and targeted tests, the paged kernels' tests
-(every ISA variant), the attention kernel's and the paged cache's on it; any sanitizer report or failing
+(every ISA variant), the attention and elementwise kernels' and the paged cache's on it; any sanitizer report or failing
 test fails this test.
 
 It needs what building the extension needs (cmake, a C++ compiler whose libasan is installed, pybind11 in

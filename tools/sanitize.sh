@@ -2,8 +2,9 @@
 # Build havoc._C with AddressSanitizer + UndefinedBehaviorSanitizer and run the tests of its C++ on it:
 # the block manager's (the state machine, the targeted tests, the threads) and the paged cache's CPU
 # kernels' (every ISA variant, split-K, bad slots and ids; then the model decoding on them), and the decode
-# kernels' (the GEMV over fp32/bf16/int8 in every ISA variant, the whole-step decoder, bad input), and the
-# prefill attention kernel's (every ISA variant, masks, offsets, varlen). Any sanitizer report fails the run.
+# kernels' (the GEMV over fp32/bf16/int8 in every ISA variant, the whole-step decoder, bad input), the
+# prefill attention kernel's (every ISA variant, masks, offsets, varlen) and the elementwise kernels'. Any
+# sanitizer report fails the run.
 #
 #   tools/sanitize.sh                      # from the repository root, venv active
 #   tools/sanitize.sh tests/test_x.py -k y # other pytest arguments instead of the default test file
@@ -33,7 +34,7 @@ for lib in "$LIBASAN" "$LIBSTDCXX"; do
   [ -f "$lib" ] || { echo "$lib not found: is ${CXX:-g++} the compiler that built the module?" >&2; exit 2; }
 done
 [ $# -gt 0 ] || set -- tests/test_block_manager.py tests/test_paged_kernels.py tests/test_paged_cache.py \
-  tests/test_cpu_kernels.py tests/test_cpu_decode.py tests/test_attention_cpu.py -m "not model"
+  tests/test_cpu_kernels.py tests/test_cpu_decode.py tests/test_attention_cpu.py tests/test_cpu_elementwise.py -m "not model"
 # Reports go to files: pytest captures fd 2 while a test runs, and an aborting process never gets it back.
 LOGS="$BUILD/reports"
 rm -rf "$LOGS" && mkdir -p "$LOGS"

@@ -362,11 +362,71 @@ def paged_decode_attention(
     return out
 
 
-def _attention_takes(q: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether the C++ kernel computes this call: fp32/bf16 operands of one dtype, outside autograd."""
-    if q.dtype not in DTYPES or any(t.dtype != q.dtype for t in others):
+# --- elementwise ops (csrc/elementwise.cpp) ----------------------------------------------------------------
+# Each is one C++ call over rows where torch runs 3-8 ops (a bf16 rms_norm: pow, mean, add, rsqrt, mul, two
+# casts, the gain), with the reference's roundings; autograd and other dtypes take the reference.
+
+
+def _takes(*ts: torch.Tensor) -> bool:
+    """Whether the C++ kernels compute this call: fp32/bf16 operands of one dtype, outside autograd."""
+    if ts[0].dtype not in DTYPES or any(t.dtype != ts[0].dtype for t in ts):
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, *others)))
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(rows, last dim) view of t (a copy only where no view exists), its elements contiguous."""
+    return _features_contiguous(t).reshape(-1, t.shape[-1])
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *, isa: str = "auto") -> torch.Tensor:
+    """RMSNorm (C++): `reference.rms_norm`'s contract, one pass over each row."""
+    if not _takes(x, weight) or x.shape[-1] == 0:
+        return reference.rms_norm(x, weight, eps)
+    out = torch.empty(x.shape, dtype=x.dtype)
+    _C.rms_norm(numpy_view(_rows(x)), numpy_view(weight.contiguous()), float(eps), dtype=DTYPES[x.dtype], isa=isa,
+                out=numpy_view(out.view(-1, x.shape[-1])))
+    return out
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, *, isa: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add + RMSNorm (C++): `reference.add_rms_norm`'s contract, (normed, h)."""
+    if not _takes(x, residual, weight) or x.shape != residual.shape or x.shape[-1] == 0:
+        return reference.add_rms_norm(x, residual, weight, eps)
+    out, h = torch.empty(x.shape, dtype=x.dtype), torch.empty(x.shape, dtype=x.dtype)
+    D = x.shape[-1]
+    _C.add_rms_norm(numpy_view(_rows(x)), numpy_view(_rows(residual)), numpy_view(weight.contiguous()), float(eps),
+                    dtype=DTYPES[x.dtype], isa=isa, out=numpy_view(out.view(-1, D)), h=numpy_view(h.view(-1, D)))
+    return out, h
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, isa: str = "auto") -> torch.Tensor:
+    """Rotate-half RoPE (C++): `reference.apply_rope`'s contract; x may be the q|k view of a fused projection."""
+    if cos.dim() == 4 and cos.shape[2] == 1:
+        cos, sin = cos.squeeze(2), sin.squeeze(2)
+    fits = (
+        x.dim() == 4 and cos.dim() == 3 and cos.shape == sin.shape and cos.dtype == sin.dtype == torch.float32
+        and cos.shape[0] in (1, x.shape[0]) and cos.shape[1] == x.shape[1] and 0 < cos.shape[2] <= x.shape[3]
+        and cos.shape[2] % 2 == 0
+    )
+    if not _takes(x) or not fits or (torch.is_grad_enabled() and cos.requires_grad):
+        return reference.apply_rope(x, cos, sin)
+    out = torch.empty(x.shape, dtype=x.dtype)
+    _C.apply_rope(numpy_view(_features_contiguous(x)), cos.detach().contiguous().numpy(),
+                  sin.detach().contiguous().numpy(), dtype=DTYPES[x.dtype], isa=isa, out=numpy_view(out))
+    return out
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, *, isa: str = "auto") -> torch.Tensor:
+    """silu(gate) * up (C++): `reference.swiglu`'s contract for operands of one shape."""
+    if not _takes(gate, up) or gate.shape != up.shape or gate.shape[-1] == 0:
+        return reference.swiglu(gate, up)
+    out = torch.empty(gate.shape, dtype=gate.dtype)
+    _C.swiglu(numpy_view(_rows(gate)), numpy_view(_rows(up)), dtype=DTYPES[gate.dtype], isa=isa,
+              out=numpy_view(out.view(-1, gate.shape[-1])))
+    return out
 
 
 def attention(
@@ -397,7 +457,7 @@ def attention(
         (B, n_heads, T, head_dim) in q's dtype: a view of a (B, T, n_heads, head_dim) buffer, which is the
         layout the model's output projection reads.
     """
-    if not _attention_takes(q, k, v):
+    if not _takes(q, k, v):
         return reference.attention(q, k, v, causal=causal, q_offset=q_offset, key_mask=key_mask, scale=scale)
     B, H, T, D = q.shape
     if k.dim() != 4 or k.shape[0] != B or k.shape[3] != D or v.shape != k.shape:
@@ -433,7 +493,7 @@ def attention_varlen(
 ) -> torch.Tensor:
     """Attention over a packed batch (C++): `reference.attention_varlen`'s contract, each sequence through
     the kernel of `attention` with no copy of its rows. Autograd and other dtypes take the reference."""
-    if not _attention_takes(q, k, v):
+    if not _takes(q, k, v):
         return reference.attention_varlen(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale
         )
@@ -470,8 +530,12 @@ backends.register(
     "attention_varlen", "cpu", "cpu", attention_varlen,
     f"havoc.backends.cpu: C++ flash attention per sequence, variant {_C.attention_isa_for('auto')!r} (csrc/attention.cpp)",
 )
-for _op in ("rms_norm", "add_rms_norm", "apply_rope", "swiglu", "linear_cross_entropy"):
-    backends.unavailable(
-        _op, "cpu",
-        "torch's own kernels are the CPU path; the C++ decoder (havoc.cpu_decode) fuses these ops into its decode step",
+for _op in ("rms_norm", "add_rms_norm", "apply_rope", "swiglu"):
+    backends.register(
+        _op, "cpu", "cpu", globals()[_op],
+        f"havoc.backends.cpu: C++ rows, variant {_C.attention_isa_for('auto')!r} (csrc/elementwise.cpp)",
     )
+backends.unavailable(
+    "linear_cross_entropy", "cpu",
+    "torch's own kernels are the CPU path (training: the logits and their gradient in fp32 chunks)",
+)
