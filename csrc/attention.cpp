@@ -42,7 +42,7 @@ struct Work {
   float* l;      // R  running sum of exp(score - m)
   float* alpha;  // R  this block's rescale of the row's earlier state
   Work(int64_t R, int64_t D, int64_t Dp)
-      : mem(static_cast<size_t>(D * R + kKeys * R + R * Dp + kKeys * D + kKeys * Dp + 3 * R)),
+      : mem(static_cast<size_t>(D * R + kKeys * R + R * Dp + kKeys * D + kKeys * Dp + 3 * R + kKeys / 2 * R)),
         lim(static_cast<size_t>(R)) {
     float* p = mem.data();
     qt = p, p += D * R;
@@ -52,8 +52,14 @@ struct Work {
     vb = p, p += kKeys * Dp;
     m = p, p += R;
     l = p, p += R;
-    alpha = p;
+    alpha = p, p += R;
+    p2 = reinterpret_cast<uint32_t*>(p);
   }
+  // The vdpbf16ps kernel's views of the same space: qt holds Q^T as (head_dim / 2) x R bf16 pairs, vb the
+  // block's V as (kKeys / 2) x Dp pairs of rows (2i, 2i + 1), p2 the probabilities as (kKeys / 2) x R pairs.
+  uint32_t* p2;
+  uint32_t* qt2() { return reinterpret_cast<uint32_t*>(qt); }
+  uint32_t* vb2() { return reinterpret_cast<uint32_t*>(vb); }
 };
 
 // st[j, c W ..] = sum_d kb[j, d] qt[d, c W ..] for keys j .. j + kKeyTile and RC vectors of queries from
@@ -148,8 +154,118 @@ HAVOC_INLINE void row_f32(const T* src, int64_t D, float* dst) {
   for (; d < D; ++d) dst[d] = load(src + d);
 }
 
+#ifdef HAVOC_DOT_VARIANTS
+// --- bf16 x bf16 by AVX512-BF16's vdpbf16ps (bf16 storage, even head_dim) --------------------------------
+// The same unit with pairs: a dword holds two bf16 and vdpbf16ps adds both products of each lane's pair to
+// its fp32 sum, 32 multiply-adds an instruction against 16 FMAs. Scores pair consecutive features (Q^T in
+// pairs, K's pair broadcast straight from its row, no fp32 copy); P V pairs consecutive keys (the
+// probabilities rounded to bf16, as torch's bf16 flash attention does, V rows 2i and 2i + 1 interleaved).
+
+typedef short v32hi __attribute__((vector_size(64)));
+typedef int v16si __attribute__((vector_size(64)));
+
+HAVOC_INLINE v32hi splat_pair(uint32_t w) {
+  const v16si v = v16si{} + static_cast<int32_t>(w);
+  v32hi h;
+  std::memcpy(&h, &v, sizeof h);
+  return h;
+}
+
+HAVOC_INLINE uint32_t pair_at(const uint16_t* p) {
+  uint32_t w;
+  std::memcpy(&w, p, sizeof w);
+  return w;
+}
+
+template <int RC>
+HAVOC_INLINE void scores_tile_dot(const uint32_t* qt2, int64_t R, const uint16_t* const* krow, int64_t P, int64_t j,
+                                  int64_t c0, float* st) {
+  using F = V<16>::f;
+  F acc[kKeyTile][RC];
+  for (int jj = 0; jj < kKeyTile; ++jj)
+    for (int c = 0; c < RC; ++c) acc[jj][c] = F{};
+  for (int64_t p = 0; p < P; ++p) {
+    v32hi qv[RC];
+    for (int c = 0; c < RC; ++c) std::memcpy(&qv[c], qt2 + p * R + (c0 + c) * 16, sizeof qv[c]);
+    for (int jj = 0; jj < kKeyTile; ++jj) {
+      const v32hi kv = splat_pair(pair_at(krow[j + jj] + 2 * p));
+      for (int c = 0; c < RC; ++c) acc[jj][c] = __builtin_ia32_dpbf16ps_v16sf(acc[jj][c], kv, qv[c]);
+    }
+  }
+  for (int jj = 0; jj < kKeyTile; ++jj)
+    for (int c = 0; c < RC; ++c) storev<16>(st + (j + jj) * R + (c0 + c) * 16, acc[jj][c]);
+}
+
+HAVOC_INLINE void scores_dot(const uint32_t* qt2, int64_t R, const uint16_t* const* krow, int64_t P, int64_t nj4,
+                             float* st) {
+  const int64_t nc = R / 16;
+  for (int64_t c0 = 0; c0 < nc; c0 += 4) {
+    const int64_t rc = std::min<int64_t>(4, nc - c0);
+    for (int64_t j = 0; j < nj4; j += kKeyTile) {
+      switch (rc) {
+        case 1: scores_tile_dot<1>(qt2, R, krow, P, j, c0, st); break;
+        case 2: scores_tile_dot<2>(qt2, R, krow, P, j, c0, st); break;
+        case 3: scores_tile_dot<3>(qt2, R, krow, P, j, c0, st); break;
+        default: scores_tile_dot<4>(qt2, R, krow, P, j, c0, st); break;
+      }
+    }
+  }
+}
+
+template <int MR, int DC>
+HAVOC_INLINE void pv_tile_dot(float* o, int64_t Dp, const uint32_t* p2, int64_t R, const uint32_t* vb2, int64_t n2,
+                              const float* alpha, int64_t r, int64_t d0) {
+  using F = V<16>::f;
+  F acc[MR][DC];
+  for (int i = 0; i < MR; ++i) {
+    const F al = splat<16>(alpha[r + i]);
+    for (int c = 0; c < DC; ++c) acc[i][c] = loadv<16>(o + (r + i) * Dp + d0 + c * 16) * al;
+  }
+  for (int64_t i2 = 0; i2 < n2; ++i2) {
+    v32hi vv[DC];
+    for (int c = 0; c < DC; ++c) std::memcpy(&vv[c], vb2 + i2 * Dp + d0 + c * 16, sizeof vv[c]);
+    for (int i = 0; i < MR; ++i) {
+      const v32hi pp = splat_pair(p2[i2 * R + r + i]);
+      for (int c = 0; c < DC; ++c) acc[i][c] = __builtin_ia32_dpbf16ps_v16sf(acc[i][c], pp, vv[c]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int c = 0; c < DC; ++c) storev<16>(o + (r + i) * Dp + d0 + c * 16, acc[i][c]);
+}
+
+HAVOC_INLINE void pv_rows_dot(float* o, int64_t Dp, const uint32_t* p2, int64_t R, const uint32_t* vb2, int64_t n2,
+                              const float* alpha) {
+  const int64_t nd = Dp / 16;
+  for (int64_t r = 0; r < R; r += 4)
+    for (int64_t c0 = 0; c0 < nd; c0 += 4) {
+      switch (std::min<int64_t>(4, nd - c0)) {
+        case 1: pv_tile_dot<4, 1>(o, Dp, p2, R, vb2, n2, alpha, r, c0 * 16); break;
+        case 2: pv_tile_dot<4, 2>(o, Dp, p2, R, vb2, n2, alpha, r, c0 * 16); break;
+        case 3: pv_tile_dot<4, 3>(o, Dp, p2, R, vb2, n2, alpha, r, c0 * 16); break;
+        default: pv_tile_dot<4, 4>(o, Dp, p2, R, vb2, n2, alpha, r, c0 * 16); break;
+      }
+    }
+}
+
+// out[d] = a[d] | b[d] << 16 for d < D (b null: zeros), zeros to Dp: the bf16 pairs of two rows.
+HAVOC_INLINE void pair_rows(const uint16_t* a, const uint16_t* b, int64_t D, int64_t Dp, uint32_t* out) {
+  using U = V<16>::u;
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    V<16>::h ha, hb = {};
+    std::memcpy(&ha, a + d, sizeof ha);
+    if (b != nullptr) std::memcpy(&hb, b + d, sizeof hb);
+    const U w = __builtin_convertvector(ha, U) | (__builtin_convertvector(hb, U) << 16);
+    std::memcpy(out + d, &w, sizeof w);
+  }
+  for (; d < D; ++d) out[d] = a[d] | (b != nullptr ? static_cast<uint32_t>(b[d]) << 16 : 0u);
+  for (; d < Dp; ++d) out[d] = 0;
+}
+#endif  // HAVOC_DOT_VARIANTS
+
 // One unit: queries [t0, t0 + TQ) of the G heads of KV head kvh of sequence b, over every key they see.
-template <int W, class T>
+// kDot: the vdpbf16ps kernel (W = 16, bf16 storage, even head_dim), else fp32 FMAs.
+template <int W, class T, bool kDot>
 HAVOC_INLINE void attention_unit(const AttentionArgs& a, int64_t b, int64_t kvh, int64_t t0, Work& s) {
   using F = typename V<W>::f;
   using I = typename V<W>::i;
@@ -157,26 +273,28 @@ HAVOC_INLINE void attention_unit(const AttentionArgs& a, int64_t b, int64_t kvh,
   const int64_t D = a.head_dim, Dp = (D + W - 1) / W * W, G = a.n_heads / a.kv_heads;
   const int64_t TQ = unit_tokens(W, G), R = G * TQ, nq = std::min(TQ, a.q_len - t0);
 
-  // Q^T scaled, each row's key limit, the state.
+  // Q^T (fp32 and scaled, or bf16 pairs with the scale left to the scores), each row's key limit, the state.
   const T* qb = static_cast<const T*>(a.q.data) + b * a.q.batch_stride;
   for (int64_t g = 0; g < G; ++g) {
     const T* qh = qb + (kvh * G + g) * a.q.head_stride;
     for (int64_t t = 0; t < TQ; ++t) {
       const int64_t r = g * TQ + t;
-      if (t < nq) {
-        const T* qr = qh + (t0 + t) * a.q.row_stride;
-        for (int64_t d = 0; d < D; ++d) s.qt[d * R + r] = load(qr + d) * a.scale;
-        const int64_t last = a.causal ? a.q_offset + t0 + t : a.kv_len - 1;
-        s.lim[r] = static_cast<int32_t>(std::clamp<int64_t>(last, -1, a.kv_len - 1));
+      const T* qr = t < nq ? qh + (t0 + t) * a.q.row_stride : nullptr;
+      if constexpr (kDot) {
+#ifdef HAVOC_DOT_VARIANTS
+        for (int64_t p = 0; p < D / 2; ++p) s.qt2()[p * R + r] = qr != nullptr ? pair_at(qr + 2 * p) : 0u;
+#endif
       } else {
-        for (int64_t d = 0; d < D; ++d) s.qt[d * R + r] = 0.0f;
-        s.lim[r] = -1;
+        for (int64_t d = 0; d < D; ++d) s.qt[d * R + r] = qr != nullptr ? load(qr + d) * a.scale : 0.0f;
       }
+      const int64_t last = a.causal ? a.q_offset + t0 + t : a.kv_len - 1;
+      s.lim[r] = qr != nullptr ? static_cast<int32_t>(std::clamp<int64_t>(last, -1, a.kv_len - 1)) : -1;
       s.m[r] = kNegInf;
       s.l[r] = 0.0f;
     }
   }
   std::fill(s.o, s.o + R * Dp, 0.0f);
+  const float score_scale = kDot ? a.scale : 1.0f;
 
   // Keys [0, end): the last query of the block sees no further.
   const int64_t end = a.causal ? std::clamp<int64_t>(a.q_offset + t0 + nq, 0, a.kv_len) : a.kv_len;
@@ -185,18 +303,32 @@ HAVOC_INLINE void attention_unit(const AttentionArgs& a, int64_t b, int64_t kvh,
   const T* vh = static_cast<const T*>(a.v.data) + (paged ? 0 : b * a.v.batch_stride) + kvh * a.v.head_stride;
   const int32_t* table = paged ? a.block_table + b * a.table_stride : nullptr;
   const uint8_t* km = a.key_mask ? a.key_mask + b * a.key_mask_stride : nullptr;
+  const auto key_row = [&](const T* base, int64_t stride, int64_t key) {
+    return base + (paged ? table[key / a.block_size] * a.block_size + key % a.block_size : key) * stride;
+  };
   for (int64_t j0 = 0; j0 < end; j0 += kKeys) {
     const int64_t nj = std::min(kKeys, end - j0), nj4 = (nj + kKeyTile - 1) / kKeyTile * kKeyTile;
-    for (int64_t j = 0; j < nj; ++j) {
-      const int64_t key = j0 + j;
-      const int64_t row = paged ? table[key / a.block_size] * a.block_size + key % a.block_size : key;
-      row_f32<W>(kh + row * a.k.row_stride, D, s.kb + j * D);
-      row_f32<W>(vh + row * a.v.row_stride, D, s.vb + j * Dp);
-      std::fill(s.vb + j * Dp + D, s.vb + (j + 1) * Dp, 0.0f);
+    if constexpr (kDot) {
+#ifdef HAVOC_DOT_VARIANTS
+      // K: each key's row as it is (rows past the block: a zero row); V: rows paired.
+      const T* krow[kKeys];
+      std::fill(s.kb, s.kb + D, 0.0f);
+      for (int64_t j = 0; j < nj4; ++j)
+        krow[j] = j < nj ? key_row(kh, a.k.row_stride, j0 + j) : reinterpret_cast<const T*>(s.kb);
+      for (int64_t j = 0; j < nj; j += 2)
+        pair_rows(key_row(vh, a.v.row_stride, j0 + j), j + 1 < nj ? key_row(vh, a.v.row_stride, j0 + j + 1) : nullptr,
+                  D, Dp, s.vb2() + (j / 2) * Dp);
+      scores_dot(s.qt2(), R, krow, D / 2, nj4, s.st);
+#endif
+    } else {
+      for (int64_t j = 0; j < nj; ++j) {
+        row_f32<W>(key_row(kh, a.k.row_stride, j0 + j), D, s.kb + j * D);
+        row_f32<W>(key_row(vh, a.v.row_stride, j0 + j), D, s.vb + j * Dp);
+        std::fill(s.vb + j * Dp + D, s.vb + (j + 1) * Dp, 0.0f);
+      }
+      std::fill(s.kb + nj * D, s.kb + nj4 * D, 0.0f);
+      scores<W>(s.qt, R, s.kb, D, nj4, s.st);
     }
-    std::fill(s.kb + nj * D, s.kb + nj4 * D, 0.0f);
-
-    scores<W>(s.qt, R, s.kb, D, nj4, s.st);
 
     // Online softmax, W query rows at a time: keys a row may not see score -inf.
     for (int64_t c = 0; c < R / W; ++c) {
@@ -206,7 +338,7 @@ HAVOC_INLINE void attention_unit(const AttentionArgs& a, int64_t b, int64_t kvh,
       F bmax = splat<W>(kNegInf);
       for (int64_t j = 0; j < nj; ++j) {
         float* sp = s.st + j * R + c * W;
-        F x = loadv<W>(sp);
+        F x = loadv<W>(sp) * score_scale;
         x = (I{} + static_cast<int32_t>(j0 + j)) <= lim ? x : splat<W>(kNegInf);
         if (km != nullptr && km[j0 + j] == 0) x = splat<W>(kNegInf);
         storev<W>(sp, x);
@@ -225,9 +357,24 @@ HAVOC_INLINE void attention_unit(const AttentionArgs& a, int64_t b, int64_t kvh,
       storev<W>(s.l + c * W, loadv<W>(s.l + c * W) * alpha + sum);
       storev<W>(s.m + c * W, m_new);
       storev<W>(s.alpha + c * W, alpha);
+      if constexpr (kDot) {  // the probabilities as bf16 pairs of consecutive keys
+        using U = typename V<W>::u;
+        for (int64_t j = 0; j < nj; j += 2) {
+          const U lo = bf16_bits<W>(loadv<W>(s.st + j * R + c * W));
+          const U hi = j + 1 < nj ? bf16_bits<W>(loadv<W>(s.st + (j + 1) * R + c * W)) : U{};
+          const U w = lo | (hi << 16);
+          std::memcpy(s.p2 + (j / 2) * R + c * W, &w, sizeof w);
+        }
+      }
     }
 
-    pv_rows<W>(s.o, Dp, s.st, R, s.vb, nj, s.alpha);
+    if constexpr (kDot) {
+#ifdef HAVOC_DOT_VARIANTS
+      pv_rows_dot(s.o, Dp, s.p2, R, s.vb2(), (nj + 1) / 2, s.alpha);
+#endif
+    } else {
+      pv_rows<W>(s.o, Dp, s.st, R, s.vb, nj, s.alpha);
+    }
   }
 
   T* ob = static_cast<T*>(const_cast<void*>(a.out.data)) + b * a.out.batch_stride;  // out is written
@@ -249,10 +396,10 @@ struct Kernel {
 
 #define HAVOC_ATTENTION_UNITS(NAME, W, ATTR)                                                     \
   ATTR void NAME##_f32(const AttentionArgs& a, int64_t b, int64_t kvh, int64_t t0, Work& s) {   \
-    attention_unit<W, float>(a, b, kvh, t0, s);                                                  \
+    attention_unit<W, float, false>(a, b, kvh, t0, s);                                           \
   }                                                                                              \
   ATTR void NAME##_bf16(const AttentionArgs& a, int64_t b, int64_t kvh, int64_t t0, Work& s) {  \
-    attention_unit<W, uint16_t>(a, b, kvh, t0, s);                                               \
+    attention_unit<W, uint16_t, false>(a, b, kvh, t0, s);                                        \
   }
 
 HAVOC_ATTENTION_UNITS(attn_scalar, 4, )
@@ -262,9 +409,37 @@ HAVOC_ATTENTION_UNITS(attn_avx512, 16, HAVOC_TARGET_AVX512)
 #endif
 #undef HAVOC_ATTENTION_UNITS
 
-Kernel pick(const std::string& isa, KVDType dtype) {
+#ifdef HAVOC_DOT_VARIANTS
+HAVOC_TARGET_AVX512_BF16 void attn_avx512_bf16_dot(const AttentionArgs& a, int64_t b, int64_t kvh, int64_t t0,
+                                                   Work& s) {
+  attention_unit<16, uint16_t, true>(a, b, kvh, t0, s);
+}
+#endif
+
+// Why this build and CPU cannot run the vdpbf16ps kernel ("" when they can).
+std::string dot_missing() {
+#ifdef HAVOC_DOT_VARIANTS
+  for (const char* f : {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"})
+    if (!has_cpu_feature(f)) return std::string("this CPU lacks ") + f;
+  return "";
+#else
+  return "this build has no dot-product kernels (GCC >= 12 on Linux x86-64 compiles them)";
+#endif
+}
+
+// isa "avx512_bf16" (and "auto" where the CPU has it): vdpbf16ps for bf16 with an even head_dim, the
+// avx512 FMA kernel otherwise.
+Kernel pick(const std::string& isa, KVDType dtype, int64_t head_dim) {
   const bool bf16 = dtype == KVDType::kBFloat16;
-  const std::string level = resolve_isa(isa);
+  if (isa == "avx512_bf16" || isa == "auto") {
+    const std::string why = dot_missing();
+    if (isa == "avx512_bf16" && !why.empty())
+      throw std::invalid_argument("kernel variant 'avx512_bf16' is not available: " + why);
+#ifdef HAVOC_DOT_VARIANTS
+    if (why.empty() && bf16 && head_dim % 2 == 0) return {attn_avx512_bf16_dot, 16};
+#endif
+  }
+  const std::string level = resolve_isa(isa == "avx512_bf16" ? "avx512" : isa);
 #ifdef HAVOC_X86_DISPATCH
   if (level == "avx2") return {bf16 ? attn_avx2_bf16 : attn_avx2_f32, 8};
   if (level == "avx512") return {bf16 ? attn_avx512_bf16 : attn_avx512_f32, 16};
@@ -285,9 +460,15 @@ void validate(const AttentionArgs& a) {
 
 }  // namespace
 
+std::vector<std::string> attention_isas() {
+  std::vector<std::string> out = runnable_isas();
+  if (dot_missing().empty()) out.push_back("avx512_bf16");
+  return out;
+}
+
 void attention(const AttentionArgs& a, const std::string& isa) {
   validate(a);
-  const Kernel k = pick(isa, a.dtype);
+  const Kernel k = pick(isa, a.dtype, a.head_dim);
   if (a.batch == 0 || a.q_len == 0) return;
   const int64_t G = a.n_heads / a.kv_heads, TQ = unit_tokens(k.width, G), R = G * TQ;
   const int64_t D = a.head_dim, Dp = (D + k.width - 1) / k.width * k.width;

@@ -49,12 +49,18 @@ struct AttentionArgs {
 // the block's tokens of all G query heads of that KV head, so each K/V row is read once per unit; K/V in
 // blocks of 64 keys, scores computed transposed (keys x queries, queries in the vector lanes) so the
 // online softmax needs no horizontal reductions. Units run on OpenMP threads, longest (latest queries)
-// first. `isa`: "auto", "scalar", "avx2" or "avx512", as paged_decode_attention.
+// first. `isa`: "auto" or one of attention_isas().
 //
 // A row's result does not depend on the other rows of its unit or call: the keys go in blocks of 64 from
 // key 0 whatever the unit, each query is one lane with its own sums in key order, and a block past a row's
 // last key rescales it by exp(0) = 1 and adds exp(-inf) = 0 terms. So the decoder's prompt rows give the
 // same bits however a prompt is chunked or batched.
 void attention(const AttentionArgs& args, const std::string& isa = "auto");
+
+// The variants this CPU and build run, narrowest first: paged_decode_attention's ("scalar", "avx2",
+// "avx512": fp32 FMAs, bf16 widened), then "avx512_bf16" where AVX512-BF16 is there: bf16 operands with an
+// even head_dim multiply pairs by vdpbf16ps (the probabilities rounded to bf16 for P V, as torch's bf16
+// flash attention does); "auto" picks it for those.
+std::vector<std::string> attention_isas();
 
 }  // namespace havoc

@@ -1001,7 +1001,7 @@ PYBIND11_MODULE(_C, m) {
       "(shaped like q; any strides with head_dim contiguous, as q, k and v): GQA with n_heads / kv_heads query "
       "heads per KV head; causal: query t sees keys j <= q_offset + t; key_mask: None or (batch, kv_len), 0 at "
       "keys to ignore; a query that sees no key gets zeros. dtype: 'float32', or 'bfloat16' with the buffers "
-      "as int16 bits. isa: 'auto', 'scalar', 'avx2', 'avx512'. Releases the GIL.");
+      "as int16 bits. isa: 'auto' or one of attention_isas(). Releases the GIL.");
   m.def(
       "attention_varlen",
       [](const py::array& q, const py::array& k, const py::array& v, const py::object& cu_q_obj,
@@ -1073,6 +1073,9 @@ PYBIND11_MODULE(_C, m) {
       "causal bottom-right aligned, into out (shaped like q). max_seqlen_q/k are the op's (they size the Triton "
       "grid) and not needed here. int64 cu_seqlens are checked first (ValueError). "
       "Releases the GIL.");
+  m.def("attention_isas", &havoc::attention_isas,
+        "Kernel variants of attention / attention_varlen this CPU can run, narrowest first ('avx512_bf16': "
+        "vdpbf16ps for bf16).");
   m.def("decode_attention_isas", &havoc::decode_attention_isas,
         "Kernel variants of paged_decode_attention this CPU can run, narrowest first.");
   m.def("decode_attention_splits", &havoc::decode_attention_splits, py::arg("n_seqs"), py::arg("max_length"),

@@ -21,12 +21,7 @@
 #include <sys/mman.h>
 #endif
 
-// The dot-product variants (VNNI, AVX512-BF16, AMX) reach their instructions through GCC's builtins and
-// AMX's through inline assembly; Clang spells the builtins differently, so there they are not compiled
-// (linear_variant_missing says so).
-#if defined(HAVOC_X86_DISPATCH) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__linux__)
-#define HAVOC_DOT_VARIANTS 1
-#include <immintrin.h>  // declares the __builtin_ia32_* the kernels call (not its wrappers: see simd.h)
+#ifdef HAVOC_DOT_VARIANTS  // simd.h: the dot-product variants are compiled; AMX asks the OS for its state
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -1674,7 +1669,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
         p.scale = a.scale;
         p.block_table = block_tables + first * table_width;
         p.block_size = pool_.block_size;
-        attention(p, k.attention);
+        attention(p, k.bf16_dot ? "auto" : k.attention);  // vdpbf16ps where the products use it
       }
     }
     if (bf16)

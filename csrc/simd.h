@@ -37,6 +37,14 @@
                         "amx-tile,amx-bf16,amx-int8")))
 #endif
 
+// The dot-product variants (VNNI, AVX512-BF16, AMX) reach their instructions through GCC's builtins and
+// AMX's through inline assembly; Clang spells the builtins differently, so there they are not compiled
+// (linear_variant_missing says so, and attention keeps its FMA kernel).
+#if defined(HAVOC_X86_DISPATCH) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__linux__)
+#define HAVOC_DOT_VARIANTS 1
+#include <immintrin.h>  // declares the __builtin_ia32_* the kernels call (not its wrappers: see above)
+#endif
+
 namespace havoc {
 namespace simd {
 

@@ -20,7 +20,7 @@ pytestmark = [  # tests/test_ops_coverage.py
     pytest.mark.op("attention_varlen", "cpu"),
 ]
 
-ISAS = _C.decode_attention_isas()  # "scalar" always; "avx2"/"avx512" where this CPU has them
+ISAS = _C.attention_isas()  # "scalar" always; "avx2"/"avx512"/"avx512_bf16" where this CPU has them
 # bf16: the kernel's output is rounded to bf16 once (the reference below runs in fp32 on the same inputs)
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2)}
 
@@ -104,6 +104,22 @@ def test_every_variant_gives_the_same_answer_as_auto():
     base = cpu.attention(q, k, v, causal=True)
     for isa in ISAS:
         torch.testing.assert_close(cpu.attention(q, k, v, causal=True, isa=isa), base, atol=2e-6, rtol=2e-6)
+
+
+def test_the_bf16_dot_product_variant_where_the_cpu_has_it():
+    # vdpbf16ps multiplies pairs: bf16 operands with an even head_dim; others (fp32, odd head_dim) run the
+    # avx512 FMA kernel under the same name. The probabilities go to P V rounded to bf16.
+    if "avx512_bf16" not in ISAS:
+        with pytest.raises(ValueError, match="not available"):
+            cpu.attention(*qkv(1, 2, 1, 3, 3, 8), isa="avx512_bf16")
+        pytest.skip("this CPU lacks avx512_bf16 (or the build has no dot-product kernels)")
+    for D in (64, 128, 2, 38):
+        q, k, v = qkv(2, 8, 2, 77, 77, D, torch.bfloat16, seed=D)
+        got = cpu.attention(q, k, v, causal=True, isa="avx512_bf16")
+        torch.testing.assert_close(got.float(), want(q, k, v, causal=True), **TOL[torch.bfloat16])
+        torch.testing.assert_close(cpu.attention(q, k, v, causal=True), got)  # auto picks it
+    q, k, v = qkv(1, 4, 2, 9, 9, 11, torch.bfloat16)  # odd head_dim: the FMA kernel
+    torch.testing.assert_close(cpu.attention(q, k, v, isa="avx512_bf16"), cpu.attention(q, k, v, isa="avx512"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -451,7 +451,8 @@ def attention(
         q: (B, n_heads, T, head_dim); k, v: (B, n_kv_heads, S, head_dim); any strides (head_dim is made
             contiguous where it is not).
         causal, q_offset, key_mask, scale: as `reference.attention`.
-        isa: kernel variant, "auto" or one of `_C.decode_attention_isas()` (tests force each).
+        isa: kernel variant, "auto" or one of `_C.attention_isas()` (tests force each); "auto" takes
+            vdpbf16ps for bf16 where the CPU has AVX512-BF16.
 
     Returns:
         (B, n_heads, T, head_dim) in q's dtype: a view of a (B, T, n_heads, head_dim) buffer, which is the
@@ -522,13 +523,17 @@ backends.register(
     "paged_decode_attention", "cpu", "cpu", paged_decode_attention,
     f"havoc.backends.cpu: C++ decode attention, variant {_C.attention_isa_for('auto')!r} (csrc/paged_attention.cpp)",
 )
+_ATTENTION_VARIANTS = (
+    f"variant {_C.attention_isa_for('auto')!r}"
+    + (", vdpbf16ps for bf16 ('avx512_bf16')" if "avx512_bf16" in _C.attention_isas() else "")
+)
 backends.register(
     "attention", "cpu", "cpu", attention,
-    f"havoc.backends.cpu: C++ flash attention, variant {_C.attention_isa_for('auto')!r} (csrc/attention.cpp)",
+    f"havoc.backends.cpu: C++ flash attention, {_ATTENTION_VARIANTS} (csrc/attention.cpp)",
 )
 backends.register(
     "attention_varlen", "cpu", "cpu", attention_varlen,
-    f"havoc.backends.cpu: C++ flash attention per sequence, variant {_C.attention_isa_for('auto')!r} (csrc/attention.cpp)",
+    f"havoc.backends.cpu: C++ flash attention per sequence, {_ATTENTION_VARIANTS} (csrc/attention.cpp)",
 )
 for _op in ("rms_norm", "add_rms_norm", "apply_rope", "swiglu"):
     backends.register(
