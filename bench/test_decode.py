@@ -271,6 +271,39 @@ def test_prefill_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dt
     )
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_engine_prefill_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dtype):
+    """The same 512-token prompt through the engine, as `LLM` / `havoc serve` run it (the C++ decode step:
+    the prompt in chunks of the engine's token budget, its rows attending as a prefill, batch invariant), to
+    its first token, against llama.cpp's llama_decode of the prompt, alternating."""
+    from havoc.engine import Engine, SamplingParams
+
+    ids = _prompts(smollm2[1], sample_text, 1, PREFILL_TOKENS)[0]
+    engine = Engine(engines("havoc", dtype), None, kv_cache_tokens=2 * PREFILL_TOKENS, prefix_caching=False,
+                    speculative=False)
+    theirs = llamacpp(dtype, 1, context=2 * PREFILL_TOKENS)
+    params = SamplingParams(max_new_tokens=1, ignore_eos=True)
+
+    def setup():
+        return (), {}
+
+    def run():
+        req = engine.add_request(ids, params)
+        while engine.has_unfinished():
+            engine.step()
+        assert req.num_output == 1
+
+    benchmark.group = f"engine prefill {PREFILL_TOKENS} tokens vs llama.cpp"
+    base_times = _interleaved(benchmark, (setup, run), _llamacpp_prefill(theirs, ids), 5)
+    if benchmark.stats is None:
+        return
+    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
+    benchmark.extra_info.update(
+        kind="engine_prefill", dtype=dtype, batch=1, baseline="llama.cpp", baseline_binding=theirs.binding,
+        tokens_per_s=PREFILL_TOKENS / ours_s, baseline_tokens_per_s=PREFILL_TOKENS / base_s, ratio=base_s / ours_s,
+    )
+
+
 @pytest.mark.op("linear", "cpu")
 @pytest.mark.parametrize("batch", [1, 8, 32])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
