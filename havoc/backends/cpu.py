@@ -542,5 +542,5 @@ for _op in ("rms_norm", "add_rms_norm", "apply_rope", "swiglu"):
     )
 backends.unavailable(
     "linear_cross_entropy", "cpu",
-    "torch's own kernels are the CPU path (training: the logits and their gradient in fp32 chunks)",
+    "torch's own ops are the CPU path (the reference materialises the fp32 logits; training only)",
 )
