@@ -75,7 +75,8 @@ def test_autograd_and_reference_backend_bypass_the_fast_path(monkeypatch):
 
 def test_forcing_fast_names_the_missing_op():
     with ops.use_backend("fast"):
-        with pytest.raises(ConfigError, match="op 'rms_norm' has no fast implementation on cpu"):
-            ops.rms_norm(torch.randn(2, 4), torch.ones(4), 1e-5)
+        with pytest.raises(ConfigError, match="op 'linear_cross_entropy' has no fast implementation on cpu"):
+            ops.linear_cross_entropy(torch.randn(2, 4), torch.randn(5, 4), torch.tensor([1, 3]))
+        ops.rms_norm(torch.randn(2, 4), torch.ones(4), 1e-5)  # has one: csrc/elementwise.cpp
     with pytest.raises(ConfigError, match="unknown ops backend 'turbo'"):
         ops.set_backend("turbo")
