@@ -837,11 +837,8 @@ HAVOC_INLINE void to_bf16_rows(const float* x, int64_t M, int64_t ldx, int64_t K
     const float* xm = x + m * ldx;
     uint16_t* o = xb + m * K;
     int64_t k = 0;
-    for (; k + W <= K; k += W) {
-      const typename V<W>::h h = __builtin_convertvector(bf16_bits<W>(loadv<W>(xm + k)), typename V<W>::h);
-      std::memcpy(o + k, &h, sizeof h);
-    }
-    for (; k < K; ++k) o[k] = f32_to_bf16(xm[k]);
+    for (; k + W <= K; k += W) storev<W>(o + k, loadv<W>(xm + k));
+    for (; k < K; ++k) store(o + k, xm[k]);
   }
 }
 
@@ -852,11 +849,8 @@ HAVOC_INLINE void round_bf16_rows(const float* x, int64_t M, int64_t ldx, int64_
     const float* xm = x + m * ldx;
     float* o = xr + m * K;
     int64_t k = 0;
-    for (; k + W <= K; k += W) {
-      const typename V<W>::u u = bf16_bits<W>(loadv<W>(xm + k)) << 16;
-      std::memcpy(o + k, &u, sizeof u);
-    }
-    for (; k < K; ++k) o[k] = bf16_to_f32(f32_to_bf16(xm[k]));
+    for (; k + W <= K; k += W) storev<W>(o + k, as_stored<W, uint16_t>(loadv<W>(xm + k)));
+    for (; k < K; ++k) o[k] = as_stored<uint16_t>(xm[k]);
   }
 }
 
