@@ -10,6 +10,7 @@
 #include <omp.h>
 #endif
 
+#include "cpu_decode.h"  // linear_variant_missing
 #include "simd.h"
 
 namespace havoc {
@@ -62,21 +63,38 @@ struct Work {
   uint32_t* vb2() { return reinterpret_cast<uint32_t*>(vb); }
 };
 
-// st[j, c W ..] = sum_d kb[j, d] qt[d, c W ..] for keys j .. j + kKeyTile and RC vectors of queries from
-// vector c0: kKeyTile x RC accumulators, one key element broadcast against RC query vectors per step.
-template <int W, int RC>
-HAVOC_INLINE void scores_tile(const float* qt, int64_t R, const float* kb, int64_t D, int64_t j, int64_t c0,
-                              float* st) {
+// The multiply-add of a kernel. Fma: fp32 lanes, one feature (scores) or key (P V) a step, a key element
+// or probability broadcast as a float. DotMul (below): bf16 pairs, two a step, broadcast as a 32-bit word.
+// Elem: an element of Q^T, of the block's V and of P as the tiles read them; Key: a K row's element.
+template <int W>
+struct FmaMul {
+  static constexpr int kWidth = W;
+  using Elem = float;
+  using Key = float;
+  using Vec = typename V<W>::f;
+  HAVOC_INLINE static Vec load(const float* p) { return loadv<W>(p); }
+  HAVOC_INLINE static Vec bcast(float x) { return splat<W>(x); }
+  HAVOC_INLINE static float key(const float* row, int64_t step) { return row[step]; }
+  HAVOC_INLINE static typename V<W>::f madd(typename V<W>::f acc, Vec a, Vec b) { return acc + a * b; }
+};
+
+// st[j, c W ..] = sum over steps p of key(krow[j], p) qt[p, c W ..] for keys j .. j + kKeyTile and RC
+// vectors of queries from vector c0: kKeyTile x RC accumulators, one key element broadcast against RC query
+// vectors per step.
+template <class Mul, int RC>
+HAVOC_INLINE void scores_tile(const typename Mul::Elem* qt, int64_t R, const typename Mul::Key* const* krow,
+                              int64_t steps, int64_t j, int64_t c0, float* st) {
+  constexpr int W = Mul::kWidth;
   using F = typename V<W>::f;
   F acc[kKeyTile][RC];
   for (int jj = 0; jj < kKeyTile; ++jj)
     for (int c = 0; c < RC; ++c) acc[jj][c] = F{};
-  for (int64_t d = 0; d < D; ++d) {
-    F qv[RC];
-    for (int c = 0; c < RC; ++c) qv[c] = loadv<W>(qt + d * R + (c0 + c) * W);
+  for (int64_t p = 0; p < steps; ++p) {
+    typename Mul::Vec qv[RC];
+    for (int c = 0; c < RC; ++c) qv[c] = Mul::load(qt + p * R + (c0 + c) * W);
     for (int jj = 0; jj < kKeyTile; ++jj) {
-      const F kv = splat<W>(kb[(j + jj) * D + d]);
-      for (int c = 0; c < RC; ++c) acc[jj][c] += kv * qv[c];
+      const typename Mul::Vec kv = Mul::bcast(Mul::key(krow[j + jj], p));
+      for (int c = 0; c < RC; ++c) acc[jj][c] = Mul::madd(acc[jj][c], kv, qv[c]);
     }
   }
   for (int jj = 0; jj < kKeyTile; ++jj)
@@ -87,40 +105,43 @@ template <int W>
 constexpr int kMaxRC = W >= 16 ? 4 : 2;  // 16 (or 8) accumulators + RC query vectors + a broadcast
 
 // The scores of keys [0, nj4) (a multiple of kKeyTile) against all R query rows.
-template <int W>
-HAVOC_INLINE void scores(const float* qt, int64_t R, const float* kb, int64_t D, int64_t nj4, float* st) {
+template <class Mul>
+HAVOC_INLINE void scores(const typename Mul::Elem* qt, int64_t R, const typename Mul::Key* const* krow,
+                         int64_t steps, int64_t nj4, float* st) {
+  constexpr int W = Mul::kWidth, kRC = kMaxRC<W>;
   const int64_t nc = R / W;
-  for (int64_t c0 = 0; c0 < nc; c0 += kMaxRC<W>) {
-    const int64_t rc = std::min<int64_t>(kMaxRC<W>, nc - c0);
+  for (int64_t c0 = 0; c0 < nc; c0 += kRC) {
+    const int64_t rc = std::min<int64_t>(kRC, nc - c0);
     for (int64_t j = 0; j < nj4; j += kKeyTile) {
       switch (rc) {
-        case 1: scores_tile<W, 1>(qt, R, kb, D, j, c0, st); break;
-        case 2: scores_tile<W, 2>(qt, R, kb, D, j, c0, st); break;
-        case 3: if constexpr (kMaxRC<W> >= 3) scores_tile<W, 3>(qt, R, kb, D, j, c0, st); break;
-        case 4: if constexpr (kMaxRC<W> >= 4) scores_tile<W, 4>(qt, R, kb, D, j, c0, st); break;
+        case 1: scores_tile<Mul, 1>(qt, R, krow, steps, j, c0, st); break;
+        case 2: scores_tile<Mul, 2>(qt, R, krow, steps, j, c0, st); break;
+        case 3: if constexpr (kRC >= 3) scores_tile<Mul, 3>(qt, R, krow, steps, j, c0, st); break;
+        case 4: if constexpr (kRC >= 4) scores_tile<Mul, 4>(qt, R, krow, steps, j, c0, st); break;
         default: break;
       }
     }
   }
 }
 
-// o[r + i, d0 ..] = alpha[r + i] o[r + i, d0 ..] + sum_j st[j, r + i] vb[j, d0 ..] for MR rows and DC
-// vectors of features: the probabilities broadcast, V rows loaded once per MR rows.
-template <int W, int MR, int DC>
-HAVOC_INLINE void pv_tile(float* o, int64_t Dp, const float* st, int64_t R, const float* vb, int64_t nj,
-                          const float* alpha, int64_t r, int64_t d0) {
+// o[r + i, d0 ..] = alpha[r + i] o[r + i, d0 ..] + sum over steps s of p[s, r + i] v[s, d0 ..] for MR rows
+// and DC vectors of features: the probabilities broadcast, V rows loaded once per MR rows.
+template <class Mul, int MR, int DC>
+HAVOC_INLINE void pv_tile(float* o, int64_t Dp, const typename Mul::Elem* p, int64_t R,
+                          const typename Mul::Elem* v, int64_t steps, const float* alpha, int64_t r, int64_t d0) {
+  constexpr int W = Mul::kWidth;
   using F = typename V<W>::f;
   F acc[MR][DC];
   for (int i = 0; i < MR; ++i) {
     const F al = splat<W>(alpha[r + i]);
     for (int c = 0; c < DC; ++c) acc[i][c] = loadv<W>(o + (r + i) * Dp + d0 + c * W) * al;
   }
-  for (int64_t j = 0; j < nj; ++j) {
-    F vv[DC];
-    for (int c = 0; c < DC; ++c) vv[c] = loadv<W>(vb + j * Dp + d0 + c * W);
+  for (int64_t j = 0; j < steps; ++j) {
+    typename Mul::Vec vv[DC];
+    for (int c = 0; c < DC; ++c) vv[c] = Mul::load(v + j * Dp + d0 + c * W);
     for (int i = 0; i < MR; ++i) {
-      const F p = splat<W>(st[j * R + r + i]);
-      for (int c = 0; c < DC; ++c) acc[i][c] += p * vv[c];
+      const typename Mul::Vec pv = Mul::bcast(p[j * R + r + i]);
+      for (int c = 0; c < DC; ++c) acc[i][c] = Mul::madd(acc[i][c], pv, vv[c]);
     }
   }
   for (int i = 0; i < MR; ++i)
@@ -130,18 +151,18 @@ HAVOC_INLINE void pv_tile(float* o, int64_t Dp, const float* st, int64_t R, cons
 template <int W>
 constexpr int kPvRows = W >= 16 ? 4 : 2;
 
-template <int W>
-HAVOC_INLINE void pv_rows(float* o, int64_t Dp, const float* st, int64_t R, const float* vb, int64_t nj,
-                          const float* alpha) {
-  constexpr int MR = kPvRows<W>;  // R is a multiple of W, so of MR
+template <class Mul>
+HAVOC_INLINE void pv_rows(float* o, int64_t Dp, const typename Mul::Elem* p, int64_t R,
+                          const typename Mul::Elem* v, int64_t steps, const float* alpha) {
+  constexpr int W = Mul::kWidth, MR = kPvRows<W>;  // R is a multiple of W, so of MR
   const int64_t nd = Dp / W;
   for (int64_t r = 0; r < R; r += MR)
     for (int64_t c0 = 0; c0 < nd; c0 += 4) {
       switch (std::min<int64_t>(4, nd - c0)) {
-        case 1: pv_tile<W, MR, 1>(o, Dp, st, R, vb, nj, alpha, r, c0 * W); break;
-        case 2: pv_tile<W, MR, 2>(o, Dp, st, R, vb, nj, alpha, r, c0 * W); break;
-        case 3: pv_tile<W, MR, 3>(o, Dp, st, R, vb, nj, alpha, r, c0 * W); break;
-        default: pv_tile<W, MR, 4>(o, Dp, st, R, vb, nj, alpha, r, c0 * W); break;
+        case 1: pv_tile<Mul, MR, 1>(o, Dp, p, R, v, steps, alpha, r, c0 * W); break;
+        case 2: pv_tile<Mul, MR, 2>(o, Dp, p, R, v, steps, alpha, r, c0 * W); break;
+        case 3: pv_tile<Mul, MR, 3>(o, Dp, p, R, v, steps, alpha, r, c0 * W); break;
+        default: pv_tile<Mul, MR, 4>(o, Dp, p, R, v, steps, alpha, r, c0 * W); break;
       }
     }
 }
@@ -177,75 +198,21 @@ HAVOC_INLINE uint32_t pair_at(const uint16_t* p) {
   return w;
 }
 
-template <int RC>
-HAVOC_INLINE void scores_tile_dot(const uint32_t* qt2, int64_t R, const uint16_t* const* krow, int64_t P, int64_t j,
-                                  int64_t c0, float* st) {
-  using F = V<16>::f;
-  F acc[kKeyTile][RC];
-  for (int jj = 0; jj < kKeyTile; ++jj)
-    for (int c = 0; c < RC; ++c) acc[jj][c] = F{};
-  for (int64_t p = 0; p < P; ++p) {
-    v32hi qv[RC];
-    for (int c = 0; c < RC; ++c) std::memcpy(&qv[c], qt2 + p * R + (c0 + c) * 16, sizeof qv[c]);
-    for (int jj = 0; jj < kKeyTile; ++jj) {
-      const v32hi kv = splat_pair(pair_at(krow[j + jj] + 2 * p));
-      for (int c = 0; c < RC; ++c) acc[jj][c] = __builtin_ia32_dpbf16ps_v16sf(acc[jj][c], kv, qv[c]);
-    }
+// bf16 pairs: Elem a 32-bit word of two bf16, a K row's element p the pair of features 2p, 2p + 1.
+struct DotMul {
+  static constexpr int kWidth = 16;
+  using Elem = uint32_t;
+  using Key = uint16_t;
+  using Vec = v32hi;
+  HAVOC_INLINE static Vec load(const uint32_t* p) {
+    Vec v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
   }
-  for (int jj = 0; jj < kKeyTile; ++jj)
-    for (int c = 0; c < RC; ++c) storev<16>(st + (j + jj) * R + (c0 + c) * 16, acc[jj][c]);
-}
-
-HAVOC_INLINE void scores_dot(const uint32_t* qt2, int64_t R, const uint16_t* const* krow, int64_t P, int64_t nj4,
-                             float* st) {
-  const int64_t nc = R / 16;
-  for (int64_t c0 = 0; c0 < nc; c0 += 4) {
-    const int64_t rc = std::min<int64_t>(4, nc - c0);
-    for (int64_t j = 0; j < nj4; j += kKeyTile) {
-      switch (rc) {
-        case 1: scores_tile_dot<1>(qt2, R, krow, P, j, c0, st); break;
-        case 2: scores_tile_dot<2>(qt2, R, krow, P, j, c0, st); break;
-        case 3: scores_tile_dot<3>(qt2, R, krow, P, j, c0, st); break;
-        default: scores_tile_dot<4>(qt2, R, krow, P, j, c0, st); break;
-      }
-    }
-  }
-}
-
-template <int MR, int DC>
-HAVOC_INLINE void pv_tile_dot(float* o, int64_t Dp, const uint32_t* p2, int64_t R, const uint32_t* vb2, int64_t n2,
-                              const float* alpha, int64_t r, int64_t d0) {
-  using F = V<16>::f;
-  F acc[MR][DC];
-  for (int i = 0; i < MR; ++i) {
-    const F al = splat<16>(alpha[r + i]);
-    for (int c = 0; c < DC; ++c) acc[i][c] = loadv<16>(o + (r + i) * Dp + d0 + c * 16) * al;
-  }
-  for (int64_t i2 = 0; i2 < n2; ++i2) {
-    v32hi vv[DC];
-    for (int c = 0; c < DC; ++c) std::memcpy(&vv[c], vb2 + i2 * Dp + d0 + c * 16, sizeof vv[c]);
-    for (int i = 0; i < MR; ++i) {
-      const v32hi pp = splat_pair(p2[i2 * R + r + i]);
-      for (int c = 0; c < DC; ++c) acc[i][c] = __builtin_ia32_dpbf16ps_v16sf(acc[i][c], pp, vv[c]);
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int c = 0; c < DC; ++c) storev<16>(o + (r + i) * Dp + d0 + c * 16, acc[i][c]);
-}
-
-HAVOC_INLINE void pv_rows_dot(float* o, int64_t Dp, const uint32_t* p2, int64_t R, const uint32_t* vb2, int64_t n2,
-                              const float* alpha) {
-  const int64_t nd = Dp / 16;
-  for (int64_t r = 0; r < R; r += 4)
-    for (int64_t c0 = 0; c0 < nd; c0 += 4) {
-      switch (std::min<int64_t>(4, nd - c0)) {
-        case 1: pv_tile_dot<4, 1>(o, Dp, p2, R, vb2, n2, alpha, r, c0 * 16); break;
-        case 2: pv_tile_dot<4, 2>(o, Dp, p2, R, vb2, n2, alpha, r, c0 * 16); break;
-        case 3: pv_tile_dot<4, 3>(o, Dp, p2, R, vb2, n2, alpha, r, c0 * 16); break;
-        default: pv_tile_dot<4, 4>(o, Dp, p2, R, vb2, n2, alpha, r, c0 * 16); break;
-      }
-    }
-}
+  HAVOC_INLINE static Vec bcast(uint32_t w) { return splat_pair(w); }
+  HAVOC_INLINE static uint32_t key(const uint16_t* row, int64_t step) { return pair_at(row + 2 * step); }
+  HAVOC_INLINE static V<16>::f madd(V<16>::f acc, Vec a, Vec b) { return __builtin_ia32_dpbf16ps_v16sf(acc, a, b); }
+};
 
 // out[d] = a[d] | b[d] << 16 for d < D (b null: zeros), zeros to Dp: the bf16 pairs of two rows.
 HAVOC_INLINE void pair_rows(const uint16_t* a, const uint16_t* b, int64_t D, int64_t Dp, uint32_t* out) {
@@ -262,6 +229,17 @@ HAVOC_INLINE void pair_rows(const uint16_t* a, const uint16_t* b, int64_t D, int
   for (; d < Dp; ++d) out[d] = 0;
 }
 #endif  // HAVOC_DOT_VARIANTS
+
+template <int W, bool kDot>
+struct MulFor {
+  using type = FmaMul<W>;
+};
+#ifdef HAVOC_DOT_VARIANTS
+template <>
+struct MulFor<16, true> {
+  using type = DotMul;
+};
+#endif
 
 // One unit: queries [t0, t0 + TQ) of the G heads of KV head kvh of sequence b, over every key they see.
 // kDot: the vdpbf16ps kernel (W = 16, bf16 storage, even head_dim), else fp32 FMAs.
@@ -306,29 +284,36 @@ HAVOC_INLINE void attention_unit(const AttentionArgs& a, int64_t b, int64_t kvh,
   const auto key_row = [&](const T* base, int64_t stride, int64_t key) {
     return base + (paged ? table[key / a.block_size] * a.block_size + key % a.block_size : key) * stride;
   };
+  // What the tiles read: Q^T, each key's row, the probabilities and V, as fp32 or as bf16 pairs.
+  using Mul = typename MulFor<W, kDot>::type;
+  using Elem = typename Mul::Elem;
+  const Elem* qt = reinterpret_cast<const Elem*>(s.qt);
+  const Elem* probs = kDot ? reinterpret_cast<const Elem*>(s.p2) : reinterpret_cast<const Elem*>(s.st);
+  const Elem* vrows = reinterpret_cast<const Elem*>(s.vb);
+  const typename Mul::Key* krow[kKeys];
   for (int64_t j0 = 0; j0 < end; j0 += kKeys) {
     const int64_t nj = std::min(kKeys, end - j0), nj4 = (nj + kKeyTile - 1) / kKeyTile * kKeyTile;
     if constexpr (kDot) {
 #ifdef HAVOC_DOT_VARIANTS
       // K: each key's row as it is (rows past the block: a zero row); V: rows paired.
-      const T* krow[kKeys];
       std::fill(s.kb, s.kb + D, 0.0f);
       for (int64_t j = 0; j < nj4; ++j)
         krow[j] = j < nj ? key_row(kh, a.k.row_stride, j0 + j) : reinterpret_cast<const T*>(s.kb);
       for (int64_t j = 0; j < nj; j += 2)
         pair_rows(key_row(vh, a.v.row_stride, j0 + j), j + 1 < nj ? key_row(vh, a.v.row_stride, j0 + j + 1) : nullptr,
                   D, Dp, s.vb2() + (j / 2) * Dp);
-      scores_dot(s.qt2(), R, krow, D / 2, nj4, s.st);
 #endif
     } else {
+      // K and V rows in fp32 (K rows past the block zero, V columns past head_dim zero).
       for (int64_t j = 0; j < nj; ++j) {
         row_f32<W>(key_row(kh, a.k.row_stride, j0 + j), D, s.kb + j * D);
         row_f32<W>(key_row(vh, a.v.row_stride, j0 + j), D, s.vb + j * Dp);
         std::fill(s.vb + j * Dp + D, s.vb + (j + 1) * Dp, 0.0f);
       }
       std::fill(s.kb + nj * D, s.kb + nj4 * D, 0.0f);
-      scores<W>(s.qt, R, s.kb, D, nj4, s.st);
+      for (int64_t j = 0; j < nj4; ++j) krow[j] = s.kb + j * D;
     }
+    scores<Mul>(qt, R, krow, kDot ? D / 2 : D, nj4, s.st);
 
     // Online softmax, W query rows at a time: keys a row may not see score -inf.
     for (int64_t c = 0; c < R / W; ++c) {
@@ -368,13 +353,7 @@ HAVOC_INLINE void attention_unit(const AttentionArgs& a, int64_t b, int64_t kvh,
       }
     }
 
-    if constexpr (kDot) {
-#ifdef HAVOC_DOT_VARIANTS
-      pv_rows_dot(s.o, Dp, s.p2, R, s.vb2(), (nj + 1) / 2, s.alpha);
-#endif
-    } else {
-      pv_rows<W>(s.o, Dp, s.st, R, s.vb, nj, s.alpha);
-    }
+    pv_rows<Mul>(s.o, Dp, probs, R, vrows, kDot ? (nj + 1) / 2 : nj, s.alpha);
   }
 
   T* ob = static_cast<T*>(const_cast<void*>(a.out.data)) + b * a.out.batch_stride;  // out is written
@@ -416,16 +395,9 @@ HAVOC_TARGET_AVX512_BF16 void attn_avx512_bf16_dot(const AttentionArgs& a, int64
 }
 #endif
 
-// Why this build and CPU cannot run the vdpbf16ps kernel ("" when they can).
-std::string dot_missing() {
-#ifdef HAVOC_DOT_VARIANTS
-  for (const char* f : {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"})
-    if (!has_cpu_feature(f)) return std::string("this CPU lacks ") + f;
-  return "";
-#else
-  return "this build has no dot-product kernels (GCC >= 12 on Linux x86-64 compiles them)";
-#endif
-}
+// Why this build and CPU cannot run the vdpbf16ps kernel ("" when they can): the decode kernels' variant
+// of the same name is compiled for the same target (HAVOC_TARGET_AVX512_BF16) and needs the same CPU.
+std::string dot_missing() { return linear_variant_missing("avx512_bf16"); }
 
 // isa "avx512_bf16" (and "auto" where the CPU has it): vdpbf16ps for bf16 with an even head_dim, the
 // avx512 FMA kernel otherwise.
