@@ -1,4 +1,5 @@
 // The only file that includes pybind11: binds the declarations of csrc/*.h into havoc._C.
+#include <algorithm>
 #include <memory>
 #include <optional>
 
@@ -371,6 +372,28 @@ havoc::KVDType kv_dtype(const py::array& a, const std::string& name) {
     return havoc::KVDType::kBFloat16;
   }
   throw py::value_error("dtype must be 'float32' or 'bfloat16', got '" + name + "'");
+}
+
+// q, k, v and out of attention / attention_varlen: nd dimensions each (`layout` names them), one dtype
+// (returned), k and v alike, out shaped like q and writable, the feature dimension contiguous in all four.
+havoc::KVDType attention_operands(const py::array& q, const py::array& k, const py::array& v, const py::array& out,
+                                  const std::string& dtype, py::ssize_t nd, const char* layout) {
+  const havoc::KVDType dt = kv_dtype(q, dtype);
+  require_same_dtype(q, k, "q", "k");
+  require_same_dtype(q, v, "q", "v");
+  require_same_dtype(q, out, "q", "out");
+  if (q.ndim() != nd || k.ndim() != nd || v.ndim() != nd)
+    throw py::value_error(std::string("q, k and v must be ") + layout + ", got " + shape_str(q) + ", " + shape_str(k) + " and " +
+                          shape_str(v));
+  if (!std::equal(k.shape(), k.shape() + nd, v.shape()))
+    throw py::value_error("k and v have different shapes: " + shape_str(k) + " and " + shape_str(v));
+  if (out.ndim() != nd || !std::equal(q.shape(), q.shape() + nd, out.shape()))
+    throw py::value_error("out must be shaped like q " + shape_str(q) + ", got " + shape_str(out));
+  require_writeable(out, "out");
+  for (const auto& [t, what] : {std::pair<const py::array*, const char*>{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}})
+    if (t->shape(nd - 1) > 1 && elem_stride(*t, nd - 1, what) != 1)
+      throw py::value_error(std::string(what) + " must be contiguous along head_dim");
+  return dt;
 }
 
 // --- buffers of the decode kernels ---------------------------------------------------------------------
@@ -862,17 +885,20 @@ PYBIND11_MODULE(_C, m) {
       throw py::value_error(std::string(what) + " must be a C-contiguous array shaped " + shape_str(like) + ", got " +
                             shape_str(a));
   };
+  const auto require_gain = [](const py::array& weight, int64_t D) {
+    if (weight.ndim() != 1 || weight.shape(0) != D || (D > 1 && elem_stride(weight, 0, "weight") != 1))
+      throw py::value_error("weight must be a contiguous (" + std::to_string(D) + ",), got " + shape_str(weight));
+  };
   m.def(
       "rms_norm",
-      [rows_of, contiguous_out](const py::array& x, const py::array& weight, float eps, const std::string& dtype,
-                                const std::string& isa, py::array out) {
+      [rows_of, contiguous_out, require_gain](const py::array& x, const py::array& weight, float eps,
+                                              const std::string& dtype, const std::string& isa, py::array out) {
         const havoc::KVDType dt = kv_dtype(x, dtype);
         require_same_dtype(x, weight, "x", "weight");
         if (x.ndim() != 2) throw py::value_error("x must be (rows, dim), got " + shape_str(x));
         const int64_t M = x.shape(0), D = x.shape(1);
         const int64_t ldx = rows_of(x, D, "x");
-        if (weight.ndim() != 1 || weight.shape(0) != D || (D > 1 && elem_stride(weight, 0, "weight") != 1))
-          throw py::value_error("weight must be a contiguous (" + std::to_string(D) + ",), got " + shape_str(weight));
+        require_gain(weight, D);
         contiguous_out(out, x, "out");
         py::gil_scoped_release nogil;
         havoc::rms_norm(dt, x.data(), ldx, weight.data(), out.mutable_data(), D, M, D, eps, isa);
@@ -883,8 +909,9 @@ PYBIND11_MODULE(_C, m) {
       "buffer in dtype ('float32', or 'bfloat16' as int16 bits). Releases the GIL.");
   m.def(
       "add_rms_norm",
-      [rows_of, contiguous_out](const py::array& x, const py::array& residual, const py::array& weight, float eps,
-                                const std::string& dtype, const std::string& isa, py::array out, py::array h) {
+      [rows_of, contiguous_out, require_gain](const py::array& x, const py::array& residual, const py::array& weight,
+                                              float eps, const std::string& dtype, const std::string& isa,
+                                              py::array out, py::array h) {
         const havoc::KVDType dt = kv_dtype(x, dtype);
         require_same_dtype(x, residual, "x", "residual");
         require_same_dtype(x, weight, "x", "weight");
@@ -892,8 +919,7 @@ PYBIND11_MODULE(_C, m) {
         const int64_t M = x.shape(0), D = x.shape(1);
         const int64_t ldx = rows_of(x, D, "x"), ldr = rows_of(residual, D, "residual");
         if (residual.shape(0) != M) throw py::value_error("residual " + shape_str(residual) + " must be shaped like x " + shape_str(x));
-        if (weight.ndim() != 1 || weight.shape(0) != D || (D > 1 && elem_stride(weight, 0, "weight") != 1))
-          throw py::value_error("weight must be a contiguous (" + std::to_string(D) + ",), got " + shape_str(weight));
+        require_gain(weight, D);
         contiguous_out(out, x, "out");
         contiguous_out(h, x, "h");
         py::gil_scoped_release nogil;
@@ -953,28 +979,13 @@ PYBIND11_MODULE(_C, m) {
          const py::object& key_mask_obj, float scale, const std::string& dtype, const std::string& isa,
          py::array out) {
         havoc::AttentionArgs a;
-        a.dtype = kv_dtype(q, dtype);
-        require_same_dtype(q, k, "q", "k");
-        require_same_dtype(q, v, "q", "v");
-        require_same_dtype(q, out, "q", "out");
-        if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4)
-          throw py::value_error("q, k and v must be (batch, heads, tokens, head_dim), got " + shape_str(q) + ", " +
-                                shape_str(k) + " and " + shape_str(v));
+        a.dtype = attention_operands(q, k, v, out, dtype, 4, "(batch, heads, tokens, head_dim)");
         a.batch = q.shape(0), a.n_heads = q.shape(1), a.q_len = q.shape(2), a.head_dim = q.shape(3);
         a.kv_heads = k.shape(1), a.kv_len = k.shape(2);
-        for (int i = 0; i < 4; ++i)
-          if (k.shape(i) != v.shape(i)) throw py::value_error("k and v have different shapes: " + shape_str(k) +
-                                                              " and " + shape_str(v));
         if (k.shape(0) != a.batch || k.shape(3) != a.head_dim)
           throw py::value_error("k " + shape_str(k) + " does not match q " + shape_str(q) +
                                 " in batch or head_dim");
-        if (out.ndim() != 4 || out.shape(0) != a.batch || out.shape(1) != a.n_heads || out.shape(2) != a.q_len ||
-            out.shape(3) != a.head_dim)
-          throw py::value_error("out must be shaped like q " + shape_str(q) + ", got " + shape_str(out));
-        require_writeable(out, "out");
         const auto view = [](const py::array& t, const char* what) {
-          if (t.shape(3) > 1 && elem_stride(t, 3, what) != 1)
-            throw py::value_error(std::string(what) + " must be contiguous along head_dim");
           return havoc::HeadsView{t.data(), elem_stride(t, 0, what), elem_stride(t, 1, what), elem_stride(t, 2, what)};
         };
         a.q = view(q, "q"), a.k = view(k, "k"), a.v = view(v, "v");
@@ -1007,24 +1018,9 @@ PYBIND11_MODULE(_C, m) {
       [](const py::array& q, const py::array& k, const py::array& v, const py::object& cu_q_obj,
          const py::object& cu_k_obj, int64_t /*max_seqlen_q*/, int64_t /*max_seqlen_k*/, bool causal, float scale,
          const std::string& dtype, const std::string& isa, py::array out) {
-        const havoc::KVDType kv = kv_dtype(q, dtype);
-        require_same_dtype(q, k, "q", "k");
-        require_same_dtype(q, v, "q", "v");
-        require_same_dtype(q, out, "q", "out");
-        if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
-          throw py::value_error("q, k and v must be (tokens, heads, head_dim), got " + shape_str(q) + ", " +
-                                shape_str(k) + " and " + shape_str(v));
-        for (int i = 0; i < 3; ++i)
-          if (k.shape(i) != v.shape(i)) throw py::value_error("k and v have different shapes: " + shape_str(k) +
-                                                              " and " + shape_str(v));
+        const havoc::KVDType kv = attention_operands(q, k, v, out, dtype, 3, "(tokens, heads, head_dim)");
         if (k.shape(2) != q.shape(2)) throw py::value_error("k " + shape_str(k) + " and q " + shape_str(q) +
                                                             " differ in head_dim");
-        if (out.ndim() != 3 || out.shape(0) != q.shape(0) || out.shape(1) != q.shape(1) || out.shape(2) != q.shape(2))
-          throw py::value_error("out must be shaped like q " + shape_str(q) + ", got " + shape_str(out));
-        require_writeable(out, "out");
-        for (const auto& [t, what] : {std::pair<const py::array*, const char*>{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}})
-          if (t->shape(2) > 1 && elem_stride(*t, 2, what) != 1)
-            throw py::value_error(std::string(what) + " must be contiguous along head_dim");
         auto cu_q = as_array<IdArray>(cu_q_obj, "cu_seqlens_q");
         auto cu_k = as_array<IdArray>(cu_k_obj, "cu_seqlens_k");
         if (cu_q.ndim() != 1 || cu_k.ndim() != 1 || cu_q.shape(0) != cu_k.shape(0) || cu_q.shape(0) < 1)
