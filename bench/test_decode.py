@@ -252,23 +252,29 @@ def _llamacpp_prefill(decoder, ids):
     return setup, run
 
 
+def _prefill_vs_llamacpp(benchmark, kind: str, dtype: str, ours, llamacpp, ids: list[int]) -> None:
+    """Time `ours` (setup, run) on the PREFILL_TOKENS prompt `ids`, alternating with llama.cpp's prefill of
+    it on the same weights, and file both rates."""
+    theirs = llamacpp(dtype, 1, context=2 * PREFILL_TOKENS)
+    benchmark.group = f"{kind.replace('_', ' ')} {PREFILL_TOKENS} tokens vs llama.cpp"
+    base_times = _interleaved(benchmark, ours, _llamacpp_prefill(theirs, ids), 5)
+    if benchmark.stats is None:
+        return
+    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
+    benchmark.extra_info.update(
+        kind=kind, dtype=dtype, batch=1, baseline="llama.cpp", baseline_binding=theirs.binding,
+        tokens_per_s=PREFILL_TOKENS / ours_s, baseline_tokens_per_s=PREFILL_TOKENS / base_s, ratio=base_s / ours_s,
+    )
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_prefill_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, dtype):
     """One 512-token prompt to its next-token logits: havoc's model forward (its CPU linear picks the fastest
     product per shape: oneDNN's AMX bf16 GEMM here, or the C++ kernel) against llama.cpp's llama_decode of
     the prompt as one batch, same weights, alternating."""
-    ours = engines("havoc", dtype)
     ids = _prompts(smollm2[1], sample_text, 1, PREFILL_TOKENS)
-    theirs = llamacpp(dtype, 1, context=2 * PREFILL_TOKENS)
-    benchmark.group = f"prefill {PREFILL_TOKENS} tokens vs llama.cpp"
-    base_times = _interleaved(benchmark, _havoc_prefill(ours, torch.tensor(ids)), _llamacpp_prefill(theirs, ids[0]), 5)
-    if benchmark.stats is None:
-        return
-    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
-    benchmark.extra_info.update(
-        kind="prefill", dtype=dtype, batch=1, baseline="llama.cpp", baseline_binding=theirs.binding,
-        tokens_per_s=PREFILL_TOKENS / ours_s, baseline_tokens_per_s=PREFILL_TOKENS / base_s, ratio=base_s / ours_s,
-    )
+    _prefill_vs_llamacpp(benchmark, "prefill", dtype, _havoc_prefill(engines("havoc", dtype), torch.tensor(ids)),
+                         llamacpp, ids[0])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -281,7 +287,6 @@ def test_engine_prefill_llamacpp(benchmark, engines, smollm2, sample_text, llama
     ids = _prompts(smollm2[1], sample_text, 1, PREFILL_TOKENS)[0]
     engine = Engine(engines("havoc", dtype), None, kv_cache_tokens=2 * PREFILL_TOKENS, prefix_caching=False,
                     speculative=False)
-    theirs = llamacpp(dtype, 1, context=2 * PREFILL_TOKENS)
     params = SamplingParams(max_new_tokens=1, ignore_eos=True)
 
     def setup():
@@ -293,15 +298,7 @@ def test_engine_prefill_llamacpp(benchmark, engines, smollm2, sample_text, llama
             engine.step()
         assert req.num_output == 1
 
-    benchmark.group = f"engine prefill {PREFILL_TOKENS} tokens vs llama.cpp"
-    base_times = _interleaved(benchmark, (setup, run), _llamacpp_prefill(theirs, ids), 5)
-    if benchmark.stats is None:
-        return
-    ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
-    benchmark.extra_info.update(
-        kind="engine_prefill", dtype=dtype, batch=1, baseline="llama.cpp", baseline_binding=theirs.binding,
-        tokens_per_s=PREFILL_TOKENS / ours_s, baseline_tokens_per_s=PREFILL_TOKENS / base_s, ratio=base_s / ours_s,
-    )
+    _prefill_vs_llamacpp(benchmark, "engine_prefill", dtype, (setup, run), llamacpp, ids)
 
 
 @pytest.mark.op("linear", "cpu")
