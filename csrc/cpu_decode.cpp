@@ -946,6 +946,14 @@ HAVOC_INLINE void swiglu_impl(const float* gu, float* out, int64_t M, int64_t Fh
   swiglu_rows<W, float>(gu, 2 * Fh, gu + Fh, 2 * Fh, out, Fh, M, Fh);
 }
 
+// RoPE in place on the first `heads` heads of M rows of x (row stride ldx), row m by cos/sin + m * rot.
+template <int W>
+HAVOC_INLINE void rope_impl(float* x, int64_t M, int64_t ldx, int64_t heads, int64_t hd, const float* cs,
+                            const float* sn, int64_t rot) {
+  for (int64_t m = 0; m < M; ++m)
+    rope_heads<W, float>(x + m * ldx, hd, x + m * ldx, hd, heads, hd, cs + m * rot, sn + m * rot, rot);
+}
+
 // Variant::int8_dot: how the int8 x int8 kernel reads the quantized activations.
 constexpr int kInt8Bytes = 1;  // bytes (vpdpbusd)
 constexpr int kInt8Words = 2;  // widened to 16-bit words once per product (vpmaddwd)
@@ -954,6 +962,7 @@ struct Variant;
 using RowsFn = void (*)(const GemmArgs&, int64_t, int64_t);
 using NormFn = void (*)(const float*, const float*, float*, int64_t, int64_t, float);
 using SwigluFn = void (*)(const float*, float*, int64_t, int64_t);
+using RopeFn = void (*)(float*, int64_t, int64_t, int64_t, int64_t, const float*, const float*, int64_t);
 using PrepareFn = void (*)(const Variant&, GemmArgs&, const float*, int64_t, Workspace&);
 using QuantizeFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int8_t*, float*, int32_t*);
 
@@ -968,6 +977,7 @@ struct Variant {
   RowsFn rows[4];  // by WeightDType
   NormFn rms_norm;
   SwigluFn swiglu;
+  RopeFn rope;
   PrepareFn prepare;
   QuantizeFn quantize;
   const char* attention;  // the paged-attention variant of the same vector width
@@ -1098,6 +1108,10 @@ HAVOC_INLINE void prepare_impl(const Variant& v, GemmArgs& a, const float* x, in
     rms_norm_impl<W>(x, g, y, M, D, eps);                                                                      \
   }                                                                                                            \
   ATTR void NAME##_swiglu(const float* gu, float* out, int64_t M, int64_t Fh) { swiglu_impl<W>(gu, out, M, Fh); } \
+  ATTR void NAME##_rope(float* x, int64_t M, int64_t ldx, int64_t heads, int64_t hd, const float* cs,            \
+                        const float* sn, int64_t rot) {                                                          \
+    rope_impl<W>(x, M, ldx, heads, hd, cs, sn, rot);                                                             \
+  }                                                                                                              \
   ATTR void NAME##_prepare(const Variant& v, GemmArgs& a, const float* x, int64_t ldx, Workspace& ws) {        \
     prepare_impl<W>(v, a, x, ldx, ws);                                                                         \
   }                                                                                                            \
@@ -1144,7 +1158,7 @@ HAVOC_TARGET_AMX void amx_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) {
 #define HAVOC_VARIANT(NAME, W, BF16, INT8, AMX, ROWS_BF16, ROWS_INT8, ATTN)                                  \
   Variant {                                                                                                   \
     #NAME, W, BF16, INT8, AMX, {NAME##_rows_f32, ROWS_BF16, ROWS_INT8, NAME##_rows_int8}, NAME##_rms_norm,       \
-        NAME##_swiglu, NAME##_prepare, NAME##_quantize, ATTN                                                  \
+        NAME##_swiglu, NAME##_rope, NAME##_prepare, NAME##_quantize, ATTN                                     \
   }
 
 // Narrowest first; "auto" takes the last this CPU runs. The amx variant's vector parts are avx512_bf16's.
@@ -1549,8 +1563,8 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
   const Variant& k = variant_for(isa_);
   const int64_t D = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, Fh = c.ffn_hidden;
   const int64_t ldq = (H + 2 * KV) * hd, rot = c.rotary_dim, half = rot / 2;
-  // Work space: h, xn (n x D); qkv (n x ldq); attn (n x H hd); gu (n x 2F); act (n x F); cos, sin (n x rot/2).
-  const int64_t need = n * (2 * D + ldq + H * hd + 3 * Fh + rot);
+  // Work space: h, xn (n x D); qkv (n x ldq); attn (n x H hd); gu (n x 2F); act (n x F); cos, sin (n x rot).
+  const int64_t need = n * (2 * D + ldq + H * hd + 3 * Fh + 2 * rot);
   if (static_cast<int64_t>(work_.size()) < need) work_.resize(static_cast<size_t>(need));
   float* h = work_.data();
   float* xn = h + n * D;
@@ -1559,7 +1573,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
   float* gu = attn + n * H * hd;
   float* act = gu + n * 2 * Fh;
   float* cosv = act + n * Fh;
-  float* sinv = cosv + n * half;
+  float* sinv = cosv + n * rot;
   const bool bf16 = kv_dtype_ == KVDType::kBFloat16;
   if (bf16 && static_cast<int64_t>(work_bf16_.size()) < 2 * n * H * hd)
     work_bf16_.resize(static_cast<size_t>(2 * n * H * hd));
@@ -1569,10 +1583,10 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
   for (int64_t i = 0; i < n; ++i) {
     embed_row(embedding_, tokens[i], h + i * D);
     const float p = static_cast<float>(positions[i]);
-    for (int64_t j = 0; j < half; ++j) {
+    for (int64_t j = 0; j < half; ++j) {  // rotate-half: features j and half + j turn by the same angle
       const float ang = p * inv_freq_[j];
-      cosv[i * half + j] = std::cos(ang);
-      sinv[i * half + j] = std::sin(ang);
+      cosv[i * rot + j] = cosv[i * rot + half + j] = std::cos(ang);
+      sinv[i * rot + j] = sinv[i * rot + half + j] = std::sin(ang);
     }
   }
 
@@ -1580,19 +1594,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
   for (const DecoderLayer& L : layers_) {
     k.rms_norm(h, L.attention_norm, xn, n, D, c.norm_eps);
     run_linear(k, xn, n, D, L.wqkv, qkv, ldq, false);
-    // RoPE (rotate-half) on the q and k heads, in place: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin.
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t hh = 0; hh < H + KV; ++hh) {
-        float* x1 = qkv + i * ldq + hh * hd;
-        float* x2 = x1 + half;
-        const float* cs = cosv + i * half;
-        const float* sn = sinv + i * half;
-        for (int64_t j = 0; j < half; ++j) {
-          const float a = x1[j], b = x2[j];
-          x1[j] = a * cs[j] - b * sn[j];
-          x2[j] = b * cs[j] + a * sn[j];
-        }
-      }
+    k.rope(qkv, n, ldq, H + KV, hd, cosv, sinv, rot);  // RoPE on the q and k heads, in place
     // This token's K and V into its slot: pool[slot] is (KV, hd), contiguous like qkv's k and v parts.
     for (int64_t i = 0; i < n; ++i) {
       const float* kr = qkv + i * ldq + H * hd;

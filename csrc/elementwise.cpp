@@ -18,29 +18,6 @@ constexpr int64_t kMinParallel = int64_t{1} << 16;
 int64_t rows_per_item(int64_t D) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)); }
 
 template <int W, class T>
-HAVOC_INLINE void rope_rows(const T* x, int64_t sb, int64_t st, int64_t sh, int64_t b, int64_t t, int64_t heads,
-                            int64_t hd, const float* cs, const float* sn, int64_t rot, T* out) {
-  using F = typename V<W>::f;
-  const int64_t half = rot / 2;
-  for (int64_t h = 0; h < heads; ++h) {
-    const T* xh = x + b * sb + t * st + h * sh;
-    T* oh = out + h * hd;
-    int64_t j = 0;
-    for (; j + W <= half; j += W) {
-      const F x1 = loadv<W>(xh + j), x2 = loadv<W>(xh + half + j);
-      storev<W>(oh + j, x1 * loadv<W>(cs + j) - x2 * loadv<W>(sn + j));
-      storev<W>(oh + half + j, x2 * loadv<W>(cs + half + j) + x1 * loadv<W>(sn + half + j));
-    }
-    for (; j < half; ++j) {
-      const float x1 = load(xh + j), x2 = load(xh + half + j);
-      store(oh + j, x1 * cs[j] - x2 * sn[j]);
-      store(oh + half + j, x2 * cs[half + j] + x1 * sn[half + j]);
-    }
-    for (int64_t d = rot; d < hd; ++d) oh[d] = xh[d];  // the tail passes through, bits unchanged
-  }
-}
-
-template <int W, class T>
 HAVOC_INLINE void add_rows(const T* x, const T* r, T* h, int64_t D) {
   int64_t d = 0;
   for (; d + W <= D; d += W) storev<W>(h + d, loadv<W>(x + d) + loadv<W>(r + d));
@@ -87,8 +64,8 @@ struct Ops {
     _Pragma("omp parallel for schedule(static) if (B * T_ * heads * hd >= kMinParallel)")                        \
     for (int64_t bt = 0; bt < B * T_; ++bt) {                                                                    \
       const int64_t b = bt / T_, t = bt % T_, c = ((cb == 1 ? 0 : b) * T_ + t) * rot;                            \
-      rope_rows<W, T>(static_cast<const T*>(x), sb, st, sh, b, t, heads, hd, cs + c, sn + c, rot,                \
-                      static_cast<T*>(out) + bt * heads * hd);                                                   \
+      rope_heads<W, T>(static_cast<const T*>(x) + b * sb + t * st, sh, static_cast<T*>(out) + bt * heads * hd,   \
+                       hd, heads, hd, cs + c, sn + c, rot);                                                      \
     }                                                                                                            \
   }
 

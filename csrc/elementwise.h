@@ -70,6 +70,34 @@ HAVOC_INLINE void swiglu_rows(const T* gate, int64_t ldg, const T* up, int64_t l
   }
 }
 
+// Rotate-half RoPE of one token's heads: out[h] = x[h] * cos + rotate_half(x[h]) * sin over the first
+// `rot` features (x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin), the rest passed through bit for bit; cs and
+// sn hold the token's rot cosines and sines. Head h of x is at x + h * sh, of out at out + h * osh; out may
+// be x (in place: each vector of both halves is read before it is written).
+template <int W, class T>
+HAVOC_INLINE void rope_heads(const T* x, int64_t sh, T* out, int64_t osh, int64_t heads, int64_t hd, const float* cs,
+                             const float* sn, int64_t rot) {
+  using F = typename V<W>::f;
+  const int64_t half = rot / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    const T* xh = x + h * sh;
+    T* oh = out + h * osh;
+    int64_t j = 0;
+    for (; j + W <= half; j += W) {
+      const F x1 = loadv<W>(xh + j), x2 = loadv<W>(xh + half + j);
+      storev<W>(oh + j, x1 * loadv<W>(cs + j) - x2 * loadv<W>(sn + j));
+      storev<W>(oh + half + j, x2 * loadv<W>(cs + half + j) + x1 * loadv<W>(sn + half + j));
+    }
+    for (; j < half; ++j) {
+      const float x1 = load(xh + j), x2 = load(xh + half + j);
+      store(oh + j, x1 * cs[j] - x2 * sn[j]);
+      store(oh + half + j, x2 * cs[half + j] + x1 * sn[half + j]);
+    }
+    if (oh != xh)
+      for (int64_t d = rot; d < hd; ++d) oh[d] = xh[d];
+  }
+}
+
 }  // namespace simd
 }  // namespace havoc
 
