@@ -464,7 +464,8 @@ def _eval_calls(args: argparse.Namespace, task_set) -> int:
         print(f"  {row['id']:28} lead {row['lead']:3} {'exact' if row['exact'] else 'wrong':5} "
               f"{'runs-right' if row['executable'] else '':10} {row['seconds']:6.1f} s", file=sys.stderr, flush=True)
 
-    writer = prime_writer(llm, budget=args.budget, max_new_tokens=args.max_new_tokens, seed=args.seed or 0)
+    writer = prime_writer(llm, budget=args.budget, max_new_tokens=args.max_new_tokens, seed=args.seed or 0,
+                          pin_numbers=not args.free_numbers)
     report = run_calls(task_set, writer, lead=args.lead, limit=args.limit, on_row=progress)
     if args.output:
         from havoc.io.atomic import atomic_write_text
@@ -518,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score the model's first-try tool calls one by one (schema, arguments, copied and invented "
                         "numbers, executable accuracy, recovery; Wilson 95%% intervals)")
     p.add_argument("--lead", default="both", help="with --calls: the read step's lead before the call: on, off or both")
+    p.add_argument("--free-numbers", action="store_true",
+                   help="with --calls: decode the calls' numbers without the grammar that allows only the prompt's")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, PRIME as havoc-prime)")

@@ -134,3 +134,9 @@ def test_prime_writer_takes_the_first_try_of_the_main_call_with_and_without_the_
         assert call["tool"] == "statistics" and call["args"]["operation"] == "t_test"
         row = score_call(TASK, w.text)
         assert row["called"] and row["tool_right"]
+        assert row["invented"] == 0  # the grammar allows only the prompt's numbers
+
+
+def test_prime_writer_without_pinned_numbers_lets_a_random_model_invent(tiny_llm):
+    rows = [score_call(TASK, prime_writer(tiny_llm, pin_numbers=pin)(TASK, False).text) for pin in (True, False)]
+    assert rows[0]["invented"] == 0 and rows[1]["invented"] > 0

@@ -28,8 +28,8 @@ from havoc.prime import (
     route,
 )
 from havoc.prime.answer import fmt, summarize
-from havoc.prime.pipeline import engine_for, narrow
-from havoc.prime.verify import check_args, traces_to, untraced_numbers
+from havoc.prime.pipeline import engine_for, narrow, pin_numbers
+from havoc.prime.verify import SETTINGS, accepted_numbers, check_args, numeric_leaves, traces_to, untraced_numbers
 from havoc.tools import default_registry
 
 from .gguf_files import write_tiny_gguf
@@ -189,6 +189,57 @@ def test_narrow_bounds_array_lengths_only():
     assert narrow(schema, []) is schema
 
 
+def test_pin_numbers_allows_only_the_accepted_numbers():
+    schema = default_registry().arguments_schema("statistics", "t_test")
+    pinned = pin_numbers(schema, [3, 1, 2.5, -4, 1.0], SETTINGS)
+    props = pinned["properties"]
+    assert props["x"]["items"]["enum"] == [-4, 1, 2.5, 3]  # sorted, duplicates once, integral values as ints
+    assert props["alpha"] == schema["properties"]["alpha"]  # a setting: its value need not be in the prompt
+    assert schema["properties"]["x"]["items"].get("enum") is None  # the registry's schema is not changed
+    jsonschema.validate({"operation": "t_test", "kind": "two_sample", "x": [1, 3], "y": [2.5, -4]}, pinned)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"operation": "t_test", "kind": "two_sample", "x": [1, 3], "y": [2.5, 7]}, pinned)
+    # bounds and integer types: only values meeting them; none meeting them leaves the number free
+    node = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 2}, "p": {"type": "number",
+            "exclusiveMinimum": 0, "exclusiveMaximum": 1}, "k": {"type": "integer", "minimum": 100}}}
+    got = pin_numbers(node, [0.5, 1, 2, 3.5, 4], ())["properties"]
+    assert got["n"]["enum"] == [2, 4] and got["p"]["enum"] == [0.5] and "enum" not in got["k"]
+    assert pin_numbers(schema, [], SETTINGS) is schema
+
+
+def _hot_calls(llm, args_schema: dict, seeds: int = 4) -> list:
+    """Calls sampled hot (temperature 1) from `llm` under {"tool": "statistics", "args": args_schema}: the
+    `Generated` of those that closed, after asserting at least two of `seeds` did."""
+    engine = Engine.from_llm(llm)
+    schema = {"type": "object", "properties": {"tool": {"const": "statistics"}, "args": args_schema},
+              "required": ["tool", "args"], "additionalProperties": False}
+    closed = []
+    for seed in range(seeds):
+        ctx = engine.start("<|im_start|>user\nt-test<|im_end|>\n<|im_start|>assistant\n<tool>")
+        g = engine.generate(ctx, 200, temperature=1.0, seed=seed, schema=schema)
+        if g.finish == "stop":
+            jsonschema.validate(json.loads(g.text), schema)  # the grammar's language is inside the schema's
+            closed.append(g)
+        ctx.free()
+    assert len(closed) >= 2
+    return closed
+
+
+def test_pinned_decoding_writes_only_accepted_numbers(tiny_llm):
+    """Random weights sampled hot under the pinned schema: every number of every call that closes is one
+    the argument check accepts, so the check never rejects a call for an invented number (unpinned, the
+    same sampling writes numbers such as 670.40 and 7.2e+56)."""
+    task = read_task(TTEST)
+    allowed = accepted_numbers(task.args, task.numbers)
+    args_schema = narrow(default_registry().arguments_schema("statistics", "t_test"), task.lists)
+    args_schema = pin_numbers({**args_schema, "required": ["operation", "kind", "x", "y", "mu"]}, allowed, SETTINGS)
+    for g in _hot_calls(tiny_llm, args_schema):
+        args = json.loads(g.text)["args"]
+        leaves = numeric_leaves(args, skip=SETTINGS)
+        assert all(any(v == a for a in allowed) for _, v in leaves), leaves
+        assert not [p for p in check_args(args, None, (), task.numbers) if "not a number" in p]
+
+
 def test_workspace_provenance_and_compression():
     ws = Workspace()
     ws.add("fact", "x", [1, 2], "prompt")
@@ -210,21 +261,9 @@ def test_answer_figures_come_from_the_result():
 
 # ------------------------------------------------------------------------------------------ engine
 def test_schema_decoding_from_random_weights_is_always_valid_json(tiny_llm):
-    engine = Engine.from_llm(tiny_llm)
     args_schema = narrow(default_registry().arguments_schema("statistics", "t_test"), [[1, 2, 3, 4, 5]])
-    schema = {"type": "object", "properties": {"tool": {"const": "statistics"}, "args": args_schema},
-              "required": ["tool", "args"], "additionalProperties": False}
-    closed = 0
-    for seed in range(4):
-        ctx = engine.start("<|im_start|>user\nt-test<|im_end|>\n<|im_start|>assistant\n<tool>")
-        g = engine.generate(ctx, 200, temperature=1.0, seed=seed, schema=schema)
-        if g.finish == "stop":
-            closed += 1
-            call = json.loads(g.text)
-            jsonschema.validate(call, schema)  # the grammar's language is inside the schema's
-            assert g.forced > 0  # the keys were forced, not sampled
-        ctx.free()
-    assert closed >= 2
+    for g in _hot_calls(tiny_llm, args_schema):
+        assert g.forced > 0  # the keys were forced, not sampled
     assert tiny_llm.loop.call(lambda e: (len(e.held), len(e.cache))) == (0, 0)  # every context released
 
 

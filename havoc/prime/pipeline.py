@@ -25,7 +25,7 @@ from havoc.prime.engine import Context, Engine, Generated
 from havoc.prime.graph import OperatorGraph, Subgoal, build_graph
 from havoc.prime.records import Attempt, Check, ToolCall
 from havoc.prime.router import Route, RouterConfig, route
-from havoc.prime.verify import check_args, numeric_leaves, untraced_numbers
+from havoc.prime.verify import SETTINGS, accepted_numbers, check_args, numeric_leaves, untraced_numbers
 from havoc.prime.workspace import Workspace
 
 SYSTEM = (
@@ -249,6 +249,53 @@ def narrow(schema: Any, lists: list[list[float]]) -> Any:
     return out
 
 
+def _json_number(v: float) -> int | float:
+    return int(v) if float(v).is_integer() and abs(v) < 2**53 else float(v)
+
+
+def _within(v: float, node: dict) -> bool:
+    """Whether `v` meets a number schema's type and bounds."""
+    if node.get("type") == "integer" and not float(v).is_integer():
+        return False
+    lo, hi = node.get("minimum"), node.get("maximum")
+    xlo, xhi = node.get("exclusiveMinimum"), node.get("exclusiveMaximum")
+    return ((lo is None or v >= lo) and (hi is None or v <= hi) and (xlo is None or v > xlo)
+            and (xhi is None or v < xhi))
+
+
+def pin_numbers(schema: Any, allowed: Sequence[float], skip: Sequence[str] = ()) -> Any:
+    """The schema with every number (and integer) it asks for restricted to `allowed`: the numbers the
+    verification of arguments accepts (the prompt's, and those of its reading), written into the grammar so
+    the model cannot write a number the check would reject.
+
+    Properties named in `skip` (settings such as alpha or seed, whose values need not be in the prompt) keep
+    their schema; so does a number whose type and bounds no allowed value meets (the grammar stays
+    satisfiable, and the check still judges what is written). Numbers inside strings are not touched.
+    """
+    values = sorted({_json_number(v) for v in allowed if isinstance(v, (int, float)) and math.isfinite(v)})
+    if not values:
+        return schema
+    skip = frozenset(skip)
+
+    def pin(node: Any) -> Any:
+        if isinstance(node, list):
+            return [pin(s) for s in node]
+        if not isinstance(node, dict):
+            return node
+        if node.get("type") in ("number", "integer") and "enum" not in node and "const" not in node:
+            ok = [v for v in values if _within(v, node)]
+            return {**node, "enum": ok} if ok else node
+        out = {}
+        for k, v in node.items():
+            if k == "properties" and isinstance(v, dict):
+                out[k] = {name: (sub if name in skip else pin(sub)) for name, sub in v.items()}
+            else:
+                out[k] = pin(v)
+        return out
+
+    return pin(schema)
+
+
 # ------------------------------------------------------------------------------------ the text the model sees
 # One definition of each piece of text PRIME writes around a tool call, shared by the run and by the generator
 # of training examples (havoc.train.toolcalls), so that what the model learns on is what it is served.
@@ -340,6 +387,7 @@ def generate_with_prime(
     on_event: Callable[[str, dict], None] | None = None,
     plots: str | None = None,
     read_lead: bool = True,
+    pin_numbers: bool = True,
 ) -> PrimeResult:
     """Answer `prompt` with PRIME (or directly, for MICRO prompts and `enable_prime=False`).
 
@@ -361,6 +409,9 @@ def generate_with_prime(
         read_lead: the read step writes the data it read from the prompt into the context before the model
             writes its call (the lead). False leaves it out: the model copies from the prompt alone
             (`havoc eval --calls` measures both).
+        pin_numbers: decode a call's numbers (settings such as alpha aside) under a grammar that allows only
+            the numbers its verification accepts: those of the prompt and of its reading. False lets the model
+            write any number (the check then rejects an invented one and the call is re-generated).
 
     Returns:
         A `PrimeResult` (generated_ids, text, workspace, verification, routing, answer, ...).
@@ -375,7 +426,7 @@ def generate_with_prime(
     the_route = route(prompt, router_config, budget=budget)
     llm = llm if llm is not None else default_llm()
     run = _Run(engine_for(llm), registry, prompt, the_route, max_new_tokens, float(temperature), seed, on_text,
-               enable_prime, on_event, plots, read_lead=bool(read_lead))
+               enable_prime, on_event, plots, read_lead=bool(read_lead), pin_numbers=bool(pin_numbers))
     return run.execute()
 
 
@@ -384,13 +435,13 @@ class _Run:
 
     def __init__(self, engine: Engine, registry, prompt: str, the_route: Route, max_new_tokens: int,
                  temperature: float, seed: int, on_text, enable_prime: bool, on_event=None,
-                 plots: str | None = None, *, read_lead: bool = True) -> None:
+                 plots: str | None = None, *, read_lead: bool = True, pin_numbers: bool = True) -> None:
         self.engine, self.registry, self.prompt, self.route = engine, registry, prompt, the_route
         self.task = the_route.task
         self.left = max_new_tokens
         self.temperature, self.seed, self.on_text = temperature, seed, on_text
         self.enable_prime = enable_prime
-        self.on_event, self.plots, self.read_lead = on_event, plots, read_lead
+        self.on_event, self.plots, self.read_lead, self.pin_numbers = on_event, plots, read_lead, pin_numbers
         self.pieces: list[str] = []
         self.workspace = Workspace()
         self.calls: list[ToolCall] = []
@@ -587,7 +638,10 @@ class _Run:
     def tool_step(self, sub: Subgoal, tool: str, operation: str | None, reference: dict | None,
                   data_keys: Sequence[str], label: str | None = None, attempts: int = 2) -> ToolCall:
         """One tool call: generated under the schema, checked against the prompt, retried, else recovered."""
-        schema = call_schema(tool, narrow(self.registry.arguments_schema(tool, operation), self.task.lists))
+        schema = narrow(self.registry.arguments_schema(tool, operation), self.task.lists)
+        if self.pin_numbers:  # only what check_args below would accept
+            schema = pin_numbers(schema, accepted_numbers(reference, self.task.numbers), SETTINGS)
+        schema = call_schema(tool, schema)
         index = len(self.calls) + 1
         source = f"tool:{tool}#{index}"
         record = ToolCall(index, sub.id, tool, operation, label)

@@ -106,6 +106,11 @@ def _plain(text: str) -> str:
     return re.sub(r"\s+", "", text.lower()).rstrip(".?!")
 
 
+def accepted_numbers(reference: dict | None, prompt_numbers: Iterable[float]) -> list[float]:
+    """The numbers `check_args` accepts in a call's data: the prompt's and those of its reading."""
+    return list(prompt_numbers) + [v for _, v in numeric_leaves(reference or {})]
+
+
 def check_args(args: Any, reference: dict | None, data_keys: Iterable[str], prompt_numbers: list[float]) -> list[str]:
     """Problems with a tool call's arguments, judged against the prompt ([] when there are none).
 
@@ -132,7 +137,7 @@ def check_args(args: Any, reference: dict | None, data_keys: Iterable[str], prom
             if not isinstance(got, str) or got.strip().lower() != want.strip().lower():
                 shown = "missing" if key not in args else repr(got)[:40]
                 problems.append(f"{key} is {shown}; the prompt asks for {want!r}")
-    allowed = list(prompt_numbers) + [v for _, v in numeric_leaves(reference or {})]
+    allowed = accepted_numbers(reference, prompt_numbers)
     for path, v in numeric_leaves(args, skip=SETTINGS):
         if not any(_same(v, p) for p in allowed):
             problems.append(f"{path} = {v:g} is not a number the prompt states")

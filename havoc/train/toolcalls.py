@@ -510,15 +510,20 @@ def task_of(example: Example):
 def to_record(example: Example, tokenizer, registry) -> dict:
     """The trainer's record (`havoc.data.packing.encode_sft`): the context in the pieces a run encodes (no
     loss) and the call's compact JSON with `</tool>` (the loss), plus the schema it is decoded under."""
-    from havoc.prime.pipeline import CALL_CLOSE, call_context, call_schema, narrow
+    from havoc.prime.pipeline import CALL_CLOSE, call_context, call_schema, narrow, pin_numbers
+    from havoc.prime.prose import read_numbers
+    from havoc.prime.verify import SETTINGS, accepted_numbers
 
     tool, args = example.call["tool"], example.call["args"]
     schema = registry.arguments_schema(tool, args.get("operation"))
-    pieces = call_context(tokenizer, example.prompt, task_of(example), schema, lead=example.lead)
+    task = task_of(example)
+    pieces = call_context(tokenizer, example.prompt, task, schema, lead=example.lead)
     lists = [v for v in args.values() if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)]
+    decode = pin_numbers(narrow(schema, lists), accepted_numbers(task.args, read_numbers(example.prompt).values()),
+                         SETTINGS)
     return {"id": example.id, "split": example.split, "context_pieces": pieces,
             "completion": json.dumps(example.call, separators=(",", ":")) + CALL_CLOSE,
-            "decode_schema": call_schema(tool, narrow(schema, lists))}
+            "decode_schema": call_schema(tool, decode)}
 
 
 def verify(example: Example, tokenizer, registry) -> list[str]:
