@@ -28,10 +28,10 @@ from havoc.cpu_decode import CPUDecoder
 TEXT = Path(__file__).parent / "data" / "heldout.txt"
 
 
-def token_chunks(tokenizer, n: int, length: int) -> list[list[int]]:
-    ids = tokenizer.encode(TEXT.read_text())
+def token_chunks(tokenizer, n: int, length: int, text: Path = TEXT) -> list[list[int]]:
+    ids = tokenizer.encode(text.read_text())
     if len(ids) < n * length:
-        raise SystemExit(f"the held-out text has {len(ids)} tokens, fewer than {n} x {length}")
+        raise SystemExit(f"{text} has {len(ids)} tokens, fewer than {n} x {length}")
     return [ids[i * length : (i + 1) * length] for i in range(n)]
 
 
@@ -60,18 +60,20 @@ def main() -> None:
     ap.add_argument("--groups", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--text", type=Path, default=TEXT, help="the text scored (default: bench/data/heldout.txt, "
+                    "549 tokens; a longer one narrows the differences' noise)")
     args = ap.parse_args()
     model, tok = hub.load("smollm2")
     model.eval()
     m16 = copy.deepcopy(model).to(torch.bfloat16)
-    chunks = token_chunks(tok, args.chunks, args.length)
+    chunks = token_chunks(tok, args.chunks, args.length, args.text)
     rows = [("fp32", model, CPUDecoder(model)), ("bf16", m16, CPUDecoder(m16))]
     for g in args.groups:
         rows += [
             (f"int8 x int8 activations, group {g}", m16, CPUDecoder(m16, weights="int8", group=g)),
             (f"int8 x fp32 activations, group {g}", m16, CPUDecoder(m16, weights="int8_weight_only", group=g)),
         ]
-    print(f"{args.chunks} x {args.length} tokens of {TEXT.name}, {args.chunks * (args.length - 2)} scored")
+    print(f"{args.chunks} x {args.length} tokens of {args.text.name}, {args.chunks * (args.length - 2)} scored")
     print("| weights | decode weight MB | perplexity | vs bf16 |")
     print("|---|---|---|---|")
     rows.insert(0, rows.pop(1))  # bf16 first: the others are compared with it
