@@ -447,6 +447,11 @@ def test_prime_shows_route_steps_cards_charts_debate_and_checklist(served, brows
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle())
     assert "Regression residual plots" in img.get_attribute("alt")
     assert cls(page) < 0.01, page.evaluate("window.__shifts")
+    for card in msg.locator(".card").all():  # each try labelled by its writer, PRIME's recovery last
+        who = [w.text_content() for w in card.locator(".who-wrote").all()]
+        assert who  # the model tried first
+        by_prime = int(card.locator(".badge").text_content() == "recovered from the prompt")
+        assert who == [f"model, try {k + 1}" for k in range(len(who) - by_prime)] + ["PRIME, from the prompt"] * by_prime
     page.screenshot(path=str(shots / "prime-debate.png"), full_page=True)
     # the reply is drawn again the same from localStorage
     html_before = msg.evaluate("m => m.textContent")

@@ -215,8 +215,10 @@ export class PrimeView {
     if (spans.length) {
       // A call recovered from the prompt is written by PRIME after the model's attempts: the last one.
       const byPrime = call.resolution === "recovered_from_prompt" ? 1 : 0;
-      spans.forEach((li, i) => li.prepend(el("span", { class: "who-wrote" },
-        i >= spans.length - byPrime ? "PRIME, from the prompt" : `model, try ${i + 1}`)));
+      spans.forEach((li, i) => {
+        const who = li.querySelector(".who-wrote") || li.insertBefore(el("span", { class: "who-wrote" }), li.firstChild);
+        who.textContent = i >= spans.length - byPrime ? "PRIME, from the prompt" : `model, try ${i + 1}`;
+      });
       const tries = spans.length - byPrime;
       card.attemptsSummary.textContent = `How the call was written: ${tries} model ${tries === 1 ? "try" : "tries"}` +
         (byPrime ? ", then the prompt's arguments" : "");
@@ -306,7 +308,9 @@ export class PrimeView {
     } else if (tag === "tool") {
       const card = this.card && !this.card.call ? this.card : this.newCard();
       const pre = el("pre", { class: "attempt-text" });
-      card.attempts.append(el("li", {}, pre));
+      // Labelled as it starts, so that naming the writer once the call is settled changes a word, not a height.
+      const n = card.attempts.children.length + 1;
+      card.attempts.append(el("li", {}, el("span", { class: "who-wrote" }, `model, try ${n}`), pre));
       this.last = { kind: "tool", text: growing(pre) };
     } else if (tag === "result") {
       const card = this.card || this.newCard();
