@@ -50,7 +50,7 @@ def numbers_in(text: str) -> list[float]:
     return out
 
 
-def _num(v: float) -> int | float:
+def json_number(v: float) -> int | float:
     """A float that is a whole number as int (so `[1, 2]` stays `[1, 2]` in JSON)."""
     return int(v) if float(v).is_integer() and abs(v) < 2**53 else v
 
@@ -109,7 +109,7 @@ def _factor_names(prompt: str, low: str) -> list[dict]:
     ranges = [(n, float(a), float(b)) for n, a, b in found
               if n.lower() not in _NOT_FACTOR and float(a) != float(b)]
     if ranges:
-        return [{"name": n, "low": _num(a), "high": _num(b)} for n, a, b in ranges]
+        return [{"name": n, "low": json_number(a), "high": json_number(b)} for n, a, b in ranges]
     # "factors named Temp, Pressure and Speed", "5 factors, labelled A, B, C, D, E, each coded from -1 to +1"
     m = re.search(r"\bfactors?\b,?\s*(?:labell?ed|named|called|:)?\s*((?:[A-Za-z][A-Za-z0-9_]*\s*(?:,|and)\s*)+"
                   r"[A-Za-z][A-Za-z0-9_]*)", prompt)
@@ -118,7 +118,7 @@ def _factor_names(prompt: str, low: str) -> list[dict]:
         r = re.search(rf"each (?:\w+ )?(?:from|between)\s+({NUMBER})\s*(?:to|and|-)\s*({NUMBER})", prompt[m.end():])
         lo, hi = (float(r.group(1)), float(r.group(2))) if r else (-1.0, 1.0)
         if len(names) >= 2 and lo != hi:
-            return [{"name": n, "low": _num(lo), "high": _num(hi)} for n in names]
+            return [{"name": n, "low": json_number(lo), "high": json_number(hi)} for n in names]
     m = re.search(r"(\d+|" + "|".join(_WORD_NUMBERS) + r")[\s-]+factors?", low)
     k = None
     if m:
@@ -154,11 +154,11 @@ def _value(low: str, names: str, *, percent: bool = False) -> float | None:
     v = float(m.group(1))
     if percent and (m.group(2) or v > 1):
         v /= 100
-    return _num(v)
+    return json_number(v)
 
 
 def _values(low: str, names: str) -> list[float]:
-    return [_num(float(v)) for v in re.findall(rf"(?<![a-z])(?:{names}){_SEP}({NUMBER})", low)]
+    return [json_number(float(v)) for v in re.findall(rf"(?<![a-z])(?:{names}){_SEP}({NUMBER})", low)]
 
 
 def _labels(prompt: str, names: str) -> list | None:
@@ -171,14 +171,14 @@ def _labels(prompt: str, names: str) -> list | None:
         if not item:
             continue
         try:
-            out.append(_num(float(item)))
+            out.append(json_number(float(item)))
         except ValueError:
             out.append(item)
     return out
 
 
 def _nums(values: list[float]) -> list:
-    return [_num(v) for v in values]
+    return [json_number(v) for v in values]
 
 
 SIGMA = r"sigma|σ|standard deviation|std\.? dev(?:iation)?|sd|s"
@@ -201,9 +201,9 @@ def _read_power(low: str) -> dict | None:
             a, b = float(m.group(1)), float(m.group(3))
             a, b = (a / 100 if m.group(2) or a > 1 else a), (b / 100 if m.group(4) or b > 1 else b)
             if p0 is None and not _has(low, "two proportions", "two groups", "two-sample", "two sample"):
-                p0, p1 = _num(a), _num(b)
+                p0, p1 = json_number(a), json_number(b)
             else:
-                p1, p2 = _num(a), _num(b)
+                p1, p2 = json_number(a), json_number(b)
         args: dict = {"operation": "power", "test": "two_proportions" if p2 is not None else "one_proportion"}
         for k, v in (("p0", p0), ("p1", p1), ("p2", p2)):
             if v is not None:
@@ -224,12 +224,12 @@ def _read_power(low: str) -> dict | None:
         args = {"operation": "power", "test": test}
         effect = _value(low, r"difference(?: worth (?:finding|detecting))?|delta|δ|shift|effect(?: size)?|change")
         if effect is None and (m := re.search(rf"({NUMBER})\s*%?\s*(?:difference|shift|change|effect)", low)):
-            effect = _num(float(m.group(1)))  # "a 10% difference", "a 2-unit shift"
+            effect = json_number(float(m.group(1)))  # "a 10% difference", "a 2-unit shift"
         if effect is not None:
             args["effect"] = effect
         sd = _value(low, SIGMA)
         if sd is None and (m := re.search(rf"(?:sd|standard deviation|sigma) of the \w+ (?:is|=|of)\s*({NUMBER})", low)):
-            sd = _num(float(m.group(1)))
+            sd = json_number(float(m.group(1)))
         if sd is not None:
             args["sd"] = sd
         if test == "anova":
@@ -243,7 +243,7 @@ def _read_power(low: str) -> dict | None:
     power = _value(low, r"power", percent=True)
     if power is None:
         m = re.search(rf"({NUMBER})\s*%\s*power", low)
-        power = _num(float(m.group(1)) / 100) if m else None
+        power = json_number(float(m.group(1)) / 100) if m else None
     if power is not None and 0 < power < 1:
         args["power"] = power
     alpha = _value(low, r"alpha|α|significance level|significance", percent=True)
@@ -343,7 +343,7 @@ def _read_toolbox(prompt: str, low: str, lists: list[list[float]], named: dict) 
         cens = re.findall(rf"(\d+)\s+(?:\w+\s+){{0,5}}?(?:censored|survived|did not fail|were removed|still running|"
                           rf"suspended|without failing|without failure|unfailed)\D{{0,40}}?(?:at|after)\s+({NUMBER})", low)
         if cens:
-            args["times"] = times + [_num(float(t)) for _, t in cens]
+            args["times"] = times + [json_number(float(t)) for _, t in cens]
             args["censored"] = [False] * len(times) + [True] * len(cens)
             args["counts"] = [1] * len(times) + [int(c) for c, _ in cens]
         if _has(low, "lognormal", "log-normal"):
@@ -510,11 +510,11 @@ def _alpha(low: str) -> float | None:
         v = float(next(g for g in (m.group(1), m.group(3), m.group(4)) if g))
         if m.group(2) or m.group(3) or m.group(4) or v >= 1:
             v /= 100
-        return _num(v) if 0 < v < 1 else None
+        return json_number(v) if 0 < v < 1 else None
     m = _CONFIDENCE_RE.search(low)
     if m:
         v = 1 - float(m.group(1) or m.group(2)) / 100
-        return _num(round(v, 10)) if 0 < v < 1 else None
+        return json_number(round(v, 10)) if 0 < v < 1 else None
     return None
 
 
@@ -547,12 +547,12 @@ def _spec_limits(low: str) -> tuple[float | None, float | None]:
         m = re.search(rf"(?:spec(?:ification)?s?|limits|tolerance|tolerances)\s*(?:limits?)?\s*(?:are|is|of|:|=|at)?\s*"
                       rf"(?:from |between )?{_LIMIT}\s*(?:to|-|and|/)\s*{_LIMIT}", low)
         if m:
-            lsl, usl = _num(float(m.group(1))), _num(float(m.group(2)))
+            lsl, usl = json_number(float(m.group(1))), json_number(float(m.group(2)))
         else:
             m = re.search(rf"({NUMBER})\s*(?:±|\+/-|\+-)\s*({NUMBER})", low)
             if m:
                 c, t = float(m.group(1)), float(m.group(2))
-                lsl, usl = _num(round(c - t, 10)), _num(round(c + t, 10))
+                lsl, usl = json_number(round(c - t, 10)), json_number(round(c + t, 10))
     if lsl is not None and usl is not None and lsl > usl:
         lsl, usl = usl, lsl
     return lsl, usl
@@ -676,7 +676,7 @@ def _read_core(prompt: str, low: str, nums: Numbers) -> tuple | None:
                            and not _COUNT_NOUN_RE.match(low, m.end())), None)
                 if mu is None:
                     continue
-                args = {"operation": "t_test", "kind": "one_sample", "x": data[0], "mu": _num(mu)}
+                args = {"operation": "t_test", "kind": "one_sample", "x": data[0], "mu": json_number(mu)}
                 if re.search(rf"(?:greater|more|larger|higher|bigger) than\s*{NUMBER}|exceeds?\s*{NUMBER}|above\s*{NUMBER}", low):
                     args["alternative"] = "greater"
                 elif re.search(rf"(?:less|lower|smaller|fewer) than\s*{NUMBER}|below\s*{NUMBER}|under\s*{NUMBER}", low):

@@ -15,7 +15,7 @@ import json
 import math
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from havoc.errors import PrimeError
 from havoc.prime.answer import refusal, summarize, withheld
 from havoc.prime.engine import Context, Engine, Generated
 from havoc.prime.graph import OperatorGraph, Subgoal, build_graph
+from havoc.prime.parse import json_number
 from havoc.prime.records import Attempt, Check, ToolCall
 from havoc.prime.router import Route, RouterConfig, route
 from havoc.prime.verify import SETTINGS, accepted_numbers, check_args, numeric_leaves, untraced_numbers
@@ -249,10 +250,6 @@ def narrow(schema: Any, lists: list[list[float]]) -> Any:
     return out
 
 
-def _json_number(v: float) -> int | float:
-    return int(v) if float(v).is_integer() and abs(v) < 2**53 else float(v)
-
-
 def _within(v: float, node: dict) -> bool:
     """Whether `v` meets a number schema's type and bounds."""
     if node.get("type") == "integer" and not float(v).is_integer():
@@ -272,7 +269,7 @@ def pin_numbers(schema: Any, allowed: Sequence[float], skip: Sequence[str] = ())
     their schema; so does a number whose type and bounds no allowed value meets (the grammar stays
     satisfiable, and the check still judges what is written). Numbers inside strings are not touched.
     """
-    values = sorted({_json_number(v) for v in allowed if isinstance(v, (int, float)) and math.isfinite(v)})
+    values = sorted({json_number(v) for v in allowed if isinstance(v, (int, float)) and math.isfinite(v)})
     if not values:
         return schema
     skip = frozenset(skip)
@@ -332,6 +329,17 @@ def call_schema(tool: str, args_schema: dict) -> dict:
     """The schema a call is decoded under: {"tool": the tool, "args": its arguments}."""
     return {"type": "object", "properties": {"tool": {"const": tool}, "args": args_schema},
             "required": ["tool", "args"], "additionalProperties": False}
+
+
+def decode_schema(tool: str, args_schema: dict, lists: list[list[float]], reference: dict | None,
+                  prompt_numbers: Iterable[float], *, pin: bool = True) -> dict:
+    """The schema a call is decoded under, from its tool's arguments: arrays no longer than the prompt's
+    lists (`narrow`) and, with `pin`, numbers only those the argument check accepts (`pin_numbers`). One
+    definition for PRIME's run and for the generator's check that the grammar accepts its gold calls."""
+    args_schema = narrow(args_schema, lists)
+    if pin:
+        args_schema = pin_numbers(args_schema, accepted_numbers(reference, prompt_numbers), SETTINGS)
+    return call_schema(tool, args_schema)
 
 
 def call_context(tokenizer, prompt: str, task, args_schema: dict, *, lead: bool = True,
@@ -638,10 +646,8 @@ class _Run:
     def tool_step(self, sub: Subgoal, tool: str, operation: str | None, reference: dict | None,
                   data_keys: Sequence[str], label: str | None = None, attempts: int = 2) -> ToolCall:
         """One tool call: generated under the schema, checked against the prompt, retried, else recovered."""
-        schema = narrow(self.registry.arguments_schema(tool, operation), self.task.lists)
-        if self.pin_numbers:  # only what check_args below would accept
-            schema = pin_numbers(schema, accepted_numbers(reference, self.task.numbers), SETTINGS)
-        schema = call_schema(tool, schema)
+        schema = decode_schema(tool, self.registry.arguments_schema(tool, operation), self.task.lists, reference,
+                               self.task.numbers, pin=self.pin_numbers)  # pinned: only what check_args accepts
         index = len(self.calls) + 1
         source = f"tool:{tool}#{index}"
         record = ToolCall(index, sub.id, tool, operation, label)

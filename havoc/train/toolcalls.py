@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from havoc.errors import ConfigError
+from havoc.prime.parse import json_number
 
 SPLITS = ("train", "dev")
 
@@ -79,10 +80,6 @@ def _split_of(name: str, dev_share: float = 0.3) -> str:
 
 FORMATS = [f"{v}+{j}" for v in VALUE_STYLES for j in JOINTS]
 FORMAT_SPLIT = {f: _split_of("format:" + f) for f in FORMATS}
-
-
-def _num(v: float) -> int | float:
-    return int(v) if float(v).is_integer() and abs(v) < 2**53 else v
 
 
 def write_number(v: float, style: str, decimals: int, unit: str = "") -> str:
@@ -169,7 +166,7 @@ class _Draw:
             v = round(rng.gauss(center, spread), decimals)
             if positive or style in ("leading_dot",):
                 v = abs(v) or 10 ** -decimals
-            out.append(_num(v))
+            out.append(json_number(v))
         return out, decimals
 
     def write(self, values: list[float], decimals: int) -> str:
@@ -254,7 +251,7 @@ def _two(draw: _Draw, family: str, kind: str, paired: bool = False):
 def _one_sample(draw: _Draw, family: str):
     r = draw.rng
     x, dec = draw.values(r.randint(4, 20))
-    mu = _num(round(sum(x) / len(x) + r.choice([-1, 1]) * abs(x[0]) * 0.02, dec))
+    mu = json_number(round(sum(x) / len(x) + r.choice([-1, 1]) * abs(x[0]) * 0.02, dec))
     target = write_number(mu, draw.style if draw.style != "units" else "plain", dec)
     data = [_labelled(family, draw.labels(1)[0], draw.write(x, dec))]
     asks = [f"Does the mean differ from a target of {target}? One-sample t.", f"Test against a nominal value of {target}.",
@@ -295,9 +292,9 @@ def _interval(draw: _Draw, family: str):
 def _xy(draw: _Draw, family: str, operation: str):
     r = draw.rng
     n = r.randint(4, 14)
-    x = [_num(v) for v in sorted(r.sample(range(1, 60), n))]
+    x = [json_number(v) for v in sorted(r.sample(range(1, 60), n))]
     y, dec = draw.values(n)
-    y = [_num(round(a + 0.3 * b, dec)) for a, b in zip(y, x)]
+    y = [json_number(round(a + 0.3 * b, dec)) for a, b in zip(y, x)]
     names = [f[0] for f in draw.factors(2)]
     data = [_labelled(family, f"{names[0]} (x)", ", ".join(str(v) for v in x)), _labelled(family, "response (y)", draw.write(y, dec))]
     if operation == "regression":
@@ -350,7 +347,7 @@ def _capability(draw: _Draw, family: str):
     x, dec = draw.values(r.randint(6, 30))
     mean = sum(x) / len(x)
     half = max(abs(mean) * 0.15, 1.0)
-    lsl, usl = _num(round(mean - half, dec)), _num(round(mean + half, dec))
+    lsl, usl = json_number(round(mean - half, dec)), json_number(round(mean + half, dec))
     w = lambda v: write_number(v, "plain", dec)  # noqa: E731
     data = [_labelled(family, draw.labels(1)[0], draw.write(x, dec)), f"Tolerance from {w(lsl)} to {w(usl)}."]
     asks = ["How capable is the process?", "Capability indices, please.", "Are we within spec comfortably (Cp, Cpk)?",
@@ -374,7 +371,7 @@ def _design(draw: _Draw, family: str):
     named = draw.factors(4)
     with_ranges = k <= len(named) and r.random() < 0.7
     if with_ranges:
-        factors = [{"name": nm, "low": _num(lo), "high": _num(hi)} for nm, lo, hi in named[:k]]
+        factors = [{"name": nm, "low": json_number(lo), "high": json_number(hi)} for nm, lo, hi in named[:k]]
         data = [", ".join(f"{f['name']} {write_number(f['low'], 'plain', 1 if not float(f['low']).is_integer() else 0)} to "
                           f"{write_number(f['high'], 'plain', 1 if not float(f['high']).is_integer() else 0)}"
                           for f in factors) + "."]
@@ -407,12 +404,13 @@ def _power(draw: _Draw, family: str):
     power = r.choice([0.8, 0.85, 0.9, 0.95])
     what = {"two_sample_t": "two independent groups", "one_sample_t": "one sample against a target",
             "paired_t": "paired measurements"}[test]
-    data = [f"Study with {what}: smallest difference worth finding {_num(effect)}, standard deviation {_num(sd)}, "
+    effect, sd = json_number(effect), json_number(sd)
+    data = [f"Study with {what}: smallest difference worth finding {effect}, standard deviation {sd}, "
             f"desired power {round(power * 100)}%."]
     asks = ["How many observations do we need?", "What sample size gives that power?", "Required n per group?",
             "Size the study."]
     # keys in the schema's order: llguidance gave up ("ParserTooComplex") on "power" written after "sd"
-    return {"operation": "power", "test": test, "effect": _num(effect), "power": power, "sd": _num(sd)}, data, asks, ()
+    return {"operation": "power", "test": test, "effect": effect, "power": power, "sd": sd}, data, asks, ()
 
 
 def _arith(draw: _Draw, family: str):
@@ -510,20 +508,17 @@ def task_of(example: Example):
 def to_record(example: Example, tokenizer, registry) -> dict:
     """The trainer's record (`havoc.data.packing.encode_sft`): the context in the pieces a run encodes (no
     loss) and the call's compact JSON with `</tool>` (the loss), plus the schema it is decoded under."""
-    from havoc.prime.pipeline import CALL_CLOSE, call_context, call_schema, narrow, pin_numbers
+    from havoc.prime.pipeline import CALL_CLOSE, call_context, decode_schema
     from havoc.prime.prose import read_numbers
-    from havoc.prime.verify import SETTINGS, accepted_numbers
 
     tool, args = example.call["tool"], example.call["args"]
     schema = registry.arguments_schema(tool, args.get("operation"))
     task = task_of(example)
     pieces = call_context(tokenizer, example.prompt, task, schema, lead=example.lead)
     lists = [v for v in args.values() if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)]
-    decode = pin_numbers(narrow(schema, lists), accepted_numbers(task.args, read_numbers(example.prompt).values()),
-                         SETTINGS)
     return {"id": example.id, "split": example.split, "context_pieces": pieces,
             "completion": json.dumps(example.call, separators=(",", ":")) + CALL_CLOSE,
-            "decode_schema": call_schema(tool, decode)}
+            "decode_schema": decode_schema(tool, schema, lists, task.args, read_numbers(example.prompt).values())}
 
 
 def verify(example: Example, tokenizer, registry) -> list[str]:
