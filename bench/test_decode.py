@@ -232,17 +232,15 @@ def test_decode_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, mem
         return
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     gb_s = _weight_gb_s(ours, weights, ours_s / NEW_TOKENS)
-    if dtype == "int8":  # llama.cpp's Q8_0 bytes per weight over havoc's
-        gb_s_base_scale = (34 / 32) / (1 + 4 / cpu_decode.for_model(ours, weights).group)
-    else:
-        gb_s_base_scale = 1.0
+    # llama.cpp's bytes per weight over havoc's: 1 but for int8 in groups other than Q8_0's 34 bytes per 32
+    bytes_ratio = (34 / 32) / (1 + 4 / cpu_decode.for_model(ours, weights).group) if dtype == "int8" else 1.0
     benchmark.extra_info.update(
         kind="decode", dtype=dtype, batch=batch, baseline="llama.cpp", baseline_binding=theirs.binding,
         baseline_format={"float32": "F32", "bfloat16": "BF16", "int8": "Q8_0"}[dtype]
         + ("" if theirs.extra_bufts else ", extra buffer types off"),
         tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s,
         ratio=base_s / ours_s, step_ms=ours_s / NEW_TOKENS * 1e3, baseline_step_ms=base_s / NEW_TOKENS * 1e3,
-        weight_gb_s=gb_s, baseline_weight_gb_s=gb_s * ours_s / base_s * gb_s_base_scale, memory_read_gb_s=memory_read_gb_s,
+        weight_gb_s=gb_s, baseline_weight_gb_s=gb_s * ours_s / base_s * bytes_ratio, memory_read_gb_s=memory_read_gb_s,
         frac_bandwidth=gb_s / memory_read_gb_s, kernel_variant=cpu.isas()[-1],
     )
 

@@ -451,7 +451,8 @@ def test_prime_shows_route_steps_cards_charts_debate_and_checklist(served, brows
         who = [w.text_content() for w in card.locator(".who-wrote").all()]
         assert who  # the model tried first
         by_prime = int(card.locator(".badge").text_content() == "recovered from the prompt")
-        assert who == [f"model, try {k + 1}" for k in range(len(who) - by_prime)] + ["PRIME, from the prompt"] * by_prime
+        tries = [f"model, try {k + 1}" for k in range(len(who) - by_prime)]
+        assert who == tries + ["PRIME, from the prompt"] * by_prime
     page.screenshot(path=str(shots / "prime-debate.png"), full_page=True)
     # the reply is drawn again the same from localStorage
     html_before = msg.evaluate("m => m.textContent")

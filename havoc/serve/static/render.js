@@ -215,9 +215,9 @@ export class PrimeView {
     if (spans.length) {
       // A call recovered from the prompt is written by PRIME after the model's attempts: the last one.
       const byPrime = call.resolution === "recovered_from_prompt" ? 1 : 0;
-      spans.forEach((li, i) => {
-        const who = li.querySelector(".who-wrote") || li.insertBefore(el("span", { class: "who-wrote" }), li.firstChild);
-        who.textContent = i >= spans.length - byPrime ? "PRIME, from the prompt" : `model, try ${i + 1}`;
+      spans.forEach((li, i) => {  // each try was labelled as it started (below): only the writer's name changes
+        li.querySelector(".who-wrote").textContent =
+          i >= spans.length - byPrime ? "PRIME, from the prompt" : `model, try ${i + 1}`;
       });
       const tries = spans.length - byPrime;
       card.attemptsSummary.textContent = `How the call was written: ${tries} model ${tries === 1 ? "try" : "tries"}` +
