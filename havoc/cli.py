@@ -465,7 +465,7 @@ def _eval_calls(args: argparse.Namespace, task_set) -> int:
               f"{'runs-right' if row['executable'] else '':10} {row['seconds']:6.1f} s", file=sys.stderr, flush=True)
 
     writer = prime_writer(llm, budget=args.budget, max_new_tokens=args.max_new_tokens, seed=args.seed or 0,
-                          pin_numbers=not args.free_numbers)
+                          pin_numbers=not args.free_numbers, copy_lists=not args.free_lists)
     report = run_calls(task_set, writer, lead=args.lead, limit=args.limit, on_row=progress)
     if args.output:
         from havoc.io.atomic import atomic_write_text
@@ -521,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lead", default="both", help="with --calls: the read step's lead before the call: on, off or both")
     p.add_argument("--free-numbers", action="store_true",
                    help="with --calls: decode the calls' numbers without the grammar that allows only the prompt's")
+    p.add_argument("--free-lists", action="store_true",
+                   help="with --calls: decode the calls' lists without the grammar that makes each a run copied "
+                        "from the prompt (numbers still pinned)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, PRIME as havoc-prime)")

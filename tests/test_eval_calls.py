@@ -140,3 +140,21 @@ def test_prime_writer_takes_the_first_try_of_the_main_call_with_and_without_the_
 def test_prime_writer_without_pinned_numbers_lets_a_random_model_invent(tiny_llm):
     rows = [score_call(TASK, prime_writer(tiny_llm, pin_numbers=pin)(TASK, False).text) for pin in (True, False)]
     assert rows[0]["invented"] == 0 and rows[1]["invented"] > 0
+
+
+
+def test_prime_writer_passes_the_grammar_switches(monkeypatch):
+    """`--free-numbers` and `--free-lists` reach PRIME (what each grammar does is tested in test_prime)."""
+    import havoc.prime
+
+    seen = []
+
+    def fake(prompt, **kw):
+        seen.append((kw["pin_numbers"], kw["copy_lists"], kw["read_lead"]))
+        raise PrimeError("stop here")
+
+    monkeypatch.setattr(havoc.prime, "generate_with_prime", fake)
+    for pin, copy in ((True, True), (True, False), (False, True)):
+        with pytest.raises(PrimeError, match="stop here"):
+            prime_writer(object(), pin_numbers=pin, copy_lists=copy)(TASK, False)
+    assert seen == [(True, True, False), (True, False, False), (False, True, False)]

@@ -15,6 +15,7 @@ import torch
 
 from havoc.errors import PrimeError
 from havoc.engine import GrammarConstraint
+from havoc.engine.constraint import ConstraintError
 from havoc.prime import (
     Engine,
     OperatorGraph,
@@ -28,7 +29,8 @@ from havoc.prime import (
     route,
 )
 from havoc.prime.answer import fmt, summarize
-from havoc.prime.pipeline import engine_for, narrow, pin_numbers
+from havoc.prime.pipeline import (copy_lists, copy_sequences, decode_schema, engine_for, narrow, pin_numbers,
+                                  scalar_numbers)
 from havoc.prime.verify import SETTINGS, accepted_numbers, check_args, numeric_leaves, traces_to, untraced_numbers
 from havoc.tools import default_registry
 
@@ -238,6 +240,101 @@ def test_pinned_decoding_writes_only_accepted_numbers(tiny_llm):
         leaves = numeric_leaves(args, skip=SETTINGS)
         assert all(any(v == a for a in allowed) for _, v in leaves), leaves
         assert not [p for p in check_args(args, None, (), task.numbers) if "not a number" in p]
+
+
+def test_copy_sequences_read_around_labels_and_pairs():
+    days = read_task("Day 1: 7\nDay 2: 9\nDay 3: 6\nDay 4: 8\nThese are defect counts; c chart please.")
+    assert copy_sequences(days.numbers, days.lists, days.args) == [[7, 9, 6, 8]]  # the list without its labels
+    pairs = read_task("Paired data (before, after): (20, 18), (22, 21), (19, 17). Paired t-test.")
+    assert copy_sequences(pairs.numbers, pairs.lists, pairs.args) == [[20, 22, 19], [18, 21, 17]]
+    # a reading's list that is not written in one piece still counts; one found inside another is dropped
+    assert copy_sequences([1, 2, 3], [[1, 2, 3]], {"x": [3, 1], "y": [2, 3]}) == [[1, 2, 3], [3, 1]]
+    # no list in the prompt: the numbers as written
+    assert copy_sequences([4, 5, 6], [], None) == [[4, 5, 6]]
+    # single values: the numbers written outside the lists (and the reading's), never a value of the data
+    spec = read_task("LSL 9.5 and USL 10.5; measurements 10.1, 9.9, 10.2, 10.0, 10.5. Cp and Cpk?")
+    assert sorted(set(scalar_numbers(spec.numbers, spec.lists, spec.args))) == [9.5, 10.5]
+
+
+def _accepts(tok, schema: dict, value: dict) -> bool:
+    grammar = GrammarConstraint.json_schema(tok, schema)
+    try:
+        for t in tok.encode(json.dumps(value, separators=(",", ":")), add_bos=False):
+            grammar.accept(t)
+    except ConstraintError:
+        return False
+    return grammar.matcher.is_accepting()
+
+
+def test_copied_lists_are_runs_of_the_prompt(tiny_llm):
+    """Under `copy_lists` a data list is a run of consecutive values of a sequence: any start, any length
+    from minItems, but no value dropped, repeated or moved; choices, settings and non-data keep their
+    grammar, and what compiles is exactly what the schema's validator accepts where both apply."""
+    tok = tiny_llm.tokenizer
+    task = read_task("Machine A: 10.2, 10.4, 9.9, 10.1, 10.0 and machine B: 11.5, 11.1, 11.8, 11.2. Welch t-test.")
+    schema = decode_schema("statistics", default_registry().arguments_schema("statistics", "t_test"), task.lists,
+                           task.args, task.numbers, data=task.lists)
+
+    def call(**args):
+        return {"tool": "statistics", "args": {"operation": "t_test", **args}}
+
+    gold = call(kind="welch", x=[10.2, 10.4, 9.9, 10.1, 10], y=[11.5, 11.1, 11.8, 11.2])
+    assert _accepts(tok, schema, gold)
+    assert _accepts(tok, schema, call(kind="welch", x=[10.4, 9.9, 10.1], y=[11.8, 11.2], alpha=0.01))
+    for bad in ([10.2, 9.9, 10.1, 10], [10.2, 10.4, 10.4, 9.9], [10.4, 10.2, 9.9], [10.2], [11.2, 10.2],
+                [10.1, 10, 11.5, 11.1]):  # dropped, repeated, moved, too short, backwards, run on into y
+        assert not _accepts(tok, schema, call(kind="welch", x=bad, y=[11.5, 11.1])), bad
+    assert not _accepts(tok, schema, call(kind="pooled", x=[10.2, 10.4], y=[11.5, 11.1]))  # the enum stands
+    assert not _accepts(tok, schema, call(kind="one_sample", x=[10.2, 10.4], mu=3))  # pinned scalars stand
+    # where the prompt writes no single number, any of its numbers (never a free one)
+    assert _accepts(tok, schema, call(kind="one_sample", x=[10.2, 10.4], mu=10.1))
+    # integer items split a sequence at a value they may not take; no run at all keeps the array's schema
+    node = {"type": "object", "properties": {"n": {"type": "array", "items": {"type": "integer"}, "minItems": 2},
+                                             "p": {"type": "array", "items": {"type": "number", "maximum": 0}}}}
+    got = copy_lists(node, [[1, 2, 2.5, 3, 4, 5]], ())["properties"]
+    assert got["n"]["x-havoc-copy"] == [[1, 2], [3, 4, 5]] and got["p"] == node["properties"]["p"]
+    # groups: arrays of copied arrays, in either form the schema offers (a list of lists, or named lists)
+    groups = read_task("Three groups: 11, 12, 13 / 15, 16, 14 / 10, 12, 11. One-way ANOVA.")
+    anova = decode_schema("statistics", default_registry().arguments_schema("statistics", "anova"), groups.lists,
+                          groups.args, groups.numbers, data=groups.lists)
+    ok = {"tool": "statistics", "args": {"operation": "anova", "groups": [[11, 12, 13], [15, 16, 14], [10, 12, 11]]}}
+    assert _accepts(tok, anova, ok)
+    named = {"tool": "statistics", "args": {"operation": "anova", "groups": {"a": [11, 12, 13], "b": [15, 16]}}}
+    assert _accepts(tok, anova, named)
+    ok["args"]["groups"][1] = [15, 14, 16]
+    assert not _accepts(tok, anova, ok)
+    # a spec limit is a number written outside the data, never one of the data's values
+    spec = read_task("The process has LSL 9.5 and USL 10.5; measurements 10.1, 9.9, 10.2, 10.0, 10.3. Cp and Cpk?")
+    cap = decode_schema("dsl_executor", default_registry().arguments_schema("dsl_executor", "capability"), spec.lists,
+                        spec.args, spec.numbers, data=spec.lists)
+
+    def capability(lsl, usl):
+        return {"tool": "dsl_executor", "args": {"operation": "capability", "data": [10.1, 9.9, 10.2, 10, 10.3],
+                                                 "lsl": lsl, "usl": usl}}
+
+    assert _accepts(tok, cap, capability(9.5, 10.5))
+    assert not _accepts(tok, cap, capability(10.1, 10.3)) and not _accepts(tok, cap, capability(9.5, 10.3))
+    with pytest.raises(ConstraintError, match="compact"):
+        GrammarConstraint.json_schema(tok, schema, compact=False)
+
+
+def test_copied_decoding_writes_only_runs(tiny_llm):
+    """Random weights sampled hot under the copy grammar: every list of every call that closes is a run of
+    one of the prompt's sequences (without it, the same sampling drops, repeats and reorders values)."""
+    task = read_task(TTEST)
+    seqs = copy_sequences(task.numbers, task.lists, task.args)
+    args_schema = narrow(default_registry().arguments_schema("statistics", "t_test"), task.lists)
+    args_schema = pin_numbers({**args_schema, "required": ["operation", "kind", "x", "y"]},
+                              accepted_numbers(task.args, task.numbers), SETTINGS)
+    free = [json.loads(g.text)["args"] for g in _hot_calls(tiny_llm, args_schema)]
+    copied = [json.loads(g.text)["args"] for g in _hot_calls(tiny_llm, copy_lists(args_schema, seqs, SETTINGS))]
+    assert seqs == [[1, 2, 3, 4, 5], [2, 3, 4, 5, 6]]
+
+    def is_run(values):
+        return any(seq[i:i + len(values)] == values for seq in seqs for i in range(len(seq)))
+
+    assert all(is_run(a["x"]) and is_run(a["y"]) for a in copied), copied
+    assert not all(is_run(a["x"]) and is_run(a["y"]) for a in free), free
 
 
 def test_workspace_provenance_and_compression():

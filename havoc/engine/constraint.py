@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import threading
+from decimal import Decimal
 import weakref
 from typing import Any, Protocol
 
@@ -81,7 +82,8 @@ class LLGuidance:
 
     def json_grammar(self, schema: Any, *, compact: bool = True) -> str:
         """The llguidance grammar of a JSON schema (cached). `compact`: no free whitespace between tokens
-        (a small model would otherwise spend its budget on it)."""
+        (a small model would otherwise spend its budget on it). Arrays marked with `COPY` (see
+        `copy_lark`) are decoded as runs of their sequences; such a schema must be compact."""
         import llguidance
 
         key = "json:" + json.dumps(schema, sort_keys=True) + f":{compact}"
@@ -89,10 +91,12 @@ class LLGuidance:
             grammar = self._grammars.get(key)
         if grammar is None:
             try:
-                # `lenient` skips keywords the compiler does not implement (propertyNames, ...); a caller
-                # that needs them enforced validates the result afterwards (the tool registry does).
-                grammar = llguidance.LLMatcher.grammar_from_json_schema(
-                    schema, defaults={"whitespace_flexible": not compact, "coerce_one_of": True, "lenient": True})
+                if _has_copy(schema):
+                    if not compact:
+                        raise ConstraintError("a schema with copied arrays is decoded compact only")
+                    grammar = llguidance.LLMatcher.grammar_from_lark(copy_lark(schema))
+                else:
+                    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
             except (ValueError, TypeError, RuntimeError) as e:
                 raise ConstraintError(f"the JSON schema cannot be compiled: {e}") from None
             self._check(grammar, "the JSON schema")
@@ -114,6 +118,136 @@ class LLGuidance:
         if m.is_error():
             raise ConstraintError(f"structured decoding cannot start: {m.get_error()}")
         return m
+
+
+# `lenient` skips keywords the compiler does not implement (propertyNames, ...); a caller that needs them
+# enforced validates the result afterwards (the tool registry does).
+_JSON_OPTIONS = {"whitespace_flexible": False, "coerce_one_of": True, "lenient": True}
+
+# The mark of an array decoded as a copy: {COPY: [sequence, ...], "minItems": m} is any run of m or more
+# consecutive values of one of the sequences, in their order (`copy_lark`).
+COPY = "x-havoc-copy"
+
+
+def _has_copy(node: Any) -> bool:
+    if isinstance(node, dict):
+        return COPY in node or any(_has_copy(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_copy(v) for v in node)
+    return False
+
+
+def copy_lark(schema: dict) -> str:
+    """A compact JSON schema whose arrays marked `COPY` are copies, as an llguidance Lark grammar.
+
+    A marked array is any run of consecutive values of one of its sequences, at least its `minItems` long:
+    once the first value is chosen, each next one is the sequence's next value or the array closes. That
+    is the shape of a tool call's data list, which copies a list of the prompt in order; one rule per value
+    (`s3_7: "10.4" ("," s3_8)?`), so the grammar grows with the prompt, not with its square.
+
+    Everything without a mark inside is embedded as llguidance's own JSON schema (`%json`); objects, arrays
+    and alternatives that hold a mark are written out: properties in the schema's order (llguidance's JSON
+    order), the required ones mandatory; free keys (`additionalProperties`) as strings of up to 64
+    characters. Whitespace is not allowed anywhere (compact).
+    """
+    rules: list[str] = []
+    seqs: dict[tuple, str] = {}
+
+    def lit(text: str) -> str:
+        return json.dumps(text)
+
+    def number(v: float) -> str:
+        # as llguidance writes a number of an enum: whole numbers without ".0", no exponent (1e-05 is
+        # "0.00001"), so a copied list reads as the pinned numbers elsewhere in the call do
+        if float(v).is_integer() and abs(v) < 2**53:
+            return lit(str(int(v)))
+        return lit(format(Decimal(repr(float(v))), "f"))
+
+    def new(body: str) -> str:
+        name = f"r{len(rules)}"
+        rules.append(f"{name}: {body}")
+        return name
+
+    def run_rules(seq: tuple) -> str:
+        """The rules s{k}_i (a run from value i to any later end) of one sequence; returns its prefix."""
+        if seq not in seqs:
+            prefix = seqs[seq] = f"s{len(seqs)}"
+            for i, v in enumerate(seq):
+                tail = f' ("," {prefix}_{i + 1})?' if i + 1 < len(seq) else ""
+                rules.append(f"{prefix}_{i}: {number(v)}{tail}")
+        return seqs[seq]
+
+    def copy(node: dict) -> str:
+        m = max(1, int(node.get("minItems", 1)))
+        starts = []
+        for seq in node[COPY]:
+            seq = tuple(seq)
+            if len(seq) < m:
+                continue
+            prefix = run_rules(seq)
+            for i in range(len(seq) - m + 1):
+                head = "".join(f'{number(seq[j])} "," ' for j in range(i, i + m - 1))
+                starts.append(f"{head}{prefix}_{i + m - 1}")
+        if not starts:
+            raise ConstraintError(f"a copied array has no run of {m} values to copy")
+        return new(f'"[" ({" | ".join(starts)}) "]"')
+
+    def conv(node: Any) -> str:
+        if not _has_copy(node):
+            return new(f"%json {json.dumps({**node, 'x-guidance': _JSON_OPTIONS})}")
+        if COPY in node:
+            return copy(node)
+        for key in ("anyOf", "oneOf"):
+            if key in node:
+                return new(" | ".join(conv(sub) for sub in node[key]))
+        if node.get("type") == "array" and isinstance(node.get("items"), dict):
+            item = conv(node["items"])
+            body = f'"[" {item} ("," {item})* "]"'
+            return new(body if node.get("minItems", 0) >= 1 else f'{body} | "[]"')
+        if node.get("type") == "object" and node.get("properties"):
+            return obj(node)
+        if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+            key = conv({"type": "string", "maxLength": 64})
+            pair = new(f'{key} ":" {conv(node["additionalProperties"])}')
+            body = f'"{{" {pair} ("," {pair})* "}}"'
+            return new(body if node.get("minProperties", 0) >= 1 else f'{body} | "{{}}"')
+        raise ConstraintError(f"a copied array sits where it cannot be compiled: {json.dumps(node)[:120]}")
+
+    def obj(node: dict) -> str:
+        names = list(node["properties"])
+        required = set(node.get("required", ()))
+        values = [conv(node["properties"][n]) for n in names]
+        after: dict[int, str | None] = {}
+
+        def rest(j: int, first: bool) -> tuple[list[str], bool]:
+            """The ways on from property j: (alternatives, whether the object may close here)."""
+            alts = []
+            for m in range(j, len(names)):
+                tail = follow(m + 1)
+                comma = "" if first else '"," '
+                alts.append(f'{comma}{lit(json.dumps(names[m]) + ":")} {values[m]}' + (f" {tail}" if tail else ""))
+                if names[m] in required:
+                    return alts, False
+            return alts, True
+
+        def follow(j: int) -> str | None:
+            if j not in after:
+                alts, may_close = rest(j, first=False)
+                if not alts:
+                    after[j] = None
+                else:
+                    body = " | ".join(f"({a})" for a in alts)
+                    after[j] = new(f"({body})?" if may_close else body)
+            return after[j]
+
+        alts, may_close = rest(0, first=True)
+        inner = " | ".join(f"({a})" for a in alts)
+        if may_close:
+            inner = f"({inner})?" if alts else ""
+        return new(f'"{{" {inner} "}}"' if inner else '"{" "}"')
+
+    top = conv(schema)
+    return "\n".join([f"start: {top}", *rules])
 
 
 def _apply_bitmask(matcher, logits: torch.Tensor, vocab_size: int) -> None:

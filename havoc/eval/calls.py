@@ -217,16 +217,18 @@ def score_call(task: Task, text: str | None, *, registry=None, want: dict | None
 
 # ------------------------------------------------------------------------------------------ the writer
 def prime_writer(llm, *, budget: str | None = None, max_new_tokens: int = 256, seed: int = 0,
-                 pin_numbers: bool = True) -> Callable:
+                 pin_numbers: bool = True, copy_lists: bool = True) -> Callable:
     """A writer that runs PRIME (greedy, grammar on) and returns the first try at its main call: the call
     made by the compute (or retrieve) subgoal, in the context PRIME built for it. `pin_numbers=False` lets
-    the grammar accept any number (see `generate_with_prime`)."""
+    the grammar accept any number, `copy_lists=False` any order of the allowed ones (see
+    `generate_with_prime`)."""
     from havoc.prime import generate_with_prime
 
     def write(task: Task, lead: bool) -> Written:
         t0 = time.perf_counter()
         res = generate_with_prime(task.prompt, llm=llm, budget=budget, max_new_tokens=max_new_tokens,
-                                  temperature=0.0, seed=seed, read_lead=lead, pin_numbers=pin_numbers)
+                                  temperature=0.0, seed=seed, read_lead=lead, pin_numbers=pin_numbers,
+                                  copy_lists=copy_lists)
         main = {g["id"] for g in res.graph if g["kind"] in ("compute", "retrieve")}
         calls = [c for c in res.tool_calls if c["subgoal"] in main]
         seconds = round(time.perf_counter() - t0, 3)

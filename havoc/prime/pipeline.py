@@ -260,37 +260,63 @@ def _within(v: float, node: dict) -> bool:
             and (xhi is None or v < xhi))
 
 
-def pin_numbers(schema: Any, allowed: Sequence[float], skip: Sequence[str] = ()) -> Any:
+def pin_numbers(schema: Any, allowed: Sequence[float], skip: Sequence[str] = (),
+                scalars: Sequence[float] | None = None) -> Any:
     """The schema with every number (and integer) it asks for restricted to `allowed`: the numbers the
     verification of arguments accepts (the prompt's, and those of its reading), written into the grammar so
-    the model cannot write a number the check would reject.
+    the model cannot write a number the check would reject. With `scalars`, a number that is not an item
+    of an array is restricted to those instead where any fits (`scalar_numbers`: a spec limit or a mean is
+    not one of the data's values).
 
     Properties named in `skip` (settings such as alpha or seed, whose values need not be in the prompt) keep
     their schema; so does a number whose type and bounds no allowed value meets (the grammar stays
     satisfiable, and the check still judges what is written). Numbers inside strings are not touched.
     """
-    values = sorted({json_number(v) for v in allowed if isinstance(v, (int, float)) and math.isfinite(v)})
+    def numbers(vs: Iterable[float]) -> list:
+        return sorted({json_number(v) for v in vs if isinstance(v, (int, float)) and math.isfinite(v)})
+
+    values = numbers(allowed)
     if not values:
         return schema
+    singles = values if scalars is None else numbers(scalars)
     skip = frozenset(skip)
 
-    def pin(node: Any) -> Any:
+    def pin(node: Any, item: bool) -> Any:
         if isinstance(node, list):
-            return [pin(s) for s in node]
+            return [pin(s, item) for s in node]
         if not isinstance(node, dict):
             return node
         if node.get("type") in ("number", "integer") and "enum" not in node and "const" not in node:
-            ok = [v for v in values if _within(v, node)]
+            ok = [] if item else [v for v in singles if _within(v, node)]
+            ok = ok or [v for v in values if _within(v, node)]  # no single value fits: any accepted one
             return {**node, "enum": ok} if ok else node
         out = {}
         for k, v in node.items():
             if k == "properties" and isinstance(v, dict):
-                out[k] = {name: (sub if name in skip else pin(sub)) for name, sub in v.items()}
+                out[k] = {name: (sub if name in skip else pin(sub, False)) for name, sub in v.items()}
             else:
-                out[k] = pin(v)
+                out[k] = pin(v, k == "items" or (item and k in ("anyOf", "oneOf")))
         return out
 
-    return pin(schema)
+    return pin(schema, False)
+
+
+def scalar_numbers(prompt_numbers: Sequence[float], data: Sequence[Sequence[float]],
+                   reference: dict | None = None) -> list[float]:
+    """The numbers a call's single values (a spec limit, a hypothesised mean, a factor's range) may take:
+    the prompt's numbers written outside its data lists (a value written in a list and again elsewhere
+    counts), and the single values of its reading. A 135M model otherwise takes `lsl: 10.1, usl: 10.3`
+    from the data when the prompt says LSL 9.5 and USL 10.5; no request of the development and generated
+    sets gives a single argument a value written only inside a list."""
+    from collections import Counter
+
+    written, listed = Counter(prompt_numbers), Counter(v for lst in data for v in lst)
+    out = [v for v in written if written[v] > listed[v]]
+    listed_paths = {p for p, _ in _number_lists(reference or {})}
+    for path, v in numeric_leaves(reference or {}):
+        if not any(path.startswith(p + "[") for p in listed_paths):
+            out.append(v)
+    return out
 
 
 # ------------------------------------------------------------------------------------ the text the model sees
@@ -325,6 +351,85 @@ def reason_open(sub: Subgoal, lead: str = "") -> str:
     return f"<reason>Step {sub.id}, {sub.goal}: {lead}"
 
 
+def copy_sequences(numbers: Sequence[float], lists: Sequence[Sequence[float]],
+                   reference: dict | None = None) -> list[list[float]]:
+    """What a call's data lists may be copied from: each list the prompt writes, as read (labels between
+    values left out, "Day 1: 7, Day 2: 9"; pairs written "(x, y), ..." as their x list and their y list),
+    and each list of the prompt's reading (`reference`), which is what the argument check asks for. A copy
+    stays inside one of them: a list never runs on into the next one or into a trailing "95%". Where the
+    prompt has no list, every number of it as written (`numbers`). Duplicates, and sequences found whole
+    inside another, are dropped."""
+    seqs = [list(lst) for lst in lists]
+    seqs += [[v for _, v in numeric_leaves(lst)] for _, lst in _number_lists(reference or {})]
+    if not lists:
+        seqs.append(list(numbers))
+    out: list[list[float]] = []
+    for seq in sorted((s for s in seqs if s), key=len, reverse=True):
+        if not any(_contains(big, seq) for big in out):
+            out.append(seq)
+    return out
+
+
+def _number_lists(value: Any, path: str = "") -> list[tuple[str, list]]:
+    """(path, list) for every list of numbers in a JSON value (paths as `numeric_leaves` writes them)."""
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in _number_lists(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [(path, value)]
+        return [x for i, v in enumerate(value) for x in _number_lists(v, f"{path}[{i}]")]
+    return []
+
+
+def _contains(seq: Sequence[float], part: Sequence[float]) -> bool:
+    n = len(part)
+    return any(list(seq[i:i + n]) == list(part) for i in range(len(seq) - n + 1))
+
+
+def copy_lists(schema: Any, sequences: Sequence[Sequence[float]], skip: Sequence[str] = ()) -> Any:
+    """The schema with every array of numbers it asks for (settings aside) decoded as a copy: a run of
+    consecutive values of one of `sequences` (`copy_sequences`), in their order, marked for the grammar
+    compiler (`havoc.engine.constraint.COPY`). The model still chooses where a list starts and where it ends;
+    it can no longer drop, repeat or reorder a value inside it, which is how a 135M model gets long lists
+    wrong. Values an array's items may not take (an integer array, a bound) split a sequence. An array with
+    no run long enough keeps its schema."""
+    from havoc.engine.constraint import COPY
+
+    skip = frozenset(skip)
+
+    def runs(items: dict, min_items: int) -> list[list]:
+        out = []
+        for seq in sequences:
+            run: list = []
+            for v in list(seq) + [None]:
+                if v is not None and math.isfinite(v) and _within(v, items):
+                    run.append(json_number(v))
+                    continue
+                if len(run) >= max(1, min_items) and run not in out:
+                    out.append(run)
+                run = []
+        return out
+
+    def mark(node: Any) -> Any:
+        if isinstance(node, list):
+            return [mark(s) for s in node]
+        if not isinstance(node, dict):
+            return node
+        items = node.get("items")
+        if node.get("type") == "array" and isinstance(items, dict) and items.get("type") in ("number", "integer"):
+            found = runs(items, int(node.get("minItems", 1)))
+            return {COPY: found, "minItems": int(node.get("minItems", 1))} if found else node
+        out = {}
+        for k, v in node.items():
+            if k == "properties" and isinstance(v, dict):
+                out[k] = {name: (sub if name in skip else mark(sub)) for name, sub in v.items()}
+            else:
+                out[k] = mark(v)
+        return out
+
+    return mark(schema)
+
+
 def call_schema(tool: str, args_schema: dict) -> dict:
     """The schema a call is decoded under: {"tool": the tool, "args": its arguments}."""
     return {"type": "object", "properties": {"tool": {"const": tool}, "args": args_schema},
@@ -332,13 +437,22 @@ def call_schema(tool: str, args_schema: dict) -> dict:
 
 
 def decode_schema(tool: str, args_schema: dict, lists: list[list[float]], reference: dict | None,
-                  prompt_numbers: Iterable[float], *, pin: bool = True) -> dict:
+                  prompt_numbers: Iterable[float], *, pin: bool = True,
+                  data: Sequence[Sequence[float]] | None = None) -> dict:
     """The schema a call is decoded under, from its tool's arguments: arrays no longer than the prompt's
-    lists (`narrow`) and, with `pin`, numbers only those the argument check accepts (`pin_numbers`). One
-    definition for PRIME's run and for the generator's check that the grammar accepts its gold calls."""
+    lists (`narrow`); with `pin`, numbers only those the argument check accepts (`pin_numbers`); with `pin`
+    and `data` (the prompt's lists as read), every array of numbers a copy of one of those lists or of the
+    reading's (`copy_sequences`, `copy_lists`) and every single number one written outside them
+    (`scalar_numbers`). One definition for PRIME's run and for the generator's check that the grammar
+    accepts its gold calls."""
     args_schema = narrow(args_schema, lists)
     if pin:
-        args_schema = pin_numbers(args_schema, accepted_numbers(reference, prompt_numbers), SETTINGS)
+        prompt_numbers = list(prompt_numbers)
+        allowed = accepted_numbers(reference, prompt_numbers)
+        if data is None:
+            return call_schema(tool, pin_numbers(args_schema, allowed, SETTINGS))
+        args_schema = pin_numbers(args_schema, allowed, SETTINGS, scalar_numbers(prompt_numbers, data, reference))
+        args_schema = copy_lists(args_schema, copy_sequences(prompt_numbers, data, reference), SETTINGS)
     return call_schema(tool, args_schema)
 
 
@@ -396,6 +510,7 @@ def generate_with_prime(
     plots: str | None = None,
     read_lead: bool = True,
     pin_numbers: bool = True,
+    copy_lists: bool = True,
 ) -> PrimeResult:
     """Answer `prompt` with PRIME (or directly, for MICRO prompts and `enable_prime=False`).
 
@@ -420,6 +535,10 @@ def generate_with_prime(
         pin_numbers: decode a call's numbers (settings such as alpha aside) under a grammar that allows only
             the numbers its verification accepts: those of the prompt and of its reading. False lets the model
             write any number (the check then rejects an invented one and the call is re-generated).
+        copy_lists: decode a call's lists of numbers (settings aside) as copies: each a run of consecutive
+            numbers of the prompt, in the prompt's order (its first value and its length the model's choice).
+            False lets the model put the allowed numbers in any order (`havoc eval --calls --free-lists`).
+            Off without `pin_numbers`.
 
     Returns:
         A `PrimeResult` (generated_ids, text, workspace, verification, routing, answer, ...).
@@ -434,7 +553,8 @@ def generate_with_prime(
     the_route = route(prompt, router_config, budget=budget)
     llm = llm if llm is not None else default_llm()
     run = _Run(engine_for(llm), registry, prompt, the_route, max_new_tokens, float(temperature), seed, on_text,
-               enable_prime, on_event, plots, read_lead=bool(read_lead), pin_numbers=bool(pin_numbers))
+               enable_prime, on_event, plots, read_lead=bool(read_lead), pin_numbers=bool(pin_numbers),
+               copy_lists=bool(copy_lists))
     return run.execute()
 
 
@@ -443,13 +563,15 @@ class _Run:
 
     def __init__(self, engine: Engine, registry, prompt: str, the_route: Route, max_new_tokens: int,
                  temperature: float, seed: int, on_text, enable_prime: bool, on_event=None,
-                 plots: str | None = None, *, read_lead: bool = True, pin_numbers: bool = True) -> None:
+                 plots: str | None = None, *, read_lead: bool = True, pin_numbers: bool = True,
+                 copy_lists: bool = True) -> None:
         self.engine, self.registry, self.prompt, self.route = engine, registry, prompt, the_route
         self.task = the_route.task
         self.left = max_new_tokens
         self.temperature, self.seed, self.on_text = temperature, seed, on_text
         self.enable_prime = enable_prime
         self.on_event, self.plots, self.read_lead, self.pin_numbers = on_event, plots, read_lead, pin_numbers
+        self.copy_lists = copy_lists and pin_numbers
         self.pieces: list[str] = []
         self.workspace = Workspace()
         self.calls: list[ToolCall] = []
@@ -647,7 +769,8 @@ class _Run:
                   data_keys: Sequence[str], label: str | None = None, attempts: int = 2) -> ToolCall:
         """One tool call: generated under the schema, checked against the prompt, retried, else recovered."""
         schema = decode_schema(tool, self.registry.arguments_schema(tool, operation), self.task.lists, reference,
-                               self.task.numbers, pin=self.pin_numbers)  # pinned: only what check_args accepts
+                               self.task.numbers, pin=self.pin_numbers,  # pinned: only what check_args accepts
+                               data=self.task.lists if self.copy_lists else None)
         index = len(self.calls) + 1
         source = f"tool:{tool}#{index}"
         record = ToolCall(index, sub.id, tool, operation, label)

@@ -508,17 +508,19 @@ def task_of(example: Example):
 def to_record(example: Example, tokenizer, registry) -> dict:
     """The trainer's record (`havoc.data.packing.encode_sft`): the context in the pieces a run encodes (no
     loss) and the call's compact JSON with `</tool>` (the loss), plus the schema it is decoded under."""
+    from havoc.prime.parse import read_task
     from havoc.prime.pipeline import CALL_CLOSE, call_context, decode_schema
-    from havoc.prime.prose import read_numbers
 
     tool, args = example.call["tool"], example.call["args"]
     schema = registry.arguments_schema(tool, args.get("operation"))
     task = task_of(example)
+    # the prompt's lists as PRIME reads them: what a call's arrays may copy and its single values may not take
+    reading = read_task(example.prompt)
     pieces = call_context(tokenizer, example.prompt, task, schema, lead=example.lead)
     lists = [v for v in args.values() if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)]
     return {"id": example.id, "split": example.split, "context_pieces": pieces,
             "completion": json.dumps(example.call, separators=(",", ":")) + CALL_CLOSE,
-            "decode_schema": decode_schema(tool, schema, lists, task.args, read_numbers(example.prompt).values())}
+            "decode_schema": decode_schema(tool, schema, lists, task.args, reading.numbers, data=reading.lists)}
 
 
 def verify(example: Example, tokenizer, registry) -> list[str]:
