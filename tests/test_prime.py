@@ -29,8 +29,8 @@ from havoc.prime import (
     route,
 )
 from havoc.prime.answer import fmt, summarize
-from havoc.prime.pipeline import (copy_lists, copy_sequences, decode_schema, engine_for, narrow, pin_numbers,
-                                  scalar_numbers)
+from havoc.prime.pipeline import (call_schema, copy_lists, copy_sequences, decode_schema, engine_for, narrow,
+                                  pin_numbers, scalar_numbers)
 from havoc.prime.verify import SETTINGS, accepted_numbers, check_args, numeric_leaves, traces_to, untraced_numbers
 from havoc.tools import default_registry
 
@@ -267,22 +267,30 @@ def _accepts(tok, schema: dict, value: dict) -> bool:
 
 
 def test_copied_lists_are_runs_of_the_prompt(tiny_llm):
-    """Under `copy_lists` a data list is a run of consecutive values of a sequence: any start, any length
-    from minItems, but no value dropped, repeated or moved; choices, settings and non-data keep their
-    grammar, and what compiles is exactly what the schema's validator accepts where both apply."""
+    """Under `copy_lists` a data list is a run of consecutive values of one list of the prompt, from its
+    start (`from_start`, what PRIME decodes with) or from anywhere, of any length from minItems, but with no
+    value dropped, repeated or moved and never run on into the next list; choices, settings and non-data
+    keep their grammar."""
     tok = tiny_llm.tokenizer
     task = read_task("Machine A: 10.2, 10.4, 9.9, 10.1, 10.0 and machine B: 11.5, 11.1, 11.8, 11.2. Welch t-test.")
     schema = decode_schema("statistics", default_registry().arguments_schema("statistics", "t_test"), task.lists,
                            task.args, task.numbers, data=task.lists)
+    anywhere = decode_schema("statistics", default_registry().arguments_schema("statistics", "t_test"), task.lists,
+                             task.args, task.numbers, pin=True)["properties"]["args"]
+    anywhere = call_schema("statistics", copy_lists(anywhere, copy_sequences(task.numbers, task.lists), SETTINGS))
 
     def call(**args):
         return {"tool": "statistics", "args": {"operation": "t_test", **args}}
 
     gold = call(kind="welch", x=[10.2, 10.4, 9.9, 10.1, 10], y=[11.5, 11.1, 11.8, 11.2])
-    assert _accepts(tok, schema, gold)
-    assert _accepts(tok, schema, call(kind="welch", x=[10.4, 9.9, 10.1], y=[11.8, 11.2], alpha=0.01))
+    assert _accepts(tok, schema, gold) and _accepts(tok, anywhere, gold)
+    short = call(kind="welch", x=[10.2, 10.4, 9.9], y=[11.5, 11.1], alpha=0.01)
+    assert _accepts(tok, schema, short) and _accepts(tok, anywhere, short)
+    inside = call(kind="welch", x=[10.4, 9.9, 10.1], y=[11.8, 11.2])
+    assert _accepts(tok, anywhere, inside) and not _accepts(tok, schema, inside)
     for bad in ([10.2, 9.9, 10.1, 10], [10.2, 10.4, 10.4, 9.9], [10.4, 10.2, 9.9], [10.2], [11.2, 10.2],
                 [10.1, 10, 11.5, 11.1]):  # dropped, repeated, moved, too short, backwards, run on into y
+        assert not _accepts(tok, anywhere, call(kind="welch", x=bad, y=[11.5, 11.1])), bad
         assert not _accepts(tok, schema, call(kind="welch", x=bad, y=[11.5, 11.1])), bad
     assert not _accepts(tok, schema, call(kind="pooled", x=[10.2, 10.4], y=[11.5, 11.1]))  # the enum stands
     assert not _accepts(tok, schema, call(kind="one_sample", x=[10.2, 10.4], mu=3))  # pinned scalars stand
@@ -299,6 +307,7 @@ def test_copied_lists_are_runs_of_the_prompt(tiny_llm):
                           groups.args, groups.numbers, data=groups.lists)
     ok = {"tool": "statistics", "args": {"operation": "anova", "groups": [[11, 12, 13], [15, 16, 14], [10, 12, 11]]}}
     assert _accepts(tok, anova, ok)
+    assert not _accepts(tok, anova, {"tool": "statistics", "args": {"operation": "anova", "groups": [[11, 12, 13]] * 4}})
     named = {"tool": "statistics", "args": {"operation": "anova", "groups": {"a": [11, 12, 13], "b": [15, 16]}}}
     assert _accepts(tok, anova, named)
     ok["args"]["groups"][1] = [15, 14, 16]

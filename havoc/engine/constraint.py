@@ -125,8 +125,10 @@ class LLGuidance:
 _JSON_OPTIONS = {"whitespace_flexible": False, "coerce_one_of": True, "lenient": True}
 
 # The mark of an array decoded as a copy: {COPY: [sequence, ...], "minItems": m} is any run of m or more
-# consecutive values of one of the sequences, in their order (`copy_lark`).
+# consecutive values of one of the sequences, in their order; with COPY_FROM_START true, a run from a
+# sequence's first value (a prefix) (`copy_lark`).
 COPY = "x-havoc-copy"
+COPY_FROM_START = "x-havoc-copy-from-start"
 
 
 def _has_copy(node: Any) -> bool:
@@ -140,15 +142,17 @@ def _has_copy(node: Any) -> bool:
 def copy_lark(schema: dict) -> str:
     """A compact JSON schema whose arrays marked `COPY` are copies, as an llguidance Lark grammar.
 
-    A marked array is any run of consecutive values of one of its sequences, at least its `minItems` long:
-    once the first value is chosen, each next one is the sequence's next value or the array closes. That
+    A marked array is any run of consecutive values of one of its sequences, at least its `minItems` long
+    (with `COPY_FROM_START`, one starting at a sequence's first value): once the first value is chosen,
+    each next one is the sequence's next value or the array closes. That
     is the shape of a tool call's data list, which copies a list of the prompt in order; one rule per value
     (`s3_7: "10.4" ("," s3_8)?`), so the grammar grows with the prompt, not with its square.
 
     Everything without a mark inside is embedded as llguidance's own JSON schema (`%json`); objects, arrays
     and alternatives that hold a mark are written out: properties in the schema's order (llguidance's JSON
-    order), the required ones mandatory; free keys (`additionalProperties`) as strings of up to 64
-    characters. Whitespace is not allowed anywhere (compact).
+    order), the required ones mandatory; arrays with their minItems and maxItems (up to 64; beyond, no
+    bound); free keys (`additionalProperties`) as strings of up to 64 characters. Whitespace is not
+    allowed anywhere (compact).
     """
     rules: list[str] = []
     seqs: dict[tuple, str] = {}
@@ -185,7 +189,7 @@ def copy_lark(schema: dict) -> str:
             if len(seq) < m:
                 continue
             prefix = run_rules(seq)
-            for i in range(len(seq) - m + 1):
+            for i in range(1 if node.get(COPY_FROM_START) else len(seq) - m + 1):
                 head = "".join(f'{number(seq[j])} "," ' for j in range(i, i + m - 1))
                 starts.append(f"{head}{prefix}_{i + m - 1}")
         if not starts:
@@ -201,9 +205,7 @@ def copy_lark(schema: dict) -> str:
             if key in node:
                 return new(" | ".join(conv(sub) for sub in node[key]))
         if node.get("type") == "array" and isinstance(node.get("items"), dict):
-            item = conv(node["items"])
-            body = f'"[" {item} ("," {item})* "]"'
-            return new(body if node.get("minItems", 0) >= 1 else f'{body} | "[]"')
+            return new(repeat(conv(node["items"]), int(node.get("minItems", 0)), node.get("maxItems")))
         if node.get("type") == "object" and node.get("properties"):
             return obj(node)
         if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
@@ -212,6 +214,21 @@ def copy_lark(schema: dict) -> str:
             body = f'"{{" {pair} ("," {pair})* "}}"'
             return new(body if node.get("minProperties", 0) >= 1 else f'{body} | "{{}}"')
         raise ConstraintError(f"a copied array sits where it cannot be compiled: {json.dumps(node)[:120]}")
+
+    def repeat(item: str, lo: int, hi: int | None) -> str:
+        """An array of `item`s, lo to hi of them (hi None or large: no bound)."""
+        lo = max(lo, 0)
+        if hi is not None and hi < max(lo, 1):
+            return '"[" "]"' if hi == 0 else f'"[" {item} "]"'
+        head = ' "," '.join([item] * max(lo, 1))
+        if hi is None or hi > 64:
+            tail = f' ("," {item})*'
+        else:
+            tail = ""
+            for _ in range(hi - max(lo, 1)):
+                tail = f' ("," {item}{tail})?'
+        body = f'"[" {head}{tail} "]"'
+        return body if lo >= 1 else f'{body} | "[" "]"'
 
     def obj(node: dict) -> str:
         names = list(node["properties"])

@@ -386,14 +386,16 @@ def _contains(seq: Sequence[float], part: Sequence[float]) -> bool:
     return any(list(seq[i:i + n]) == list(part) for i in range(len(seq) - n + 1))
 
 
-def copy_lists(schema: Any, sequences: Sequence[Sequence[float]], skip: Sequence[str] = ()) -> Any:
+def copy_lists(schema: Any, sequences: Sequence[Sequence[float]], skip: Sequence[str] = (), *,
+               from_start: bool = False) -> Any:
     """The schema with every array of numbers it asks for (settings aside) decoded as a copy: a run of
     consecutive values of one of `sequences` (`copy_sequences`), in their order, marked for the grammar
-    compiler (`havoc.engine.constraint.COPY`). The model still chooses where a list starts and where it ends;
-    it can no longer drop, repeat or reorder a value inside it, which is how a 135M model gets long lists
-    wrong. Values an array's items may not take (an integer array, a bound) split a sequence. An array with
-    no run long enough keeps its schema."""
-    from havoc.engine.constraint import COPY
+    compiler (`havoc.engine.constraint.COPY`); with `from_start`, a run from a sequence's first value. The
+    model still chooses which list, and where it ends (and without `from_start`, where it starts); it can no
+    longer drop, repeat or reorder a value inside it, which is how a 135M model gets long lists wrong.
+    Values an array's items may not take (an integer array, a bound) split a sequence. An array with no run
+    long enough keeps its schema."""
+    from havoc.engine.constraint import COPY, COPY_FROM_START
 
     skip = frozenset(skip)
 
@@ -418,7 +420,9 @@ def copy_lists(schema: Any, sequences: Sequence[Sequence[float]], skip: Sequence
         items = node.get("items")
         if node.get("type") == "array" and isinstance(items, dict) and items.get("type") in ("number", "integer"):
             found = runs(items, int(node.get("minItems", 1)))
-            return {COPY: found, "minItems": int(node.get("minItems", 1))} if found else node
+            if not found:
+                return node
+            return {COPY: found, "minItems": int(node.get("minItems", 1)), **({COPY_FROM_START: True} if from_start else {})}
         out = {}
         for k, v in node.items():
             if k == "properties" and isinstance(v, dict):
@@ -441,9 +445,9 @@ def decode_schema(tool: str, args_schema: dict, lists: list[list[float]], refere
                   data: Sequence[Sequence[float]] | None = None) -> dict:
     """The schema a call is decoded under, from its tool's arguments: arrays no longer than the prompt's
     lists (`narrow`); with `pin`, numbers only those the argument check accepts (`pin_numbers`); with `pin`
-    and `data` (the prompt's lists as read), every array of numbers a copy of one of those lists or of the
-    reading's (`copy_sequences`, `copy_lists`) and every single number one written outside them
-    (`scalar_numbers`). One definition for PRIME's run and for the generator's check that the grammar
+    and `data` (the prompt's lists as read), every array of numbers a copy of the start of one of those
+    lists or of the reading's (`copy_sequences`, `copy_lists`) and every single number one written outside
+    them (`scalar_numbers`). One definition for PRIME's run and for the generator's check that the grammar
     accepts its gold calls."""
     args_schema = narrow(args_schema, lists)
     if pin:
@@ -452,7 +456,11 @@ def decode_schema(tool: str, args_schema: dict, lists: list[list[float]], refere
         if data is None:
             return call_schema(tool, pin_numbers(args_schema, allowed, SETTINGS))
         args_schema = pin_numbers(args_schema, allowed, SETTINGS, scalar_numbers(prompt_numbers, data, reference))
-        args_schema = copy_lists(args_schema, copy_sequences(prompt_numbers, data, reference), SETTINGS)
+        # a list of the call starts where a list of the prompt (or of its reading) starts: the argument check
+        # asks for the reading's whole lists, so no call it accepts is kept out; a prompt without lists is
+        # copied from anywhere in its numbers
+        args_schema = copy_lists(args_schema, copy_sequences(prompt_numbers, data, reference), SETTINGS,
+                                 from_start=bool(data))
     return call_schema(tool, args_schema)
 
 
@@ -535,10 +543,10 @@ def generate_with_prime(
         pin_numbers: decode a call's numbers (settings such as alpha aside) under a grammar that allows only
             the numbers its verification accepts: those of the prompt and of its reading. False lets the model
             write any number (the check then rejects an invented one and the call is re-generated).
-        copy_lists: decode a call's lists of numbers (settings aside) as copies: each a run of consecutive
-            numbers of the prompt, in the prompt's order (its first value and its length the model's choice).
-            False lets the model put the allowed numbers in any order (`havoc eval --calls --free-lists`).
-            Off without `pin_numbers`.
+        copy_lists: decode a call's lists of numbers (settings aside) as copies: each the start of one of
+            the prompt's lists, in its order (which list, and how much of it, the model's choice), and its
+            single numbers ones written outside the lists. False lets the model put the allowed numbers in
+            any order (`havoc eval --calls --free-lists`). Off without `pin_numbers`.
 
     Returns:
         A `PrimeResult` (generated_ids, text, workspace, verification, routing, answer, ...).
