@@ -247,8 +247,9 @@ def test_copy_sequences_read_around_labels_and_pairs():
     assert copy_sequences(days.numbers, days.lists, days.args) == [[7, 9, 6, 8]]  # the list without its labels
     pairs = read_task("Paired data (before, after): (20, 18), (22, 21), (19, 17). Paired t-test.")
     assert copy_sequences(pairs.numbers, pairs.lists, pairs.args) == [[20, 22, 19], [18, 21, 17]]
-    # a reading's list that is not written in one piece still counts; one found inside another is dropped
-    assert copy_sequences([1, 2, 3], [[1, 2, 3]], {"x": [3, 1], "y": [2, 3]}) == [[1, 2, 3], [3, 1]]
+    # a reading's list that is not written in one piece counts, as does one inside another (a copy may have
+    # to start where it starts); one that starts another adds nothing and is dropped
+    assert copy_sequences([1, 2, 3], [[1, 2, 3]], {"x": [3, 1], "y": [2, 3], "z": [1, 2]}) == [[1, 2, 3], [3, 1], [2, 3]]
     # no list in the prompt: the numbers as written
     assert copy_sequences([4, 5, 6], [], None) == [[4, 5, 6]]
     # single values: the numbers written outside the lists (and the reading's), never a value of the data

@@ -357,15 +357,15 @@ def copy_sequences(numbers: Sequence[float], lists: Sequence[Sequence[float]],
     values left out, "Day 1: 7, Day 2: 9"; pairs written "(x, y), ..." as their x list and their y list),
     and each list of the prompt's reading (`reference`), which is what the argument check asks for. A copy
     stays inside one of them: a list never runs on into the next one or into a trailing "95%". Where the
-    prompt has no list, every number of it as written (`numbers`). Duplicates, and sequences found whole
-    inside another, are dropped."""
+    prompt has no list, every number of it as written (`numbers`). Duplicates, and sequences that start
+    another, are dropped (one found inside another is kept: a copy may have to start where it starts)."""
     seqs = [list(lst) for lst in lists]
     seqs += [[v for _, v in numeric_leaves(lst)] for _, lst in _number_lists(reference or {})]
     if not lists:
         seqs.append(list(numbers))
     out: list[list[float]] = []
     for seq in sorted((s for s in seqs if s), key=len, reverse=True):
-        if not any(_contains(big, seq) for big in out):
+        if not any(big[:len(seq)] == seq for big in out):
             out.append(seq)
     return out
 
@@ -379,11 +379,6 @@ def _number_lists(value: Any, path: str = "") -> list[tuple[str, list]]:
             return [(path, value)]
         return [x for i, v in enumerate(value) for x in _number_lists(v, f"{path}[{i}]")]
     return []
-
-
-def _contains(seq: Sequence[float], part: Sequence[float]) -> bool:
-    n = len(part)
-    return any(list(seq[i:i + n]) == list(part) for i in range(len(seq) - n + 1))
 
 
 def copy_lists(schema: Any, sequences: Sequence[Sequence[float]], skip: Sequence[str] = (), *,
