@@ -52,6 +52,11 @@ def tiny_llm(tmp_path_factory):
     ("between 10 and 20, x = 1, 2", [[1, 2]], [10, 20]),
     ("Day 1: 7\nDay 2: 9\nDay 3: 6\nDay 4: 8", [[7, 9, 6, 8]], [1, 2, 3, 4]),
     ("Plant 1\t8.2\t8.5\t8.1\nPlant 2\t9.0\t9.2\t8.8", [[8.2, 8.5, 8.1], [9.0, 9.2, 8.8]], [1, 2]),
+    # a named row's number before a space-joined list of decimals is its label; a data word's is not
+    ("Reactor 1 21.30 28.40 27.50 28.50. Tolerance from 22.3 to 30.1.", [[21.3, 28.4, 27.5, 28.5]], [1, 22.3, 30.1]),
+    ("Reactor 1 .53 .51 .42 .44", [[0.53, 0.51, 0.42, 0.44]], [1]),
+    ("Values 3 4.5 5.5 6.5", [[3, 4.5, 5.5, 6.5]], []),
+    ("data 10 10.5 11 10.2", [[10, 10.5, 11, 10.2]], []),
 ])
 def test_read_numbers_finds_lists_in_prose_and_keeps_distractors_out(text, series, scalars):
     got = read_numbers(text)

@@ -157,9 +157,11 @@ def read_numbers(text: str) -> Numbers:
     split: list[list[Num]] = []
     labels: set[int] = set()  # label numbers split off a list: the list's label still reads through them
     for g, js in zip(groups, joints):
-        if len(js) >= 3 and js[0] == "space" and (set(js[1:]) <= {"sep", "and"} or set(js[1:]) == {"slash"}) \
-                and g[0].value.is_integer():
-            # "Plot 1 11.2, 11.6, 12.9" or "per lot of 80 9, 2, 4": the number before the commas is a label's
+        if len(js) >= 3 and js[0] == "space" and (
+                ((set(js[1:]) <= {"sep", "and"} or set(js[1:]) == {"slash"}) and g[0].value.is_integer())
+                or _named_row(text, g, js)):
+            # "Plot 1 11.2, 11.6, 12.9" or "per lot of 80 9, 2, 4": the number before the commas is a label's;
+            # so is "Reactor 1" before "21.30 28.40 27.50" (see _named_row)
             split.append(g[:1])
             labels.add(id(g[0]))
             g, js = g[1:], js[1:]
@@ -192,6 +194,24 @@ def read_numbers(text: str) -> Numbers:
     in_series = {id(n) for s in series for n in s.items}
     scalars = [n for n in nums if id(n) not in in_series]
     return Numbers(nums, series, scalars)
+
+
+def _named_row(text: str, g: list[Num], js: list[str]) -> bool:
+    """"Reactor 1 21.30 28.40 27.50": a capitalised name and a small whole number, then three or more numbers
+    joined by spaces alone and all written with the same number of decimals, which the first is not: the
+    first is the row's label. ("Values 3 4.5 5.5 6.5" and "data 10 10.5 11" stay one list.)"""
+    if set(js) != {"space"} or not g[0].text.isdigit() or int(g[0].text) > 99:
+        return False
+    decimals = {n.text.split(".")[1].__len__() if "." in n.text else 0 for n in g[1:]}
+    if len(decimals) != 1 or decimals == {0}:
+        return False
+    m = re.search(r"\b([A-Z][A-Za-z-]*)\s+$", text[max(0, g[0].start - 24):g[0].start])
+    return m is not None and m.group(1).lower() not in _DATA_WORDS
+
+
+# Words that introduce data rather than name a row: "Values 3 4.5 5.5" is four values.
+_DATA_WORDS = frozenset({"data", "values", "readings", "measurements", "observations", "samples", "sample",
+                         "times", "results", "numbers", "scores", "counts", "weights", "x", "y"})
 
 
 def _merge_labelled_scalars(text: str, series: list[Series], scalars: list[Num]) -> list[Series]:
