@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import json
 import threading
-from decimal import Decimal
 import weakref
+from decimal import Decimal
 from typing import Any, Protocol
 
 import torch

@@ -360,7 +360,7 @@ def copy_sequences(numbers: Sequence[float], lists: Sequence[Sequence[float]],
     prompt has no list, every number of it as written (`numbers`). Duplicates, and sequences that start
     another, are dropped (one found inside another is kept: a copy may have to start where it starts)."""
     seqs = [list(lst) for lst in lists]
-    seqs += [[v for _, v in numeric_leaves(lst)] for _, lst in _number_lists(reference or {})]
+    seqs += [[float(v) for v in lst] for _, lst in _number_lists(reference or {})]
     if not lists:
         seqs.append(list(numbers))
     out: list[list[float]] = []
@@ -574,7 +574,7 @@ class _Run:
         self.temperature, self.seed, self.on_text = temperature, seed, on_text
         self.enable_prime = enable_prime
         self.on_event, self.plots, self.read_lead, self.pin_numbers = on_event, plots, read_lead, pin_numbers
-        self.copy_lists = copy_lists and pin_numbers
+        self.copy_lists = copy_lists  # decode_schema copies only what it pins
         self.pieces: list[str] = []
         self.workspace = Workspace()
         self.calls: list[ToolCall] = []

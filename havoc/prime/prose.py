@@ -202,7 +202,7 @@ def _named_row(text: str, g: list[Num], js: list[str]) -> bool:
     first is the row's label. ("Values 3 4.5 5.5 6.5" and "data 10 10.5 11" stay one list.)"""
     if set(js) != {"space"} or not g[0].text.isdigit() or int(g[0].text) > 99:
         return False
-    decimals = {n.text.split(".")[1].__len__() if "." in n.text else 0 for n in g[1:]}
+    decimals = {len(n.text.split(".")[1]) if "." in n.text else 0 for n in g[1:]}
     if len(decimals) != 1 or decimals == {0}:
         return False
     m = re.search(r"\b([A-Z][A-Za-z-]*)\s+$", text[max(0, g[0].start - 24):g[0].start])
