@@ -69,10 +69,11 @@ def main() -> None:
     chunks = token_chunks(tok, args.chunks, args.length, args.text)
     rows = [("fp32", model, CPUDecoder(model)), ("bf16", m16, CPUDecoder(m16))]
     for g in args.groups:
-        rows += [
-            (f"int8 x int8 activations, group {g}", m16, CPUDecoder(m16, weights="int8", group=g)),
-            (f"int8 x fp32 activations, group {g}", m16, CPUDecoder(m16, weights="int8_weight_only", group=g)),
-        ]
+        dec = CPUDecoder(m16, weights="int8", group=g)
+        rows.append((f"int8 x int8 activations, group {g}" + (", interleaved" if dec.layout != "rows" else ""), m16, dec))
+        if dec.layout != "rows":  # the same numbers up to the order of fp32 additions: the row-major bytes too
+            rows.append((f"int8 x int8 activations, group {g}, rows", m16, CPUDecoder(m16, weights="int8", group=g, layout="rows")))
+        rows.append((f"int8 x fp32 activations, group {g}", m16, CPUDecoder(m16, weights="int8_weight_only", group=g)))
     print(f"{args.chunks} x {args.length} tokens of {args.text.name}, {args.chunks * (args.length - 2)} scored")
     print("| weights | decode weight MB | perplexity | vs bf16 |")
     print("|---|---|---|---|")

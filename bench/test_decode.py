@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from havoc import _C, cpu_decode, ops
 from havoc.backends import cpu
+from havoc.backends.cpu import Int8Weight
 from havoc.generation import SamplingParams, generate_ids, stream_ids
 
 NEW_TOKENS = 32
@@ -319,11 +320,15 @@ def test_linear(benchmark, engines, memory_read_gb_s, dtype, batch):
     xs = {K: torch.randn(batch, K) for K in {w.shape[1] for w in ws}}
     txs = {K: x.to(tw[0].dtype) for K, x in xs.items()}
     specs = [(cpu.weight_spec(w), w.shape) for w in ws]
+    # the variants that read only row-major int8 bytes get the same weights in that layout
+    rows_specs = [(cpu.weight_spec(w.with_layout("rows") if isinstance(w, Int8Weight) else w), w.shape) for w in ws]
     outs = {N: np.empty((batch, N), np.float32) for N in {w.shape[0] for w in ws}}
 
     def step(isa):
+        mine = specs if isa == "auto" or _C.reads_interleaved(isa) else rows_specs
+
         def run():
-            for spec, (N, K) in specs:
+            for spec, (N, K) in mine:
                 _C.linear(xs[K].numpy(), *spec[:4], cols=K, out=outs[N], isa=isa)
 
         return run
@@ -350,6 +355,7 @@ def test_linear(benchmark, engines, memory_read_gb_s, dtype, batch):
         ms=ours_s * 1e3, baseline_ms=base_s * 1e3, ratio=base_s / ours_s, weight_gb_s=nbytes / ours_s / 1e9,
         memory_read_gb_s=memory_read_gb_s,
         variants_ms={v: statistics.median(t[1:]) * 1e3 for v, t in variants.items()},
+        int8_layout=cpu_decode.for_model(model, weights).layout if weights == "int8" else None,
     )
 
 

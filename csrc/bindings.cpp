@@ -403,7 +403,7 @@ using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 // A weight given as (array, dtype, scales, group[, cols]): a C-contiguous 2-D array of float32 ("float32"),
 // of bf16 bits as int16/uint16 ("bfloat16") or of uint8 ("int8", "int8_weight_only": the bytes q + 128 of
 // rows padded as cpu_decode.h describes, so the array is (rows, cols rounded up to 64) and `cols` gives the
-// real input count; (rows, groups) float32 scales).
+// real input count; (rows, groups) float32 scales; "int8_interleaved": "int8" in the interleaved layout).
 havoc::WeightView weight_view(const py::array& w, const std::string& dtype, const py::object& scales, int64_t group,
                               int64_t cols, const std::string& what) {
   if (w.ndim() != 2) throw py::value_error(what + " must be 2-D (out, in), got " + shape_str(w));
@@ -420,11 +420,14 @@ havoc::WeightView weight_view(const py::array& w, const std::string& dtype, cons
     if ((kind != 'i' && kind != 'u') || w.itemsize() != 2)
       throw py::value_error(what + ": dtype bfloat16 needs its bits as an int16/uint16 array");
     v.dtype = havoc::WeightDType::kBFloat16;
-  } else if (dtype == "int8" || dtype == "int8_weight_only") {
+  } else if (dtype == "int8" || dtype == "int8_weight_only" || dtype == "int8_interleaved") {
     if (kind != 'u' || w.itemsize() != 1)
       throw py::value_error(what + ": dtype " + dtype + " needs a uint8 array (the bytes q + 128)");
-    v.dtype = dtype == "int8" ? havoc::WeightDType::kInt8 : havoc::WeightDType::kInt8WeightOnly;
+    v.dtype = dtype == "int8_weight_only" ? havoc::WeightDType::kInt8WeightOnly : havoc::WeightDType::kInt8;
+    v.interleaved = dtype == "int8_interleaved";
     if (group < 64 || group % 64) throw py::value_error(what + ": the int8 group must be a positive multiple of 64");
+    if (v.interleaved && group != 64)
+      throw py::value_error(what + ": the interleaved int8 layout takes groups of 64, got " + std::to_string(group));
     v.group = group;
     v.cols = cols;
     if (cols < 1 || v.ld() != w.shape(1))
@@ -438,8 +441,8 @@ havoc::WeightView weight_view(const py::array& w, const std::string& dtype, cons
                             std::to_string(v.groups()) + "), got " + shape_str(s));
     v.scales = static_cast<const float*>(s.data());
   } else {
-    throw py::value_error(what + ": dtype must be 'float32', 'bfloat16', 'int8' or 'int8_weight_only', got '" +
-                          dtype + "'");
+    throw py::value_error(what + ": dtype must be 'float32', 'bfloat16', 'int8', 'int8_interleaved' or "
+                          "'int8_weight_only', got '" + dtype + "'");
   }
   return v;
 }
@@ -544,6 +547,26 @@ PYBIND11_MODULE(_C, m) {
         "Set batch1_streams: 1, 4, or 0 to choose by the CPU's vendor again (the same results either way).");
   m.def("attention_isa_for", &havoc::attention_isa_for, py::arg("variant"),
         "The paged-attention variant a decode step runs with this decode-kernel variant ('auto' resolves).");
+  m.def(
+      "interleave_int8",
+      [](const py::array& w, bool inverse) {
+        if (w.ndim() != 2 || w.dtype().kind() != 'u' || w.itemsize() != 1 || !(w.flags() & py::array::c_style))
+          throw py::value_error("interleave_int8 takes a C-contiguous 2-D uint8 array, got " + shape_str(w));
+        if (w.shape(1) < 64 || w.shape(1) % 64)
+          throw py::value_error("int8 rows must be a positive multiple of 64 bytes, got " + shape_str(w));
+        py::array_t<uint8_t> out(std::vector<py::ssize_t>{w.shape(0), w.shape(1)});
+        uint8_t* op = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          havoc::interleave_int8_rows(static_cast<const uint8_t*>(w.data()), op, w.shape(0), w.shape(1), inverse);
+        }
+        return out;
+      },
+      py::arg("packed"), py::arg("inverse") = false,
+      "int8 weight bytes (rows, K rounded up to 64) into the interleaved layout of csrc/cpu_decode.h (or back "
+      "with inverse=True): a new array.");
+  m.def("reads_interleaved", py::overload_cast<const std::string&>(&havoc::reads_interleaved), py::arg("variant"),
+        "Whether the decode-kernel variant ('auto' resolves) reads int8 weights in the interleaved layout.");
   m.def(
       "quantize_rows_int8",
       [](const py::array& x, int64_t group) {

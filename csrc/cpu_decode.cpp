@@ -71,6 +71,9 @@ struct GemmArgs {
   int64_t ldxd = 0;
   // int8 weights, int8 dot variants: the quantized x in input order, zero past cols (ldxq = w.ld()); per
   // (row, group) its scale and -128 * the sum of its q (the dot products see the weights' bytes q + 128).
+  // Interleaved weights (WeightView): xq in the same interleaved layout, and per (row, block of B chunks)
+  // 16 lanes: xs lane l the scale of chunk l mod B, xc lane l < B the correction of chunk l, else 0
+  // (ldxs = 16 * blocks).
   const int8_t* xq = nullptr;
   int64_t ldxq = 0;
   // int8 weights, variants multiplying 16-bit words (avx2's vpmaddwd): xq widened, same layout and stride.
@@ -327,6 +330,37 @@ HAVOC_INLINE void gemm_rows_int8_widen(const GemmArgs& a, int64_t n0, int64_t n1
   });
 }
 
+// --- the interleaved int8 layout (cpu_decode.h) ------------------------------------------------------
+
+// Chunks in the block of a row of `nch` 64-byte chunks that starts at chunk c: 16 while 16 are left, then
+// the largest power of two left (the binary digits of the rest).
+HAVOC_INLINE int64_t il_block(int64_t c, int64_t nch) {
+  const int64_t left = nch - c;
+  if (left >= 16) return 16;
+  int64_t b = 8;
+  while (b > left) b >>= 1;
+  return b;
+}
+
+HAVOC_INLINE int64_t il_blocks(int64_t nch) {
+  int64_t n = 0;
+  for (int64_t c = 0; c < nch; c += il_block(c, nch)) ++n;
+  return n;
+}
+
+// One row of `nch` chunks into the interleaved layout (or back): 4-byte words move, bytes within stay.
+HAVOC_INLINE void interleave_row(const uint8_t* src, uint8_t* dst, int64_t nch, bool inverse) {
+  for (int64_t c0 = 0; c0 < nch;) {
+    const int64_t B = il_block(c0, nch), A = 16 / B;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t p = 0; p < 16; ++p) {
+        const int64_t natural = 64 * (c0 + b) + 4 * p, il = 64 * (c0 + p / A) + 4 * ((p % A) * B + b);
+        std::memcpy(dst + (inverse ? natural : il), src + (inverse ? il : natural), 4);
+      }
+    c0 += B;
+  }
+}
+
 // --- int8 x int8: integer dot products of a group ----------------------------------------------------
 // Per group, the products of weight and activation bytes summed exactly into 32-bit lanes, two ways:
 //   MaddDot (AVX2, no VNNI): both sides widened to signed 16-bit words (the weights' stored q + 128 back to
@@ -490,6 +524,103 @@ HAVOC_INLINE void gemm_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) 
 #endif  // HAVOC_X86_DISPATCH
 
 #ifdef HAVOC_DOT_VARIANTS
+
+// --- int8 x int8 on interleaved weights (AVX512-VNNI) ---------------------------------------------------
+// Row-major weights give each vpdpbusd one group: its 16 lanes are one group's partial sums, and every
+// group costs each (weight row, activation row) pair a correction, a convert, a scale and an FMA besides its
+// one dot product — at 32 activation rows that epilogue, not the dot products, bounded the int8 step
+// (bench/RESULTS.md: int8 in groups of 128 was 20% faster for it). In the interleaved layout a block's B
+// vpdpbusd leave lane l holding 16 / B-th of chunk l mod B (all of it at B = 16): the block starts at the
+// activation row's corrections, is converted once, multiplied by the lanes' weight x activation scales and
+// added to the fp32 accumulator — one epilogue per block (2 for K = 576 instead of 9). The weight scales of
+// a block are B consecutive floats of the row's (rows, groups) scales, repeated over the 16 lanes by one
+// broadcast load. Each output is summed the same way whatever the tile, so a row's result does not depend
+// on the batch.
+
+// Lane l = s[l % B] (B a power of two up to 16): one broadcast load.
+HAVOC_INLINE V<16>::f il_scales(const float* s, int64_t B) {
+  switch (B) {
+    case 16:
+      return loadv<16>(s);
+    case 8: {
+      V<8>::f v;
+      std::memcpy(&v, s, sizeof v);
+      return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+    }
+    case 4: {
+      V<4>::f v;
+      std::memcpy(&v, s, sizeof v);
+      return __builtin_shufflevector(v, v, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+    }
+    case 2: {
+      V<2>::f v;
+      std::memcpy(&v, s, sizeof v);
+      return __builtin_shufflevector(v, v, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
+    }
+    default:
+      return splat<16>(*s);
+  }
+}
+
+// The chunk loop is rolled, as the row-major kernel's: one load instruction per weight row walks the row in
+// 64-byte steps (on into the next row at one weight stream). At one activation row both kernels stream the
+// same buffer from memory equally fast (SmolLM2's head, 2 threads: 35.1 GB/s row-major, 36.7 interleaved;
+// bench/RESULTS.md); the chain of one vpdpbusd per 64 bytes is far from bounding such a stream.
+template <int NR, int MR>
+HAVOC_INLINE void tile_int8_il(const GemmArgs& a, int64_t n, int64_t m) {
+  using I = V<16>::i;
+  const int64_t ld = a.w.ld(), nch = ld / 64, ng = a.w.groups();
+  const uint8_t* w = static_cast<const uint8_t*>(a.w.data) + n * ld;
+  const int8_t* xq = a.xq + m * a.ldxq;
+  V<16>::f acc[NR][MR];
+  float tail[NR][MR];
+  zero_tile<16, NR, MR>(acc, tail);
+  for (int64_t c = 0, b = 0; c < nch; ++b) {
+    const int64_t B = il_block(c, nch);
+    I dot[NR][MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      I init;
+      std::memcpy(&init, a.xc + (m + i) * a.ldxs + 16 * b, sizeof init);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) dot[r][i] = init;
+    }
+    for (int64_t k = 64 * c, k1 = 64 * (c + B); k < k1; k += 64) {
+      I wv[NR];
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) {
+        __builtin_prefetch(w + r * ld + k + kPrefetchBytes, 0, 3);
+        std::memcpy(&wv[r], w + r * ld + k, sizeof wv[r]);
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        I xv;
+        std::memcpy(&xv, xq + i * a.ldxq + k, sizeof xv);
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) dot[r][i] = __builtin_ia32_vpdpbusd_v16si(dot[r][i], wv[r], xv);
+      }
+    }
+    V<16>::f ws[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) ws[r] = il_scales(a.w.scales + (n + r) * ng + c, B);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const V<16>::f sx = loadv<16>(a.xs + (m + i) * a.ldxs + 16 * b);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r)
+        acc[r][i] = __builtin_ia32_vfmaddps512_mask(__builtin_convertvector(dot[r][i], V<16>::f), ws[r] * sx,
+                                                     acc[r][i], 0xffff, 4);
+    }
+    c += B;
+  }
+  store_tile<16, NR, MR>(a, n, m, acc, tail);
+}
+
+HAVOC_INLINE void gemm_rows_int8_il(const GemmArgs& a, int64_t n0, int64_t n1) {
+  for_tiles<4, 3>(a, n0, n1, [&a](auto nr, auto mr, int64_t n, int64_t m) HAVOC_LAMBDA_INLINE {
+    tile_int8_il<decltype(nr)::value, decltype(mr)::value>(a, n, m);
+  });
+}
 
 // Lane sums of four 16-lane integer vectors: {sum a, sum b, sum c, sum d}.
 HAVOC_INLINE V<4>::i reduce4(V<16>::i a, V<16>::i b, V<16>::i c, V<16>::i d) {
@@ -817,10 +948,10 @@ HAVOC_INLINE void amx_rows_int8_impl(const GemmArgs& a, int64_t n0, int64_t n1) 
 struct Workspace {
   std::vector<float> f0, f1;
   std::vector<uint16_t> h;
-  std::vector<int8_t> q;
+  std::vector<int8_t> q, qi;
   std::vector<int16_t> w;
-  std::vector<float> s, st;
-  std::vector<int32_t> c, ct;
+  std::vector<float> s, st, sl;
+  std::vector<int32_t> c, ct, cl;
   std::vector<uint8_t> t;
 };
 
@@ -1055,6 +1186,24 @@ HAVOC_INLINE void prepare_impl(const Variant& v, GemmArgs& a, const float* x, in
         float* s = grow(ws.s, M * ng);
         int32_t* c = grow(ws.c, M * ng);
         quantize_rows_impl<W>(x, M, ldx, K, G, ld, q, s, c);
+        if (v.int8_dot && a.w.interleaved) {  // check_reads: v reads the layout (and the group is 64)
+          const int64_t nb = il_blocks(ng), ldl = 16 * nb;
+          int8_t* qi = grow(ws.qi, M * ld);
+          float* sl = grow(ws.sl, M * ldl);
+          int32_t* cl = grow(ws.cl, M * ldl);
+          for (int64_t r = 0; r < M; ++r) {
+            interleave_row(reinterpret_cast<const uint8_t*>(q + r * ld), reinterpret_cast<uint8_t*>(qi + r * ld), ng, false);
+            for (int64_t c0 = 0, b = 0; c0 < ng; c0 += il_block(c0, ng), ++b) {
+              const int64_t B = il_block(c0, ng);
+              for (int64_t l = 0; l < 16; ++l) {
+                sl[r * ldl + 16 * b + l] = s[r * ng + c0 + (l & (B - 1))];  // B: a power of two
+                cl[r * ldl + 16 * b + l] = l < B ? c[r * ng + c0 + l] : 0;
+              }
+            }
+          }
+          a.xq = qi, a.ldxq = ld, a.xs = sl, a.xc = cl, a.ldxs = ldl;
+          return;
+        }
         if (v.int8_dot) {
           a.xq = q, a.ldxq = ld, a.xs = s, a.xc = c, a.ldxs = ng;
           if (v.int8_dot == kInt8Words) {
@@ -1136,9 +1285,11 @@ HAVOC_TARGET_AVX_VNNI void avx_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0,
   gemm_rows_int8_dot<VnniDot<8>>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_VNNI void avx512_vnni_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  if (a.w.interleaved) return gemm_rows_int8_il(a, n0, n1);
   gemm_rows_int8_dot<VnniDot<16>>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_int8_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
+  if (a.w.interleaved) return gemm_rows_int8_il(a, n0, n1);
   gemm_rows_int8_dot<VnniDot<16>>(a, n0, n1);
 }
 HAVOC_TARGET_AVX512_BF16 void avx512_bf16_rows_bf16_dot(const GemmArgs& a, int64_t n0, int64_t n1) {
@@ -1249,6 +1400,26 @@ void check_weight(const WeightView& w, const char* what) {
                                   std::to_string(w.group));
     if (w.scales == nullptr) throw std::invalid_argument(name + ": int8 weights need their scales");
   }
+  if (w.interleaved && (w.dtype != WeightDType::kInt8 || w.group != 64))
+    throw std::invalid_argument(name + ": the interleaved layout is for int8 weights (int8 activations) in groups of "
+                                "64, got " + (w.dtype == WeightDType::kInt8 ? "groups of " + std::to_string(w.group)
+                                                                           : std::string("another format")));
+}
+
+bool reads_interleaved(const Variant& v) {
+#ifdef HAVOC_DOT_VARIANTS
+  return v.int8_dot == kInt8Bytes && v.width == 16 && !v.amx;
+#else
+  (void)v;
+  return false;
+#endif
+}
+
+// An interleaved weight on a variant that reads only row-major rows: an error, never wrong sums.
+void check_reads(const Variant& v, const WeightView& w, const std::string& what) {
+  if (w.interleaved && !reads_interleaved(v))
+    throw std::invalid_argument(what + ": int8 weights in the interleaved layout are read by the avx512_vnni and "
+                                "avx512_bf16 variants only, not '" + std::string(v.name) + "'");
 }
 
 // Weight rows per work item: contiguous stretches long enough for the prefetchers (64 rows of 576 fp32
@@ -1333,6 +1504,11 @@ void embed_row(const WeightView& e, int64_t id, float* out) {
     case WeightDType::kInt8:
     case WeightDType::kInt8WeightOnly: {
       const uint8_t* r = static_cast<const uint8_t*>(e.data) + id * e.ld();
+      thread_local std::vector<uint8_t> natural;
+      if (e.interleaved) {
+        interleave_row(r, grow(natural, e.ld()), e.ld() / 64, true);
+        r = natural.data();
+      }
       const float* s = e.scales + id * e.groups();
       for (int64_t d = 0; d < D; ++d) out[d] = static_cast<float>(static_cast<int>(r[d]) - 128) * s[d / e.group];
       break;
@@ -1384,6 +1560,9 @@ std::string linear_kernel(const std::string& variant, WeightDType dtype) {
       return "bf16 widened to fp32 by shifts, FMAs, " + lanes;
     case WeightDType::kInt8:
       if (v.amx) return tiles + "vpdpbusd below (same sums); activations quantized per row and group";
+      if (reads_interleaved(v))
+        return "vpdpbusd, " + lanes + ", over groups of 64 interleaved in blocks of 16 (the decoder's layout; "
+               "row-major bytes: one group a vector); activations quantized per row and group";
       if (v.int8_dot)
         return std::string(v.int8_dot == kInt8Words ? "vpmaddwd on bytes widened to 16 bits" : "vpdpbusd") +
                ", " + lanes + "; activations quantized per row and group";
@@ -1406,6 +1585,7 @@ void linear(const float* x, int64_t M, int64_t ldx, const WeightView& w, float* 
   if (M < 0) throw std::invalid_argument("negative number of rows");
   if (ldx < w.cols || ldy < w.rows) throw std::invalid_argument("row strides shorter than the rows");
   const Variant& v = variant_for(isa);
+  check_reads(v, w, "weight");
   if (M == 0) return;
   run_linear(v, x, M, ldx, w, y, ldy, accumulate);
 }
@@ -1416,9 +1596,17 @@ void linear_argmax(const float* x, int64_t M, int64_t ldx, const WeightView& w, 
   if (M < 0) throw std::invalid_argument("negative number of rows");
   if (ldx < w.cols) throw std::invalid_argument("row stride shorter than the rows");
   const Variant& v = variant_for(isa);
+  check_reads(v, w, "weight");
   if (M == 0) return;
   run_linear_argmax(v, x, M, ldx, w, index, value);
 }
+
+void interleave_int8_rows(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t ld, bool inverse) {
+  if (rows < 0 || ld < 64 || ld % 64) throw std::invalid_argument("int8 rows must be a positive multiple of 64 bytes");
+  for (int64_t r = 0; r < rows; ++r) interleave_row(src + r * ld, dst + r * ld, ld / 64, inverse);
+}
+
+bool reads_interleaved(const std::string& variant) { return reads_interleaved(variant_for(variant)); }
 
 int64_t collapse_hugepages(void* p, int64_t bytes) {
 #ifdef __linux__
@@ -1493,7 +1681,14 @@ Decoder::Decoder(const DecoderConfig& config, std::vector<DecoderLayer> layers, 
   expect(embedding_, c.vocab_size, c.dim, "embedding");
   expect(head_, c.vocab_size, c.dim, "head");
   if (!final_norm_) throw std::invalid_argument("missing the final norm weight");
-  variant_for(isa_);  // throws for an unknown or unavailable variant now rather than at the first step
+  const Variant& v = variant_for(isa_);  // throws for an unknown or unavailable variant now, not at the first step
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const DecoderLayer& L = layers_[i];
+    const std::string p = "layer " + std::to_string(i) + " ";
+    check_reads(v, L.wqkv, p + "wqkv"), check_reads(v, L.wo, p + "wo"), check_reads(v, L.w13, p + "w13");
+    check_reads(v, L.w2, p + "w2");
+  }
+  check_reads(v, head_, "head");  // the embedding lookup reads either layout
   // inv_freq as havoc.kernels.reference.rope_cos_sin computes it: 1 / theta ** (2i / rotary_dim) in fp32.
   for (int64_t i = 0; i < c.rotary_dim / 2; ++i) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(c.rotary_dim);

@@ -39,6 +39,13 @@ enum class WeightDType { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2, kInt8WeightOnly
 // byte 128 (q = 0). Offset bytes because the dot-product instructions (VNNI's vpdpbusd, AMX's tdpbusd)
 // multiply unsigned by signed bytes; the activations are the signed side, and their sum (times 128) is
 // subtracted once per group.
+// int8 "interleaved" (group 64, int8 activations, read by the avx512_vnni and avx512_bf16 variants only):
+// the same bytes, rows still row-major and padded, but inside a row its 64-byte chunks (= groups) are
+// interleaved in blocks of B chunks — 16 while 16 are left, then the binary digits of the rest (8, 4, 2, 1)
+// — so that lane l of a 16-lane vpdpbusd sums chunk l mod B of its block: byte t of word p (4 bytes) of
+// chunk c0 + b sits at 64 (c0 + p / (16 / B)) + 4 ((p % (16 / B)) B + b) + t. A block's B products then
+// hold whole groups in their lanes and are scaled once per block instead of once per group
+// (interleave_int8_rows writes the layout; scales stay (rows, groups) in group order).
 struct WeightView {
   WeightDType dtype = WeightDType::kFloat32;
   const void* data = nullptr;
@@ -46,6 +53,7 @@ struct WeightView {
   int64_t cols = 0;
   const float* scales = nullptr;  // int8 only: (rows, groups()) fp32
   int64_t group = 0;              // int8 only
+  bool interleaved = false;       // int8 only: the interleaved layout above
   bool int8() const { return dtype == WeightDType::kInt8 || dtype == WeightDType::kInt8WeightOnly; }
   int64_t groups() const { return group > 0 ? (cols + group - 1) / group : 1; }
   int64_t ld() const { return int8() ? (cols + 63) / 64 * 64 : cols; }  // row stride in elements
@@ -106,6 +114,13 @@ int64_t collapse_hugepages(void* p, int64_t bytes);
 // -128 * sum of the group's q.
 void quantize_rows_int8(const float* x, int64_t M, int64_t ldx, int64_t cols, int64_t group, int8_t* q,
                         float* scales, int32_t* corrections);
+
+// Rows of int8 weight bytes (rows, ld), ld a multiple of 64, from row-major into the interleaved layout
+// (WeightView), or back with `inverse`. src and dst must not overlap.
+void interleave_int8_rows(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t ld, bool inverse);
+
+// Whether `variant` ("auto" resolves) reads int8 weights in the interleaved layout.
+bool reads_interleaved(const std::string& variant);
 
 // The model features the decode step implements (havoc.cpu_decode.missing_features maps a model onto these
 // names): "block:pre_norm" (x + attn(norm(x)), then x + mlp(norm(x))), "norm:rms", "embedding:lookup"

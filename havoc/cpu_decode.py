@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from havoc import _C, ops
-from havoc.backends.cpu import DTYPES, INT8_GROUP, Int8Weight, isas, numpy_view, weight_spec
+from havoc.backends.cpu import DTYPES, INT8_GROUP, INT8_LAYOUTS, Int8Weight, isas, numpy_view, weight_spec
 from havoc.errors import ConfigError
 
 WEIGHT_FORMATS = ("auto", "int8", "int8_weight_only")  # "auto": the model's own dtype (fp32 or bf16)
@@ -83,11 +83,17 @@ class CPUDecoder:
             same weights times fp32 activations). The embedding lookup reads the int8 table too.
         group: int8 inputs per scale.
         isa: kernel variant, "auto" or one of `isas()`.
+        layout: int8 weight bytes "rows", "interleaved" (`Int8Weight`), or "auto": interleaved where the
+            variant reads that layout (int8 activations in groups of 64 on avx512_vnni / avx512_bf16).
     """
 
-    def __init__(self, model, *, weights: str = "auto", group: int = INT8_GROUP, isa: str = "auto") -> None:
+    def __init__(
+        self, model, *, weights: str = "auto", group: int = INT8_GROUP, isa: str = "auto", layout: str = "auto"
+    ) -> None:
         if weights not in WEIGHT_FORMATS:
             raise ConfigError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
+        if layout not in ("auto",) + INT8_LAYOUTS:
+            raise ConfigError(f"layout must be 'auto' or one of {INT8_LAYOUTS}, got {layout!r}")
         p = model.tok_embeddings.weight
         if p.device.type != "cpu" or p.dtype not in DTYPES:
             raise ConfigError(f"the CPU decoder needs a CPU model in fp32 or bf16, got {p.dtype} on {p.device}")
@@ -122,6 +128,22 @@ class CPUDecoder:
         self._final_norm = norm(model.norm.weight)
         self._embedding = w(model.tok_embeddings.weight)
         self._head = self._embedding if model.output is None else w(model.output.weight)
+        can = weights == "int8" and group == 64 and _C.reads_interleaved(isa)
+        if layout == "interleaved" and not can:
+            raise ConfigError(
+                "the interleaved int8 layout needs weights='int8', group=64 and a variant that reads it "
+                f"(avx512_vnni, avx512_bf16); got weights={weights!r}, group={group}, isa={isa!r}"
+            )
+        self.layout = "interleaved" if can and layout != "rows" else "rows"
+        if self.layout == "interleaved":
+            # the variant sums whole groups per lane from interleaved bytes (csrc/cpu_decode.h): one epilogue
+            # per 16 groups instead of one per group (bench/RESULTS.md); the embedding lookup reads it too
+            for L in self._layers:
+                for k in ("wqkv", "wo", "w13", "w2"):
+                    L[k] = L[k].with_layout("interleaved")
+            tied = self._head is self._embedding
+            self._embedding = self._embedding.with_layout("interleaved")
+            self._head = self._embedding if tied else self._head.with_layout("interleaved")
         self._config = dict(
             dim=c.dim, n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim,
             rotary_dim=c.rotary_dim, ffn_hidden=c.ffn_hidden, vocab_size=c.vocab_size, norm_eps=float(c.norm_eps),
@@ -130,7 +152,8 @@ class CPUDecoder:
         self.vocab_size = c.vocab_size
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> _C.Decoder
         if weights != "auto":  # the int8 copies are the decoder's own: one arena, all on huge pages
-            _one_arena([L[k] for L in self._layers for k in ("wqkv", "wo", "w13", "w2")] + [self._embedding])
+            untied = [] if self._head is self._embedding else [self._head]
+            _one_arena([L[k] for L in self._layers for k in ("wqkv", "wo", "w13", "w2")] + [self._embedding] + untied)
         self.hugepage_bytes = _collapse(self.decode_weights() + [self._embedding])
 
     def decode_weights(self) -> list[torch.Tensor | Int8Weight]:

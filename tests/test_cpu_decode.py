@@ -127,9 +127,15 @@ def _quantized_reference(model, activations):
 
 
 @pytest.mark.parametrize("isa", VARIANTS)
-@pytest.mark.parametrize("weights, activations", [("int8", "int8"), ("int8_weight_only", "fp32")])
-def test_int8_logits_match_the_formula(tiny, isa, weights, activations, monkeypatch):
-    dec = CPUDecoder(tiny, weights=weights, group=64, isa=variant(isa))
+@pytest.mark.parametrize(
+    "weights, activations, layout", [("int8", "int8", "auto"), ("int8", "int8", "rows"), ("int8_weight_only", "fp32", "auto")]
+)
+def test_int8_logits_match_the_formula(tiny, isa, weights, activations, layout, monkeypatch):
+    """On the variants that read it, "auto" lays int8 weights out interleaved (the embedding lookup too)."""
+    dec = CPUDecoder(tiny, weights=weights, group=64, isa=variant(isa), layout=layout)
+    interleaves = weights == "int8" and layout == "auto" and _C.reads_interleaved(isa)
+    assert dec.layout == ("interleaved" if interleaves else "rows")
+    assert all(w.layout == dec.layout for w in dec.decode_weights() + [dec._embedding])
     deq, linear = _quantized_reference(tiny, activations)
     # the prefill (model forward) runs on the dequantized weights, so both paths start from one cache
     cache = PagedKVCache.for_model(deq, 64, 16)
@@ -163,6 +169,16 @@ def test_generation_uses_the_decoder_and_matches_the_reference(tiny, monkeypatch
         assert fast == ref
         small.check_invariants()
     assert steps and max(steps) < len(prompts)  # the pool never held all of them
+
+
+def test_int8_layout_option_is_checked(tiny):
+    with pytest.raises(ConfigError, match="layout must be"):
+        CPUDecoder(tiny, weights="int8", layout="columns")
+    with pytest.raises(ConfigError, match="needs weights='int8', group=64"):
+        CPUDecoder(tiny, weights="int8", group=128, layout="interleaved")
+    with pytest.raises(ConfigError, match="needs weights='int8', group=64"):
+        CPUDecoder(tiny, weights="int8", isa="scalar", layout="interleaved")
+    assert CPUDecoder(tiny, weights="int8", group=128).layout == "rows"
 
 
 def test_int8_generation_option(tiny):

@@ -22,7 +22,7 @@ from havoc.kernels import reference
 pytestmark = pytest.mark.op("linear", "cpu")  # tests/test_ops_coverage.py
 
 VARIANTS = _C.linear_variants()  # every variant compiled into a build; each test skips the ones this CPU lacks
-FORMATS = ["float32", "bfloat16", "int8", "int8_weight_only"]
+FORMATS = ["float32", "bfloat16", "int8", "int8_interleaved", "int8_weight_only"]  # interleaved: Int8Weight.layout
 # (rows M, in K, out N): 1 row, not multiples of any vector width, SmolLM2's K (576, 1536), a 7B-sized K.
 # K: under one 32-column bf16 block (17), blocks plus a vector and/or scalar tail (33, 47, 80, 100), odd K
 # under AMX tiles (95: two 32-input steps and 31 left). M from 4 up runs the amx variant's tiles: N not a
@@ -31,11 +31,13 @@ SHAPES = [(1, 576, 960), (1, 1, 1), (3, 17, 5), (5, 1536, 576), (4, 33, 9), (2, 
           (2, 11008, 20), (33, 100, 21), (6, 95, 35), (20, 64, 33), (17, 11008, 40), (1, 11008, 3), (32, 576, 96)]
 
 
-def variant(name: str) -> str:
-    """`name`, or a skip saying why this CPU (or build) cannot run it."""
+def variant(name: str, fmt: str | None = None) -> str:
+    """`name`, or a skip saying why this CPU (or build) cannot run it (or does not read weights of `fmt`)."""
     why = _C.linear_variant_missing(name)
     if why:
         pytest.skip(f"kernel variant {name}: {why}")
+    if fmt == "int8_interleaved" and not _C.reads_interleaved(name):
+        pytest.skip(f"kernel variant {name} reads row-major int8 weights only (and refuses interleaved ones)")
     return name
 
 
@@ -43,8 +45,9 @@ def _weight(fmt, N, K, seed=0):
     """(weight as the kernel takes it, the fp64 oracle of x @ W.T)."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(N, K, generator=g)
-    if fmt in ("int8", "int8_weight_only"):
-        q = Int8Weight.quantize(w, 64, activations="int8" if fmt == "int8" else "fp32")
+    if fmt.startswith("int8"):
+        q = Int8Weight.quantize(w, 64, activations="fp32" if fmt == "int8_weight_only" else "int8")
+        q = q.with_layout("interleaved" if fmt == "int8_interleaved" else "rows")
         return q, lambda x: reference.linear_int8(x, q.q, q.scales, 64, activations=q.activations).double()
     if fmt == "bfloat16":
         wb = w.to(torch.bfloat16)
@@ -62,22 +65,23 @@ def _rel(got, want):
 def test_linear_matches_the_formula_of_its_format(isa, fmt, M, K, N):
     w, oracle = _weight(fmt, N, K, seed=M + K + N)
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(1))
-    got = cpu.linear(x, w, isa=variant(isa))
+    got = cpu.linear(x, w, isa=variant(isa, fmt))
     assert got.shape == (M, N) and got.dtype == torch.float32
     # fp32 accumulation over K terms: relative error ~ sqrt(K) * 2^-24
     assert _rel(got.double(), oracle(x)) < 1e-5 * max(1.0, (K / 576) ** 0.5)
 
 
 @pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("fmt", ["int8", "int8_interleaved"])
 @pytest.mark.parametrize("M", [1, 5])
-def test_int8_activations_round_the_rounded_product_on_every_variant(isa, M):
+def test_int8_activations_round_the_rounded_product_on_every_variant(isa, fmt, M):
     """Every variant quantizes activations by the formula: x * (1 / scale) rounded to fp32, then half to
     even. Rows of such ties (_fp32_product_ties) rounded the other way by a fused multiply-add would be a
     step off in most of their inputs."""
     K = 576
-    w, oracle = _weight("int8", 40, K, seed=M)
+    w, oracle = _weight(fmt, 40, K, seed=M)
     x = torch.stack([torch.cat([_fp32_product_ties(64, seed=9 * m + j) for j in range(K // 64)]) for m in range(M)])
-    got = cpu.linear(x, w, isa=variant(isa))
+    got = cpu.linear(x, w, isa=variant(isa, fmt))
     assert _rel(got.double(), oracle(x)) < 1e-5
 
 
@@ -90,7 +94,7 @@ def test_accumulate_adds_to_out_and_strided_rows_work(isa, fmt):
     out = torch.randn(6, 37)
     want = out.double() + oracle(x)
     spec = cpu.weight_spec(w)
-    _C.linear(x.numpy(), *spec[:4], cols=70, out=out.numpy(), accumulate=True, isa=variant(isa))
+    _C.linear(x.numpy(), *spec[:4], cols=70, out=out.numpy(), accumulate=True, isa=variant(isa, fmt))
     torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
 
 
@@ -101,7 +105,7 @@ def test_linear_argmax_matches_the_full_product(isa, fmt, M, N):
     K = 96
     w, _ = _weight(fmt, N, K, seed=N)
     x = torch.randn(M, K)
-    full = cpu.linear(x, w, isa=variant(isa))
+    full = cpu.linear(x, w, isa=variant(isa, fmt))
     spec = cpu.weight_spec(w)
     idx, val = _C.linear_argmax(x.numpy(), *spec[:4], cols=K, isa=isa)
     assert torch.equal(torch.from_numpy(idx), full.argmax(-1))
@@ -118,7 +122,7 @@ def test_a_row_gets_the_same_bits_in_any_batch(isa, fmt, K, N):
     w, _ = _weight(fmt, N, K, seed=K + N)
     g = torch.Generator().manual_seed(5)
     rows = torch.randn(40, K, generator=g)
-    alone = torch.cat([cpu.linear(rows[j : j + 1], w, isa=variant(isa)) for j in range(8)])
+    alone = torch.cat([cpu.linear(rows[j : j + 1], w, isa=variant(isa, fmt)) for j in range(8)])
     for M in (2, 3, 4, 5, 16, 17, 33, 40):
         batch = cpu.linear(rows[:M], w, isa=isa)
         assert torch.equal(batch[: min(M, 8)], alone[: min(M, 8)]), M
@@ -141,7 +145,7 @@ def test_one_row_gets_the_same_bits_from_one_weight_stream_or_four(isa, fmt, K, 
         for streams in (1, 4):
             _C.set_batch1_streams(streams)
             assert _C.batch1_streams() == streams
-            got[streams] = cpu.linear(x, w, isa=variant(isa))
+            got[streams] = cpu.linear(x, w, isa=variant(isa, fmt))
     finally:
         _C.set_batch1_streams(0)
     assert torch.equal(got[1], got[4])
@@ -222,6 +226,59 @@ def test_int8_weights_are_stored_as_offset_bytes_and_their_error_is_bounded_per_
     step = q.scales.repeat_interleave(64, dim=1)[:, :200]
     assert bool((err <= 0.5 * step + 1e-6).all())
     assert q.activations == "int8" and q.with_activations("fp32").spec()[1] == "int8_weight_only"
+
+
+def _interleaved_oracle(rows: np.ndarray) -> np.ndarray:
+    """csrc/cpu_decode.h's interleaved layout, written from its formula: blocks of 16 chunks of 64 bytes
+    while 16 are left, then 8, 4, 2, 1; byte t of word p of chunk c0 + b at 64 (c0 + p // (16 / B)) +
+    4 ((p % (16 / B)) B + b) + t."""
+    out = np.empty_like(rows)
+    nch, c0 = rows.shape[1] // 64, 0
+    while c0 < nch:
+        B = 16 if nch - c0 >= 16 else 1 << ((nch - c0).bit_length() - 1)
+        A = 16 // B
+        for b in range(B):
+            for p in range(16):
+                dst = 64 * (c0 + p // A) + 4 * ((p % A) * B + b)
+                out[:, dst : dst + 4] = rows[:, 64 * (c0 + b) + 4 * p : 64 * (c0 + b) + 4 * p + 4]
+        c0 += B
+    return out
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3, 7, 9, 16, 17, 24, 31, 40])
+def test_interleaved_layout_is_the_header_formula_and_goes_back(chunks):
+    rows = np.random.default_rng(chunks).integers(0, 256, (3, 64 * chunks), dtype=np.uint8)
+    il = _C.interleave_int8(rows)
+    assert np.array_equal(il, _interleaved_oracle(rows))
+    assert np.array_equal(_C.interleave_int8(il, inverse=True), rows)
+    q = Int8Weight.quantize(torch.randn(5, 64 * chunks - 13), 64)
+    back = q.with_layout("interleaved")
+    assert back.layout == "interleaved" and back.spec()[1] == "int8_interleaved"
+    assert torch.equal(back.q, q.q) and torch.equal(back.dequantize(), q.dequantize())
+    assert torch.equal(back.with_layout("rows").packed, q.packed) and q.with_layout("rows") is q
+
+
+def test_interleaved_weights_are_refused_where_not_read_and_need_int8_activations_in_groups_of_64():
+    w = torch.randn(8, 128)
+    q = Int8Weight.quantize(w, 64).with_layout("interleaved")
+    x = torch.randn(2, 128)
+    for v in cpu.isas():
+        if not _C.reads_interleaved(v):  # never row-major sums of interleaved bytes
+            with pytest.raises(ValueError, match="interleaved layout are read by the avx512_vnni and avx512_bf16"):
+                cpu.linear(x, q, isa=v)
+            with pytest.raises(ValueError, match="interleaved layout are read by"):
+                _C.linear_argmax(x.numpy(), *q.spec()[:4], cols=128, isa=v)
+    assert not _C.reads_interleaved("scalar")
+    with pytest.raises(Exception, match="int8 activations in groups of 64"):
+        Int8Weight.quantize(w, 128).with_layout("interleaved")
+    with pytest.raises(Exception, match="int8 activations in groups of 64"):
+        q.with_activations("fp32")
+    with pytest.raises(Exception, match="layout must be"):
+        Int8Weight.quantize(w, 64).with_layout("columns")
+    with pytest.raises(ValueError, match="takes groups of 64"):
+        _C.linear(x.numpy(), q.packed.numpy(), "int8_interleaved", Int8Weight.quantize(w, 128).scales.numpy(), 128, cols=128)
+    with pytest.raises(ValueError, match="multiple of 64 bytes"):
+        _C.interleave_int8(np.zeros((2, 100), np.uint8))
 
 
 def test_ops_linear_takes_the_kernel_for_decode_sizes(monkeypatch):

@@ -47,6 +47,7 @@ from havoc.kernels import reference
 MAX_ROWS = 64  # ops.linear takes the C++ kernel up to this many rows without timing anything
 INT8_GROUP = 64  # inputs per int8 scale (a multiple of 64)
 INT8_ACTIVATIONS = ("int8", "fp32")
+INT8_LAYOUTS = ("rows", "interleaved")
 DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}  # what the C++ kernels take, by name
 
 
@@ -87,14 +88,31 @@ class Int8Weight:
         shape: (out, in).
         activations: what the product multiplies the weight with: "int8" (activations quantized per row
             and group, llama.cpp's Q8_0 x Q8_0) or "fp32" (weight-only quantization).
+        layout: "rows" (each row's bytes in input order) or "interleaved" (each row's 64-byte groups
+            interleaved so that a 16-lane vpdpbusd sums whole groups: csrc/cpu_decode.h; int8 activations in
+            groups of 64, read by the avx512_vnni and avx512_bf16 variants only). The same numbers either way.
     """
 
     def __init__(
-        self, packed: torch.Tensor, scales: torch.Tensor, group: int, shape: tuple[int, int], activations: str = "int8"
+        self,
+        packed: torch.Tensor,
+        scales: torch.Tensor,
+        group: int,
+        shape: tuple[int, int],
+        activations: str = "int8",
+        layout: str = "rows",
     ) -> None:
         if activations not in INT8_ACTIVATIONS:
             raise ConfigError(f"activations must be one of {INT8_ACTIVATIONS}, got {activations!r}")
-        self.packed, self.scales, self.group, self.shape, self.activations = packed, scales, group, shape, activations
+        if layout not in INT8_LAYOUTS:
+            raise ConfigError(f"layout must be one of {INT8_LAYOUTS}, got {layout!r}")
+        if layout == "interleaved" and (activations != "int8" or group != 64):
+            raise ConfigError(
+                f"the interleaved layout is for int8 activations in groups of 64, got {activations} activations "
+                f"in groups of {group}"
+            )
+        self.packed, self.scales, self.group, self.shape = packed, scales, group, shape
+        self.activations, self.layout = activations, layout
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, group: int = INT8_GROUP, *, activations: str = "int8") -> Int8Weight:
@@ -109,12 +127,26 @@ class Int8Weight:
 
     def with_activations(self, activations: str) -> Int8Weight:
         """The same weight bytes, multiplied with `activations` ("int8" or "fp32")."""
-        return Int8Weight(self.packed, self.scales, self.group, self.shape, activations)
+        return Int8Weight(self.packed, self.scales, self.group, self.shape, activations, self.layout)
+
+    def with_layout(self, layout: str) -> Int8Weight:
+        """The same weight with its bytes in `layout` ("rows" or "interleaved"): a copy where it differs."""
+        if layout == self.layout:
+            return self
+        if layout not in INT8_LAYOUTS:
+            raise ConfigError(f"layout must be one of {INT8_LAYOUTS}, got {layout!r}")
+        packed = torch.from_numpy(_C.interleave_int8(self.packed.numpy(), inverse=layout == "rows"))
+        return Int8Weight(packed, self.scales, self.group, self.shape, self.activations, layout)
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The bytes q + 128 in input order (the "rows" layout): (out, in rounded up to 64) uint8."""
+        return self.packed if self.layout == "rows" else self.with_layout("rows").packed
 
     @property
     def q(self) -> torch.Tensor:
         """The int8 values in input order: (out, in)."""
-        return (self.packed[:, : self.shape[1]].to(torch.int16) - 128).to(torch.int8)
+        return (self.rows[:, : self.shape[1]].to(torch.int16) - 128).to(torch.int8)
 
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight this int8 weight stands for: (out, in)."""
@@ -126,7 +158,10 @@ class Int8Weight:
         return self.packed.numel() + 4 * self.scales.numel()
 
     def spec(self) -> tuple:
-        dtype = "int8" if self.activations == "int8" else "int8_weight_only"
+        if self.activations == "fp32":
+            dtype = "int8_weight_only"
+        else:
+            dtype = "int8_interleaved" if self.layout == "interleaved" else "int8"
         return (self.packed.numpy(), dtype, self.scales.numpy(), self.group, self.shape[1])
 
 
