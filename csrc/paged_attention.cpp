@@ -78,6 +78,53 @@ HAVOC_INLINE void pv(float* acc, const float* p, const T* v, int64_t stride, int
   }
 }
 
+// The G query heads of one KV head at once (G a template constant): the K or V slice of a token is loaded
+// (and widened from bf16) once for the G heads instead of once per head. Each head's sums are dot()'s and
+// pv()'s, in their order, so the results are the same bits. Needs D a multiple of 2W and of C W.
+
+// out[g * out_stride] = dot(q + g * D, k, D) for g < G.
+template <int W, int G, class T>
+HAVOC_INLINE void dots_group(const float* q, const T* k, int64_t D, float* out, int64_t out_stride) {
+  using F = typename V<W>::f;
+  F a0[G], a1[G];
+  for (int g = 0; g < G; ++g) a0[g] = F{}, a1[g] = F{};
+  for (int64_t d = 0; d < D; d += 2 * W) {
+    const F k0 = loadv<W>(k + d), k1 = loadv<W>(k + d + W);
+    for (int g = 0; g < G; ++g) {
+      a0[g] += loadv<W>(q + g * D + d) * k0;
+      a1[g] += loadv<W>(q + g * D + d + W) * k1;
+    }
+  }
+  for (int g = 0; g < G; ++g) out[g * out_stride] = hsum<W>(a0[g] + a1[g]);
+}
+
+// pv(acc + g * D, p + g * p_stride, v, stride, n, D) for g < G, C vectors of features at a time.
+template <int W, int G, int C, class T>
+HAVOC_INLINE void pv_group(float* acc, const float* p, int64_t p_stride, const T* v, int64_t stride, int64_t n,
+                           int64_t D) {
+  using F = typename V<W>::f;
+  for (int64_t d = 0; d < D; d += C * W) {
+    F a[G][C];
+    for (int g = 0; g < G; ++g)
+      for (int c = 0; c < C; ++c) a[g][c] = loadv<W>(acc + g * D + d + c * W);
+    for (int64_t i = 0; i < n; ++i) {
+      F vv[C];
+      for (int c = 0; c < C; ++c) vv[c] = loadv<W>(v + i * stride + d + c * W);
+      for (int g = 0; g < G; ++g) {
+        const F pi = splat<W>(p[g * p_stride + i]);
+        for (int c = 0; c < C; ++c) a[g][c] += pi * vv[c];
+      }
+    }
+    for (int g = 0; g < G; ++g)
+      for (int c = 0; c < C; ++c) storev<W>(acc + g * D + d + c * W, a[g][c]);
+  }
+}
+
+// Feature vectors per pass of pv_group: G x C accumulators, C values and a broadcast in the registers
+// (AVX-512's 32 hold 4 x 4 + 4 + 1; AVX2's 16 take C = 2).
+template <int W>
+constexpr int kPvGroupC = W >= 16 ? 4 : 2;
+
 // --- decode attention ----------------------------------------------------------------------------------
 
 // Tokens scored per pass (a multiple of every W): the n_heads x kTile scores stay in L1 between the QK and
@@ -109,8 +156,9 @@ struct Scratch {
 // NOTE: (sequence, KV head) work units instead read head_dim elements every kv_heads * head_dim: for
 // 32/8 heads at D=128, 512 B per 4 KB page, which the hardware prefetchers do not follow across pages.
 // always_inline: it is compiled into each ISA's wrapper below.
-template <int W, class T>
-HAVOC_INLINE void decode_unit(const DecodeAttentionArgs& a, int64_t b, int64_t t0, int64_t t1, Scratch& s) {
+// GT: the query heads per KV head as a constant (dots_group, pv_group), or 0 for any (head by head).
+template <int W, class T, int GT>
+HAVOC_INLINE void decode_unit_g(const DecodeAttentionArgs& a, int64_t b, int64_t t0, int64_t t1, Scratch& s) {
   using F = typename V<W>::f;
   const int64_t D = a.shape.head_dim, KV = a.shape.kv_heads, BS = a.shape.block_size;
   const int64_t H = a.n_heads, G = H / KV;
@@ -126,7 +174,9 @@ HAVOC_INLINE void decode_unit(const DecodeAttentionArgs& a, int64_t b, int64_t t
 
   for (int64_t h = 0; h < H; ++h) {
     const T* qh = q + h * a.q_head_stride;
-    for (int64_t d = 0; d < D; ++d) qf[h * D + d] = load(qh + d) * a.scale;
+    int64_t d = 0;
+    for (; d + W <= D; d += W) storev<W>(qf + h * D + d, loadv<W>(qh + d) * a.scale);
+    for (; d < D; ++d) qf[h * D + d] = load(qh + d) * a.scale;
     s.m[h] = kNegInf;
     s.l[h] = 0.0f;
   }
@@ -141,8 +191,13 @@ HAVOC_INLINE void decode_unit(const DecodeAttentionArgs& a, int64_t b, int64_t t
     // Scores: query head h = kvh * G + g against KV head kvh (no h / G: an idiv per head and token).
     for (int64_t i = 0; i < n; ++i) {
       const T* kr = k0 + i * row;
-      for (int64_t kvh = 0, h = 0; kvh < KV; ++kvh)
-        for (int64_t g = 0; g < G; ++g, ++h) sc[h * kTile + i] = dot<W>(qf + h * D, kr + kvh * D, D);
+      if constexpr (GT > 0) {
+        for (int64_t kvh = 0; kvh < KV; ++kvh)
+          dots_group<W, GT>(qf + kvh * GT * D, kr + kvh * D, D, sc + kvh * GT * kTile + i, kTile);
+      } else {
+        for (int64_t kvh = 0, h = 0; kvh < KV; ++kvh)
+          for (int64_t g = 0; g < G; ++g, ++h) sc[h * kTile + i] = dot<W>(qf + h * D, kr + kvh * D, D);
+      }
     }
     for (int64_t h = 0; h < H; ++h) {
       float* sh = sc + h * kTile;
@@ -167,22 +222,58 @@ HAVOC_INLINE void decode_unit(const DecodeAttentionArgs& a, int64_t b, int64_t t
     }
     // acc += P V. Each head reads its KV head's slice of the tile's V rows (from L1/L2 after the first
     // of the G heads).
-    for (int64_t kvh = 0, h = 0; kvh < KV; ++kvh)
-      for (int64_t g = 0; g < G; ++g, ++h) pv<W>(acc + h * D, sc + h * kTile, v0 + kvh * D, row, n, D);
+    if constexpr (GT > 0) {
+      for (int64_t kvh = 0; kvh < KV; ++kvh)
+        pv_group<W, GT, kPvGroupC<W>>(acc + kvh * GT * D, sc + kvh * GT * kTile, kTile, v0 + kvh * D, row, n, D);
+    } else {
+      for (int64_t kvh = 0, h = 0; kvh < KV; ++kvh)
+        for (int64_t g = 0; g < G; ++g, ++h) pv<W>(acc + h * D, sc + h * kTile, v0 + kvh * D, row, n, D);
+    }
     t += n;
   }
 }
 
-using UnitFn = void (*)(const DecodeAttentionArgs&, int64_t, int64_t, int64_t, Scratch&);
+// The unit for this shape: grouped heads where G is 1-4 and D fits the grouped passes, else head by head;
+// with `finish`, out[b] = acc / l per head (0 where no token was seen), in the output's dtype.
+template <int W, class T>
+HAVOC_INLINE void decode_unit(const DecodeAttentionArgs& a, int64_t b, int64_t t0, int64_t t1, Scratch& s,
+                              bool finish) {
+  const int64_t D = a.shape.head_dim, H = a.n_heads, G = H / a.shape.kv_heads;
+  bool done = false;
+  if (D % (2 * W) == 0 && D % (kPvGroupC<W> * W) == 0) {
+    done = true;
+    switch (G) {
+      case 1: decode_unit_g<W, T, 1>(a, b, t0, t1, s); break;
+      case 2: decode_unit_g<W, T, 2>(a, b, t0, t1, s); break;
+      case 3: decode_unit_g<W, T, 3>(a, b, t0, t1, s); break;
+      case 4: decode_unit_g<W, T, 4>(a, b, t0, t1, s); break;
+      default: done = false;
+    }
+  }
+  if (!done) decode_unit_g<W, T, 0>(a, b, t0, t1, s);
+  if (!finish) return;
+  T* out = static_cast<T*>(a.out) + b * H * D;
+  for (int64_t h = 0; h < H; ++h) {
+    // l >= 1 whenever a token was seen (the max term contributes exp(0)); l == 0: no tokens, zeros.
+    const float inv = s.l[h] > 0.0f ? 1.0f / s.l[h] : 0.0f;
+    int64_t d = 0;
+    for (; d + W <= D; d += W) storev<W>(out + h * D + d, loadv<W>(s.acc + h * D + d) * inv);
+    for (; d < D; ++d) store(out + h * D + d, s.acc[h * D + d] * inv);
+  }
+}
+
+// finish: the unit covers the whole sequence; it writes the normalized output itself (else its state is
+// left in the scratch for merge_parts).
+using UnitFn = void (*)(const DecodeAttentionArgs&, int64_t, int64_t, int64_t, Scratch&, bool);
 
 // One wrapper per ISA and storage type; the body is decode_unit, compiled for that target with its
 // native vector width.
-#define HAVOC_DECODE_UNITS(NAME, W, ATTR)                                                               \
-  ATTR void NAME##_f32(const DecodeAttentionArgs& a, int64_t b, int64_t t0, int64_t t1, Scratch& s) {  \
-    decode_unit<W, float>(a, b, t0, t1, s);                                                             \
-  }                                                                                                     \
-  ATTR void NAME##_bf16(const DecodeAttentionArgs& a, int64_t b, int64_t t0, int64_t t1, Scratch& s) { \
-    decode_unit<W, uint16_t>(a, b, t0, t1, s);                                                          \
+#define HAVOC_DECODE_UNITS(NAME, W, ATTR)                                                                       \
+  ATTR void NAME##_f32(const DecodeAttentionArgs& a, int64_t b, int64_t t0, int64_t t1, Scratch& s, bool fin) {  \
+    decode_unit<W, float>(a, b, t0, t1, s, fin);                                                                \
+  }                                                                                                             \
+  ATTR void NAME##_bf16(const DecodeAttentionArgs& a, int64_t b, int64_t t0, int64_t t1, Scratch& s, bool fin) { \
+    decode_unit<W, uint16_t>(a, b, t0, t1, s, fin);                                                             \
   }
 
 HAVOC_DECODE_UNITS(unit_scalar, 4, )
@@ -287,11 +378,9 @@ void split_by_length(const DecodeAttentionArgs& a, UnitFn unit, int64_t total_le
     for (int64_t u = 0; u < n_units; ++u) {
       const int64_t b = std::upper_bound(first.begin(), first.end(), u) - first.begin() - 1;
       const int64_t sp = u - first[b], L = a.lengths[b];
-      unit(a, b, std::min(L, sp * S), std::min(L, (sp + 1) * S), s);
-      if (first[b + 1] - first[b] == 1) {
-        a.dtype == KVDType::kBFloat16 ? store_normalized<uint16_t>(a, b, s.l, s.acc)
-                                      : store_normalized<float>(a, b, s.l, s.acc);
-      } else {
+      const bool whole = first[b + 1] - first[b] == 1;
+      unit(a, b, std::min(L, sp * S), std::min(L, (sp + 1) * S), s, whole);
+      if (!whole) {
         float* p = partial.data() + u * part;
         std::copy(s.m, s.m + H, p);
         std::copy(s.l, s.l + H, p + H);
@@ -399,7 +488,6 @@ void paged_decode_attention(const DecodeAttentionArgs& a, int64_t num_splits, co
   validate(a);
   if (num_splits < 0) throw std::invalid_argument("num_splits must be >= 0 (0: automatic)");
   const UnitFn unit = pick_unit(isa, a.dtype);
-  const bool bf16 = a.dtype == KVDType::kBFloat16;
   const int64_t D = a.shape.head_dim, BS = a.shape.block_size, H = a.n_heads;
   if (a.n_seqs == 0) return;
 
@@ -427,10 +515,8 @@ void paged_decode_attention(const DecodeAttentionArgs& a, int64_t num_splits, co
       const int64_t blocks = (L + BS - 1) / BS;
       const int64_t per = (blocks + splits - 1) / splits;  // blocks per split; the last may be short or empty
       const int64_t t0 = std::min(L, sp * per * BS), t1 = std::min(L, (sp + 1) * per * BS);
-      unit(a, b, t0, t1, s);
-      if (splits == 1) {
-        bf16 ? store_normalized<uint16_t>(a, b, s.l, s.acc) : store_normalized<float>(a, b, s.l, s.acc);
-      } else {
+      unit(a, b, t0, t1, s, splits == 1);
+      if (splits != 1) {
         float* p = partial.data() + u * part;
         std::copy(s.m, s.m + H, p);
         std::copy(s.l, s.l + H, p + H);
