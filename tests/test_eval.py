@@ -68,6 +68,20 @@ def test_is_correct():
     assert not is_correct("t = -1, p = 0.3", want)  # too few digits to count
     assert not is_correct("", want)
     assert is_correct("It is the Probability under the null hypothesis", {"keywords": ["probability", "null hypothesis"]})
+    # a p-value beyond fp64's reach is written as a bound; r = 0.99995 keeps its digits ("1.000", not "1")
+    tiny = {"figures": {"r": 0.9999518761755298, "p_value": 3e-20}}
+    assert is_correct("reject H0 (r = 1.000, n = 12, p < 1e-16).", tiny)
+    assert not is_correct("reject H0 (r = 1, n = 12, p < 1e-16).", tiny)
+    assert not is_correct("reject H0 (r = 1.000, n = 12, p < 1e-16).", {"figures": {"r": 0.99995, "p_value": 2e-16}})
+    assert not is_correct("r = 1.000, t < 1e-16", {"figures": {"r": 0.99995, "t": 3e-20}})  # a bound on p only
+
+
+def test_fmt_keeps_the_digits_it_rounded_to():
+    from havoc.tools._common import fmt
+
+    assert fmt(0.9999518761755298) == "1.000" and fmt(2.5) == "2.500" and fmt(-6.500353) == "-6.500"
+    assert fmt(2.0) == "2" and fmt(-3.0) == "-3" and fmt(0.0) == "0" and fmt(1234.56) == "1235"
+    assert fmt(4.8123e-05) == "4.812e-05" and fmt(0.34659, 3) == "0.347" and fmt(None) == "undefined"
 
 
 def test_bad_task_sets(tmp_path):

@@ -42,8 +42,9 @@ def is_correct(answer: str, want: dict) -> bool:
         low = answer.lower()
         return all(k.lower() in low for k in want["keywords"])
     shown = [m.group(0).lstrip("+") for m in NUMBER_RE.finditer(answer)]
-    for value in want["figures"].values():
-        ok = False
+    for name, value in want["figures"].items():
+        # a p-value under fp64's reach is written "p < 1e-16" (tools' fmt_p), which is what it is
+        ok = "p_value" in name and 0 <= value < 1e-16 and "p < 1e-16" in answer
         for s in shown:
             for cand in (s, s.lstrip("-")) if s.startswith("-") else (s,):
                 if float(cand) == value or (_sig_digits(cand) >= 3 and traces_to(cand, value)):

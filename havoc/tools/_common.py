@@ -68,14 +68,19 @@ def check_alternative(alternative: str) -> str:
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
-    """A number for a sentence: `digits` significant figures, p-values below 1e-4 in e-notation."""
+    """A number for a sentence: `digits` significant figures, p-values below 1e-4 in e-notation. A whole
+    number prints as one; otherwise the zeros the rounding leaves are kept, so that r = 0.99995 reads
+    "1.000", not "1" (a perfect correlation), and every figure shows the digits it was rounded to."""
     if x is None:
         return "undefined"
     if x == 0:
         return "0"
     if abs(x) < 1e-4 or abs(x) >= 1e6:
         return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
+    if float(x).is_integer():
+        return str(int(x))
+    s = f"{x:#.{digits}g}"
+    return s[:-1] if s.endswith(".") else s
 
 
 def fmt_p(p: float) -> str:
