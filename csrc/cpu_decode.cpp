@@ -1065,24 +1065,26 @@ HAVOC_INLINE void order_row(const float* src, int64_t cols, int64_t ld, float* x
 }
 
 // --- small elementwise kernels of the decode step (csrc/elementwise.h), fp32 rows ----------------------
+// Row by row; the variant's wrappers (HAVOC_WIDEN_KERNELS) split the rows of a batched step over the threads
+// from kRowsParallel elements (at 32 rows of SmolLM2 the norms, RoPE and SwiGLU took 3.5 ms of a 51 ms step
+// on one thread), as csrc/elementwise.cpp's do. Each row is computed alone either way.
+constexpr int64_t kRowsParallel = int64_t{1} << 14;
 
 template <int W>
-HAVOC_INLINE void rms_norm_impl(const float* x, const float* g, float* y, int64_t M, int64_t D, float eps) {
-  rms_norm_rows<W, float, float>(x, D, g, y, D, M, D, eps);
+HAVOC_INLINE void rms_norm_impl(const float* x, const float* g, float* y, int64_t D, float eps) {
+  rms_norm_rows<W, float, float>(x, D, g, y, D, 1, D, eps);
 }
 
-// out[m, i] = silu(gu[m, i]) * gu[m, F + i].
+// out[i] = silu(gu[i]) * gu[F + i].
 template <int W>
-HAVOC_INLINE void swiglu_impl(const float* gu, float* out, int64_t M, int64_t Fh) {
-  swiglu_rows<W, float>(gu, 2 * Fh, gu + Fh, 2 * Fh, out, Fh, M, Fh);
+HAVOC_INLINE void swiglu_impl(const float* gu, float* out, int64_t Fh) {
+  swiglu_rows<W, float>(gu, 2 * Fh, gu + Fh, 2 * Fh, out, Fh, 1, Fh);
 }
 
-// RoPE in place on the first `heads` heads of M rows of x (row stride ldx), row m by cos/sin + m * rot.
+// RoPE in place on the first `heads` heads of a row x by cos/sin cs, sn.
 template <int W>
-HAVOC_INLINE void rope_impl(float* x, int64_t M, int64_t ldx, int64_t heads, int64_t hd, const float* cs,
-                            const float* sn, int64_t rot) {
-  for (int64_t m = 0; m < M; ++m)
-    rope_heads<W, float>(x + m * ldx, hd, x + m * ldx, hd, heads, hd, cs + m * rot, sn + m * rot, rot);
+HAVOC_INLINE void rope_impl(float* x, int64_t heads, int64_t hd, const float* cs, const float* sn, int64_t rot) {
+  rope_heads<W, float>(x, hd, x, hd, heads, hd, cs, sn, rot);
 }
 
 // Variant::int8_dot: how the int8 x int8 kernel reads the quantized activations.
@@ -1193,8 +1195,8 @@ HAVOC_INLINE void prepare_impl(const Variant& v, GemmArgs& a, const float* x, in
           int32_t* cl = grow(ws.cl, M * ldl);
           for (int64_t r = 0; r < M; ++r) {
             interleave_row(reinterpret_cast<const uint8_t*>(q + r * ld), reinterpret_cast<uint8_t*>(qi + r * ld), ng, false);
-            for (int64_t c0 = 0, b = 0; c0 < ng; c0 += il_block(c0, ng), ++b) {
-              const int64_t B = il_block(c0, ng);
+            for (int64_t c0 = 0, b = 0, B; c0 < ng; c0 += B, ++b) {
+              B = il_block(c0, ng);
               for (int64_t l = 0; l < 16; ++l) {
                 sl[r * ldl + 16 * b + l] = s[r * ng + c0 + (l & (B - 1))];  // B: a power of two
                 cl[r * ldl + 16 * b + l] = l < B ? c[r * ng + c0 + l] : 0;
@@ -1254,12 +1256,17 @@ HAVOC_INLINE void prepare_impl(const Variant& v, GemmArgs& a, const float* x, in
   }                                                                                                            \
   ATTR void NAME##_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) { gemm_rows_int8_widen<W>(a, n0, n1); } \
   ATTR void NAME##_rms_norm(const float* x, const float* g, float* y, int64_t M, int64_t D, float eps) {       \
-    rms_norm_impl<W>(x, g, y, M, D, eps);                                                                      \
+    _Pragma("omp parallel for schedule(static) if (M * D >= kRowsParallel)")                                   \
+    for (int64_t m = 0; m < M; ++m) rms_norm_impl<W>(x + m * D, g, y + m * D, D, eps);                         \
   }                                                                                                            \
-  ATTR void NAME##_swiglu(const float* gu, float* out, int64_t M, int64_t Fh) { swiglu_impl<W>(gu, out, M, Fh); } \
+  ATTR void NAME##_swiglu(const float* gu, float* out, int64_t M, int64_t Fh) {                                \
+    _Pragma("omp parallel for schedule(static) if (M * 2 * Fh >= kRowsParallel)")                              \
+    for (int64_t m = 0; m < M; ++m) swiglu_impl<W>(gu + m * 2 * Fh, out + m * Fh, Fh);                         \
+  }                                                                                                            \
   ATTR void NAME##_rope(float* x, int64_t M, int64_t ldx, int64_t heads, int64_t hd, const float* cs,            \
                         const float* sn, int64_t rot) {                                                          \
-    rope_impl<W>(x, M, ldx, heads, hd, cs, sn, rot);                                                             \
+    _Pragma("omp parallel for schedule(static) if (M * ldx >= kRowsParallel)")                                   \
+    for (int64_t m = 0; m < M; ++m) rope_impl<W>(x + m * ldx, heads, hd, cs + m * rot, sn + m * rot, rot);       \
   }                                                                                                              \
   ATTR void NAME##_prepare(const Variant& v, GemmArgs& a, const float* x, int64_t ldx, Workspace& ws) {        \
     prepare_impl<W>(v, a, x, ldx, ws);                                                                         \
@@ -1502,24 +1509,6 @@ void run_linear_argmax(const Variant& v, const float* x, int64_t M, int64_t ldx,
 
 // --- the decode step's helpers ---------------------------------------------------------------------------
 
-// fn(r0, r) over rows [r0, r0 + r) of n rows of `row_elems` elements each: split evenly over the threads
-// when there is enough of it (the norms, RoPE and SwiGLU of a batched step: at 32 rows of SmolLM2 they took
-// 3.5 ms of a 51 ms step on one thread), in one call otherwise. Each row is computed alone either way.
-template <class Fn>
-void over_rows(int64_t n, int64_t row_elems, Fn fn) {
-  constexpr int64_t kMinElems = int64_t{1} << 14;
-  if (n < 2 || n * row_elems < kMinElems) return fn(0, n);
-#pragma omp parallel
-  {
-#ifdef _OPENMP
-    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-    const int64_t t = 0, T = 1;
-#endif
-    const int64_t r0 = n * t / T, r1 = n * (t + 1) / T;
-    if (r1 > r0) fn(r0, r1 - r0);
-  }
-}
 
 template <class T>
 HAVOC_INLINE void to_pool(T* dst, const float* src, int64_t n) {
@@ -1697,8 +1686,11 @@ Decoder::Decoder(const DecoderConfig& config, std::vector<DecoderLayer> layers, 
                                 std::to_string(c.n_layers));
   if (pool_.kv_heads != c.n_kv_heads || pool_.head_dim != c.head_dim || pool_.num_blocks < 1 || pool_.block_size < 1)
     throw std::invalid_argument("the KV pools' shape does not fit the config");
-  auto expect = [](const WeightView& w, int64_t rows, int64_t cols, const std::string& what) {
+  const Variant& v = variant_for(isa_);  // throws for an unknown or unavailable variant now, not at the first step
+  // every weight a step streams must be in a layout the variant reads (the embedding lookup reads either)
+  auto expect = [&v](const WeightView& w, int64_t rows, int64_t cols, const std::string& what, bool streamed = true) {
     check_weight(w, what.c_str());
+    if (streamed) check_reads(v, w, what);
     if (w.rows != rows || w.cols != cols)
       throw std::invalid_argument(what + " is (" + std::to_string(w.rows) + ", " + std::to_string(w.cols) +
                                   "), expected (" + std::to_string(rows) + ", " + std::to_string(cols) + ")");
@@ -1714,17 +1706,9 @@ Decoder::Decoder(const DecoderConfig& config, std::vector<DecoderLayer> layers, 
     if (!L.attention_norm || !L.ffn_norm || !L.k_pool || !L.v_pool)
       throw std::invalid_argument(p + "is missing a norm weight or a pool");
   }
-  expect(embedding_, c.vocab_size, c.dim, "embedding");
+  expect(embedding_, c.vocab_size, c.dim, "embedding", false);
   expect(head_, c.vocab_size, c.dim, "head");
   if (!final_norm_) throw std::invalid_argument("missing the final norm weight");
-  const Variant& v = variant_for(isa_);  // throws for an unknown or unavailable variant now, not at the first step
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    const DecoderLayer& L = layers_[i];
-    const std::string p = "layer " + std::to_string(i) + " ";
-    check_reads(v, L.wqkv, p + "wqkv"), check_reads(v, L.wo, p + "wo"), check_reads(v, L.w13, p + "w13");
-    check_reads(v, L.w2, p + "w2");
-  }
-  check_reads(v, head_, "head");  // the embedding lookup reads either layout
   // inv_freq as havoc.kernels.reference.rope_cos_sin computes it: 1 / theta ** (2i / rotary_dim) in fp32.
   for (int64_t i = 0; i < c.rotary_dim / 2; ++i) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(c.rotary_dim);
@@ -1823,11 +1807,9 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
 
   const size_t es = dtype_size(kv_dtype_);
   for (const DecoderLayer& L : layers_) {
-    over_rows(n, D, [&](int64_t r0, int64_t r) { k.rms_norm(h + r0 * D, L.attention_norm, xn + r0 * D, r, D, c.norm_eps); });
+    k.rms_norm(h, L.attention_norm, xn, n, D, c.norm_eps);
     run_linear(k, xn, n, D, L.wqkv, qkv, ldq, false);
-    over_rows(n, ldq, [&](int64_t r0, int64_t r) {  // RoPE on the q and k heads, in place
-      k.rope(qkv + r0 * ldq, r, ldq, H + KV, hd, cosv + r0 * rot, sinv + r0 * rot, rot);
-    });
+    k.rope(qkv, n, ldq, H + KV, hd, cosv, sinv, rot);  // RoPE on the q and k heads, in place
     // This token's K and V into its slot: pool[slot] is (KV, hd), contiguous like qkv's k and v parts.
     for (int64_t i = 0; i < n; ++i) {
       const float* kr = qkv + i * ldq + H * hd;
@@ -1904,12 +1886,12 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
     if (bf16)
       for (int64_t i = 0; i < n * H * hd; ++i) attn[i] = bf16_to_f32(ob[i]);
     run_linear(k, attn, n, H * hd, L.wo, h, D, true);  // h += attn @ wo.T
-    over_rows(n, D, [&](int64_t r0, int64_t r) { k.rms_norm(h + r0 * D, L.ffn_norm, xn + r0 * D, r, D, c.norm_eps); });
+    k.rms_norm(h, L.ffn_norm, xn, n, D, c.norm_eps);
     run_linear(k, xn, n, D, L.w13, gu, 2 * Fh, false);
-    over_rows(n, 2 * Fh, [&](int64_t r0, int64_t r) { k.swiglu(gu + r0 * 2 * Fh, act + r0 * Fh, r, Fh); });
+    k.swiglu(gu, act, n, Fh);
     run_linear(k, act, n, Fh, L.w2, h, D, true);  // h += act @ w2.T
   }
-  over_rows(n, D, [&](int64_t r0, int64_t r) { k.rms_norm(h + r0 * D, final_norm_, xn + r0 * D, r, D, c.norm_eps); });
+  k.rms_norm(h, final_norm_, xn, n, D, c.norm_eps);
   // The LM head reads only the rows asked for, gathered into one block (a prompt chunk wants its last).
   auto gather = [&](const int64_t* rows, int64_t k) -> const float* {
     if (rows == nullptr) return xn;

@@ -233,37 +233,35 @@ HAVOC_INLINE void decode_unit_g(const DecodeAttentionArgs& a, int64_t b, int64_t
   }
 }
 
-// The unit for this shape: grouped heads where G is 1-4 and D fits the grouped passes, else head by head;
-// with `finish`, out[b] = acc / l per head (0 where no token was seen), in the output's dtype.
+// out (H heads of D, the output's dtype) = acc / l per head; 0 where no token was seen.
 template <int W, class T>
-HAVOC_INLINE void decode_unit(const DecodeAttentionArgs& a, int64_t b, int64_t t0, int64_t t1, Scratch& s,
-                              bool finish) {
-  const int64_t D = a.shape.head_dim, H = a.n_heads, G = H / a.shape.kv_heads;
-  bool done = false;
-  if (D % (2 * W) == 0 && D % (kPvGroupC<W> * W) == 0) {
-    done = true;
-    switch (G) {
-      case 1: decode_unit_g<W, T, 1>(a, b, t0, t1, s); break;
-      case 2: decode_unit_g<W, T, 2>(a, b, t0, t1, s); break;
-      case 3: decode_unit_g<W, T, 3>(a, b, t0, t1, s); break;
-      case 4: decode_unit_g<W, T, 4>(a, b, t0, t1, s); break;
-      default: done = false;
-    }
-  }
-  if (!done) decode_unit_g<W, T, 0>(a, b, t0, t1, s);
-  if (!finish) return;
-  T* out = static_cast<T*>(a.out) + b * H * D;
+HAVOC_INLINE void normalized(T* out, const float* l, const float* acc, int64_t H, int64_t D) {
   for (int64_t h = 0; h < H; ++h) {
     // l >= 1 whenever a token was seen (the max term contributes exp(0)); l == 0: no tokens, zeros.
-    const float inv = s.l[h] > 0.0f ? 1.0f / s.l[h] : 0.0f;
+    const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
     int64_t d = 0;
-    for (; d + W <= D; d += W) storev<W>(out + h * D + d, loadv<W>(s.acc + h * D + d) * inv);
-    for (; d < D; ++d) store(out + h * D + d, s.acc[h * D + d] * inv);
+    for (; d + W <= D; d += W) storev<W>(out + h * D + d, loadv<W>(acc + h * D + d) * inv);
+    for (; d < D; ++d) store(out + h * D + d, acc[h * D + d] * inv);
   }
 }
 
-// finish: the unit covers the whole sequence; it writes the normalized output itself (else its state is
-// left in the scratch for merge_parts).
+// The unit for this shape: grouped heads where G is 1-4 and D fits the grouped passes, else head by head;
+// with `finish`, sequence b's normalized output.
+template <int W, class T>
+HAVOC_INLINE void decode_unit(const DecodeAttentionArgs& a, int64_t b, int64_t t0, int64_t t1, Scratch& s,
+                              bool finish) {
+  const int64_t D = a.shape.head_dim, H = a.n_heads;
+  const bool fits = D % (2 * W) == 0 && D % (kPvGroupC<W> * W) == 0;
+  switch (fits ? H / a.shape.kv_heads : 0) {
+    case 1: decode_unit_g<W, T, 1>(a, b, t0, t1, s); break;
+    case 2: decode_unit_g<W, T, 2>(a, b, t0, t1, s); break;
+    case 3: decode_unit_g<W, T, 3>(a, b, t0, t1, s); break;
+    case 4: decode_unit_g<W, T, 4>(a, b, t0, t1, s); break;
+    default: decode_unit_g<W, T, 0>(a, b, t0, t1, s);
+  }
+  if (finish) normalized<W>(static_cast<T*>(a.out) + b * H * D, s.l, s.acc, H, D);
+}
+
 using UnitFn = void (*)(const DecodeAttentionArgs&, int64_t, int64_t, int64_t, Scratch&, bool);
 
 // One wrapper per ISA and storage type; the body is decode_unit, compiled for that target with its
@@ -301,15 +299,10 @@ int threads() {
 #endif
 }
 
+// merge_parts's output (outside the ISA wrappers: the baseline's vectors).
 template <class T>
 void store_normalized(const DecodeAttentionArgs& a, int64_t b, const float* l, const float* acc) {
-  const int64_t D = a.shape.head_dim;
-  T* out = static_cast<T*>(a.out) + b * a.n_heads * D;
-  for (int64_t h = 0; h < a.n_heads; ++h) {
-    // l >= 1 whenever a token was seen (the max term contributes exp(0)); l == 0: no tokens, zeros.
-    const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
-    for (int64_t d = 0; d < D; ++d) store(out + h * D + d, acc[h * D + d] * inv);
-  }
+  normalized<4>(static_cast<T*>(a.out) + b * a.n_heads * a.shape.head_dim, l, acc, a.n_heads, a.shape.head_dim);
 }
 
 void validate(const DecodeAttentionArgs& a) {
