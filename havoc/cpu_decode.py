@@ -105,11 +105,21 @@ class CPUDecoder:
         c = model.config
         self.model_ref = weakref.ref(model)
         self.weights, self.group, self.isa, self.dtype = weights, group, isa, p.dtype
+        # interleaved: the variant sums whole groups per lane (csrc/cpu_decode.h), one epilogue per 16 groups
+        # instead of one per group (bench/RESULTS.md); the embedding lookup reads it too
+        can = weights == "int8" and group == 64 and _C.reads_interleaved(isa)
+        if layout == "interleaved" and not can:
+            raise ConfigError(
+                "the interleaved int8 layout needs weights='int8', group=64 and a variant that reads it "
+                f"(avx512_vnni, avx512_bf16); got weights={weights!r}, group={group}, isa={isa!r}"
+            )
+        self.layout = "interleaved" if can and layout != "rows" else "rows"
 
         def w(t: torch.Tensor):
             if weights == "auto":
                 return t.detach()
-            return Int8Weight.quantize(t, group, activations="int8" if weights == "int8" else "fp32")
+            q = Int8Weight.quantize(t, group, activations="int8" if weights == "int8" else "fp32")
+            return q.with_layout(self.layout)
 
         def norm(t: torch.Tensor) -> np.ndarray:
             return t.detach().float().contiguous().numpy()
@@ -128,22 +138,6 @@ class CPUDecoder:
         self._final_norm = norm(model.norm.weight)
         self._embedding = w(model.tok_embeddings.weight)
         self._head = self._embedding if model.output is None else w(model.output.weight)
-        can = weights == "int8" and group == 64 and _C.reads_interleaved(isa)
-        if layout == "interleaved" and not can:
-            raise ConfigError(
-                "the interleaved int8 layout needs weights='int8', group=64 and a variant that reads it "
-                f"(avx512_vnni, avx512_bf16); got weights={weights!r}, group={group}, isa={isa!r}"
-            )
-        self.layout = "interleaved" if can and layout != "rows" else "rows"
-        if self.layout == "interleaved":
-            # the variant sums whole groups per lane from interleaved bytes (csrc/cpu_decode.h): one epilogue
-            # per 16 groups instead of one per group (bench/RESULTS.md); the embedding lookup reads it too
-            for L in self._layers:
-                for k in ("wqkv", "wo", "w13", "w2"):
-                    L[k] = L[k].with_layout("interleaved")
-            tied = self._head is self._embedding
-            self._embedding = self._embedding.with_layout("interleaved")
-            self._head = self._embedding if tied else self._head.with_layout("interleaved")
         self._config = dict(
             dim=c.dim, n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim,
             rotary_dim=c.rotary_dim, ffn_hidden=c.ffn_hidden, vocab_size=c.vocab_size, norm_eps=float(c.norm_eps),
