@@ -4,8 +4,10 @@
 #include <cmath>
 #include <atomic>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <stdexcept>
+#include <thread>
 #include <type_traits>
 #include <utility>
 
@@ -1507,6 +1509,100 @@ void run_linear_argmax(const Variant& v, const float* x, int64_t M, int64_t ldx,
     if (index[m] < 0) index[m] = 0;  // every logit NaN (or -inf): say 0 rather than an invalid id
 }
 
+// --- one activation row in one parallel region (Decoder::step at batch 1) -------------------------------
+// A batch-1 step is 4 products per layer with serial work between them (the norms, RoPE, the K/V writes,
+// attention): as separate parallel regions, each product paid a fork and a join (1.5-3 us on the 2-core
+// VMs; SmolLM2's wo streams in ~10-20 us) and the memory idled while one thread ran attention. In one
+// region the threads meet at barriers, and while thread 0 runs attention the others read the start of
+// their share of wo into their caches; that share then costs them less, so the split of wo moves rows to
+// thread 0 (team_part). Which thread computes a row never changes its bits (a row's sum is computed the
+// same way in any tile: for_tiles).
+
+// Weight rows are split at multiples of this (AMX's bf16 tiles hold 16 rows).
+constexpr int64_t kPartRows = 16;
+// At most this many bytes of a weight are read ahead per thread (within the L2 caches of the CPUs seen:
+// 1 MiB on Zen 4, 1.25 MiB on Ice Lake / Sapphire Rapids servers).
+constexpr int64_t kWarmBytes = int64_t{512} << 10;
+// What a row read ahead costs the product, relative to one read from memory (its arithmetic and an L2 read).
+constexpr double kWarmCost = 0.25;
+
+// Spins before a waiting thread yields its core (a worker it waits for may have none: more threads than cores).
+constexpr int kSpins = 1 << 14;
+
+HAVOC_INLINE void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+int64_t weight_row_bytes(const WeightView& w) {
+  switch (w.dtype) {
+    case WeightDType::kFloat32: return w.cols * 4;
+    case WeightDType::kBFloat16: return w.cols * 2;
+    default: return w.ld();
+  }
+}
+
+// Thread t's even share of N rows out of T, at multiples of kPartRows.
+int64_t even_split(int64_t N, int64_t t, int64_t T) {
+  return std::min(N, (N * t / T + kPartRows / 2) / kPartRows * kPartRows);
+}
+
+// Reads rows [r0, r1) of w (a load per 64-byte line: the hardware prefetchers follow the stream) until
+// `flag` reaches `until`; returns the rows read.
+int64_t warm_rows(const WeightView& w, int64_t r0, int64_t r1, const std::atomic<int64_t>& flag, int64_t until) {
+  const int64_t row_bytes = weight_row_bytes(w);
+  r1 = std::min(r1, r0 + std::max<int64_t>(1, kWarmBytes / row_bytes));
+  const char* p = static_cast<const char*>(w.data) + r0 * row_bytes;
+  uint32_t sink = 0;
+  int64_t r = r0;
+  for (; r < r1 && flag.load(std::memory_order_relaxed) < until; ++r, p += row_bytes) {
+    for (int64_t b = 0; b < row_bytes; b += 64) {
+      uint32_t v;
+      std::memcpy(&v, p + b, sizeof v);
+      sink += v;
+    }
+  }
+  asm volatile("" : : "r"(sink));  // the loads stay
+  return r - r0;
+}
+
+// Thread t's rows [first, second) of an N-row product after the threads t >= 1 read ahead `warm[t]` rows
+// from the start of their even share: each share holds the same cost, a row read ahead costing kWarmCost.
+std::pair<int64_t, int64_t> team_part(int64_t N, int t, int T, const int64_t* warm) {
+  auto cost_before = [&](int64_t x) {  // the cost of rows [0, x)
+    double c = static_cast<double>(x);
+    for (int u = 1; u < T; ++u) {
+      const int64_t s = even_split(N, u, T), e = s + warm[u];
+      c -= (1.0 - kWarmCost) * static_cast<double>(std::max<int64_t>(0, std::min(x, e) - s));
+    }
+    return c;
+  };
+  const double total = cost_before(N);
+  auto boundary = [&](int u) -> int64_t {  // the first multiple of kPartRows where the cost reaches u / T
+    if (u <= 0) return 0;
+    if (u >= T) return N;
+    const double target = total * u / T;
+    int64_t lo = 0, hi = (N + kPartRows - 1) / kPartRows;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (cost_before(std::min(N, mid * kPartRows)) < target) lo = mid + 1; else hi = mid;
+    }
+    return std::min(N, lo * kPartRows);
+  };
+  return {boundary(t), boundary(t + 1)};
+}
+
+// y[n0:n1] (=|+=) x @ W[n0:n1].T for one activation row, on the calling thread.
+void product_rows(const Variant& v, const float* x, int64_t ldx, const WeightView& w, float* y, bool accumulate,
+                  int64_t n0, int64_t n1) {
+  thread_local Workspace ws;
+  GemmArgs a;
+  a.M = 1, a.w = w, a.y = y, a.ldy = w.rows, a.accumulate = accumulate;
+  v.prepare(v, a, x, ldx, ws);
+  if (n1 > n0) v.rows[static_cast<int>(w.dtype)](a, n0, n1);
+}
+
 // --- the decode step's helpers ---------------------------------------------------------------------------
 
 
@@ -1806,9 +1902,9 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
   }
 
   const size_t es = dtype_size(kv_dtype_);
-  for (const DecoderLayer& L : layers_) {
-    k.rms_norm(h, L.attention_norm, xn, n, D, c.norm_eps);
-    run_linear(k, xn, n, D, L.wqkv, qkv, ldq, false);
+  const int64_t split_tokens = std::max(kSplitTokens / pool_.block_size, int64_t{1}) * pool_.block_size;
+  // RoPE on qkv's q and k heads, this step's K/V into the pools, attention into attn.
+  auto attend = [&](const DecoderLayer& L) {
     k.rope(qkv, n, ldq, H + KV, hd, cosv, sinv, rot);  // RoPE on the q and k heads, in place
     // This token's K and V into its slot: pool[slot] is (KV, hd), contiguous like qkv's k and v parts.
     for (int64_t i = 0; i < n; ++i) {
@@ -1834,7 +1930,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
     a.n_seqs = n;
     a.n_heads = H;
     a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    a.split_tokens = std::max(kSplitTokens / pool_.block_size, int64_t{1}) * pool_.block_size;
+    a.split_tokens = split_tokens;
     if (bf16) {  // the attention kernel reads q and writes out in the pools' dtype
       for (int64_t i = 0; i < n; ++i) to_pool(qb + i * H * hd, qkv + i * ldq, H * hd);
       a.q = qb;
@@ -1885,11 +1981,77 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
     }
     if (bf16)
       for (int64_t i = 0; i < n * H * hd; ++i) attn[i] = bf16_to_f32(ob[i]);
-    run_linear(k, attn, n, H * hd, L.wo, h, D, true);  // h += attn @ wo.T
-    k.rms_norm(h, L.ffn_norm, xn, n, D, c.norm_eps);
-    run_linear(k, xn, n, D, L.w13, gu, 2 * Fh, false);
-    k.swiglu(gu, act, n, Fh);
-    run_linear(k, act, n, Fh, L.w2, h, D, true);  // h += act @ w2.T
+  };
+#ifdef _OPENMP
+  // One row whose attention is one work unit (no split to share): one parallel region for every layer.
+  const int team = n == 1 && n_prompt_runs == 0 && lengths[0] <= split_tokens && !omp_in_parallel()
+                       ? omp_get_max_threads() : 1;
+#else
+  const int team = 1;
+#endif
+  if (team > 1) {
+#ifdef _OPENMP
+    // Per thread: its own normalized row and SwiGLU output (each thread computes the whole row, the same
+    // bits: cheaper than a barrier), and the rows of wo it read ahead.
+    if (static_cast<int64_t>(team_work_.size()) < team * (D + Fh)) team_work_.resize(static_cast<size_t>(team * (D + Fh)));
+    std::vector<int64_t> warm(static_cast<size_t>(team), 0);
+    std::atomic<int64_t> qkv_done{0}, attended{0};
+    std::exception_ptr failed;
+#pragma omp parallel num_threads(team)
+    {
+      const int t = omp_get_thread_num(), T = omp_get_num_threads();
+      float* x = team_work_.data() + t * (D + Fh);
+      float* a = x + D;
+      auto even = [&](const WeightView& w) { return std::pair{even_split(w.rows, t, T), even_split(w.rows, t + 1, T)}; };
+      int64_t li = 0;
+      for (const DecoderLayer& L : layers_) {
+        ++li;
+        k.rms_norm(h, L.attention_norm, x, 1, D, c.norm_eps);
+        auto [q0, q1] = even(L.wqkv);
+        product_rows(k, x, D, L.wqkv, qkv, false, q0, q1);
+        if (t == 0) {  // attention once every thread's q, k and v are in
+          for (int spins = 0; qkv_done.load(std::memory_order_acquire) < li * (T - 1); ++spins)
+            spins < kSpins ? spin_pause() : std::this_thread::yield();  // more threads than cores: let them run
+          if (!failed) {
+            try {
+              attend(L);
+            } catch (...) {
+              failed = std::current_exception();
+            }
+          }
+          attended.store(li, std::memory_order_release);
+        } else {  // meanwhile read ahead the start of this thread's share of wo
+          qkv_done.fetch_add(1, std::memory_order_release);
+          const auto [o0, o1] = even(L.wo);
+          warm[t] = warm_rows(L.wo, o0, o1, attended, li);
+        }
+#pragma omp barrier
+        const auto [o0, o1] = team_part(L.wo.rows, t, T, warm.data());
+        product_rows(k, attn, H * hd, L.wo, h, true, o0, o1);  // h += attn @ wo.T
+#pragma omp barrier
+        k.rms_norm(h, L.ffn_norm, x, 1, D, c.norm_eps);
+        const auto [g0, g1] = even(L.w13);
+        product_rows(k, x, D, L.w13, gu, false, g0, g1);
+#pragma omp barrier
+        k.swiglu(gu, a, 1, Fh);
+        const auto [d0, d1] = even(L.w2);
+        product_rows(k, a, Fh, L.w2, h, true, d0, d1);  // h += act @ w2.T
+#pragma omp barrier
+      }
+    }
+    if (failed) std::rethrow_exception(failed);
+#endif
+  } else {
+    for (const DecoderLayer& L : layers_) {
+      k.rms_norm(h, L.attention_norm, xn, n, D, c.norm_eps);
+      run_linear(k, xn, n, D, L.wqkv, qkv, ldq, false);
+      attend(L);
+      run_linear(k, attn, n, H * hd, L.wo, h, D, true);  // h += attn @ wo.T
+      k.rms_norm(h, L.ffn_norm, xn, n, D, c.norm_eps);
+      run_linear(k, xn, n, D, L.w13, gu, 2 * Fh, false);
+      k.swiglu(gu, act, n, Fh);
+      run_linear(k, act, n, Fh, L.w2, h, D, true);  // h += act @ w2.T
+    }
   }
   k.rms_norm(h, final_norm_, xn, n, D, c.norm_eps);
   // The LM head reads only the rows asked for, gathered into one block (a prompt chunk wants its last).

@@ -159,7 +159,9 @@ struct DecoderLayer {
 // KV cache: embedding, per block RMSNorm -> qkv -> RoPE -> K/V written to their slots -> paged attention
 // -> wo (+ residual) -> RMSNorm -> w13 -> SwiGLU -> w2 (+ residual), final RMSNorm, LM head. The buffers
 // it works in are kept between steps (no allocation once a batch size has been seen). One step at a time:
-// a mutex serializes concurrent calls.
+// a mutex serializes concurrent calls. Threads: several rows run each product as its own parallel region;
+// one row whose attention is one work unit (up to kSplitTokens of context) runs all its layers in one
+// region (the threads meet at barriers, and read wo ahead while thread 0 runs attention) — the same bits.
 //
 // This is a second definition of the architecture; decoder_features() names what it implements, and
 // havoc.cpu_decode runs a model through it only when the model needs nothing else.
@@ -210,6 +212,7 @@ class Decoder {
   std::vector<float> work_;           // activations, fp32
   std::vector<uint16_t> work_bf16_;   // q and attention output when the cache is bf16
   std::vector<float> head_rows_;      // the final-norm rows the LM head reads, when not all of them
+  std::vector<float> team_work_;      // per thread of a one-row step: its normalized row and SwiGLU output
   std::mutex mutex_;
 };
 
