@@ -947,18 +947,18 @@ HAVOC_INLINE void amx_rows_int8_impl(const GemmArgs& a, int64_t n0, int64_t n1) 
 // these loops are compiled per variant like the kernels (a decode step prepares ~120 products).
 
 // Per-thread buffers of prepare(): a product's activations in the form its kernel reads.
-struct Workspace {
-  std::vector<float> f0, f1;
-  std::vector<uint16_t> h;
-  std::vector<int8_t> q, qi;
-  std::vector<int16_t> w;
-  std::vector<float> s, st, sl;
-  std::vector<int32_t> c, ct, cl;
-  std::vector<uint8_t> t;
+struct Workspace {  // what prepare() writes for the kernels: each buffer starts on a cache line
+  AlignedVector<float> f0, f1;
+  AlignedVector<uint16_t> h;
+  AlignedVector<int8_t> q, qi;
+  AlignedVector<int16_t> w;
+  AlignedVector<float> s, st, sl;
+  AlignedVector<int32_t> c, ct, cl;
+  AlignedVector<uint8_t> t;
 };
 
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
+template <class T, class A>
+T* grow(std::vector<T, A>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
   return v.data();
 }
@@ -1122,7 +1122,7 @@ struct Variant {
 // odd ones (xp[k0 + j] = x[k0 + 2j], xp[k0 + 16 + j] = x[k0 + 2j + 1]); columns past the last whole block
 // are left out (the kernel reads those from x). One layout for every vector width W: the 2W columns of a
 // W-lane weight load starting at k0 + 2Wc have their even columns at xp[k0 + Wc ...] and odd ones 16 further.
-HAVOC_INLINE void pair_columns(GemmArgs& a, std::vector<float>& buf) {
+HAVOC_INLINE void pair_columns(GemmArgs& a, AlignedVector<float>& buf) {
   const int64_t K = a.w.cols, blocks = K / 32;
   if (blocks == 0) return;
   a.ldxp = blocks * 32;
@@ -1875,21 +1875,22 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
   const int64_t D = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, Fh = c.ffn_hidden;
   const int64_t ldq = (H + 2 * KV) * hd, rot = c.rotary_dim, half = rot / 2;
   // Work space: h, xn (n x D); qkv (n x ldq); attn (n x H hd); gu (n x 2F); act (n x F); cos, sin (n x rot).
-  const int64_t need = n * (2 * D + ldq + H * hd + 3 * Fh + 2 * rot);
+  // Work space: h, xn (n x D); qkv (n x ldq); attn (n x H hd); gu (n x 2F); act (n x F); cos, sin (n x rot),
+  // each starting on a cache line (rows do where their length is a multiple of 16 floats).
+  const auto line = [](int64_t floats) { return (floats + 15) / 16 * 16; };
+  const int64_t sizes[] = {n * D, n * D, n * ldq, n * H * hd, n * 2 * Fh, n * Fh, n * rot, n * rot};
+  int64_t need = 0;
+  for (int64_t z : sizes) need += line(z);
   if (static_cast<int64_t>(work_.size()) < need) work_.resize(static_cast<size_t>(need));
-  float* h = work_.data();
-  float* xn = h + n * D;
-  float* qkv = xn + n * D;
-  float* attn = qkv + n * ldq;
-  float* gu = attn + n * H * hd;
-  float* act = gu + n * 2 * Fh;
-  float* cosv = act + n * Fh;
-  float* sinv = cosv + n * rot;
+  float* bufs[8];
+  for (int64_t i = 0, at = 0; i < 8; at += line(sizes[i]), ++i) bufs[i] = work_.data() + at;
+  float *h = bufs[0], *xn = bufs[1], *qkv = bufs[2], *attn = bufs[3], *gu = bufs[4], *act = bufs[5];
+  float *cosv = bufs[6], *sinv = bufs[7];
   const bool bf16 = kv_dtype_ == KVDType::kBFloat16;
-  if (bf16 && static_cast<int64_t>(work_bf16_.size()) < 2 * n * H * hd)
-    work_bf16_.resize(static_cast<size_t>(2 * n * H * hd));
+  const int64_t qo = (n * H * hd + 31) / 32 * 32;  // q, then out (bf16) from a cache line
+  if (bf16 && static_cast<int64_t>(work_bf16_.size()) < 2 * qo) work_bf16_.resize(static_cast<size_t>(2 * qo));
   uint16_t* qb = work_bf16_.data();
-  uint16_t* ob = bf16 ? qb + n * H * hd : nullptr;
+  uint16_t* ob = bf16 ? qb + qo : nullptr;
 
   for (int64_t i = 0; i < n; ++i) {
     embed_row(embedding_, tokens[i], h + i * D);
@@ -1993,15 +1994,17 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
 #ifdef _OPENMP
     // Per thread: its own normalized row and SwiGLU output (each thread computes the whole row, the same
     // bits: cheaper than a barrier), and the rows of wo it read ahead.
-    if (static_cast<int64_t>(team_work_.size()) < team * (D + Fh)) team_work_.resize(static_cast<size_t>(team * (D + Fh)));
+    const int64_t per_thread = line(D) + line(Fh);
+    if (static_cast<int64_t>(team_work_.size()) < team * per_thread)
+      team_work_.resize(static_cast<size_t>(team * per_thread));
     std::vector<int64_t> warm(static_cast<size_t>(team), 0);
     std::atomic<int64_t> qkv_done{0}, attended{0};
     std::exception_ptr failed;
 #pragma omp parallel num_threads(team)
     {
       const int t = omp_get_thread_num(), T = omp_get_num_threads();
-      float* x = team_work_.data() + t * (D + Fh);
-      float* a = x + D;
+      float* x = team_work_.data() + t * per_thread;
+      float* a = x + line(D);
       auto even = [&](const WeightView& w) { return std::pair{even_split(w.rows, t, T), even_split(w.rows, t + 1, T)}; };
       int64_t li = 0;
       for (const DecoderLayer& L : layers_) {
