@@ -50,6 +50,11 @@ def _cpu_kernels() -> dict[str, Any]:
     out["batch-1 products"] = (f"{streams} weight row{'s' if streams > 1 else ''} streamed at a time per thread ("
                                + ("one sequential stream: what AMD's prefetchers follow best" if streams == 1 else
                                   "a tile of 4: what Intel's prefetchers followed at 98% of the bandwidth") + ")")
+    threads = _C.max_threads()
+    out["batch-1 steps"] = (f"every layer in one parallel region of {threads} threads, the others reading wo ahead "
+                            "while thread 0 runs attention (up to 256 tokens of context; past that, or on one "
+                            "thread, a parallel region per product)" if threads > 1 else
+                            "one thread: no parallel regions")
     return out
 
 

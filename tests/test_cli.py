@@ -27,6 +27,9 @@ def test_env_reports_versions_build_and_fast_paths(capsys):
     assert kernels["variant"].startswith(auto) and kernels[f"  {auto}"] == "runs ('auto' picks it)"
     assert all(kernels[f"  {v}"].startswith(("runs", "unavailable: ")) for v in _C.linear_variants())
     assert kernels["bfloat16 weights"] == _C.linear_kernel(auto, "bfloat16")
+    threads = _C.max_threads()  # how a batch-1 step uses them
+    assert kernels["batch-1 steps"].startswith(f"every layer in one parallel region of {threads} threads"
+                                               if threads > 1 else "one thread")
     assert main(["env"]) == 0
     text = capsys.readouterr().out
     assert "C++ extension (havoc._C)" in text and "Ops on CPU tensors" in text and "CPU decode kernels" in text
