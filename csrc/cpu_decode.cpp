@@ -1960,8 +1960,8 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
 
   const size_t es = dtype_size(kv_dtype_);
   const int64_t split_tokens = std::max(kSplitTokens / pool_.block_size, int64_t{1}) * pool_.block_size;
-  // RoPE on qkv's q and k heads, this step's K/V into the pools, attention into attn.
-  auto attend = [&](const DecoderLayer& L) {
+  // RoPE on qkv's q and k heads, this step's K/V into the pools; the arguments of attention over them.
+  auto prepare_attention = [&](const DecoderLayer& L) {
     k.rope(qkv, n, ldq, H + KV, hd, cosv, sinv, rot);  // RoPE on the q and k heads, in place
     // This token's K and V into its slot: pool[slot] is (KV, hd), contiguous like qkv's k and v parts.
     for (int64_t i = 0; i < n; ++i) {
@@ -1999,6 +1999,11 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
       a.out = attn;
     }
     a.q_head_stride = hd;
+    return a;
+  };
+  // RoPE, the K/V writes and attention into attn.
+  auto attend = [&](const DecoderLayer& L) {
+    const DecodeAttentionArgs a = prepare_attention(L);
     if (n_prompt_runs == 0) {
       paged_decode_attention(a, 0, k.attention);
     } else {
@@ -2040,9 +2045,8 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
       for (int64_t i = 0; i < n * H * hd; ++i) attn[i] = bf16_to_f32(ob[i]);
   };
 #ifdef _OPENMP
-  // One row whose attention is one work unit (no split to share): one parallel region for every layer.
-  const int team = n == 1 && n_prompt_runs == 0 && lengths[0] <= split_tokens && !omp_in_parallel()
-                       ? omp_get_max_threads() : 1;
+  // One row: one parallel region for every layer.
+  const int team = n == 1 && n_prompt_runs == 0 && !omp_in_parallel() ? omp_get_max_threads() : 1;
 #else
   const int team = 1;
 #endif
@@ -2050,7 +2054,10 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
 #ifdef _OPENMP
     // Per thread: its own normalized row and SwiGLU output (each thread computes the whole row, the same
     // bits: cheaper than a barrier), and the rows of wo it read ahead.
-    const int64_t per_thread = line(D) + line(Fh);
+    const int64_t per_thread = line(D) + line(Fh) + line(H * hd);
+    // Attention of more than split_tokens has several work units: then the threads share them.
+    const bool shared_attention = lengths[0] > split_tokens;
+    DecodeAttentionArgs shared_args;
     if (static_cast<int64_t>(team_work_.size()) < team * per_thread)
       team_work_.resize(static_cast<size_t>(team * per_thread));
     std::vector<int64_t> warm(static_cast<size_t>(team), 0);
@@ -2061,6 +2068,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
       const int t = omp_get_thread_num(), T = omp_get_num_threads();
       float* x = team_work_.data() + t * per_thread;
       float* a = x + line(D);
+      float* xa = a + line(Fh);  // the attention output in fp32 (bf16 pools)
       auto even = [&](const WeightView& w) { return std::pair{even_split(w.rows, t, T), even_split(w.rows, t + 1, T)}; };
       int64_t li = 0;
       for (const DecoderLayer& L : layers_) {
@@ -2068,25 +2076,39 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
         k.rms_norm(h, L.attention_norm, x, 1, D, c.norm_eps);
         auto [q0, q1] = even(L.wqkv);
         product_rows(k, x, D, L.wqkv, qkv, false, q0, q1);
-        if (t == 0) {  // attention once every thread's q, k and v are in
-          for (int spins = 0; qkv_done.load(std::memory_order_acquire) < li * (T - 1); ++spins)
-            spins < kSpins ? spin_pause() : std::this_thread::yield();  // more threads than cores: let them run
-          if (!failed) {
-            try {
-              attend(L);
-            } catch (...) {
-              failed = std::current_exception();
-            }
-          }
-          attended.store(li, std::memory_order_release);
-        } else {  // meanwhile read ahead the start of this thread's share of wo
-          qkv_done.fetch_add(1, std::memory_order_release);
-          const auto [o0, o1] = even(L.wo);
-          warm[t] = warm_rows(L.wo, o0, o1, attended, li);
-        }
+        if (shared_attention) {  // all threads take attention's work units, then their even share of wo
 #pragma omp barrier
-        const auto [o0, o1] = team_part(L.wo.rows, t, T, warm.data());
-        product_rows(k, attn, H * hd, L.wo, h, true, o0, o1);  // h += attn @ wo.T
+#pragma omp single
+          shared_args = prepare_attention(L);
+          paged_decode_attention_team(shared_args, team_partial_, k.attention);
+          const float* out = attn;
+          if (bf16) {  // each thread widens the output for itself
+            for (int64_t i = 0; i < H * hd; ++i) xa[i] = bf16_to_f32(ob[i]);
+            out = xa;
+          }
+          const auto [o0, o1] = even(L.wo);
+          product_rows(k, out, H * hd, L.wo, h, true, o0, o1);  // h += attn @ wo.T
+        } else {  // thread 0 runs attention while the others read wo ahead
+          if (t == 0) {  // once every thread's q, k and v are in
+            for (int spins = 0; qkv_done.load(std::memory_order_acquire) < li * (T - 1); ++spins)
+              spins < kSpins ? spin_pause() : std::this_thread::yield();  // more threads than cores: let them run
+            if (!failed) {
+              try {
+                attend(L);
+              } catch (...) {
+                failed = std::current_exception();
+              }
+            }
+            attended.store(li, std::memory_order_release);
+          } else {  // meanwhile read ahead the start of this thread's share of wo
+            qkv_done.fetch_add(1, std::memory_order_release);
+            const auto [o0, o1] = even(L.wo);
+            warm[t] = warm_rows(L.wo, o0, o1, attended, li);
+          }
+#pragma omp barrier
+          const auto [o0, o1] = team_part(L.wo.rows, t, T, warm.data());
+          product_rows(k, attn, H * hd, L.wo, h, true, o0, o1);  // h += attn @ wo.T
+        }
 #pragma omp barrier
         k.rms_norm(h, L.ffn_norm, x, 1, D, c.norm_eps);
         const auto [g0, g1] = even(L.w13);

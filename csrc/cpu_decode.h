@@ -179,8 +179,9 @@ struct DecoderLayer {
 // -> wo (+ residual) -> RMSNorm -> w13 -> SwiGLU -> w2 (+ residual), final RMSNorm, LM head. The buffers
 // it works in are kept between steps (no allocation once a batch size has been seen). One step at a time:
 // a mutex serializes concurrent calls. Threads: several rows run each product as its own parallel region;
-// one row whose attention is one work unit (up to kSplitTokens of context) runs all its layers in one
-// region (the threads meet at barriers, and read wo ahead while thread 0 runs attention) — the same bits.
+// one row runs all its layers in one region (the threads meet at barriers; up to kSplitTokens of context,
+// attention's one work unit runs on thread 0 while the others read wo ahead, past that they share its
+// units) — the same bits.
 //
 // This is a second definition of the architecture; decoder_features() names what it implements, and
 // havoc.cpu_decode runs a model through it only when the model needs nothing else.
@@ -232,7 +233,8 @@ class Decoder {
   AlignedVector<float> work_;          // activations, fp32
   AlignedVector<uint16_t> work_bf16_;  // q and attention output when the cache is bf16
   AlignedVector<float> head_rows_;     // the final-norm rows the LM head reads, when not all of them
-  AlignedVector<float> team_work_;     // per thread of a one-row step: its normalized row and SwiGLU output
+  AlignedVector<float> team_work_;     // per thread of a one-row step: its normalized row, SwiGLU and attention outputs
+  std::vector<float> team_partial_;    // a one-row step's attention states of split-K, shared by its threads
   std::mutex mutex_;
 };
 

@@ -355,16 +355,20 @@ void merge_parts(const DecodeAttentionArgs& a, int64_t b, const float* p0, int64
 // paged_decode_attention with a.split_tokens > 0: sequence b is cut at multiples of split_tokens into
 // parts[b] = ceil(L / split_tokens) work units (units of sequence b start at first[b]), so the order of
 // its reduction depends on its length alone.
-void split_by_length(const DecodeAttentionArgs& a, UnitFn unit, int64_t total_len) {
-  const int64_t BS = a.shape.block_size, H = a.n_heads, D = a.shape.head_dim;
-  if (a.split_tokens % BS) throw std::invalid_argument("split_tokens must be a multiple of the block size");
-  const int64_t S = a.split_tokens, n = a.n_seqs;
-  std::vector<int64_t> first(static_cast<size_t>(n + 1), 0);
-  for (int64_t b = 0; b < n; ++b) first[b + 1] = first[b] + std::max<int64_t>(1, (a.lengths[b] + S - 1) / S);
+std::vector<int64_t> units_by_length(const DecodeAttentionArgs& a) {
+  if (a.split_tokens % a.shape.block_size) throw std::invalid_argument("split_tokens must be a multiple of the block size");
+  std::vector<int64_t> first(static_cast<size_t>(a.n_seqs + 1), 0);
+  for (int64_t b = 0; b < a.n_seqs; ++b)
+    first[b + 1] = first[b] + std::max<int64_t>(1, (a.lengths[b] + a.split_tokens - 1) / a.split_tokens);
+  return first;
+}
+
+// The units, then the merges of the sequences cut in several, shared by the threads of the team that
+// calls it (every thread calls it; orphaned worksharing, so one thread alone does all). `partial` holds
+// (units, H (D + 2)) floats where some sequence has more than one unit.
+void split_units(const DecodeAttentionArgs& a, UnitFn unit, const std::vector<int64_t>& first, float* partial) {
+  const int64_t H = a.n_heads, D = a.shape.head_dim, S = a.split_tokens, n = a.n_seqs;
   const int64_t n_units = first[n], part = H * (D + 2);
-  std::vector<float> partial(n_units > n ? static_cast<size_t>(n_units * part) : 0);
-  const bool parallel = n_units > 1 && total_len * H * D >= (int64_t{1} << 16);
-#pragma omp parallel if (parallel)
   {
     Scratch s(H, D);
 #pragma omp for schedule(dynamic, 1)
@@ -374,7 +378,7 @@ void split_by_length(const DecodeAttentionArgs& a, UnitFn unit, int64_t total_le
       const bool whole = first[b + 1] - first[b] == 1;
       unit(a, b, std::min(L, sp * S), std::min(L, (sp + 1) * S), s, whole);
       if (!whole) {
-        float* p = partial.data() + u * part;
+        float* p = partial + u * part;
         std::copy(s.m, s.m + H, p);
         std::copy(s.l, s.l + H, p + H);
         std::copy(s.acc, s.acc + H * D, p + 2 * H);
@@ -382,14 +386,20 @@ void split_by_length(const DecodeAttentionArgs& a, UnitFn unit, int64_t total_le
     }
   }
   if (n_units == n) return;
-#pragma omp parallel if (parallel)
-  {
-    std::vector<float> l(H), acc(H * D);
+  std::vector<float> l(H), acc(H * D);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < n; ++b)
-      if (first[b + 1] - first[b] > 1)
-        merge_parts(a, b, partial.data() + first[b] * part, first[b + 1] - first[b], part, l.data(), acc.data());
-  }
+  for (int64_t b = 0; b < n; ++b)
+    if (first[b + 1] - first[b] > 1)
+      merge_parts(a, b, partial + first[b] * part, first[b + 1] - first[b], part, l.data(), acc.data());
+}
+
+void split_by_length(const DecodeAttentionArgs& a, UnitFn unit, int64_t total_len) {
+  const std::vector<int64_t> first = units_by_length(a);
+  const int64_t n_units = first[a.n_seqs], part = a.n_heads * (a.shape.head_dim + 2);
+  std::vector<float> partial(n_units > a.n_seqs ? static_cast<size_t>(n_units * part) : 0);
+  const bool parallel = n_units > 1 && total_len * a.n_heads * a.shape.head_dim >= (int64_t{1} << 16);
+#pragma omp parallel if (parallel)
+  split_units(a, unit, first, partial.data());
 }
 
 }  // namespace
@@ -526,6 +536,16 @@ void paged_decode_attention(const DecodeAttentionArgs& a, int64_t num_splits, co
     for (int64_t b = 0; b < a.n_seqs; ++b)
       merge_parts(a, b, partial.data() + b * splits * part, splits, part, l.data(), acc.data());
   }
+}
+
+void paged_decode_attention_team(const DecodeAttentionArgs& a, std::vector<float>& partial, const std::string& isa) {
+  if (a.split_tokens <= 0) throw std::invalid_argument("paged_decode_attention_team splits by length (split_tokens > 0)");
+  const UnitFn unit = pick_unit(isa, a.dtype);
+  const std::vector<int64_t> first = units_by_length(a);
+  const int64_t n_units = first[a.n_seqs], part = a.n_heads * (a.shape.head_dim + 2);
+#pragma omp single
+  if (static_cast<int64_t>(partial.size()) < n_units * part) partial.resize(static_cast<size_t>(n_units * part));
+  split_units(a, unit, first, partial.data());  // ends on a barrier (its last worksharing loop)
 }
 
 }  // namespace havoc

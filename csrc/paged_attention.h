@@ -91,6 +91,12 @@ std::vector<std::string> decode_attention_isas();  // those this CPU can run, na
 void paged_decode_attention(const DecodeAttentionArgs& args, int64_t num_splits = 0,
                             const std::string& isa = "auto");
 
+// The same with split_tokens > 0, from inside a parallel region: every thread of the team calls it with the
+// same arguments and the same `partial` (a work buffer it grows), and the work units are shared among them
+// (the same bits as paged_decode_attention). It returns once all of them are done. The arguments are not
+// checked: the caller has (an exception cannot leave a parallel region).
+void paged_decode_attention_team(const DecodeAttentionArgs& args, std::vector<float>& partial,
+                                 const std::string& isa = "auto");
 // The split count "auto" uses for a batch (exposed for tests and benchmarks).
 int64_t decode_attention_splits(int64_t n_seqs, int64_t max_length, int64_t block_size);
 

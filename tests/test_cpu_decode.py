@@ -404,24 +404,27 @@ def test_models_the_decoder_does_not_implement_are_refused(tiny):
         assert out == generate_ids(qk, PROMPTS, params)
 
 
+@pytest.mark.parametrize("context", [17, 300])
 @pytest.mark.parametrize("dtype, weights", [(torch.float32, "auto"), (torch.bfloat16, "auto"), (torch.bfloat16, "int8")])
-def test_a_one_row_step_gives_the_same_bits_on_any_number_of_threads(dtype, weights):
-    """A batch-1 step runs every layer in one parallel region: the threads meet at barriers, each computes
-    the norms and SwiGLU of the row itself, and while thread 0 runs attention the others read their share of
-    wo ahead, which moves wo's split between them. None of that may change a bit: the logits equal those of
-    the one-thread step (separate products), with more threads than cores too, and those of the same row in
-    a batch of two."""
+def test_a_one_row_step_gives_the_same_bits_on_any_number_of_threads(dtype, weights, context):
+    """A batch-1 step runs every layer in one parallel region: the threads meet at barriers and each
+    computes the norms and SwiGLU of the row itself; up to 256 tokens of context thread 0 runs attention
+    while the others read their share of wo ahead (which moves wo's split between them), past that they
+    share attention's work units. None of that may change a bit: the logits equal those of the one-thread
+    step (separate products), with more threads than cores too, and those of the same row in a batch of
+    two."""
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset("tiny", dim=256, n_heads=8, n_kv_heads=2, head_dim=32, ffn_hidden=688,
-                                  vocab_size=1000, max_seq_len=128, tie_embeddings=False)
+                                  vocab_size=1000, max_seq_len=512, tie_embeddings=False)
     model = HavocModel(cfg).to(dtype).eval()
+    prompt = torch.randint(3, 1000, (context,), generator=torch.Generator().manual_seed(context)).tolist()
     before = torch.get_num_threads()
     got = {}
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            got[threads] = _decode(model, PROMPTS[1:2], 6, CPUDecoder(model, weights=weights))
-        batched = _decode(model, PROMPTS[1:3], 6, CPUDecoder(model, weights=weights))
+            got[threads] = _decode(model, [prompt], 6, CPUDecoder(model, weights=weights))
+        batched = _decode(model, [prompt, PROMPTS[2]], 6, CPUDecoder(model, weights=weights))
     finally:
         torch.set_num_threads(before)
     for threads in (2, 3):
