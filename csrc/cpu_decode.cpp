@@ -173,14 +173,19 @@ template <int W, int NR, int MR>
 HAVOC_INLINE void store_tile(const GemmArgs& a, int64_t n, int64_t m, const typename V<W>::f (&acc)[NR][MR],
                              const float (&tail)[NR][MR]) {
 #ifdef HAVOC_X86_DISPATCH
-  if constexpr (W == 16 && NR == 4 && MR == 4) {  // a full AVX-512 tile: its sums packed (same bits)
-    const V<16>::f v[16] = {acc[0][0], acc[1][0], acc[2][0], acc[3][0], acc[0][1], acc[1][1], acc[2][1], acc[3][1],
-                            acc[0][2], acc[1][2], acc[2][2], acc[3][2], acc[0][3], acc[1][3], acc[2][3], acc[3][3]};
+  // AVX-512 tiles of 8 to 16 accumulators: their sums packed (same bits; the unused slots are zeros, whose
+  // sums no other lane meets)
+  if constexpr (W == 16 && NR <= 4 && MR <= 4 && NR * MR >= 8) {
+    V<16>::f v[16] = {};
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) v[4 * i + r] = acc[r][i];
     const V<16>::f sums = hsum16x16(v);  // lane 4r + i: v[4i + r] = acc[r][i]
 #pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < NR; ++r) {
         const float val = sums[4 * r + i] + tail[r][i];
         float* yp = a.y + (m + i) * a.ldy + (n - a.y_col0) + r;
         *yp = a.accumulate ? *yp + val : val;
