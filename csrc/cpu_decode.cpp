@@ -1496,13 +1496,22 @@ constexpr int64_t kStaticRows = 8;
 // inputs = 144 KB), many enough to balance 2-16 threads.
 constexpr int64_t kChunk = 64;
 
-// The product y (=|+=) x @ W.T: prepares x for the variant's kernel, then splits W's rows over threads.
-void run_linear(const Variant& v, const float* x, int64_t M, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
-                bool accumulate) {
+// The arguments of the product y (=|+=) x @ W.T of M activation rows, x prepared for the variant's kernel
+// in the calling thread's workspace (which the product's threads then read; a thread prepares one product
+// at a time).
+GemmArgs prepared(const Variant& v, const float* x, int64_t M, int64_t ldx, const WeightView& w, float* y,
+                  int64_t ldy, bool accumulate) {
   thread_local Workspace ws;
   GemmArgs a;
   a.M = M, a.w = w, a.y = y, a.ldy = ldy, a.accumulate = accumulate;
   v.prepare(v, a, x, ldx, ws);
+  return a;
+}
+
+// The product y (=|+=) x @ W.T: prepares x for the variant's kernel, then splits W's rows over threads.
+void run_linear(const Variant& v, const float* x, int64_t M, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
+                bool accumulate) {
+  const GemmArgs a = prepared(v, x, M, ldx, w, y, ldy, accumulate);
   const RowsFn rows = v.rows[static_cast<int>(w.dtype)];
   const int64_t N = w.rows;
   const int64_t chunks = (N + kChunk - 1) / kChunk;
@@ -1526,10 +1535,7 @@ void run_linear(const Variant& v, const float* x, int64_t M, int64_t ldx, const 
 
 void run_linear_argmax(const Variant& v, const float* x, int64_t M, int64_t ldx, const WeightView& w, int64_t* index,
                        float* value) {
-  thread_local Workspace ws;
-  GemmArgs a;
-  a.M = M, a.w = w;
-  v.prepare(v, a, x, ldx, ws);
+  const GemmArgs a = prepared(v, x, M, ldx, w, nullptr, 0, false);  // each thread's tile buffer is its y
   const RowsFn rows = v.rows[static_cast<int>(w.dtype)];
   const int64_t N = w.rows;
   const int64_t chunks = (N + kChunk - 1) / kChunk;
@@ -1657,15 +1663,11 @@ std::pair<int64_t, int64_t> team_part(int64_t N, int t, int T, const int64_t* wa
 // y[n0:n1] (=|+=) x @ W[n0:n1].T for one activation row, on the calling thread.
 void product_rows(const Variant& v, const float* x, int64_t ldx, const WeightView& w, float* y, bool accumulate,
                   int64_t n0, int64_t n1) {
-  thread_local Workspace ws;
-  GemmArgs a;
-  a.M = 1, a.w = w, a.y = y, a.ldy = w.rows, a.accumulate = accumulate;
-  v.prepare(v, a, x, ldx, ws);
+  const GemmArgs a = prepared(v, x, 1, ldx, w, y, w.rows, accumulate);
   if (n1 > n0) v.rows[static_cast<int>(w.dtype)](a, n0, n1);
 }
 
 // --- the decode step's helpers ---------------------------------------------------------------------------
-
 
 template <class T>
 HAVOC_INLINE void to_pool(T* dst, const float* src, int64_t n) {
@@ -1935,7 +1937,6 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
   const Variant& k = variant_for(isa_);
   const int64_t D = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim, Fh = c.ffn_hidden;
   const int64_t ldq = (H + 2 * KV) * hd, rot = c.rotary_dim, half = rot / 2;
-  // Work space: h, xn (n x D); qkv (n x ldq); attn (n x H hd); gu (n x 2F); act (n x F); cos, sin (n x rot).
   // Work space: h, xn (n x D); qkv (n x ldq); attn (n x H hd); gu (n x 2F); act (n x F); cos, sin (n x rot),
   // each starting on a cache line (rows do where their length is a multiple of 16 floats).
   const auto line = [](int64_t floats) { return (floats + 15) / 16 * 16; };
@@ -2057,8 +2058,9 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
 #endif
   if (team > 1) {
 #ifdef _OPENMP
-    // Per thread: its own normalized row and SwiGLU output (each thread computes the whole row, the same
-    // bits: cheaper than a barrier), and the rows of wo it read ahead.
+    // Per thread: its own normalized row, SwiGLU output and (bf16 pools, shared attention) widened
+    // attention output (each thread computes the whole row, the same bits: cheaper than a barrier); and
+    // the rows of wo each read ahead.
     const int64_t per_thread = line(D) + line(Fh) + line(H * hd);
     // Attention of more than split_tokens has several work units: then the threads share them.
     const bool shared_attention = lengths[0] > split_tokens;
@@ -2079,7 +2081,7 @@ void Decoder::step(const int64_t* tokens, const int64_t* positions, int64_t n, c
       for (const DecoderLayer& L : layers_) {
         ++li;
         k.rms_norm(h, L.attention_norm, x, 1, D, c.norm_eps);
-        auto [q0, q1] = even(L.wqkv);
+        const auto [q0, q1] = even(L.wqkv);
         product_rows(k, x, D, L.wqkv, qkv, false, q0, q1);
         if (shared_attention) {  // all threads take attention's work units, then their even share of wo
 #pragma omp barrier

@@ -110,8 +110,8 @@ void set_batch1_streams(int streams);
 
 // y[m, :] (=|+=) x[m, :] @ W.T for m < M. x is (M, W.cols) fp32 with row stride ldx, y (M, W.rows) fp32
 // with row stride ldy; `accumulate` adds to y (a residual add fused into the product). OpenMP threads
-// split W's rows: for one activation row each thread streams its own contiguous part of W, for more they
-// take chunks of 64 rows as they come. Throws std::invalid_argument for a
+// split W's rows: for up to 8 activation rows each thread streams its own contiguous part of W, for more
+// they take chunks of 64 rows as they come. Throws std::invalid_argument for a
 // bad weight description or variant.
 void linear(const float* x, int64_t M, int64_t ldx, const WeightView& w, float* y, int64_t ldy, bool accumulate,
             const std::string& isa = "auto");

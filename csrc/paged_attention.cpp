@@ -147,6 +147,12 @@ struct Scratch {
     l = p, p += H;
     sc = p;
   }
+  // A split's partial state for merge_parts: its H maxima, H sums and H x D accumulators, in that order.
+  void save(float* p, int64_t H, int64_t D) const {
+    std::copy(m, m + H, p);
+    std::copy(l, l + H, p + H);
+    std::copy(acc, acc + H * D, p + 2 * H);
+  }
 };
 
 // Online softmax over tokens [t0, t1) of sequence b for all its heads, leaving the unnormalized state
@@ -377,12 +383,7 @@ void split_units(const DecodeAttentionArgs& a, UnitFn unit, const std::vector<in
       const int64_t sp = u - first[b], L = a.lengths[b];
       const bool whole = first[b + 1] - first[b] == 1;
       unit(a, b, std::min(L, sp * S), std::min(L, (sp + 1) * S), s, whole);
-      if (!whole) {
-        float* p = partial + u * part;
-        std::copy(s.m, s.m + H, p);
-        std::copy(s.l, s.l + H, p + H);
-        std::copy(s.acc, s.acc + H * D, p + 2 * H);
-      }
+      if (!whole) s.save(partial + u * part, H, D);
     }
   }
   if (n_units == n) return;
@@ -519,12 +520,7 @@ void paged_decode_attention(const DecodeAttentionArgs& a, int64_t num_splits, co
       const int64_t per = (blocks + splits - 1) / splits;  // blocks per split; the last may be short or empty
       const int64_t t0 = std::min(L, sp * per * BS), t1 = std::min(L, (sp + 1) * per * BS);
       unit(a, b, t0, t1, s, splits == 1);
-      if (splits != 1) {
-        float* p = partial.data() + u * part;
-        std::copy(s.m, s.m + H, p);
-        std::copy(s.l, s.l + H, p + H);
-        std::copy(s.acc, s.acc + H * D, p + 2 * H);
-      }
+      if (splits != 1) s.save(partial.data() + u * part, H, D);
     }
   }
   if (splits == 1) return;
