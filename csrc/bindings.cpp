@@ -789,6 +789,8 @@ PYBIND11_MODULE(_C, m) {
           "and/or the argmax ids into `next_tokens` (int64) for the rows listed in `logit_rows` / "
           "`argmax_rows` (default: every row). prompt_runs: (runs, 2) int64 (first row, count) of rows that "
           "are consecutive prompt tokens of one sequence, attended as a prefill (cpu_decode.h). Releases the GIL.");
+  // Attention's split-K granularity in tokens: past it a sequence's attention is several work units.
+  m.attr("Decoder").attr("split_tokens") = py::int_(havoc::Decoder::kSplitTokens);
 
   // --- the paged cache's CPU kernels ------------------------------------------------------------------
   m.def(

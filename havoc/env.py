@@ -51,9 +51,10 @@ def _cpu_kernels() -> dict[str, Any]:
                                + ("one sequential stream: what AMD's prefetchers follow best" if streams == 1 else
                                   "a tile of 4: what Intel's prefetchers followed at 98% of the bandwidth") + ")")
     threads = _C.max_threads()
-    out["batch-1 steps"] = (f"every layer in one parallel region of {threads} threads (up to 256 tokens of context "
-                            "thread 0 runs attention while the others read wo ahead; past that they share it)"
-                            if threads > 1 else "one thread: no parallel regions")
+    out["batch-1 steps"] = (f"every layer in one parallel region of {threads} threads (up to "
+                            f"{_C.Decoder.split_tokens} tokens of context thread 0 runs attention while the others "
+                            "read wo ahead; past that they share it)" if threads > 1 else
+                            "one thread: no parallel regions")
     return out
 
 
