@@ -242,7 +242,7 @@ def test_decode_llamacpp(benchmark, engines, smollm2, sample_text, llamacpp, mem
         tokens_per_s=batch * NEW_TOKENS / ours_s, baseline_tokens_per_s=batch * NEW_TOKENS / base_s,
         ratio=base_s / ours_s, step_ms=ours_s / NEW_TOKENS * 1e3, baseline_step_ms=base_s / NEW_TOKENS * 1e3,
         weight_gb_s=gb_s, baseline_weight_gb_s=gb_s * ours_s / base_s * bytes_ratio, memory_read_gb_s=memory_read_gb_s,
-        frac_bandwidth=gb_s / memory_read_gb_s, kernel_variant=cpu.isas()[-1],
+        frac_bandwidth=gb_s / memory_read_gb_s, kernel_variant=cpu.auto_isa(),
     )
 
 
@@ -351,7 +351,7 @@ def test_linear(benchmark, engines, memory_read_gb_s, dtype, batch):
             times.append(time.perf_counter() - t0)
     ours_s, base_s = benchmark.stats.stats.median, statistics.median(base_times)
     benchmark.extra_info.update(
-        kind="linear", dtype=dtype, batch=batch, baseline="torch F.linear", variant=cpu.isas()[-1],
+        kind="linear", dtype=dtype, batch=batch, baseline="torch F.linear", variant=cpu.auto_isa(),
         ms=ours_s * 1e3, baseline_ms=base_s * 1e3, ratio=base_s / ours_s, weight_gb_s=nbytes / ours_s / 1e9,
         memory_read_gb_s=memory_read_gb_s,
         variants_ms={v: statistics.median(t[1:]) * 1e3 for v, t in variants.items()},

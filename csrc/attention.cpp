@@ -399,8 +399,8 @@ HAVOC_TARGET_AVX512_BF16 void attn_avx512_bf16_dot(const AttentionArgs& a, int64
 // of the same name is compiled for the same target (HAVOC_TARGET_AVX512_BF16) and needs the same CPU.
 std::string dot_missing() { return linear_variant_missing("avx512_bf16"); }
 
-// isa "avx512_bf16" (and "auto" where the CPU has it): vdpbf16ps for bf16 with an even head_dim, the
-// avx512 FMA kernel otherwise.
+// isa "avx512_bf16" (and "auto" where the CPU has it and vdpbf16ps pays: bf16_dot_pays): vdpbf16ps for
+// bf16 with an even head_dim, the avx512 FMA kernel otherwise.
 Kernel pick(const std::string& isa, KVDType dtype, int64_t head_dim) {
   const bool bf16 = dtype == KVDType::kBFloat16;
   if (isa == "avx512_bf16" || isa == "auto") {
@@ -408,7 +408,8 @@ Kernel pick(const std::string& isa, KVDType dtype, int64_t head_dim) {
     if (isa == "avx512_bf16" && !why.empty())
       throw std::invalid_argument("kernel variant 'avx512_bf16' is not available: " + why);
 #ifdef HAVOC_DOT_VARIANTS
-    if (why.empty() && bf16 && head_dim % 2 == 0) return {attn_avx512_bf16_dot, 16};
+    if (why.empty() && bf16 && head_dim % 2 == 0 && (isa == "avx512_bf16" || bf16_dot_pays()))
+      return {attn_avx512_bf16_dot, 16};
 #endif
   }
   const std::string level = resolve_isa(isa == "avx512_bf16" ? "avx512" : isa);

@@ -513,6 +513,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_isas", &havoc::linear_isas, "Variants of the decode kernels this CPU runs, narrowest first.");
   m.def("linear_variants", &havoc::linear_variants,
         "Every variant of the decode kernels, narrowest first, whether or not this CPU runs it.");
+  m.def("linear_auto", &havoc::linear_auto, "The variant 'auto' runs (linear_isas()'s last, passing over "
+        "avx512_bf16 where vdpbf16ps does not pay: bf16_dot_rate).");
+  m.def("bf16_dot_rate", &havoc::bf16_dot_rate,
+        "vdpbf16ps's issue rate on this core as a fraction of the zmm FMA's, measured once per process (0 "
+        "without avx512_bf16); 'auto' runs it where the rate is at least bf16_dot_pays_at.");
+  m.attr("bf16_dot_pays_at") = havoc::kBf16DotPays;
   m.def("linear_variant_missing", &havoc::linear_variant_missing, py::arg("variant"),
         "Why a variant cannot run here ('' when it can).");
   m.def(

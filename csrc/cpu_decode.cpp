@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -1371,6 +1372,42 @@ HAVOC_TARGET_AMX void amx_rows_int8(const GemmArgs& a, int64_t n0, int64_t n1) {
 #endif
 #undef HAVOC_WIDEN_KERNELS
 
+#ifdef HAVOC_DOT_VARIANTS
+// vdpbf16ps's issue rate on this core as a fraction of the FMA's (zmm, 12 independent chains each, the best
+// of 5 alternating runs of 16K rounds, ~1 ms once per process).
+HAVOC_TARGET_AVX512_BF16 double measure_bf16_dot_rate() {
+  // 12 independent chains on zeroed registers, 16K rounds per timing, in assembly so that the compiler
+  // neither folds nor spills them.
+#define HAVOC_CHAINS(OP)                                                                                     \
+  OP " %%zmm0, %%zmm1, %%zmm2\n\t" OP " %%zmm0, %%zmm1, %%zmm3\n\t" OP " %%zmm0, %%zmm1, %%zmm4\n\t"            \
+  OP " %%zmm0, %%zmm1, %%zmm5\n\t" OP " %%zmm0, %%zmm1, %%zmm6\n\t" OP " %%zmm0, %%zmm1, %%zmm7\n\t"            \
+  OP " %%zmm0, %%zmm1, %%zmm8\n\t" OP " %%zmm0, %%zmm1, %%zmm9\n\t" OP " %%zmm0, %%zmm1, %%zmm10\n\t"           \
+  OP " %%zmm0, %%zmm1, %%zmm11\n\t" OP " %%zmm0, %%zmm1, %%zmm12\n\t" OP " %%zmm0, %%zmm1, %%zmm13\n\t"
+#define HAVOC_TIMED_LOOP(OP)                                                                                 \
+  [] {                                                                                                        \
+    int64_t n = 1 << 14;                                                                                      \
+    const auto t0 = std::chrono::steady_clock::now();                                                         \
+    asm volatile("vpxord %%zmm0, %%zmm0, %%zmm0\n\tvmovaps %%zmm0, %%zmm1\n\t"                                \
+                 "vmovaps %%zmm0, %%zmm2\n\tvmovaps %%zmm0, %%zmm3\n\tvmovaps %%zmm0, %%zmm4\n\t"             \
+                 "vmovaps %%zmm0, %%zmm5\n\tvmovaps %%zmm0, %%zmm6\n\tvmovaps %%zmm0, %%zmm7\n\t"             \
+                 "vmovaps %%zmm0, %%zmm8\n\tvmovaps %%zmm0, %%zmm9\n\tvmovaps %%zmm0, %%zmm10\n\t"            \
+                 "vmovaps %%zmm0, %%zmm11\n\tvmovaps %%zmm0, %%zmm12\n\tvmovaps %%zmm0, %%zmm13\n"            \
+                 "1:\n\t" HAVOC_CHAINS(OP) "dec %0\n\tjnz 1b\n\tvzeroupper"                                   \
+                 : "+r"(n)::"xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",   \
+                   "xmm10", "xmm11", "xmm12", "xmm13", "cc");                                                 \
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();                      \
+  }()
+  double fma = 1e30, dot = 1e30;
+  for (int run = 0; run < 5; ++run) {  // alternating, the best of each
+    fma = std::min(fma, HAVOC_TIMED_LOOP("vfmadd231ps"));
+    dot = std::min(dot, HAVOC_TIMED_LOOP("vdpbf16ps"));
+  }
+#undef HAVOC_TIMED_LOOP
+#undef HAVOC_CHAINS
+  return fma / dot;
+}
+#endif
+
 #define HAVOC_VARIANT(NAME, W, BF16, INT8, AMX, ROWS_BF16, ROWS_INT8, ATTN)                                  \
   Variant {                                                                                                   \
     #NAME, W, BF16, INT8, AMX, {NAME##_rows_f32, ROWS_BF16, ROWS_INT8, NAME##_rows_int8}, NAME##_rms_norm,       \
@@ -1441,10 +1478,10 @@ std::string missing(const std::string& name) {
 
 const Variant& variant_for(const std::string& isa) {
   const auto& vs = variants();
-  if (isa == "auto") {  // the widest this CPU runs, found once
+  if (isa == "auto") {  // the widest this CPU runs, found once, without vdpbf16ps where it does not pay
     static const Variant* best = [&vs] {
       for (auto it = vs.rbegin(); it != vs.rend(); ++it)
-        if (missing(it->name).empty()) return &*it;
+        if (missing(it->name).empty() && (!it->bf16_dot || it->amx || bf16_dot_pays())) return &*it;
       return &vs.front();
     }();
     return *best;
@@ -1702,6 +1739,19 @@ void embed_row(const WeightView& e, int64_t id, float* out) {
 
 }  // namespace
 
+double bf16_dot_rate() {
+  static const double rate = [] {
+#ifdef HAVOC_DOT_VARIANTS
+    if (missing("avx512_bf16").empty()) return measure_bf16_dot_rate();
+#endif
+    return 0.0;
+  }();
+  return rate;
+}
+
+bool bf16_dot_pays() { return bf16_dot_rate() >= kBf16DotPays; }
+
+
 std::vector<std::string> linear_variants() {
   std::vector<std::string> out;
   for (const auto& n : variant_needs()) out.emplace_back(n.name);
@@ -1716,6 +1766,8 @@ std::vector<std::string> linear_isas() {
 }
 
 std::string linear_variant_missing(const std::string& variant) { return missing(variant); }
+
+std::string linear_auto() { return variant_for("auto").name; }
 
 std::string attention_isa_for(const std::string& variant) { return variant_for(variant).attention; }
 

@@ -89,8 +89,21 @@ struct WeightView {
 //   avx512_bf16  avx512_vnni plus vdpbf16ps for bf16 x bf16;
 //   amx          avx512_bf16 plus AMX tiles (tdpbf16ps, tdpbusd) for products of several activation rows
 //                (and the OS's permission to use the tile registers).
-// "auto" picks the last one this CPU runs.
+// "auto" picks the last one this CPU runs, passing over avx512_bf16 where vdpbf16ps does not pay
+// (bf16_dot_pays): the AMX variant aside, its bf16 products are then avx512_vnni's widened ones, faster.
 std::vector<std::string> linear_variants();
+// The variant "auto" runs.
+std::string linear_auto();
+// vdpbf16ps's issue rate on this core as a fraction of the zmm FMA's, measured once per process (0 where
+// the CPU or build lacks avx512_bf16). One vdpbf16ps does 32 multiply-adds, one FMA 16 after the weights are
+// widened (a shift or a mask per 16 weights, shared by a tile's activation rows): at a rate of 1/2 the dot
+// does the same multiply-adds a cycle and skips the widening; at 1/4 it does half. Measured: 0.25 on an
+// Intel Xeon with AVX512-BF16 but no AMX (family 6 model 207, one vdpbf16ps every 2 cycles against two
+// FMAs a cycle), where its bf16 products of 32 activation rows took 64 ms a SmolLM2 step against 48 ms
+// widened; on the AVX512-BF16 EPYC the dot halved them (bench/RESULTS.md). kBf16DotPays sits between.
+constexpr double kBf16DotPays = 0.35;
+double bf16_dot_rate();
+bool bf16_dot_pays();
 // Those this CPU (and OS) can run, narrowest first.
 std::vector<std::string> linear_isas();
 // Why `variant` cannot run here ("" when it can; "unknown kernel variant" for a name that is none).

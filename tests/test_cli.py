@@ -23,8 +23,9 @@ def test_env_reports_versions_build_and_fast_paths(capsys):
     assert info["ops_cpu"]["linear"].startswith("fast")
     # which decode-kernel variant runs and why; every other variant runs too or says what it lacks
     kernels = info["cpu_kernels"]
-    auto = _C.linear_isas()[-1]
+    auto = _C.linear_auto()
     assert kernels["variant"].startswith(auto) and kernels[f"  {auto}"] == "runs ('auto' picks it)"
+    assert ("not " in kernels["variant"]) == (auto != _C.linear_isas()[-1])  # says why where it is not the widest
     assert all(kernels[f"  {v}"].startswith(("runs", "unavailable: ")) for v in _C.linear_variants())
     assert kernels["bfloat16 weights"] == _C.linear_kernel(auto, "bfloat16")
     threads = _C.max_threads()  # how a batch-1 step uses them

@@ -165,7 +165,33 @@ def test_variants_name_what_they_lack():
     assert _C.linear_variant_missing("avx9000") == "unknown kernel variant"
     assert _C.attention_isa_for("auto") in _C.decode_attention_isas()
     status = cpu.variant_status()
-    assert list(status) == VARIANTS and status[cpu.isas()[-1]].startswith("runs")
+    assert list(status) == VARIANTS and status[cpu.auto_isa()].startswith("runs")
+
+
+def test_auto_runs_the_widest_variant_and_vdpbf16ps_only_where_it_pays():
+    runnable = cpu.isas()
+    rate = _C.bf16_dot_rate()
+    assert (rate > 0) == ("avx512_bf16" in runnable)  # measured where it runs, 0 elsewhere
+    if "avx512_bf16" in runnable:
+        assert 0.05 < rate < 4, rate  # an issue rate against the FMA's, not noise or a broken timer
+    # avx512_bf16 (not amx: its tiles) is passed over where vdpbf16ps issues too slowly to beat widening
+    slow = rate < _C.bf16_dot_pays_at
+    want = [v for v in runnable if not (v == "avx512_bf16" and slow)][-1]
+    assert cpu.auto_isa() == want
+    # and so is the vdpbf16ps attention kernel: "auto" gives its bits exactly where it pays, else avx512's
+    if "avx512_bf16" not in _C.attention_isas():
+        return
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, n, 64, generator=g).to(torch.bfloat16).view(torch.int16).numpy() for n in (9, 30, 30))
+
+    def run(isa):
+        out = np.zeros_like(q)
+        _C.attention(q, k, v, causal=True, q_offset=21, key_mask=None, scale=0.125, dtype="bfloat16", isa=isa, out=out)
+        return out
+
+    auto, dot, fma = run("auto"), run("avx512_bf16"), run("avx512")
+    assert not np.array_equal(dot, fma)  # the two kernels round differently: the check below can tell them apart
+    assert np.array_equal(auto, fma if slow else dot)
 
 
 def _fp32_product_ties(n: int, seed: int = 0) -> torch.Tensor:

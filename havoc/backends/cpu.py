@@ -58,17 +58,23 @@ def numpy_view(t: torch.Tensor) -> np.ndarray:
 
 
 def isas() -> list[str]:
-    """Kernel variants of the decode kernels this CPU runs, narrowest first (the last is what "auto" runs)."""
+    """Kernel variants of the decode kernels this CPU runs, narrowest first."""
     return list(_C.linear_isas())
+
+
+def auto_isa() -> str:
+    """The variant "auto" runs: the widest in `isas()`, passing over avx512_bf16 where vdpbf16ps issues too
+    slowly to beat widened bf16 (`_C.bf16_dot_rate()`, measured once per process)."""
+    return _C.linear_auto()
 
 
 def variant_status() -> dict[str, str]:
     """Every kernel variant of the build, narrowest first: "runs" (and which "auto" picks) or why it cannot."""
-    runnable = isas()
+    auto = auto_isa()
     out = {}
     for v in _C.linear_variants():
         why = _C.linear_variant_missing(v)
-        out[v] = ("runs ('auto' picks it)" if v == runnable[-1] else "runs") if not why else f"unavailable: {why}"
+        out[v] = ("runs ('auto' picks it)" if v == auto else "runs") if not why else f"unavailable: {why}"
     return out
 
 
@@ -545,7 +551,7 @@ def attention_varlen(
 
 backends.register(
     "linear", "cpu", "cpu", linear,
-    f"havoc.backends.cpu: C++ decode kernels (variant {isas()[-1]!r}) up to {MAX_ROWS} rows and for int8 "
+    f"havoc.backends.cpu: C++ decode kernels (variant {auto_isa()!r}) up to {MAX_ROWS} rows and for int8 "
     "weights; above, the fastest of torch's GEMMs and the C++ kernel, timed once per shape",
 )
 backends.register(
