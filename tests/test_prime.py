@@ -286,17 +286,27 @@ def test_copied_lists_are_runs_of_the_prompt(tiny_llm):
     gold = call(kind="welch", x=[10.2, 10.4, 9.9, 10.1, 10], y=[11.5, 11.1, 11.8, 11.2])
     assert _accepts(tok, schema, gold) and _accepts(tok, anywhere, gold)
     short = call(kind="welch", x=[10.2, 10.4, 9.9], y=[11.5, 11.1], alpha=0.01)
-    assert _accepts(tok, schema, short) and _accepts(tok, anywhere, short)
+    assert _accepts(tok, anywhere, short)
+    assert not _accepts(tok, schema, short)  # from a list's start, a copy ends where a list ends
+    # where a list of the reading ends inside a longer one as read, a copy may end there too
+    ends = copy_lists(default_registry().arguments_schema("statistics", "t_test"), [[1, 2, 3, 4, 5]], SETTINGS,
+                      from_start=True,
+                      list_ends=[[1, 2, 3, 4, 5], [1, 2, 3]])
+    assert ends["properties"]["x"]["x-havoc-copy-ends"] == [[3, 5]]
+    marked = call_schema("statistics", ends)
+    for x, ok in (([1, 2, 3], True), ([1, 2, 3, 4, 5], True), ([1, 2, 3, 4], False), ([1, 2], False)):
+        assert _accepts(tok, marked, call(kind="welch", x=x, y=[1, 2, 3])) == ok, x
     inside = call(kind="welch", x=[10.4, 9.9, 10.1], y=[11.8, 11.2])
     assert _accepts(tok, anywhere, inside) and not _accepts(tok, schema, inside)
     for bad in ([10.2, 9.9, 10.1, 10], [10.2, 10.4, 10.4, 9.9], [10.4, 10.2, 9.9], [10.2], [11.2, 10.2],
                 [10.1, 10, 11.5, 11.1]):  # dropped, repeated, moved, too short, backwards, run on into y
         assert not _accepts(tok, anywhere, call(kind="welch", x=bad, y=[11.5, 11.1])), bad
         assert not _accepts(tok, schema, call(kind="welch", x=bad, y=[11.5, 11.1])), bad
-    assert not _accepts(tok, schema, call(kind="pooled", x=[10.2, 10.4], y=[11.5, 11.1]))  # the enum stands
-    assert not _accepts(tok, schema, call(kind="one_sample", x=[10.2, 10.4], mu=3))  # pinned scalars stand
+    a, b = gold["args"]["x"], gold["args"]["y"]
+    assert not _accepts(tok, schema, call(kind="pooled", x=a, y=b))  # the enum stands
+    assert not _accepts(tok, schema, call(kind="one_sample", x=a, mu=3))  # pinned scalars stand
     # where the prompt writes no single number, any of its numbers (never a free one)
-    assert _accepts(tok, schema, call(kind="one_sample", x=[10.2, 10.4], mu=10.1))
+    assert _accepts(tok, schema, call(kind="one_sample", x=a, mu=10.1))
     # integer items split a sequence at a value they may not take; no run at all keeps the array's schema
     node = {"type": "object", "properties": {"n": {"type": "array", "items": {"type": "integer"}, "minItems": 2},
                                              "p": {"type": "array", "items": {"type": "number", "maximum": 0}}}}
@@ -309,7 +319,26 @@ def test_copied_lists_are_runs_of_the_prompt(tiny_llm):
     ok = {"tool": "statistics", "args": {"operation": "anova", "groups": [[11, 12, 13], [15, 16, 14], [10, 12, 11]]}}
     assert _accepts(tok, anova, ok)
     assert not _accepts(tok, anova, {"tool": "statistics", "args": {"operation": "anova", "groups": [[11, 12, 13]] * 4}})
-    named = {"tool": "statistics", "args": {"operation": "anova", "groups": {"a": [11, 12, 13], "b": [15, 16]}}}
+    # the prompt's lists in its order, each at most once (the check asks for the reading's, in order): a group
+    # given twice or out of order is refused; leaving one out is the model's choice
+    for groups in ([[11, 12, 13], [11, 12, 13], [15, 16, 14]], [[11, 12, 13], [15, 16, 14], [11, 12, 13]],
+                   [[15, 16, 14], [10, 12, 11], [10, 12, 11]], [[10, 12, 11], [11, 12, 13], [15, 16, 14]]):
+        assert not _accepts(tok, anova, {"tool": "statistics", "args": {"operation": "anova", "groups": groups}})
+    assert _accepts(tok, anova, {"tool": "statistics", "args": {"operation": "anova", "groups": [[15, 16, 14], [10, 12, 11]]}})
+    # and never fewer than the array's minItems (2 groups): no start from which too few lists are left
+    last_only = GrammarConstraint.json_schema(tok, anova)
+    for t in tok.encode('{"tool":"statistics","args":{"operation":"anova","groups":[[', add_bos=False):
+        last_only.accept(t)
+    with pytest.raises(ConstraintError):
+        for t in tok.encode('10,12,11]', add_bos=False):
+            last_only.accept(t)
+    # unless the prompt writes one list twice: then a call that gives it twice is the right one
+    twice = read_task("Three groups: 11, 12, 13 / 15, 16, 14 / 11, 12, 13. One-way ANOVA.")
+    anova2 = decode_schema("statistics", default_registry().arguments_schema("statistics", "anova"), twice.lists,
+                           twice.args, twice.numbers, data=twice.lists)
+    assert _accepts(tok, anova2, {"tool": "statistics", "args": {"operation": "anova",
+                                                                 "groups": [[11, 12, 13], [15, 16, 14], [11, 12, 13]]}})
+    named = {"tool": "statistics", "args": {"operation": "anova", "groups": {"a": [11, 12, 13], "b": [15, 16, 14]}}}
     assert _accepts(tok, anova, named)
     ok["args"]["groups"][1] = [15, 14, 16]
     assert not _accepts(tok, anova, ok)

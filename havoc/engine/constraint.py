@@ -129,6 +129,12 @@ _JSON_OPTIONS = {"whitespace_flexible": False, "coerce_one_of": True, "lenient":
 # sequence's first value (a prefix) (`copy_lark`).
 COPY = "x-havoc-copy"
 COPY_FROM_START = "x-havoc-copy-from-start"
+# With COPY_FROM_START: per sequence, the lengths at which the copy may close (any length when absent).
+COPY_ENDS = "x-havoc-copy-ends"
+# With COPY_FROM_START and COPY_ONCE true: an array of such copies (groups, subgroups) takes the sequences
+# in their order, each at most once, while there are at most MAX_DISTINCT of them.
+COPY_ONCE = "x-havoc-copy-once"
+MAX_DISTINCT = 16
 
 
 def _has_copy(node: Any) -> bool:
@@ -144,7 +150,9 @@ def copy_lark(schema: dict) -> str:
 
     A marked array is any run of consecutive values of one of its sequences, at least its `minItems` long
     (with `COPY_FROM_START`, one starting at a sequence's first value): once the first value is chosen,
-    each next one is the sequence's next value or the array closes. That
+    each next one is the sequence's next value or the array closes (with `COPY_ENDS`, closes only at the
+    lengths it lists for the sequence, and at its end; with `COPY_ONCE`, an array of such copies takes
+    the sequences in their order, each at most once). That
     is the shape of a tool call's data list, which copies a list of the prompt in order; one rule per value
     (`s3_7: "10.4" ("," s3_8)?`), so the grammar grows with the prompt, not with its square.
 
@@ -155,7 +163,7 @@ def copy_lark(schema: dict) -> str:
     allowed anywhere (compact).
     """
     rules: list[str] = []
-    seqs: dict[tuple, str] = {}
+    seqs: dict[tuple[tuple, tuple | None], str] = {}
 
     def lit(text: str) -> str:
         return json.dumps(text)
@@ -172,29 +180,69 @@ def copy_lark(schema: dict) -> str:
         rules.append(f"{name}: {body}")
         return name
 
-    def run_rules(seq: tuple) -> str:
-        """The rules s{k}_i (a run from value i to any later end) of one sequence; returns its prefix."""
-        if seq not in seqs:
-            prefix = seqs[seq] = f"s{len(seqs)}"
+    def run_rules(seq: tuple, ends: tuple | None) -> str:
+        """The rules s{k}_i (a run from value i to a later end: any, or one of `ends`, lengths from the
+        sequence's start) of one sequence; returns its prefix."""
+        if (seq, ends) not in seqs:
+            prefix = seqs[seq, ends] = f"s{len(seqs)}"
             for i, v in enumerate(seq):
-                tail = f' ("," {prefix}_{i + 1})?' if i + 1 < len(seq) else ""
+                nxt = f'"," {prefix}_{i + 1}' if i + 1 < len(seq) else ""
+                tail = f" {nxt}" if nxt and ends is not None and i + 1 not in ends else f" ({nxt})?" if nxt else ""
                 rules.append(f"{prefix}_{i}: {number(v)}{tail}")
-        return seqs[seq]
+        return seqs[seq, ends]
 
-    def copy(node: dict) -> str:
+    def copy_starts(node: dict) -> list[str]:
+        """Per sequence that has a run of minItems values, its ways to start a copy (one body each)."""
         m = max(1, int(node.get("minItems", 1)))
-        starts = []
-        for seq in node[COPY]:
+        out = []
+        all_ends = node.get(COPY_ENDS) if node.get(COPY_FROM_START) else None
+        for j, seq in enumerate(node[COPY]):
             seq = tuple(seq)
             if len(seq) < m:
                 continue
-            prefix = run_rules(seq)
+            ends = None if all_ends is None else tuple(sorted({len(seq), *all_ends[j]}))
+            prefix = run_rules(seq, ends)
+            starts = []
             for i in range(1 if node.get(COPY_FROM_START) else len(seq) - m + 1):
-                head = "".join(f'{number(seq[j])} "," ' for j in range(i, i + m - 1))
+                head = "".join(f'{number(seq[k])} "," ' for k in range(i, i + m - 1))
                 starts.append(f"{head}{prefix}_{i + m - 1}")
-        if not starts:
+            out.append(" | ".join(starts))
+        if not out:
             raise ConstraintError(f"a copied array has no run of {m} values to copy")
-        return new(f'"[" ({" | ".join(starts)}) "]"')
+        return out
+
+    def copy(node: dict) -> str:
+        return new(f'"[" ({" | ".join(copy_starts(node))}) "]"')
+
+    def distinct(items: dict, lo: int, hi: int | None) -> str | None:
+        """An array of copies from a list's start that takes the sequences in their order, each at most once
+        (groups and subgroups: a list given twice, or out of the prompt's order, is never what the check
+        accepts), lo to hi of them; None where they are more than MAX_DISTINCT."""
+        options = copy_starts(items)
+        k = len(options)
+        if k > MAX_DISTINCT:
+            return None
+        hi = k if hi is None else min(hi, k)
+        if hi < max(lo, 1):  # fewer lists than the array needs: the plain repeat (and its error) stands
+            return None
+        names: dict[tuple[int, int], str] = {}
+
+        def after(last: int, count: int) -> str:
+            """What may follow once `count` copies were made, the last from sequence `last` ("": nothing)."""
+            if (last, count) not in names:
+                alts = [f'"," "[" ({options[i]}) "]" {after(i, count + 1)}'.rstrip()
+                        for i in range(last + 1, k) if k - i >= lo - count] if count < hi else []
+                if not alts:
+                    names[last, count] = ""
+                else:
+                    body = " | ".join(alts)
+                    names[last, count] = new(body if count < lo else f"({body})?")
+            return names[last, count]
+
+        # a first copy (and each next) only from where enough sequences are left to reach lo
+        firsts = [f'"[" ({options[i]}) "]" {after(i, 1)}'.rstrip() for i in range(k) if k - i >= lo]
+        body = f'"[" ({" | ".join(firsts)}) "]"'
+        return new(body if lo >= 1 else f'{body} | "[" "]"')
 
     def conv(node: Any) -> str:
         if not _has_copy(node):
@@ -205,7 +253,12 @@ def copy_lark(schema: dict) -> str:
             if key in node:
                 return new(" | ".join(conv(sub) for sub in node[key]))
         if node.get("type") == "array" and isinstance(node.get("items"), dict):
-            return new(repeat(conv(node["items"]), int(node.get("minItems", 0)), node.get("maxItems")))
+            items, lo, hi = node["items"], int(node.get("minItems", 0)), node.get("maxItems")
+            if COPY in items and items.get(COPY_FROM_START) and items.get(COPY_ONCE):
+                rule = distinct(items, lo, hi)
+                if rule is not None:
+                    return rule
+            return new(repeat(conv(items), lo, hi))
         if node.get("type") == "object" and node.get("properties"):
             return obj(node)
         if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):

@@ -359,15 +359,23 @@ def copy_sequences(numbers: Sequence[float], lists: Sequence[Sequence[float]],
     stays inside one of them: a list never runs on into the next one or into a trailing "95%". Where the
     prompt has no list, every number of it as written (`numbers`). Duplicates, and sequences that start
     another, are dropped (one found inside another is kept: a copy may have to start where it starts)."""
-    seqs = [list(lst) for lst in lists]
-    seqs += [[float(v) for v in lst] for _, lst in _number_lists(reference or {})]
-    if not lists:
-        seqs.append(list(numbers))
+    seqs = read_lists(numbers, lists, reference)
     out: list[list[float]] = []
     for seq in sorted((s for s in seqs if s), key=len, reverse=True):
         if not any(big[:len(seq)] == seq for big in out):
             out.append(seq)
     return out
+
+
+def read_lists(numbers: Sequence[float], lists: Sequence[Sequence[float]],
+               reference: dict | None = None) -> list[list[float]]:
+    """The lists a call's data may equal: each list of the prompt as read and each of its reading's; where
+    the prompt has no list, its numbers as written. `copy_sequences` before duplicates and prefixes go."""
+    seqs = [list(lst) for lst in lists]
+    seqs += [[float(v) for v in lst] for _, lst in _number_lists(reference or {})]
+    if not lists:
+        seqs.append(list(numbers))
+    return seqs
 
 
 def _number_lists(value: Any, path: str = "") -> list[tuple[str, list]]:
@@ -382,15 +390,20 @@ def _number_lists(value: Any, path: str = "") -> list[tuple[str, list]]:
 
 
 def copy_lists(schema: Any, sequences: Sequence[Sequence[float]], skip: Sequence[str] = (), *,
-               from_start: bool = False) -> Any:
+               from_start: bool = False, list_ends: Sequence[Sequence[float]] | None = None,
+               once: bool = False) -> Any:
     """The schema with every array of numbers it asks for (settings aside) decoded as a copy: a run of
     consecutive values of one of `sequences` (`copy_sequences`), in their order, marked for the grammar
     compiler (`havoc.engine.constraint.COPY`); with `from_start`, a run from a sequence's first value. The
     model still chooses which list, and where it ends (and without `from_start`, where it starts); it can no
     longer drop, repeat or reorder a value inside it, which is how a 135M model gets long lists wrong.
+    With `from_start` and `list_ends` (`read_lists`), a copy also closes only where one of those lists ends
+    or at its run's end (`COPY_ENDS`): the model still picks the list, but cannot stop one short; and an
+    array of such lists (groups) takes them in the prompt's order, each at most once, with `once`
+    (`COPY_ONCE`: the check asks for the reading's lists in that order).
     Values an array's items may not take (an integer array, a bound) split a sequence. An array with no run
     long enough keeps its schema."""
-    from havoc.engine.constraint import COPY, COPY_FROM_START
+    from havoc.engine.constraint import COPY, COPY_ENDS, COPY_FROM_START, COPY_ONCE
 
     skip = frozenset(skip)
 
@@ -407,6 +420,28 @@ def copy_lists(schema: Any, sequences: Sequence[Sequence[float]], skip: Sequence
                 run = []
         return out
 
+    def rank(run: list) -> int:
+        """Where a run comes in `list_ends`' order: the first list there it starts or that starts it."""
+        for i, lst in enumerate(list_ends or ()):
+            head = [json_number(v) for v in lst[:len(run)]]
+            if head and head == run[:len(head)]:
+                return i
+        return len(list_ends or ())
+
+    def ends(found: list[list]) -> list[list[int]]:
+        """Per run, the lengths at which a copy from its start may close: where one of `sequences` or
+        `list_ends` that the run starts with ends, and at the run's own end."""
+        stops = [list(s) for s in sequences] + [list(e) for e in (list_ends or ())]
+        out = []
+        for run in found:
+            at = {len(run)}
+            for s in stops:
+                n = len(s)
+                if 0 < n < len(run) and [json_number(v) for v in s] == run[:n]:
+                    at.add(n)
+            out.append(sorted(at))
+        return out
+
     def mark(node: Any) -> Any:
         if isinstance(node, list):
             return [mark(s) for s in node]
@@ -417,7 +452,15 @@ def copy_lists(schema: Any, sequences: Sequence[Sequence[float]], skip: Sequence
             found = runs(items, int(node.get("minItems", 1)))
             if not found:
                 return node
-            return {COPY: found, "minItems": int(node.get("minItems", 1)), **({COPY_FROM_START: True} if from_start else {})}
+            if list_ends is not None:  # in the order the prompt (then its reading) gives them
+                found.sort(key=rank)
+            mark_ = {COPY: found, "minItems": int(node.get("minItems", 1))}
+            if from_start:
+                mark_[COPY_FROM_START] = True
+                if list_ends is not None:
+                    mark_[COPY_ENDS] = ends(found)
+                    mark_[COPY_ONCE] = once
+            return mark_
         out = {}
         for k, v in node.items():
             if k == "properties" and isinstance(v, dict):
@@ -451,11 +494,16 @@ def decode_schema(tool: str, args_schema: dict, lists: list[list[float]], refere
         if data is None:
             return call_schema(tool, pin_numbers(args_schema, allowed, SETTINGS))
         args_schema = pin_numbers(args_schema, allowed, SETTINGS, scalar_numbers(prompt_numbers, data, reference))
-        # a list of the call starts where a list of the prompt (or of its reading) starts: the argument check
-        # asks for the reading's whole lists, so no call it accepts is kept out; a prompt without lists is
-        # copied from anywhere in its numbers
+        # a list of the call starts where a list of the prompt (or of its reading) starts and ends where one
+        # of them ends, and a list of lists (groups) takes them in the prompt's order, each once (unless the
+        # prompt or its reading writes one twice): the argument check asks for the reading's whole lists in
+        # its order, so no call it accepts is kept out; a prompt without lists is copied from anywhere in its
+        # numbers
+        read = [tuple(lst) for _, lst in _number_lists(reference or {})]
+        once = len(set(map(tuple, data))) == len(data) and len(set(read)) == len(read)
         args_schema = copy_lists(args_schema, copy_sequences(prompt_numbers, data, reference), SETTINGS,
-                                 from_start=bool(data))
+                                 from_start=bool(data), once=once,
+                                 list_ends=read_lists(prompt_numbers, data, reference) if data else None)
     return call_schema(tool, args_schema)
 
 
