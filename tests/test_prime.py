@@ -303,6 +303,8 @@ def test_copied_lists_are_runs_of_the_prompt(tiny_llm):
         assert not _accepts(tok, anywhere, call(kind="welch", x=bad, y=[11.5, 11.1])), bad
         assert not _accepts(tok, schema, call(kind="welch", x=bad, y=[11.5, 11.1])), bad
     a, b = gold["args"]["x"], gold["args"]["y"]
+    assert not _accepts(tok, schema, call(kind="welch", x=a, y=a))  # x and y never one list (the check's differ)
+    assert not _accepts(tok, schema, call(kind="welch", x=b, y=b))
     assert not _accepts(tok, schema, call(kind="pooled", x=a, y=b))  # the enum stands
     assert not _accepts(tok, schema, call(kind="one_sample", x=a, mu=3))  # pinned scalars stand
     # where the prompt writes no single number, any of its numbers (never a free one)

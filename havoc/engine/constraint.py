@@ -152,7 +152,8 @@ def copy_lark(schema: dict) -> str:
     (with `COPY_FROM_START`, one starting at a sequence's first value): once the first value is chosen,
     each next one is the sequence's next value or the array closes (with `COPY_ENDS`, closes only at the
     lengths it lists for the sequence, and at its end; with `COPY_ONCE`, an array of such copies takes
-    the sequences in their order, each at most once). That
+    the sequences in their order, each at most once, and sibling properties so marked, such as x and y,
+    take different sequences). That
     is the shape of a tool call's data list, which copies a list of the prompt in order; one rule per value
     (`s3_7: "10.4" ("," s3_8)?`), so the grammar grows with the prompt, not with its square.
 
@@ -193,6 +194,10 @@ def copy_lark(schema: dict) -> str:
 
     def copy_starts(node: dict) -> list[str]:
         """Per sequence that has a run of minItems values, its ways to start a copy (one body each)."""
+        return [body for _, body in copy_options(node)]
+
+    def copy_options(node: dict) -> list[tuple[tuple, str]]:
+        """(sequence, its ways to start a copy) per sequence that has a run of minItems values."""
         m = max(1, int(node.get("minItems", 1)))
         out = []
         all_ends = node.get(COPY_ENDS) if node.get(COPY_FROM_START) else None
@@ -206,7 +211,7 @@ def copy_lark(schema: dict) -> str:
             for i in range(1 if node.get(COPY_FROM_START) else len(seq) - m + 1):
                 head = "".join(f'{number(seq[k])} "," ' for k in range(i, i + m - 1))
                 starts.append(f"{head}{prefix}_{i + m - 1}")
-            out.append(" | ".join(starts))
+            out.append((seq, " | ".join(starts)))
         if not out:
             raise ConstraintError(f"a copied array has no run of {m} values to copy")
         return out
@@ -286,31 +291,43 @@ def copy_lark(schema: dict) -> str:
     def obj(node: dict) -> str:
         names = list(node["properties"])
         required = set(node.get("required", ()))
-        values = [conv(node["properties"][n]) for n in names]
-        after: dict[int, str | None] = {}
+        props = [node["properties"][n] for n in names]
+        # sibling data lists (x and y) copied once each: each takes a list none before it took
+        once = [isinstance(p, dict) and COPY in p and bool(p.get(COPY_FROM_START)) and bool(p.get(COPY_ONCE))
+                for p in props]
+        values = [None if once[m] else conv(p) for m, p in enumerate(props)]
+        options = [copy_options(p) if once[m] else [] for m, p in enumerate(props)]
+        after: dict[tuple[int, frozenset], str | None] = {}
 
-        def rest(j: int, first: bool) -> tuple[list[str], bool]:
-            """The ways on from property j: (alternatives, whether the object may close here)."""
+        def rest(j: int, first: bool, used: frozenset) -> tuple[list[str], bool]:
+            """The ways on from property j, the lists in `used` taken: (alternatives, may the object close)."""
             alts = []
             for m in range(j, len(names)):
-                tail = follow(m + 1)
                 comma = "" if first else '"," '
-                alts.append(f'{comma}{lit(json.dumps(names[m]) + ":")} {values[m]}' + (f" {tail}" if tail else ""))
+                key = lit(json.dumps(names[m]) + ":")
+                if once[m]:
+                    for seq, body in options[m]:
+                        if seq not in used:
+                            tail = follow(m + 1, used | {seq})
+                            alts.append(f'{comma}{key} "[" ({body}) "]"' + (f" {tail}" if tail else ""))
+                else:
+                    tail = follow(m + 1, used)
+                    alts.append(f"{comma}{key} {values[m]}" + (f" {tail}" if tail else ""))
                 if names[m] in required:
                     return alts, False
             return alts, True
 
-        def follow(j: int) -> str | None:
-            if j not in after:
-                alts, may_close = rest(j, first=False)
+        def follow(j: int, used: frozenset) -> str | None:
+            if (j, used) not in after:
+                alts, may_close = rest(j, False, used)
                 if not alts:
-                    after[j] = None
+                    after[j, used] = None
                 else:
                     body = " | ".join(f"({a})" for a in alts)
-                    after[j] = new(f"({body})?" if may_close else body)
-            return after[j]
+                    after[j, used] = new(f"({body})?" if may_close else body)
+            return after[j, used]
 
-        alts, may_close = rest(0, first=True)
+        alts, may_close = rest(0, True, frozenset())
         inner = " | ".join(f"({a})" for a in alts)
         if may_close:
             inner = f"({inner})?" if alts else ""

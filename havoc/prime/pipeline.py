@@ -399,8 +399,9 @@ def copy_lists(schema: Any, sequences: Sequence[Sequence[float]], skip: Sequence
     longer drop, repeat or reorder a value inside it, which is how a 135M model gets long lists wrong.
     With `from_start` and `list_ends` (`read_lists`), a copy also closes only where one of those lists ends
     or at its run's end (`COPY_ENDS`): the model still picks the list, but cannot stop one short; and an
-    array of such lists (groups) takes them in the prompt's order, each at most once, with `once`
-    (`COPY_ONCE`: the check asks for the reading's lists in that order).
+    array of such lists (groups) takes them in the prompt's order, each at most once, and two such data
+    keys of one object (x, y) take different lists, with `once` (`COPY_ONCE`: the check asks for the
+    reading's lists, in its order and in their keys).
     Values an array's items may not take (an integer array, a bound) split a sequence. An array with no run
     long enough keeps its schema."""
     from havoc.engine.constraint import COPY, COPY_ENDS, COPY_FROM_START, COPY_ONCE
@@ -495,10 +496,10 @@ def decode_schema(tool: str, args_schema: dict, lists: list[list[float]], refere
             return call_schema(tool, pin_numbers(args_schema, allowed, SETTINGS))
         args_schema = pin_numbers(args_schema, allowed, SETTINGS, scalar_numbers(prompt_numbers, data, reference))
         # a list of the call starts where a list of the prompt (or of its reading) starts and ends where one
-        # of them ends, and a list of lists (groups) takes them in the prompt's order, each once (unless the
-        # prompt or its reading writes one twice): the argument check asks for the reading's whole lists in
-        # its order, so no call it accepts is kept out; a prompt without lists is copied from anywhere in its
-        # numbers
+        # of them ends, a list of lists (groups) takes them in the prompt's order, each once, and x and y
+        # take different lists (unless the prompt or its reading writes one twice): the argument check asks
+        # for the reading's whole lists in its order and keys, so no call it accepts is kept out; a prompt
+        # without lists is copied from anywhere in its numbers
         read = [tuple(lst) for _, lst in _number_lists(reference or {})]
         once = len(set(map(tuple, data))) == len(data) and len(set(read)) == len(read)
         args_schema = copy_lists(args_schema, copy_sequences(prompt_numbers, data, reference), SETTINGS,
